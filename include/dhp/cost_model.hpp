@@ -1,0 +1,114 @@
+// Analytic cost model: compute, communication and memory of one rank's share of the work.
+// The planner optimises against it; the simulator (simulator.hpp) re-derives times at a
+// finer grain from the same coefficients, so the planner does not grade itself.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dhp/batch.hpp"
+#include "dhp/cluster.hpp"
+#include "dhp/model.hpp"
+
+namespace dhp {
+
+// Calibratable coefficients. Analytic defaults per device kind (defaults_for()).
+struct CostCoefficients {
+  double gemm_efficiency = 0.62;       // fraction of peak reached by large linear layers
+  double attention_efficiency = 0.55;  // fraction of peak reached by long attention tiles
+  double half_efficiency_tokens = 384; // a piece of this many tokens runs at half efficiency
+  double layer_overhead_us = 25;       // launches, norms, rotary, per layer and pass
+  double ring_step_overhead_us = 12;   // per ring step: stream sync, buffer swap
+  double comm_efficiency = 0.8;        // achieved fraction of link bandwidth
+  double overlap_efficiency = 0.9;     // fraction of a ring transfer hidden under compute
+  double activation_bytes_per_token_layer = 0;  // 0: derived from the architecture
+  double grad_sync_overlap = 0.5;      // fraction of gradient sync hidden under backward
+};
+
+CostCoefficients defaults_for(const ClusterSpec& cluster);
+
+// How a group's ring is laid out on the cluster.
+struct RingSpan {
+  int degree = 1;
+  bool crosses_nodes = false;  // at least one ring hop goes over the inter-node link
+};
+
+class CostModel {
+ public:
+  CostModel(ClusterSpec cluster, ModelSpec model, int llm_tp, int encoder_tp,
+            CostCoefficients coefficients);
+  CostModel(ClusterSpec cluster, ModelSpec model, int llm_tp, int encoder_tp);
+
+  const ClusterSpec& cluster() const { return cluster_; }
+  const ModelSpec& model() const { return model_; }
+  const CostCoefficients& coefficients() const { return coef_; }
+  int llm_tp() const { return llm_tp_; }
+  int encoder_tp() const { return encoder_tp_; }
+
+  // --- compute, forward + backward (+ recompute), all layers, one rank's share ---
+  // A sequence of `tokens` zigzag-split over ring.degree ranks (degree 1 = whole on one
+  // rank): per-rank time including ring steps overlapped with attention. Non-increasing
+  // in the degree until communication dominates.
+  double llm_sequence_ms(std::int64_t tokens, RingSpan ring) const;
+  // Encoder forward + backward for one visual item on one encoder rank.
+  double encoder_item_ms(const VisualItem& item) const;
+  // Fixed cost of one wave (micro-batch): launches, pipeline flush, optimizer-free.
+  double wave_overhead_ms() const;
+
+  // --- communication ---
+  double p2p_ms(double bytes, bool cross_node) const;
+  double allreduce_ms(double bytes, int ranks, bool cross_node) const;
+  double alltoall_ms(double bytes_per_rank, int ranks, bool cross_node) const;
+  // Encoder outputs of `llm_tokens` tokens moved to the LLM ranks (and gradients back).
+  double boundary_ms(std::int64_t llm_tokens, bool cross_node) const;
+  // Gradient synchronisation of the LLM (and encoder) over their replica ranks, exposed part.
+  double grad_sync_ms(int llm_ranks, int encoder_ranks) const;
+
+  // --- memory, bytes per device ---
+  // Parameters + gradients + optimizer state of the LLM on one device, sharded over
+  // `replicas` data-parallel (DP x CP) ranks according to the ZeRO stage.
+  double llm_static_bytes(int replicas) const;
+  double encoder_static_bytes(int replicas) const;
+  // Activations kept for backward of one sequence's share on one device, plus the ring's
+  // KV send/receive buffers when degree > 1.
+  double llm_activation_bytes(std::int64_t tokens, int degree) const;
+  double encoder_activation_bytes(const VisualItem& item) const;
+  double capacity_bytes() const;  // device memory minus the reserve
+
+  // Flop counts (forward, whole model) used by compute times and by calibration.
+  double llm_linear_flops(std::int64_t tokens) const;
+  double llm_attention_flops(std::int64_t tokens) const;  // causal: counted once
+
+ private:
+  ClusterSpec cluster_;
+  ModelSpec model_;
+  int llm_tp_;
+  int encoder_tp_;
+  CostCoefficients coef_;
+};
+
+// --- calibration: fit coefficients to measured profiles with least squares ---
+struct Measurement {
+  std::string kind;  // "llm_sequence" | "encoder_item" | "p2p"
+  std::int64_t tokens = 0;
+  int degree = 1;
+  bool crosses_nodes = false;
+  std::int64_t patches = 0;  // encoder_item
+  double bytes = 0;          // p2p
+  double measured_ms = 0;
+};
+
+struct CalibrationReport {
+  CostCoefficients coefficients;
+  double mean_abs_rel_error_before = 0;  // of the defaults on the measurements
+  double mean_abs_rel_error_after = 0;   // of the fitted coefficients
+  double max_abs_rel_error_after = 0;
+  int measurements = 0;
+};
+
+std::vector<Measurement> measurements_from_json(const std::string& text);
+CalibrationReport calibrate(const ClusterSpec& cluster, const ModelSpec& model, int llm_tp,
+                            int encoder_tp, const std::vector<Measurement>& measurements);
+
+}  // namespace dhp

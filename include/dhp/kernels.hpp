@@ -1,0 +1,165 @@
+// Kernel launchers: attention with log-sum-exp over packed variable-length sequences,
+// the merge of partial results, and the layout kernels around the collectives.
+//
+// Framework-free: plain pointers to contiguous row-major buffers. Launchers return a
+// Status, never throw; status_string() says what was wrong. One dispatch point picks the
+// implementation from `device` and `dtype` (DHP_ATTENTION_IMPL=cpu|cuda forces one).
+//
+// Packed layout. Sequence b owns query rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) and key
+// rows [cu_seqlens_k[b], cu_seqlens_k[b+1]); sequences never attend to each other.
+//   q:   [total_q, heads_q,  head_dim]      out: [total_q, heads_q, head_dim]
+//   k,v: [total_k, heads_kv, head_dim]      lse: [heads_q, total_q] (accumulator type)
+// heads_q % heads_kv == 0 (grouped-query attention: query head h reads kv head
+// h / (heads_q / heads_kv)).
+//
+// Causal masking uses positions inside the sequence: query row i sees key j iff
+// k_pos[j] <= q_pos[i]. With null position arrays a row's position is its index inside
+// its sequence segment. Explicit positions express ring/zigzag pieces exactly.
+// A row that sees no key gets out = 0 and lse = -inf.
+//
+// Accumulator type: double for F64, float for F32/BF16/F16. lse, the merge and all
+// softmax statistics use it.
+#pragma once
+
+#include <cstdint>
+
+namespace dhp::kernels {
+
+enum class DType { F32, F64, BF16, F16 };
+enum class Device { CPU, CUDA };
+
+enum class Status {
+  Ok = 0,
+  InvalidArgument,  // null pointer, inconsistent sizes, heads_q % heads_kv != 0, ...
+  Unsupported,      // dtype/device/head_dim combination not built or not implemented
+  DeviceError,      // a CUDA call failed (message via status_string + last_error())
+};
+
+const char* status_string(Status s) noexcept;
+// Detail of the last non-Ok status on this thread (which argument, which value).
+const char* last_error() noexcept;
+
+const char* to_string(DType d) noexcept;
+int dtype_size(DType d) noexcept;
+
+struct PackedSeqs {
+  const std::int32_t* cu_seqlens_q = nullptr;  // [num_seqs + 1]
+  const std::int32_t* cu_seqlens_k = nullptr;  // [num_seqs + 1]
+  const std::int32_t* q_positions = nullptr;   // optional [total_q]
+  const std::int32_t* k_positions = nullptr;   // optional [total_k]
+  int num_seqs = 0;
+  std::int64_t total_q = 0;
+  std::int64_t total_k = 0;
+  int max_seqlen_q = 0;  // hints for the CUDA grid; 0 = compute
+  int max_seqlen_k = 0;
+};
+
+struct AttentionShape {
+  int heads_q = 0;
+  int heads_kv = 0;
+  int head_dim = 0;
+  double softmax_scale = 0;  // 0: 1/sqrt(head_dim)
+  bool causal = true;
+};
+
+struct AttentionForwardArgs {
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  AttentionShape shape;
+  PackedSeqs seqs;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  void* lse = nullptr;
+  void* stream = nullptr;  // cudaStream_t for CUDA
+};
+
+// Gradients of one (q, kv) block given the *final* out and lse of the full attention
+// (after any merge): each ring step's backward is then independent. dq, dk, dv are
+// overwritten (accumulate=false) or added to (accumulate=true).
+struct AttentionBackwardArgs {
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  AttentionShape shape;
+  PackedSeqs seqs;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* out = nullptr;
+  const void* dout = nullptr;
+  const void* lse = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  bool accumulate = false;
+  void* stream = nullptr;
+};
+
+Status attention_forward(const AttentionForwardArgs& args);
+Status attention_backward(const AttentionBackwardArgs& args);
+
+// Merges a partial result (out_b, lse_b) into an accumulator (out_a, lse_a) in place:
+// lse = log(exp(lse_a) + exp(lse_b)); out = out_a*exp(lse_a-lse) + out_b*exp(lse_b-lse).
+// -inf on either side is handled (an all -inf row stays out = 0, lse = -inf).
+// out_a/lse_a are in the accumulator type; out_b in `dtype`; lse layout [heads, rows].
+struct MergeArgs {
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  std::int64_t rows = 0;
+  int heads = 0;
+  int head_dim = 0;
+  void* out_acc = nullptr;        // [rows, heads, head_dim], accumulator type
+  void* lse_acc = nullptr;        // [heads, rows]
+  const void* out_part = nullptr; // [rows, heads, head_dim], dtype
+  const void* lse_part = nullptr; // [heads, rows]
+  void* stream = nullptr;
+};
+Status merge_attention_partial(const MergeArgs& args);
+
+// Zigzag sharding of packed sequences over `degree` ranks: sequence of length L is cut
+// into 2*degree chunks with boundaries floor(c*L / (2*degree)); rank r holds chunks r and
+// 2*degree-1-r, in that order. Works for any L >= 0 (chunks may be empty).
+// zigzag_layout fills, for `rank`, the per-sequence local lengths (cu_local, [num_seqs+1])
+// and for every local row its source row in the packed input and its position in its
+// sequence (src_rows, positions: [cu_local[num_seqs]]). Host-side bookkeeping.
+Status zigzag_layout(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank,
+                     std::int32_t* cu_local, std::int32_t* src_rows, std::int32_t* positions);
+// Number of local rows of `rank` (to size the buffers above).
+std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree,
+                               int rank);
+
+// Row gather / scatter used by the layout moves: dst[i] = src[rows[i]] (gather) or
+// dst[rows[i]] = src[i] (scatter), rows of `row_bytes` bytes.
+struct RowCopyArgs {
+  Device device = Device::CPU;
+  std::int64_t num_rows = 0;
+  std::int64_t row_bytes = 0;
+  const std::int32_t* rows = nullptr;  // on the device of the data
+  const void* src = nullptr;
+  void* dst = nullptr;
+  void* stream = nullptr;
+};
+Status gather_rows(const RowCopyArgs& args);
+Status scatter_rows(const RowCopyArgs& args);
+
+// Ulysses packing. Head scatter: local [tokens, heads, hd] -> send buffer
+// [degree][tokens][heads/degree][hd] (block j goes to rank j). Sequence gather (inverse
+// direction after the all-to-all): [degree][tokens_j][heads/degree][hd] blocks, already
+// concatenated in rank order, are the token-major input of the next step. Both are plain
+// strided copies; heads % degree == 0 is required.
+struct HeadScatterArgs {
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  std::int64_t tokens = 0;
+  int heads = 0;
+  int head_dim = 0;
+  int degree = 1;
+  const void* src = nullptr;
+  void* dst = nullptr;
+  void* stream = nullptr;
+};
+Status ulysses_head_scatter(const HeadScatterArgs& args);  // [t,h,d] -> [deg][t][h/deg][d]
+Status ulysses_head_gather(const HeadScatterArgs& args);   // [deg][t][h/deg][d] -> [t,h,d]
+
+}  // namespace dhp::kernels

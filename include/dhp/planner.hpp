@@ -1,0 +1,100 @@
+// Per-batch planning: a batch in, a Plan out. Deterministic (same input, same plan on
+// every rank), polynomial time, and memory is a hard constraint: a plan the cost model
+// says does not fit is never returned; a sample that cannot fit at all raises
+// dhp::Error (DoesNotFit) naming the sample and the numbers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dhp/batch.hpp"
+#include "dhp/cluster.hpp"
+#include "dhp/cost_model.hpp"
+#include "dhp/model.hpp"
+#include "dhp/plan.hpp"
+
+namespace dhp {
+
+enum class Strategy {
+  Dhp,             // ours
+  StaticBest,      // best fixed TP x CP x DP layout, sequences packed to a fixed length
+  StaticBalanced,  // fixed CP, sequences spread over DP ranks by quadratic work
+  MegatronDcp,     // Megatron Core dynamic CP: power-of-two CP per sequence, greedy
+  PaperBfdDp,      // DHP paper: best-fit-decreasing atomic groups + 2-D dynamic program
+  Exact,           // optimal over the plan space; small instances only
+};
+
+const char* to_string(Strategy s) noexcept;
+Strategy strategy_from_string(std::string_view name);  // throws naming the known ones
+std::vector<Strategy> all_strategies();
+
+// A fixed layout for the static baselines, chosen once for the whole run.
+struct StaticLayout {
+  int tp = 1;
+  int cp = 1;
+  int dp = 1;
+  std::int64_t pack_tokens = 0;  // StaticBest: fixed packed length per CP group
+};
+
+struct PlannerOptions {
+  Strategy strategy = Strategy::Dhp;
+  int llm_tp = 0;      // 0: smallest TP degree that divides the heads and fits memory
+  int encoder_tp = 0;  // 0: likewise for the encoder
+  EncoderPlacement placement = EncoderPlacement::Colocated;
+  int encoder_devices = 0;  // Disjoint only: devices given to the encoder (multiple of its tp)
+  std::optional<StaticLayout> static_layout;  // StaticBest/StaticBalanced; else chosen per batch
+  std::int64_t max_tokens_per_rank = 0;        // MegatronDcp; 0: derived from memory
+  int max_waves = 256;
+  CostCoefficients coefficients;  // defaults_for(cluster) unless set with calibrated ones
+  bool coefficients_set = false;
+};
+
+class Planner {
+ public:
+  Planner(ClusterSpec cluster, ModelSpec model, PlannerOptions options = {});
+  ~Planner();
+  Planner(Planner&&) noexcept;
+  Planner& operator=(Planner&&) noexcept;
+
+  Plan plan(const Batch& batch) const;
+
+  const CostModel& cost_model() const;
+  const PlannerOptions& options() const;
+  const ClusterSpec& cluster() const;
+  const ModelSpec& model() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The static layout that minimises the summed estimated step time over `batches`,
+// by exhaustive search over TP (divisors of the heads within a node), CP and DP.
+StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& model,
+                                std::span<const Batch> batches, Strategy strategy,
+                                const PlannerOptions& options = {});
+
+// Plans batch t+1 on a background thread while batch t runs. Plans come back in the
+// order the batches were submitted.
+class AsyncPlanner {
+ public:
+  explicit AsyncPlanner(Planner planner);
+  ~AsyncPlanner();  // finishes queued work, then joins
+  AsyncPlanner(const AsyncPlanner&) = delete;
+  AsyncPlanner& operator=(const AsyncPlanner&) = delete;
+
+  std::future<Plan> submit(Batch batch);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dhp
