@@ -1,0 +1,92 @@
+// Shared machinery of all planning strategies (not installed; not public API).
+// Strategies decide *what* runs together (waves, group degrees, which sequence where);
+// build_plan() turns that into a concrete Plan: node-aware ranks, encoder work, estimate,
+// and the hard memory check.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dhp/batch.hpp"
+#include "dhp/cost_model.hpp"
+#include "dhp/plan.hpp"
+#include "dhp/planner.hpp"
+
+namespace dhp::detail {
+
+// The module layout every strategy plans within (TP fixed for the per-batch search).
+struct Layout {
+  int llm_tp = 1;
+  int encoder_tp = 1;
+  EncoderPlacement placement = EncoderPlacement::Colocated;
+  ModuleLayout llm;      // ranks = LLM ranks (TP groups)
+  ModuleLayout encoder;  // ranks = encoder ranks; 0 for text-only models
+  int llm_ranks_per_node = 1;
+};
+
+// TP per module: the smallest degree that divides the heads (and kv heads), divides the
+// devices of a node, and leaves room for activations; explicit options win.
+Layout resolve_layout(const ClusterSpec& cluster, const ModelSpec& model,
+                      const PlannerOptions& options);
+CostModel make_cost_model(const ClusterSpec& cluster, const ModelSpec& model,
+                          const Layout& layout, const PlannerOptions& options);
+
+// A group before its concrete ranks are chosen.
+struct GroupDraft {
+  int degree = 1;
+  std::vector<int> split;                // samples zigzag-split over the whole group
+  std::vector<std::vector<int>> whole;   // [member] -> samples kept whole on that member
+};
+struct WaveDraft {
+  std::vector<GroupDraft> groups;  // sum of degrees <= layout.llm.ranks
+};
+
+// Node-aware placement of one wave's groups onto LLM ranks: groups that fit inside a node
+// stay inside one node (largest first, best-fit over nodes' free ranks); larger groups
+// take whole nodes first so their rings cross node boundaries as few times as possible;
+// each ring is ordered node by node. Returns rank lists in ring order, one per degree.
+std::vector<std::vector<int>> place_groups(const std::vector<int>& degrees, int total_ranks,
+                                           int ranks_per_node);
+
+// Per-rank LLM time of one rank's pieces, as the planner's cost model sees it.
+// `split` are token counts of sequences zigzag-split over a ring of `ring`;
+// `whole` are token counts of sequences held whole.
+double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split,
+                   RingSpan ring, const std::vector<std::int64_t>& whole);
+// Activation bytes per device of the same pieces.
+double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64_t>& split,
+                             int degree, const std::vector<std::int64_t>& whole);
+// Device bytes available to LLM activations in a wave (capacity - static - encoder reserve).
+double llm_activation_budget(const CostModel& cost, const Layout& layout, const Batch& batch);
+
+// Throws dhp::Error (DoesNotFit) naming the first sample that cannot fit even when split
+// over every LLM rank, with its tokens, the bytes it needs and the bytes available.
+void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& layout);
+
+// Drafts -> concrete Plan: places groups, assigns encoder items to encoder ranks
+// (longest-processing-time first, per wave), fills plan.estimate from the cost model,
+// and validates. Throws dhp::Error (Internal) if a rank's memory would exceed capacity
+// or an invariant is broken: strategies must only hand over drafts that fit.
+Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel& cost,
+                const Layout& layout, const std::vector<WaveDraft>& waves);
+
+// Estimated step time of drafts without building a Plan (for searches).
+double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
+                        const std::vector<WaveDraft>& waves);
+
+// Per-strategy entry points (one source file each).
+Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
+              const PlannerOptions& options);
+Plan plan_exact(const Batch& batch, const CostModel& cost, const Layout& layout,
+                const PlannerOptions& options);
+Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& layout,
+                      const PlannerOptions& options);
+Plan plan_static_balanced(const Batch& batch, const CostModel& cost, const Layout& layout,
+                          const PlannerOptions& options);
+Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& layout,
+                       const PlannerOptions& options);
+Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,
+                       const PlannerOptions& options);
+
+}  // namespace dhp::detail
