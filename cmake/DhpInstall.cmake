@@ -3,8 +3,8 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-set(_dhp_export_targets dhp_core dhp_planner dhp_kernels)
-foreach(t dhp_kernels_cuda dhp_runtime dhp_torch)
+set(_dhp_export_targets dhp_core)
+foreach(t dhp_planner dhp_kernels dhp_kernels_cuda dhp_runtime dhp_torch)
   if(TARGET ${t})
     list(APPEND _dhp_export_targets ${t})
   endif()

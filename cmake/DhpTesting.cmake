@@ -1,6 +1,11 @@
 # dhp_add_gtest_dir(<label> <libs...>): one GoogleTest executable per test_*.cpp in the
 # calling directory, registered with CTest under the given label.
 function(dhp_add_gtest_dir label)
+  foreach(lib IN LISTS ARGN)
+    if(lib MATCHES "^dhp_" AND NOT TARGET ${lib})
+      return()  # the component is not built yet
+    endif()
+  endforeach()
   file(GLOB _tests CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/test_*.cpp)
   foreach(src IN LISTS _tests)
     get_filename_component(name ${src} NAME_WE)
