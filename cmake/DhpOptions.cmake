@@ -36,7 +36,7 @@ macro(dhp_find_optional_dependencies)
       # Hopper first (sm_90a for wgmma), Ampere as the portable fallback.
       set(CMAKE_CUDA_ARCHITECTURES "80;90a")
     endif()
-    set(CMAKE_CUDA_STANDARD 20)
+    set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 does not know nvcc's C++20 flag
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)
     add_library(dhp_nccl INTERFACE IMPORTED)

@@ -49,6 +49,12 @@ struct WaveDraft {
 std::vector<std::vector<int>> place_groups(const std::vector<int>& degrees, int total_ranks,
                                            int ranks_per_node);
 
+// The ring a group of `degree` ranks gets from place_groups when nothing is fragmented:
+// inside one node when degree <= llm_ranks_per_node. Strategies use it before placement.
+RingSpan expected_ring(int degree, const Layout& layout);
+// True when the ranks (in ring order) span more than one node.
+bool crosses_nodes(const std::vector<int>& ranks, int ranks_per_node);
+
 // Per-rank LLM time of one rank's pieces, as the planner's cost model sees it.
 // `split` are token counts of sequences zigzag-split over a ring of `ring`;
 // `whole` are token counts of sequences held whole.
@@ -57,6 +63,10 @@ double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split
 // Activation bytes per device of the same pieces.
 double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64_t>& split,
                              int degree, const std::vector<std::int64_t>& whole);
+// Colocated encoder activations reserved per device for a wave: twice the largest visual
+// item's bytes. build_plan assigns items within it where it can (fewest-bytes rank otherwise);
+// its per-device memory check (LLM + encoder) is the authority.
+double encoder_reserve_bytes(const CostModel& cost, const Layout& layout, const Batch& batch);
 // Device bytes available to LLM activations in a wave (capacity - static - encoder reserve).
 double llm_activation_budget(const CostModel& cost, const Layout& layout, const Batch& batch);
 
@@ -71,9 +81,25 @@ void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& l
 Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel& cost,
                 const Layout& layout, const std::vector<WaveDraft>& waves);
 
-// Estimated step time of drafts without building a Plan (for searches).
+// Estimated step time of drafts without validating (for searches): the same figures as
+// build_plan's plan.estimate.step_ms, or +infinity when a rank would exceed capacity.
 double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
                         const std::vector<WaveDraft>& waves);
+
+// The exact solver's core (exact.cpp): the smallest single-wave LLM makespan (max rank time,
+// without the wave overhead) over every partition of the ranks into groups and every
+// split/whole assignment. prune=false: plain enumeration over all partitions of <= R ranks
+// (a brute force for tests). incumbent_ms: only plans strictly below it are recorded.
+inline constexpr int kExactMaxRanks = 8;
+inline constexpr int kExactMaxSequences = 12;
+struct ExactResult {
+  double makespan_ms = 0;
+  WaveDraft wave;       // valid when found
+  bool found = false;   // a plan below the incumbent exists
+  long long nodes = 0;  // search nodes visited
+};
+ExactResult solve_exact_wave(const Batch& batch, const CostModel& cost, const Layout& layout,
+                             bool prune, double incumbent_ms);
 
 // Per-strategy entry points (one source file each).
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,

@@ -80,6 +80,32 @@ class CostModel {
   double llm_linear_flops(std::int64_t tokens) const;
   double llm_attention_flops(std::int64_t tokens) const;  // causal: counted once
 
+  // --- building blocks shared with the simulator (one TP rank, milliseconds) ---
+  // Fraction of peak a piece of `tokens` tokens reaches: eff_max * n / (n + half).
+  double gemm_efficiency(double tokens) const;
+  double attention_efficiency(double tokens) const;
+  // Time of `flops` (already this rank's share) run as a piece of `tokens` tokens.
+  double gemm_ms(double flops, double tokens) const;
+  double attention_ms(double flops, double tokens) const;
+  // Forward flops of one LLM layer's linear parts for `tokens` tokens, whole TP group:
+  // the q/k/v projection, and the rest (output projection + MLP).
+  double llm_layer_qkv_flops(double tokens) const;
+  double llm_layer_post_flops(double tokens) const;
+  double llm_output_layer_flops(double tokens) const;  // forward, the vocabulary projection
+  // Forward attention flops of `pairs` causal (query, key) pairs in one layer, whole TP group.
+  double llm_attention_pair_flops(double pairs) const;
+  // Sequence-parallel TP collectives of one layer and one pass over `tokens` tokens.
+  double llm_tp_comm_ms(double tokens) const;
+  // Bytes of one ring KV block of `tokens` tokens sent by one TP shard.
+  double kv_block_bytes(double tokens) const;
+  double layer_overhead_ms() const;
+  double ring_step_overhead_ms() const;
+  // Compute multiplier of a forward: 3 (forward + 2x backward), 4 with full recompute.
+  double compute_passes() const;
+  // Unhidden gradient synchronisation of each module alone (before grad_sync_overlap).
+  double llm_grad_sync_full_ms(int llm_ranks) const;
+  double encoder_grad_sync_full_ms(int encoder_ranks) const;
+
  private:
   ClusterSpec cluster_;
   ModelSpec model_;

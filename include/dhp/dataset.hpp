@@ -19,6 +19,7 @@ struct DatasetAssumptions {
   double video_fps = 1.0;            // sampled frames per second of video
   int video_tokens_per_frame = 144;  // LLM tokens per sampled frame (frame-pooled video LLM)
   int image_tokens_llava = 576;      // llava: CLIP-L/336 tokens per image
+  int llava_patches_per_token = 1;   // llava: CLIP-L/336 has no merge (576 patches -> 576)
   int encoder_patches_per_token = 4; // ViT patches per LLM token (2x2 merge)
   int qwen_min_pixels = 56 * 56;     // Qwen2-VL image resize bounds
   int qwen_max_pixels = 28 * 28 * 16384;

@@ -3,10 +3,16 @@
 //
 // Framework-free: plain pointers to contiguous row-major buffers. Launchers return a
 // Status, never throw; status_string() says what was wrong. One dispatch point picks the
-// implementation from `device` and `dtype` (DHP_ATTENTION_IMPL=cpu|cuda forces one).
+// implementation from `device` and `dtype`. DHP_ATTENTION_IMPL=auto|cpu|cuda (default
+// auto) forces one; it moves no data, so a forced implementation that cannot read the
+// buffers (cpu with device=CUDA, or the reverse) is refused with Unsupported.
+// CPU: F32 and F64 attention and merge (BF16/F16 -> Unsupported); layout copies any dtype.
+// A pointer may be null when the number of rows it covers is 0.
 //
 // Packed layout. Sequence b owns query rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) and key
 // rows [cu_seqlens_k[b], cu_seqlens_k[b+1]); sequences never attend to each other.
+// cu_seqlens start at 0, never decrease and end at total_q / total_k (checked on the host
+// for CPU buffers; for CUDA buffers they live on the device and are trusted).
 //   q:   [total_q, heads_q,  head_dim]      out: [total_q, heads_q, head_dim]
 //   k,v: [total_k, heads_kv, head_dim]      lse: [heads_q, total_q] (accumulator type)
 // heads_q % heads_kv == 0 (grouped-query attention: query head h reads kv head
@@ -14,7 +20,8 @@
 //
 // Causal masking uses positions inside the sequence: query row i sees key j iff
 // k_pos[j] <= q_pos[i]. With null position arrays a row's position is its index inside
-// its sequence segment. Explicit positions express ring/zigzag pieces exactly.
+// its sequence segment. Explicit positions express ring/zigzag pieces exactly (any order,
+// any lengths). Positions are ignored when causal = false.
 // A row that sees no key gets out = 0 and lse = -inf.
 //
 // Accumulator type: double for F64, float for F32/BF16/F16. lse, the merge and all
@@ -32,12 +39,16 @@ enum class Status {
   Ok = 0,
   InvalidArgument,  // null pointer, inconsistent sizes, heads_q % heads_kv != 0, ...
   Unsupported,      // dtype/device/head_dim combination not built or not implemented
-  DeviceError,      // a CUDA call failed (message via status_string + last_error())
+  DeviceError,      // a CUDA call failed, or host memory ran out (see last_error())
 };
 
 const char* status_string(Status s) noexcept;
 // Detail of the last non-Ok status on this thread (which argument, which value).
 const char* last_error() noexcept;
+
+// Whether dhp_kernels was built with its CUDA implementations (DHP_WITH_CUDA and a
+// toolkit found). Says nothing about a GPU being present at run time.
+bool built_with_cuda() noexcept;
 
 const char* to_string(DType d) noexcept;
 int dtype_size(DType d) noexcept;
@@ -101,7 +112,9 @@ Status attention_backward(const AttentionBackwardArgs& args);
 
 // Merges a partial result (out_b, lse_b) into an accumulator (out_a, lse_a) in place:
 // lse = log(exp(lse_a) + exp(lse_b)); out = out_a*exp(lse_a-lse) + out_b*exp(lse_b-lse).
-// -inf on either side is handled (an all -inf row stays out = 0, lse = -inf).
+// -inf on either side is handled (an all -inf row stays out = 0, lse = -inf); a row of
+// the accumulator with lse_a = -inf is empty and its out_a is never read (it is
+// overwritten), so an accumulator may start as (anything, -inf). Never produces NaN.
 // out_a/lse_a are in the accumulator type; out_b in `dtype`; lse layout [heads, rows].
 struct MergeArgs {
   DType dtype = DType::F32;
@@ -125,7 +138,8 @@ Status merge_attention_partial(const MergeArgs& args);
 // sequence (src_rows, positions: [cu_local[num_seqs]]). Host-side bookkeeping.
 Status zigzag_layout(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank,
                      std::int32_t* cu_local, std::int32_t* src_rows, std::int32_t* positions);
-// Number of local rows of `rank` (to size the buffers above).
+// Number of local rows of `rank` (to size the buffers above); -1 on invalid arguments
+// (last_error() says which).
 std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree,
                                int rank);
 
@@ -144,10 +158,13 @@ Status gather_rows(const RowCopyArgs& args);
 Status scatter_rows(const RowCopyArgs& args);
 
 // Ulysses packing. Head scatter: local [tokens, heads, hd] -> send buffer
-// [degree][tokens][heads/degree][hd] (block j goes to rank j). Sequence gather (inverse
-// direction after the all-to-all): [degree][tokens_j][heads/degree][hd] blocks, already
-// concatenated in rank order, are the token-major input of the next step. Both are plain
-// strided copies; heads % degree == 0 is required.
+// [degree][tokens][heads/degree][hd] (block j goes to rank j). After the all-to-all the
+// received blocks [degree][tokens_j][heads/degree][hd], concatenated in rank order, are
+// already the token-major [sum tokens_j, heads/degree, hd] input of attention (no copy).
+// Head gather is the exact inverse of head scatter with the same arguments:
+// [degree][tokens][heads/degree][hd] -> [tokens, heads, hd], used on the way back.
+// Both are plain strided copies of dtype_size(dtype)-byte elements; heads % degree == 0
+// is required; src and dst must not overlap.
 struct HeadScatterArgs {
   DType dtype = DType::F32;
   Device device = Device::CPU;

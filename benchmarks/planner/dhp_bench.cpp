@@ -1,0 +1,571 @@
+// dhp_bench: every planning strategy on every scenario, planned batch by batch on one
+// thread and executed on the simulator, one fixed-schema row per (scenario, strategy),
+// then the checks of issue 2 (dhp never slower, speedups, exact gap, Megatron repro).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dhp/error.hpp"
+#include "dhp/planner.hpp"
+#include "dhp/simulator.hpp"
+#include "scenarios.hpp"
+
+namespace {
+
+using dhp::Strategy;
+using dhp::bench::Scenario;
+using dhp::bench::ScenarioData;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+struct Options {
+  std::vector<std::string> scenarios;  // empty: all
+  std::vector<Strategy> strategies;    // empty: each scenario's own list
+  bool json = false;
+  bool list = false;
+  dhp::bench::ScenarioConfig config;
+};
+
+// One (scenario, strategy) result. Per-batch vectors hold NaN where the batch failed.
+struct Row {
+  std::string scenario;
+  int ranks = 0;      // devices; the largest cluster when instances differ (small-exact)
+  int ranks_min = 0;
+  int sequences = 0;  // per batch (the largest batch when they differ)
+  std::string strategy;
+  int batches = 0;
+  int failed_batches = 0;
+  std::string error;  // first failure, "" when every batch planned
+  std::string static_layout;
+  double step_ms = kNaN;  // median simulated step over the planned batches
+  double planner_ms_p50 = kNaN;
+  double planner_ms_p99 = kNaN;
+  double peak_mem_gib = kNaN;
+  double mem_capacity_gib = kNaN;
+  double speedup_vs_static_best = kNaN;
+  double waves = kNaN;          // median
+  double idle_fraction = kNaN;  // mean over batches of the mean device idle fraction
+  bool deterministic = true;    // repeated plans of a batch hashed the same
+  std::vector<double> batch_step_ms;      // simulated
+  std::vector<double> batch_estimate_ms;  // the planner's own estimate
+};
+
+double percentile(std::vector<double> values, double p) {
+  std::erase_if(values, [](double v) { return std::isnan(v); });
+  if (values.empty()) return kNaN;
+  std::sort(values.begin(), values.end());
+  // Nearest rank: p99 of 12 samples is the largest, not an interpolation past it.
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * values.size()));
+  return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
+}
+
+double median(const std::vector<double>& values) { return percentile(values, 50); }
+
+std::string short_error(const std::exception& e) {
+  // dhp::Error messages already name their kind.
+  if (dynamic_cast<const dhp::Error*>(&e)) return e.what();
+  return fmt::format("exception: {}", e.what());
+}
+
+std::string describe(const dhp::StaticLayout& l) {
+  return fmt::format("tp{} cp{} dp{} pack{}", l.tp, l.cp, l.dp, l.pack_tokens);
+}
+
+bool uses_static_layout(Strategy s) {
+  return s == Strategy::StaticBest || s == Strategy::StaticBalanced;
+}
+
+// A simulator at the plan's own TP degrees: a static layout fixes TP for the whole run,
+// which need not be the degree the planner resolves by default.
+dhp::Simulator simulator_for(const dhp::Planner& planner, const dhp::Plan& plan) {
+  const dhp::CostModel& cost = planner.cost_model();
+  const int encoder_tp = plan.encoder.ranks > 0 ? plan.encoder.tp : cost.encoder_tp();
+  return dhp::Simulator(dhp::CostModel(cost.cluster(), cost.model(), plan.llm.tp, encoder_tp,
+                                       cost.coefficients()));
+}
+
+// Plans every batch of the scenario with one strategy and simulates each plan.
+Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy strategy,
+                 const std::vector<std::optional<dhp::StaticLayout>>& static_layouts,
+                 const std::vector<std::string>& static_errors) {
+  Row row;
+  row.scenario = scenario.name;
+  row.strategy = dhp::to_string(strategy);
+  row.batches = static_cast<int>(data.batches.size());
+  row.ranks_min = std::numeric_limits<int>::max();
+  for (std::size_t b = 0; b < data.batches.size(); ++b) {
+    const int world = data.clusters[data.cluster_of_batch[b]].world_size();
+    row.ranks = std::max(row.ranks, world);
+    row.ranks_min = std::min(row.ranks_min, world);
+    row.sequences = std::max(row.sequences, static_cast<int>(data.batches[b].samples.size()));
+  }
+  row.batch_step_ms.assign(data.batches.size(), kNaN);
+  row.batch_estimate_ms.assign(data.batches.size(), kNaN);
+
+  std::vector<double> planner_ms, waves, idle;
+  double peak = 0, capacity = 0;
+  auto fail = [&](std::size_t count, const std::string& message) {
+    row.failed_batches += static_cast<int>(count);
+    if (row.error.empty()) row.error = message;
+  };
+
+  for (std::size_t c = 0; c < data.clusters.size(); ++c) {
+    std::vector<std::size_t> mine;
+    for (std::size_t b = 0; b < data.batches.size(); ++b)
+      if (data.cluster_of_batch[b] == static_cast<int>(c)) mine.push_back(b);
+    if (mine.empty()) continue;
+
+    dhp::PlannerOptions options = data.options;
+    options.strategy = strategy;
+    if (uses_static_layout(strategy)) {
+      std::optional<dhp::StaticLayout> layout = static_layouts[c];
+      if (strategy == Strategy::StaticBalanced && data.static_balanced_layout)
+        layout = data.static_balanced_layout;
+      if (!layout) {
+        fail(mine.size(), "static layout: " + static_errors[c]);
+        continue;
+      }
+      options.static_layout = layout;
+      row.static_layout = describe(*layout);
+    }
+    std::optional<dhp::Planner> planner;
+    try {
+      planner.emplace(data.clusters[c], data.model, options);
+    } catch (const std::exception& e) {
+      fail(mine.size(), short_error(e));
+      continue;
+    }
+
+    for (std::size_t b : mine) {
+      const dhp::Batch& batch = data.batches[b];
+      try {
+        // A fast planner is timed several times per batch so that p50 is not one noisy
+        // sample; every repeat must give the same plan (determinism).
+        dhp::Plan plan;
+        std::uint64_t first_hash = 0;
+        for (int rep = 0; rep < 5; ++rep) {
+          const auto start = std::chrono::steady_clock::now();
+          plan = planner->plan(batch);
+          const double ms =
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                  .count();
+          planner_ms.push_back(ms);
+          const std::uint64_t hash = dhp::plan_hash(plan);
+          if (rep == 0) first_hash = hash;
+          if (hash != first_hash) row.deterministic = false;
+          if (ms > 20) break;
+        }
+        const dhp::SimulationResult sim = simulator_for(*planner, plan).run(plan, batch);
+        row.batch_step_ms[b] = sim.step_ms;
+        row.batch_estimate_ms[b] = plan.estimate.step_ms;
+        waves.push_back(static_cast<double>(plan.waves.size()));
+        idle.push_back(sim.mean_idle_fraction);
+        peak = std::max(peak, sim.max_peak_mem_gib);
+        capacity = std::max(capacity, sim.mem_capacity_gib);
+      } catch (const std::exception& e) {
+        fail(1, fmt::format("batch {}: {}", batch.step, short_error(e)));
+      }
+    }
+  }
+  if (row.failed_batches < row.batches) {
+    row.step_ms = median(row.batch_step_ms);
+    row.planner_ms_p50 = percentile(planner_ms, 50);
+    row.planner_ms_p99 = percentile(planner_ms, 99);
+    row.peak_mem_gib = peak;
+    row.mem_capacity_gib = capacity;
+    row.waves = median(waves);
+    double sum = 0;
+    for (double v : idle) sum += v;
+    row.idle_fraction = idle.empty() ? kNaN : sum / static_cast<double>(idle.size());
+  }
+  return row;
+}
+
+std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, int index,
+                              int count) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::cerr << fmt::format("[{}/{}] {}: building batches\n", index, count, scenario.name);
+  const ScenarioData data = scenario.build(options.config, scenario.parameter);
+
+  std::vector<Strategy> strategies = data.strategies;
+  if (!options.strategies.empty()) {
+    std::erase_if(strategies, [&](Strategy s) {
+      return std::find(options.strategies.begin(), options.strategies.end(), s) ==
+             options.strategies.end();
+    });
+  }
+  // The run-wide static layout, once per cluster over that cluster's batches. static_best
+  // is always computed: it is the reference of the speedup column.
+  std::vector<std::optional<dhp::StaticLayout>> layouts(data.clusters.size());
+  std::vector<std::string> layout_errors(data.clusters.size());
+  for (std::size_t c = 0; c < data.clusters.size(); ++c) {
+    std::vector<dhp::Batch> batches;
+    for (std::size_t b = 0; b < data.batches.size(); ++b)
+      if (data.cluster_of_batch[b] == static_cast<int>(c)) batches.push_back(data.batches[b]);
+    if (batches.empty()) continue;
+    try {
+      layouts[c] = dhp::best_static_layout(data.clusters[c], data.model, batches,
+                                           Strategy::StaticBest, data.options);
+    } catch (const std::exception& e) {
+      layout_errors[c] = short_error(e);
+    }
+  }
+
+  std::vector<Row> rows;
+  for (Strategy s : strategies) {
+    std::cerr << fmt::format("[{}/{}] {}: {} ({} batches)\n", index, count, scenario.name,
+                             dhp::to_string(s), data.batches.size());
+    rows.push_back(run_strategy(scenario, data, s, layouts, layout_errors));
+  }
+  // The reference: static_best of this run, even when it was not asked for as a row.
+  std::optional<double> static_best_ms;
+  for (const Row& r : rows)
+    if (r.strategy == dhp::to_string(Strategy::StaticBest) && r.failed_batches == 0)
+      static_best_ms = r.step_ms;
+  if (!static_best_ms && std::find(strategies.begin(), strategies.end(),
+                                   Strategy::StaticBest) == strategies.end()) {
+    Row ref = run_strategy(scenario, data, Strategy::StaticBest, layouts, layout_errors);
+    if (ref.failed_batches == 0) static_best_ms = ref.step_ms;
+  }
+  for (Row& r : rows)
+    if (static_best_ms && r.failed_batches == 0) r.speedup_vs_static_best = *static_best_ms / r.step_ms;
+
+  std::cerr << fmt::format(
+      "[{}/{}] {}: done in {:.1f} s\n", index, count, scenario.name,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return rows;
+}
+
+// --- output ---
+
+nlohmann::json number_or_null(double v) {
+  return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v);
+}
+
+nlohmann::json to_json(const Row& r) {
+  nlohmann::json j;
+  j["scenario"] = r.scenario;
+  j["ranks"] = r.ranks;
+  if (r.ranks_min != r.ranks) j["ranks_min"] = r.ranks_min;
+  j["sequences"] = r.sequences;
+  j["strategy"] = r.strategy;
+  j["step_ms"] = number_or_null(r.step_ms);
+  j["planner_ms_p50"] = number_or_null(r.planner_ms_p50);
+  j["planner_ms_p99"] = number_or_null(r.planner_ms_p99);
+  j["peak_mem_gib"] = number_or_null(r.peak_mem_gib);
+  j["mem_capacity_gib"] = number_or_null(r.mem_capacity_gib);
+  j["speedup_vs_static_best"] = number_or_null(r.speedup_vs_static_best);
+  j["waves"] = number_or_null(r.waves);
+  j["idle_fraction"] = number_or_null(r.idle_fraction);
+  j["batches"] = r.batches;
+  j["failed_batches"] = r.failed_batches;
+  j["deterministic"] = r.deterministic;
+  if (!r.static_layout.empty()) j["static_layout"] = r.static_layout;
+  if (!r.error.empty()) j["error"] = r.error;
+  return j;
+}
+
+std::string cell(double v, int precision) {
+  return std::isnan(v) ? "-" : fmt::format("{:.{}f}", v, precision);
+}
+
+void print_table(const std::vector<Row>& rows) {
+  std::string header = fmt::format(
+      "{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}",
+      "scenario", "ranks", "seqs", "strategy", "step_ms", "plan_p50", "plan_p99", "peak_GiB",
+      "cap_GiB", "vs_static", "waves", "idle");
+  fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
+  std::string last;
+  for (const Row& r : rows) {
+    if (!last.empty() && r.scenario != last) fmt::print("\n");
+    last = r.scenario;
+    std::string ranks = r.ranks_min != r.ranks ? fmt::format("{}-{}", r.ranks_min, r.ranks)
+                                               : std::to_string(r.ranks);
+    fmt::print("{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}",
+               r.scenario, ranks, r.sequences, r.strategy, cell(r.step_ms, 1),
+               cell(r.planner_ms_p50, 2), cell(r.planner_ms_p99, 2), cell(r.peak_mem_gib, 1),
+               cell(r.mem_capacity_gib, 1),
+               std::isnan(r.speedup_vs_static_best)
+                   ? std::string("-")
+                   : fmt::format("{:.3f}x", r.speedup_vs_static_best),
+               cell(r.waves, 0), cell(r.idle_fraction, 2));
+    if (!r.error.empty()) {
+      std::string e = r.error.size() > 110 ? r.error.substr(0, 107) + "..." : r.error;
+      fmt::print("  FAILED {}/{}: {}", r.failed_batches, r.batches, e);
+    }
+    if (!r.deterministic) fmt::print("  NONDETERMINISTIC");
+    fmt::print("\n");
+  }
+}
+
+// --- the checks of issue 2 ---
+
+const Row* find_row(const std::vector<Row>& rows, const std::string& scenario, Strategy s) {
+  for (const Row& r : rows)
+    if (r.scenario == scenario && r.strategy == dhp::to_string(s)) return &r;
+  return nullptr;
+}
+
+void print_checks(const std::vector<Row>& rows, std::FILE* out) {
+  auto verdict = [](bool ok) { return ok ? "PASS" : "FAIL"; };
+  fmt::print(out, "\nChecks (issue 2)\n");
+
+  std::vector<std::string> scenarios;
+  for (const Row& r : rows)
+    if (std::find(scenarios.begin(), scenarios.end(), r.scenario) == scenarios.end())
+      scenarios.push_back(r.scenario);
+
+  fmt::print(out, "- dhp never slower than any baseline (median step; and batch by batch):\n");
+  const Strategy baselines[] = {Strategy::StaticBest, Strategy::StaticBalanced,
+                                Strategy::MegatronDcp, Strategy::PaperBfdDp};
+  for (const std::string& sc : scenarios) {
+    const Row* dhp_row = find_row(rows, sc, Strategy::Dhp);
+    if (!dhp_row) continue;
+    if (dhp_row->failed_batches > 0) {
+      fmt::print(out, "    {:<22} FAIL dhp failed on {}/{} batches\n", sc,
+                 dhp_row->failed_batches, dhp_row->batches);
+      continue;
+    }
+    std::string best_name = "-";
+    double best_ms = std::numeric_limits<double>::infinity();
+    int batch_losses = 0, compared = 0;
+    double worst_loss = 0;  // largest dhp / baseline - 1 over the lost batches
+    for (Strategy b : baselines) {
+      const Row* r = find_row(rows, sc, b);
+      if (!r || std::isnan(r->step_ms)) continue;
+      if (r->step_ms < best_ms) {
+        best_ms = r->step_ms;
+        best_name = r->strategy;
+      }
+      for (std::size_t i = 0; i < r->batch_step_ms.size(); ++i) {
+        if (std::isnan(r->batch_step_ms[i])) continue;
+        ++compared;
+        // Relative slack only for float noise: a loss is a loss.
+        if (dhp_row->batch_step_ms[i] > r->batch_step_ms[i] * (1 + 1e-9)) {
+          ++batch_losses;
+          worst_loss = std::max(worst_loss, dhp_row->batch_step_ms[i] / r->batch_step_ms[i] - 1);
+        }
+      }
+    }
+    const bool ok = dhp_row->step_ms <= best_ms * (1 + 1e-9) && batch_losses == 0;
+    fmt::print(out,
+               "    {:<22} {} dhp {:.1f} ms, best baseline {} {:.1f} ms ({:.3f}x); "
+               "batches lost: {}/{}{}\n",
+               sc, verdict(ok), dhp_row->step_ms, best_name, best_ms, best_ms / dhp_row->step_ms,
+               batch_losses, compared,
+               batch_losses ? fmt::format(" (worst by {:.1f}%)", 100 * worst_loss) : "");
+  }
+
+  if (const Row* r = find_row(rows, "video-longtail", Strategy::Dhp)) {
+    fmt::print(out, "- video-longtail at {} GPUs: dhp vs static_best {:.3f}x (target >= 1.3x): {}\n",
+               r->ranks, r->speedup_vs_static_best,
+               verdict(r->speedup_vs_static_best >= 1.3));
+  }
+
+  const Row* dhp_small = find_row(rows, "small-exact", Strategy::Dhp);
+  const Row* exact_small = find_row(rows, "small-exact", Strategy::Exact);
+  if (dhp_small && exact_small) {
+    // The exact solver optimises the planner's cost model, so the gap is measured there;
+    // the simulated gap is shown beside it.
+    std::vector<double> gaps, sim_gaps;
+    for (std::size_t i = 0; i < dhp_small->batch_estimate_ms.size(); ++i) {
+      const double d = dhp_small->batch_estimate_ms[i], x = exact_small->batch_estimate_ms[i];
+      if (std::isnan(d) || std::isnan(x)) continue;
+      gaps.push_back(d / x - 1);
+      sim_gaps.push_back(dhp_small->batch_step_ms[i] / exact_small->batch_step_ms[i] - 1);
+    }
+    if (gaps.empty()) {
+      fmt::print(out, "- exact gap: no instance solved by both (exact: {})\n", exact_small->error);
+    } else {
+      double mean = 0, sim_mean = 0;
+      for (double g : gaps) mean += g;
+      for (double g : sim_gaps) sim_mean += g;
+      mean /= gaps.size();
+      sim_mean /= sim_gaps.size();
+      fmt::print(out,
+                 "- dhp gap to exact over {} small instances (planner estimate): mean {:.2f}%, "
+                 "max {:.2f}% (target mean <= 3%): {}; simulated: mean {:.2f}%, max {:.2f}%\n",
+                 gaps.size(), 100 * mean, 100 * *std::max_element(gaps.begin(), gaps.end()),
+                 verdict(mean <= 0.03), 100 * sim_mean,
+                 100 * *std::max_element(sim_gaps.begin(), sim_gaps.end()));
+      if (exact_small->failed_batches > 0)
+        fmt::print(out, "    exact failed on {}/{} instances: {}\n", exact_small->failed_batches,
+                   exact_small->batches, exact_small->error);
+    }
+  }
+
+  bool repro_header = false;
+  for (const std::string& sc : scenarios) {
+    if (sc.rfind("megatron-dcp-repro", 0) != 0) continue;
+    const Row* dcp = find_row(rows, sc, Strategy::MegatronDcp);
+    const Row* bal = find_row(rows, sc, Strategy::StaticBalanced);
+    const Row* ours = find_row(rows, sc, Strategy::Dhp);
+    if (!dcp || !bal || std::isnan(dcp->step_ms) || std::isnan(bal->step_ms)) continue;
+    if (!repro_header) {
+      fmt::print(out, "- Megatron repro: megatron_dcp over static_balanced (published 1.21-1.50x):\n");
+      repro_header = true;
+    }
+    const double ratio = bal->step_ms / dcp->step_ms;
+    fmt::print(out, "    {:<22} {:.3f}x ({}){}\n", sc, ratio,
+               ratio >= 1.21 && ratio <= 1.50 ? "inside" : "outside",
+               ours && !std::isnan(ours->step_ms)
+                   ? fmt::format("; dhp over static_balanced {:.3f}x", bal->step_ms / ours->step_ms)
+                   : std::string());
+  }
+
+  auto planner_target = [&](const char* scenario, double limit_ms) {
+    if (const Row* r = find_row(rows, scenario, Strategy::Dhp); r && !std::isnan(r->planner_ms_p50))
+      fmt::print(out, "- dhp planner p50 on {} ({} GPUs, {} seqs): {:.2f} ms (target <= {} ms): {}\n",
+                 scenario, r->ranks, r->sequences, r->planner_ms_p50, limit_ms,
+                 verdict(r->planner_ms_p50 <= limit_ms));
+  };
+  planner_target("image-instruct", 5);
+  planner_target("scale-4096", 100);
+
+  int over = 0, nondet = 0;
+  for (const Row& r : rows) {
+    if (!std::isnan(r.peak_mem_gib) && r.peak_mem_gib > r.mem_capacity_gib) {
+      ++over;
+      fmt::print(out, "- simulated peak over capacity: {} {} {:.1f} > {:.1f} GiB\n", r.scenario,
+                 r.strategy, r.peak_mem_gib, r.mem_capacity_gib);
+    }
+    if (!r.deterministic) {
+      ++nondet;
+      fmt::print(out, "- NONDETERMINISTIC plans: {} {}\n", r.scenario, r.strategy);
+    }
+  }
+  if (over == 0) fmt::print(out, "- simulated peak memory within capacity on every row: PASS\n");
+  if (nondet == 0) fmt::print(out, "- repeated planning gave identical plans on every row: PASS\n");
+}
+
+// --- command line ---
+
+void print_usage(std::FILE* out) {
+  fmt::print(out,
+             "usage: dhp_bench [--list] [--scenario NAME]... [--strategy NAME]... "
+             "[--format table|json]\n"
+             "                 [--batches N] [--quick] [--seed S]\n"
+             "  --list            name the scenarios with one-line descriptions\n"
+             "  --scenario NAME   run this scenario (or family, e.g. megatron-dcp-repro); "
+             "repeatable; default all\n"
+             "  --strategy NAME   run only this strategy (dhp, static_best, static_balanced,\n"
+             "                    megatron_dcp, paper_bfd_dp, exact); repeatable\n"
+             "  --format F        table (default, with the checks) or json (one object per "
+             "line; checks on stderr)\n"
+             "  --batches N       batches per scenario instead of the scenario's default\n"
+             "  --quick           few batches per scenario (CI: about a minute)\n"
+             "  --seed S          seed of the batch draws (default 1)\n");
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  auto value = [&](int& i) -> std::string {
+    DHP_CHECK(i + 1 < argc, InvalidArgument, "{} needs a value", argv[i]);
+    return argv[++i];
+  };
+  auto integer = [](const std::string& flag, const std::string& text) {
+    char* end = nullptr;
+    const long long v = std::strtoll(text.c_str(), &end, 10);
+    DHP_CHECK(end && *end == '\0' && !text.empty() && v >= 0, InvalidArgument,
+              "{} expects a non-negative integer, got '{}'", flag, text);
+    return v;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      print_usage(stdout);
+      std::exit(0);
+    } else if (arg == "--list") {
+      o.list = true;
+    } else if (arg == "--scenario") {
+      o.scenarios.push_back(value(i));
+    } else if (arg == "--strategy") {
+      o.strategies.push_back(dhp::strategy_from_string(value(i)));
+    } else if (arg == "--format") {
+      const std::string f = value(i);
+      DHP_CHECK(f == "table" || f == "json", InvalidArgument,
+                "--format expects table or json, got '{}'", f);
+      o.json = f == "json";
+    } else if (arg == "--batches") {
+      o.config.batches = static_cast<int>(integer(arg, value(i)));
+    } else if (arg == "--quick") {
+      o.config.quick = true;
+    } else if (arg == "--seed") {
+      o.config.seed = static_cast<std::uint64_t>(integer(arg, value(i)));
+    } else {
+      DHP_THROW(InvalidArgument, "unknown argument '{}'", arg);
+    }
+  }
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  try {
+    options = parse(argc, argv);
+  } catch (const dhp::Error& e) {
+    fmt::print(stderr, "dhp_bench: {}\n", e.what());
+    print_usage(stderr);
+    return 2;
+  }
+  try {
+    if (options.list) {
+      for (const Scenario& s : dhp::bench::all_scenarios())
+        fmt::print("{:<22} {}\n", s.name, s.description);
+      return 0;
+    }
+    std::vector<const Scenario*> selected;
+    if (options.scenarios.empty()) {
+      for (const Scenario& s : dhp::bench::all_scenarios()) selected.push_back(&s);
+    } else {
+      for (const std::string& name : options.scenarios)
+        for (const Scenario* s : dhp::bench::find_scenarios(name))
+          if (std::find(selected.begin(), selected.end(), s) == selected.end())
+            selected.push_back(s);
+    }
+
+    std::vector<Row> rows;
+    for (std::size_t i = 0; i < selected.size(); ++i) {
+      std::vector<Row> scenario_rows;
+      try {
+        scenario_rows = run_scenario(*selected[i], options, static_cast<int>(i) + 1,
+                                     static_cast<int>(selected.size()));
+      } catch (const std::exception& e) {
+        // The scenario's data could not be built (missing file, ...): one row says so.
+        Row r;
+        r.scenario = selected[i]->name;
+        r.strategy = "-";
+        r.error = short_error(e);
+        std::cerr << fmt::format("{}: {}\n", r.scenario, r.error);
+        scenario_rows.push_back(r);
+      }
+      if (options.json) {
+        for (const Row& r : scenario_rows) std::cout << to_json(r).dump() << "\n" << std::flush;
+      }
+      rows.insert(rows.end(), scenario_rows.begin(), scenario_rows.end());
+    }
+    if (options.json) {
+      print_checks(rows, stderr);
+    } else {
+      print_table(rows);
+      print_checks(rows, stdout);
+    }
+  } catch (const dhp::Error& e) {
+    fmt::print(stderr, "dhp_bench: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

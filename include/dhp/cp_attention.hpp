@@ -1,0 +1,68 @@
+// Context-parallel attention over one rank's local pieces of a wave (see dispatch.hpp),
+// for all the wave's sequences at once; framework-free (plain pointers, the kernels'
+// packed layout: q/out [rows, heads_q, head_dim], k/v [rows, heads_kv, head_dim],
+// lse [heads_q, rows] in the accumulator type).
+//
+// Ring (any degree d): the local KV block (the rank's Zigzag pieces, a prefix of the local
+// rows) travels d-1 steps around the group's ring on the *world* communicator (global
+// ranks, so a new CP degree creates no communicator). Each step posts the exchange with
+// the ring neighbours, runs the attention of every local query row against the block it
+// holds (positions give exact causal masks for any chunk combination and length), waits,
+// and merges the partial result with the log-sum-exp merge. Whole pieces attend locally at
+// step 0. Backward runs the ring again: KV travels ahead (overlapped) and the dK/dV
+// accumulators follow their block; after d-1 steps one last hop brings every block's
+// dK/dV home. Gradients are computed per block from the final out and lse, so the error
+// does not grow with the ring size.
+//
+// Ulysses (d | heads_kv and d | heads_q): one all_to_all_v over heads inside the group
+// (a GroupPool sub-communicator) gives each member all rows of the group's Zigzag
+// sequences for heads/d heads; local attention; the inverse all_to_all_v. Groups whose
+// heads do not divide fall back to the ring, with a log line saying so. UlyssesRing runs
+// as Ring here (see docs/runtime.md).
+//
+// dtypes: F32 and F64 (the ring merges into the output buffers, which are then in the
+// accumulator type). Buffers on CPU; CUDA buffers need `allocator` for the temporaries.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "dhp/communicator.hpp"
+#include "dhp/dispatch.hpp"
+#include "dhp/kernels.hpp"
+
+namespace dhp {
+
+class GroupPool;
+
+// Temporaries of CP attention (received KV blocks, partial outputs, index arrays) on the
+// buffers' device. The default (nullptr in CpAttentionContext) uses host memory.
+class BufferAllocator {
+ public:
+  virtual ~BufferAllocator() = default;
+  virtual void* allocate(std::size_t bytes) = 0;
+  virtual void deallocate(void* pointer) noexcept = 0;
+  virtual void copy_from_host(void* device_dst, const void* host_src, std::size_t bytes) = 0;
+};
+
+struct CpAttentionContext {
+  kernels::DType dtype = kernels::DType::F32;
+  kernels::AttentionShape shape;
+  const WaveLayout* layout = nullptr;
+  Communicator* world = nullptr;       // ring P2P, global ranks
+  GroupPool* pool = nullptr;           // Ulysses sub-communicators; null: Ulysses runs as Ring
+  BufferAllocator* allocator = nullptr;  // null: host buffers
+};
+
+// out [rows, heads_q, head_dim] (dtype), lse [heads_q, rows] (accumulator type).
+void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const void* k,
+                          const void* v, void* out, void* lse);
+// dq, dk, dv are overwritten. out and lse are the forward's.
+void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const void* k,
+                           const void* v, const void* out, const void* lse, const void* dout,
+                           void* dq, void* dk, void* dv);
+
+// Whether the group of `layout` runs Ulysses with these heads (else the ring).
+bool uses_ulysses(const WaveLayout& layout, const kernels::AttentionShape& shape);
+
+}  // namespace dhp

@@ -1,0 +1,124 @@
+// LibTorch adapter (target dhp_torch; the core libraries never include LibTorch).
+//
+// 1. torchrun bootstrap: the world as torchrun describes it (RANK, WORLD_SIZE, LOCAL_RANK,
+//    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and a c10d::TCPStore rendezvous (rank 0
+//    serves it), used to share small values such as the NCCL unique id. Under torchrun the
+//    CPU backend is still MPI (mpirun); the store only bootstraps NCCL.
+// 2. at::Tensor <-> kernel arguments, with checks whose errors name the tensor.
+// 3. cp_attention(): context-parallel attention (include/dhp/cp_attention.hpp) as a
+//    torch::autograd::Function, so a C++ trainer gets autograd through it.
+//
+// Builds against LibTorch 1.13 and 2.x: only APIs common to both are used
+// (c10d::TCPStore(host, TCPStoreOptions), Store::set/get/wait, autograd::Function).
+#pragma once
+
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dhp/communicator.hpp"
+#include "dhp/cp_attention.hpp"
+#include "dhp/kernels.hpp"
+#include "dhp/runtime.hpp"
+
+namespace dhp {
+
+// ---------------------------------------------------------------- torchrun bootstrap
+
+struct TorchrunEnv {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  int local_world_size = 1;  // LOCAL_WORLD_SIZE, default 1 when absent
+  std::string master_addr;
+  int master_port = 0;
+};
+
+// Reads torchrun's variables; throws Error(InvalidArgument) naming a missing or malformed
+// one (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are required).
+TorchrunEnv torchrun_env();
+
+// Rendezvous of all ranks through a c10d::TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 is
+// the server). The constructor returns once every rank has connected, or throws
+// Error(Communication) past `timeout`.
+class TorchrunBootstrap {
+ public:
+  explicit TorchrunBootstrap(std::chrono::milliseconds timeout);
+  TorchrunBootstrap(const TorchrunEnv& env, std::chrono::milliseconds timeout);
+
+  const TorchrunEnv& env() const { return env_; }
+  ProcessInfo process() const;
+  c10d::Store& store() { return *store_; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
+
+  // Rank 0 publishes `value` under `key`; every rank returns it (rank 0 included). Keys
+  // are single-use: give each exchange its own.
+  std::vector<std::uint8_t> broadcast(const std::string& key,
+                                      const std::vector<std::uint8_t>& value);
+  // Returns once every rank has arrived at the barrier called `name` (single-use).
+  void barrier(const std::string& name);
+
+ private:
+  TorchrunEnv env_;
+  std::chrono::milliseconds timeout_;
+  c10::intrusive_ptr<c10d::TCPStore> store_;
+};
+
+#ifdef DHP_HAVE_NCCL
+// The NCCL world over the torchrun ranks: rank 0 creates the unique id and shares it
+// through the store. cuda_device < 0: LOCAL_RANK.
+std::unique_ptr<Communicator> nccl_world(TorchrunBootstrap& bootstrap, int cuda_device = -1);
+#endif
+
+// ---------------------------------------------------------------- tensors
+
+// The kernels' dtype / device of `t`; Error(InvalidArgument) naming `name` otherwise.
+kernels::DType kernel_dtype(const at::Tensor& t, const char* name);
+kernels::Device kernel_device(const at::Tensor& t, const char* name);
+at::ScalarType scalar_type(kernels::DType dtype);
+
+// Checks `t` is defined, contiguous, has `dtype`, lives on `device` and has `sizes`
+// (-1: any); the error names the tensor and the wrong value.
+void check_tensor(const at::Tensor& t, const char* name, kernels::DType dtype,
+                  kernels::Device device, const std::vector<std::int64_t>& sizes);
+
+// Temporaries of CP attention allocated as LibTorch tensors on one device (CUDA tensors
+// go through LibTorch's caching allocator).
+class TorchBufferAllocator final : public BufferAllocator {
+ public:
+  explicit TorchBufferAllocator(at::Device device) : device_(device) {}
+  void* allocate(std::size_t bytes) override;
+  void deallocate(void* pointer) noexcept override;
+  void copy_from_host(void* device_dst, const void* host_src, std::size_t bytes) override;
+
+ private:
+  at::Device device_;
+  std::unordered_map<void*, at::Tensor> live_;
+};
+
+// ---------------------------------------------------------------- CP attention
+
+// What cp_attention needs besides the tensors. Everything pointed to must outlive the
+// backward pass (the autograd graph keeps the pointers, not copies).
+struct CpAttentionOptions {
+  const WaveLayout* layout = nullptr;
+  Communicator* world = nullptr;
+  GroupPool* pool = nullptr;             // null: Ulysses groups run as Ring
+  BufferAllocator* allocator = nullptr;  // null: host buffers, or LibTorch's for CUDA tensors
+  double softmax_scale = 0;              // 0: 1/sqrt(head_dim)
+  bool causal = true;
+};
+
+// q [rows, heads_q, head_dim], k/v [rows, heads_kv, head_dim] (rows = layout->rows), F32
+// or F64, contiguous, same device. Returns out [rows, heads_q, head_dim]; backward gives
+// dq, dk, dv. Collective: every rank of the wave calls it (and its backward) together.
+at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const CpAttentionOptions& options);
+
+}  // namespace dhp

@@ -1,0 +1,174 @@
+// The DHP paper's planner (arXiv 2602.21788): memory-aware best-fit-decreasing packing of
+// sequences into atomic groups, then a 2-D dynamic program that gives every atomic group
+// its number of devices so that the slowest group finishes first. See docs/baselines.md.
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#include "baselines.hpp"
+#include "dhp/error.hpp"
+#include "dhp/log.hpp"
+
+namespace dhp::detail {
+
+std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& cost,
+                                           double budget, int max_degree) {
+  std::vector<int> order(batch.samples.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return batch.samples[a].llm_tokens() > batch.samples[b].llm_tokens();
+  });
+
+  std::vector<AtomicGroup> groups;
+  std::vector<double> group_bytes;  // per device at the group's minimal degree, exact
+  for (int s : order) {
+    // Best fit: the group left with the least memory once it takes s. A group of degree k
+    // has k * budget bytes; its sequences are split evenly, so compare per device. The
+    // summed bytes rank the candidates; the exact figure decides.
+    std::vector<bool> rejected(groups.size(), false);
+    std::vector<double> alone_at(max_degree + 1, -1.0);  // bytes of s alone, per degree
+    auto alone = [&](int degree) {
+      if (alone_at[degree] < 0) alone_at[degree] = group_activation_bytes(cost, batch, {s}, degree);
+      return alone_at[degree];
+    };
+    int best = -1;
+    for (;;) {
+      best = -1;
+      double best_left = std::numeric_limits<double>::infinity();
+      for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
+        if (rejected[g]) continue;
+        const double left =
+            budget - group_bytes[g] - alone(groups[g].min_degree);
+        if (left >= 0 && left < best_left) {
+          best_left = left;
+          best = g;
+        }
+      }
+      if (best < 0) break;
+      std::vector<int> with = groups[best].samples;
+      with.push_back(s);
+      const double bytes = group_activation_bytes(cost, batch, with, groups[best].min_degree);
+      if (bytes <= budget) {
+        groups[best].samples = std::move(with);
+        group_bytes[best] = bytes;
+        break;
+      }
+      rejected[best] = true;
+    }
+    if (best >= 0) continue;
+    // A new atomic group: the smallest degree that holds this (its first) sequence.
+    int degree = 1;
+    while (degree <= max_degree && group_activation_bytes(cost, batch, {s}, degree) > budget) {
+      ++degree;
+    }
+    const Sample& sample = batch.samples[s];
+    DHP_CHECK(degree <= max_degree, DoesNotFit,
+              "paper_bfd_dp: sample {} (id {}) of {} tokens does not fit {:.3g} GiB of "
+              "activations per device even on {} ranks",
+              s, sample.id, sample.llm_tokens(), budget / (1 << 30), max_degree);
+    groups.push_back(AtomicGroup{degree, {s}});
+    group_bytes.push_back(group_activation_bytes(cost, batch, {s}, degree));
+  }
+  return groups;
+}
+
+DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& time,
+                                     const std::vector<int>& min_degree, int ranks) {
+  const int num_groups = static_cast<int>(time.size());
+  DHP_CHECK(static_cast<int>(min_degree.size()) == num_groups && ranks >= 0, InvalidArgument,
+            "allocate_devices_dp: {} time rows, {} minimal degrees, {} ranks", num_groups,
+            min_degree.size(), ranks);
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  // Devices the first i groups need at least; rows can skip counts below it.
+  std::vector<int> needed(num_groups + 1, 0);
+  for (int i = 0; i < num_groups; ++i) {
+    DHP_CHECK(min_degree[i] >= 1 && static_cast<int>(time[i].size()) == ranks + 1,
+              InvalidArgument, "allocate_devices_dp: group {} has min degree {} and {} times",
+              i, min_degree[i], time[i].size());
+    needed[i + 1] = needed[i] + min_degree[i];
+  }
+  DHP_CHECK(needed[num_groups] <= ranks, Internal,
+            "allocate_devices_dp: the {} groups need at least {} devices, only {}", num_groups,
+            needed[num_groups], ranks);
+
+  // best[i][n]: least makespan of the first i groups on at most n devices;
+  // take[i][n]: devices group i-1 gets there.
+  std::vector<std::vector<double>> best(num_groups + 1, std::vector<double>(ranks + 1, kInf));
+  std::vector<std::vector<int>> take(num_groups + 1, std::vector<int>(ranks + 1, 0));
+  std::fill(best[0].begin(), best[0].end(), 0.0);
+  for (int i = 1; i <= num_groups; ++i) {
+    const std::vector<double>& group_time = time[i - 1];
+    const int rest_needed = needed[num_groups] - needed[i];  // later groups' minimum
+    for (int n = needed[i]; n <= ranks - rest_needed; ++n) {
+      for (int m = min_degree[i - 1]; m <= n - needed[i - 1]; ++m) {
+        const double makespan = std::max(best[i - 1][n - m], group_time[m]);
+        if (makespan < best[i][n]) {  // strict: the fewest devices among equals
+          best[i][n] = makespan;
+          take[i][n] = m;
+        }
+      }
+    }
+  }
+  DeviceAllocation allocation;
+  allocation.makespan = best[num_groups][ranks];
+  DHP_CHECK(allocation.makespan < kInf, DoesNotFit,
+            "allocate_devices_dp: no allocation of {} devices fits all {} groups", ranks,
+            num_groups);
+  allocation.degrees.assign(num_groups, 0);
+  for (int i = num_groups, n = ranks; i >= 1; --i) {
+    allocation.degrees[i - 1] = take[i][n];
+    n -= take[i][n];
+  }
+  return allocation;
+}
+
+Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,
+                       const PlannerOptions& options) {
+  check_batch_fits(batch, cost, layout);
+  const int ranks = layout.llm.ranks;
+  const double budget = llm_activation_budget(cost, layout, batch);
+  const std::vector<AtomicGroup> groups = bfd_atomic_groups(batch, cost, budget, ranks);
+
+  // More atomic groups than devices at their minimal degrees: fill waves in BFD order.
+  std::vector<std::vector<int>> wave_groups(1);
+  int wave_min_devices = 0;
+  for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
+    if (wave_min_devices + groups[g].min_degree > ranks) {
+      wave_groups.emplace_back();
+      wave_min_devices = 0;
+    }
+    wave_groups.back().push_back(g);
+    wave_min_devices += groups[g].min_degree;
+  }
+
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  std::vector<WaveDraft> waves;
+  for (const std::vector<int>& members : wave_groups) {
+    std::vector<std::vector<double>> time;
+    std::vector<int> min_degree;
+    for (int g : members) {
+      const AtomicGroup& group = groups[g];
+      std::vector<double> row(ranks + 1, kInf);
+      for (int m = group.min_degree; m <= ranks; ++m) {
+        // More devices than the minimum leave each fewer tokens, but check: the hard
+        // memory constraint holds whatever the activation model does.
+        if (group_activation_bytes(cost, batch, group.samples, m) <= budget) {
+          row[m] = group_llm_ms(cost, layout, batch, group.samples, m);
+        }
+      }
+      time.push_back(std::move(row));
+      min_degree.push_back(group.min_degree);
+    }
+    const DeviceAllocation allocation = allocate_devices_dp(time, min_degree, ranks);
+    WaveDraft wave;
+    for (std::size_t j = 0; j < members.size(); ++j) {
+      wave.groups.push_back(split_group(allocation.degrees[j], groups[members[j]].samples));
+    }
+    waves.push_back(std::move(wave));
+  }
+  DHP_LOG_DEBUG("paper_bfd_dp: {} sequences -> {} atomic groups in {} waves",
+                batch.samples.size(), groups.size(), waves.size());
+  return build_plan(to_string(Strategy::PaperBfdDp), batch, cost, layout, waves);
+}
+
+}  // namespace dhp::detail

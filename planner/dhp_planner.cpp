@@ -1,0 +1,458 @@
+// dhp: our per-batch planner. A makespan search over per-wave target times T: for a given
+// T every sequence takes the smallest ring degree that finishes it within T (and fits in
+// memory); long ones open ring groups, short ones are packed best-fit into the slack of any
+// rank, ring members included. Binary search on T, a few wave counts, an LPT candidate over
+// the same groups, a bounded local improvement; the best by estimated step time wins.
+// See docs/algorithm.md.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <set>
+#include <utility>
+
+#include "dhp/error.hpp"
+#include "dhp/log.hpp"
+#include "internal.hpp"
+
+namespace dhp::detail {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kRelTolerance = 0.005;  // binary search on T stops at 0.5%
+constexpr int kExtraWaves = 3;           // wave counts tried beyond the memory minimum
+constexpr int kMemoryScan = 16;          // bins inspected for memory before opening a new one
+
+// One useful degree of a sequence: the per-rank time falls strictly from step to step.
+struct DegreeStep {
+  int degree;
+  double ms;
+  double bytes;
+};
+
+struct SequenceInfo {
+  int sample;
+  double whole_ms;
+  double whole_bytes;
+  int first_step;  // into the flat step table; steps start at the memory-minimal degree
+  int num_steps;
+};
+
+// Per-batch tables computed once: the degree/time/memory steps of every sequence.
+struct Tables {
+  std::vector<SequenceInfo> seqs;  // sorted by decreasing work, sample index on ties
+  std::vector<DegreeStep> steps;
+  double budget = 0;
+  int ranks = 0;
+};
+
+Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layout) {
+  Tables t;
+  t.ranks = layout.llm.ranks;
+  t.budget = llm_activation_budget(cost, layout, batch);
+  const int R = t.ranks;
+  const int n = static_cast<int>(batch.samples.size());
+  t.seqs.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const std::int64_t tokens = batch.samples[i].llm_tokens();
+    SequenceInfo s{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}),
+                   cost.llm_activation_bytes(tokens, 1), static_cast<int>(t.steps.size()), 0};
+    // Smallest degree whose activations fit (bytes fall with the degree beyond 1).
+    int d_mem = 1;
+    if (s.whole_bytes > t.budget) {
+      int lo = 2, hi = R;
+      while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (cost.llm_activation_bytes(tokens, mid) <= t.budget) hi = mid; else lo = mid + 1;
+      }
+      d_mem = lo;
+    }
+    double best = kInf;
+    double prev = kInf;
+    for (int d = d_mem; d <= R; ++d) {
+      const double ms = d == 1 ? s.whole_ms : cost.llm_sequence_ms(tokens, expected_ring(d, layout));
+      const double bytes = d == 1 ? s.whole_bytes : cost.llm_activation_bytes(tokens, d);
+      if (ms < best * (1 - 1e-9) && bytes <= t.budget) {
+        t.steps.push_back(DegreeStep{d, ms, bytes});
+        best = ms;
+      }
+      // Past the node boundary the ring only gets more expensive once it stops paying.
+      if (d > layout.llm_ranks_per_node && ms >= prev) break;
+      prev = ms;
+    }
+    s.num_steps = static_cast<int>(t.steps.size()) - s.first_step;
+    DHP_CHECK(s.num_steps > 0, Internal, "dhp: sample {} has no degree that fits", i);
+    t.seqs.push_back(s);
+  }
+  std::stable_sort(t.seqs.begin(), t.seqs.end(), [](const SequenceInfo& a, const SequenceInfo& b) {
+    if (a.whole_ms != b.whole_ms) return a.whole_ms > b.whole_ms;
+    return a.sample < b.sample;
+  });
+  return t;
+}
+
+// A rank in the packing: a member of a group in a wave, with its load and activation bytes.
+struct Bin {
+  int wave;
+  int group;
+  int member;
+  double load;
+  double bytes;
+};
+struct Group {
+  int wave;
+  int degree;
+  int first_bin;
+  double split_load;
+  double split_bytes;
+};
+
+enum class Fill { BestFit, Lpt };
+
+// The packing state of one (T, W) attempt; buffers are reused between attempts.
+class Packer {
+ public:
+  explicit Packer(const Tables& tables) : t_(tables) {}
+
+  // Places every sequence with a per-wave makespan target T over W waves. BestFit: short
+  // sequences go to the fullest rank that still has room before T (fails when none). Lpt:
+  // ring groups as for BestFit, then every free rank opens and short sequences go to the
+  // least-loaded rank (T only decides the degrees).
+  bool pack(double T, int W, Fill fill) {
+    reset(W);
+    const int n = static_cast<int>(t_.seqs.size());
+    bool short_phase_started = false;
+    for (int k = 0; k < n; ++k) {
+      const SequenceInfo& s = t_.seqs[k];
+      const DegreeStep* step = choose_step(s, T);
+      if (step == nullptr) return false;
+      if (step->degree > 1) {
+        if (!place_split(k, *step, T, fill)) return false;
+        continue;
+      }
+      if (!short_phase_started) {
+        short_phase_started = true;
+        if (fill == Fill::Lpt) open_all_free();
+      }
+      if (!place_whole(k, step->ms, step->bytes, T, fill)) return false;
+    }
+    return true;
+  }
+
+  double makespan_sum() const {
+    std::vector<double> wave_max(waves_, 0.0);
+    for (const Bin& b : bins_) wave_max[b.wave] = std::max(wave_max[b.wave], b.load);
+    return std::accumulate(wave_max.begin(), wave_max.end(), 0.0);
+  }
+
+  // Moves whole sequences off each wave's most loaded rank onto its least loaded rank while
+  // that strictly lowers the former below its load (bounded; never breaks memory).
+  void improve(int max_moves) {
+    open_all_free();
+    std::vector<std::set<std::pair<double, int>>> by_load(waves_);
+    for (int b = 0; b < static_cast<int>(bins_.size()); ++b)
+      by_load[bins_[b].wave].insert({bins_[b].load, b});
+    std::vector<std::vector<int>> on_bin(bins_.size());
+    for (int k = 0; k < static_cast<int>(seq_bin_.size()); ++k)
+      if (seq_bin_[k] >= 0) on_bin[seq_bin_[k]].push_back(k);
+    int moves = 0;
+    for (int w = 0; w < waves_ && moves < max_moves; ++w) {
+      auto& set = by_load[w];
+      while (moves < max_moves && set.size() >= 2) {
+        const int crit = std::prev(set.end())->second;
+        const int low = set.begin()->second;
+        bool moved = false;
+        // Largest piece first that still lowers the critical rank strictly.
+        std::vector<int>& pieces = on_bin[crit];
+        for (std::size_t p = 0; p < pieces.size() && !moved; ++p) {
+          const SequenceInfo& s = t_.seqs[pieces[p]];
+          const double new_low = bins_[low].load + s.whole_ms;
+          if (new_low >= bins_[crit].load * (1 - 1e-9)) continue;
+          if (bins_[low].bytes + s.whole_bytes > t_.budget) continue;
+          set.erase({bins_[crit].load, crit});
+          set.erase({bins_[low].load, low});
+          bins_[crit].load -= s.whole_ms;
+          bins_[crit].bytes -= s.whole_bytes;
+          bins_[low].load = new_low;
+          bins_[low].bytes += s.whole_bytes;
+          set.insert({bins_[crit].load, crit});
+          set.insert({bins_[low].load, low});
+          seq_bin_[pieces[p]] = low;
+          seq_group_[pieces[p]] = bins_[low].group;
+          on_bin[low].push_back(pieces[p]);
+          pieces.erase(pieces.begin() + static_cast<std::ptrdiff_t>(p));
+          moved = true;
+          ++moves;
+        }
+        if (!moved) break;
+      }
+    }
+  }
+
+  std::vector<WaveDraft> drafts() const {
+    std::vector<WaveDraft> waves(waves_);
+    std::vector<int> draft_index(groups_.size(), -1);
+    for (int g = 0; g < static_cast<int>(groups_.size()); ++g) {
+      const Group& gr = groups_[g];
+      GroupDraft d;
+      d.degree = gr.degree;
+      d.whole.resize(gr.degree);
+      draft_index[g] = static_cast<int>(waves[gr.wave].groups.size());
+      waves[gr.wave].groups.push_back(std::move(d));
+    }
+    for (int k = 0; k < static_cast<int>(t_.seqs.size()); ++k) {
+      DHP_CHECK(seq_group_[k] >= 0 && seq_group_[k] < static_cast<int>(groups_.size()), Internal,
+                "dhp: sequence {} unplaced (group {}) in a finished packing", k, seq_group_[k]);
+      const Group& gr = groups_[seq_group_[k]];
+      DHP_CHECK(seq_bin_[k] < 0 || bins_[seq_bin_[k]].member < gr.degree, Internal,
+                "dhp: bin/member mismatch for sequence {}", k);
+      GroupDraft& d = waves[gr.wave].groups[draft_index[seq_group_[k]]];
+      if (seq_bin_[k] < 0) d.split.push_back(t_.seqs[k].sample);
+      else d.whole[bins_[seq_bin_[k]].member].push_back(t_.seqs[k].sample);
+    }
+    // Ranks that received nothing stay unused; waves that received nothing disappear.
+    std::vector<WaveDraft> out;
+    for (WaveDraft& w : waves) {
+      WaveDraft kept;
+      for (GroupDraft& g : w.groups) {
+        bool empty = g.split.empty();
+        for (const auto& m : g.whole) empty = empty && m.empty();
+        if (!empty) kept.groups.push_back(std::move(g));
+      }
+      if (!kept.groups.empty()) out.push_back(std::move(kept));
+    }
+    return out;
+  }
+
+ private:
+  void reset(int W) {
+    waves_ = W;
+    bins_.clear();
+    groups_.clear();
+    by_load_.clear();
+    split_groups_.clear();
+    free_.assign(W, t_.ranks);
+    most_free_.clear();
+    for (int w = 0; w < W; ++w) most_free_.insert({-t_.ranks, w});
+    seq_group_.assign(t_.seqs.size(), -1);
+    seq_bin_.assign(t_.seqs.size(), -1);
+  }
+
+  // The smallest degree (from the memory minimum) whose per-rank time is within T.
+  const DegreeStep* choose_step(const SequenceInfo& s, double T) const {
+    const DegreeStep* first = &t_.steps[s.first_step];
+    const DegreeStep* last = first + s.num_steps;
+    const DegreeStep* it = std::partition_point(first, last, [T](const DegreeStep& d) { return d.ms > T; });
+    return it == last ? nullptr : it;
+  }
+
+  int take_wave(int degree) {
+    if (most_free_.empty()) return -1;
+    const auto top = *most_free_.begin();  // key (-free, wave): most free, lowest wave
+    if (-top.first < degree) return -1;
+    const int w = top.second;
+    most_free_.erase(most_free_.begin());
+    free_[w] -= degree;
+    if (free_[w] > 0) most_free_.insert({-free_[w], w});
+    return w;
+  }
+
+  int open_group(int wave, int degree, double load, double bytes) {
+    const int g = static_cast<int>(groups_.size());
+    groups_.push_back(Group{wave, degree, static_cast<int>(bins_.size()), load, bytes});
+    for (int m = 0; m < degree; ++m) bins_.push_back(Bin{wave, g, m, load, bytes});
+    return g;
+  }
+
+  void open_all_free() {
+    for (int w = 0; w < waves_; ++w) {
+      while (free_[w] > 0) {
+        const int g = open_group(w, 1, 0.0, 0.0);
+        by_load_.insert({0.0, groups_[g].first_bin});
+        --free_[w];
+      }
+    }
+    most_free_.clear();
+  }
+
+  bool place_split(int k, const DegreeStep& step, double T, Fill fill) {
+    auto& candidates = split_groups_[step.degree];
+    auto join = [&](int g) {
+      Group& gr = groups_[g];
+      candidates.erase({gr.split_load, g});
+      gr.split_load += step.ms;
+      gr.split_bytes += step.bytes;
+      for (int m = 0; m < gr.degree; ++m) {
+        Bin& b = bins_[gr.first_bin + m];
+        by_load_.erase({b.load, gr.first_bin + m});
+        b.load += step.ms;
+        b.bytes += step.bytes;
+        by_load_.insert({b.load, gr.first_bin + m});
+      }
+      candidates.insert({gr.split_load, g});
+      seq_group_[k] = g;
+    };
+    if (fill == Fill::BestFit) {
+      // Join the fullest group of this degree whose members still finish within T.
+      auto it = candidates.upper_bound({T - step.ms, std::numeric_limits<int>::max()});
+      for (int scanned = 0; it != candidates.begin() && scanned < kMemoryScan; ++scanned) {
+        --it;
+        if (groups_[it->second].split_bytes + step.bytes <= t_.budget) {
+          join(it->second);
+          return true;
+        }
+      }
+    }
+    const int w = take_wave(step.degree);
+    if (w < 0) {
+      if (fill == Fill::BestFit) return false;
+      // Lpt: no free ranks left, share the least-loaded group of this degree.
+      for (const auto& [load, g] : candidates) {
+        if (groups_[g].split_bytes + step.bytes <= t_.budget) {
+          join(g);
+          return true;
+        }
+      }
+      return false;
+    }
+    const int g = open_group(w, step.degree, step.ms, step.bytes);
+    candidates.insert({step.ms, g});
+    for (int m = 0; m < step.degree; ++m) by_load_.insert({step.ms, groups_[g].first_bin + m});
+    seq_group_[k] = g;
+    return true;
+  }
+
+  bool place_whole(int k, double ms, double bytes, double T, Fill fill) {
+    int chosen = -1;
+    if (fill == Fill::BestFit) {
+      // Fullest rank that still finishes within T and has the memory.
+      auto it = by_load_.upper_bound({T - ms, std::numeric_limits<int>::max()});
+      for (int scanned = 0; it != by_load_.begin() && scanned < kMemoryScan; ++scanned) {
+        --it;
+        if (bins_[it->second].bytes + bytes <= t_.budget) {
+          chosen = it->second;
+          break;
+        }
+      }
+      if (chosen < 0) {
+        const int w = take_wave(1);
+        if (w < 0) return false;
+        chosen = groups_[open_group(w, 1, 0.0, 0.0)].first_bin;
+        by_load_.insert({0.0, chosen});
+      }
+    } else {
+      // Least-loaded rank with the memory; the scan is bounded, then any rank that fits.
+      int scanned = 0;
+      for (auto it = by_load_.begin(); it != by_load_.end(); ++it, ++scanned) {
+        if (bins_[it->second].bytes + bytes <= t_.budget) {
+          chosen = it->second;
+          break;
+        }
+        if (scanned > kMemoryScan * 64) break;
+      }
+      if (chosen < 0) return false;
+    }
+    Bin& b = bins_[chosen];
+    by_load_.erase({b.load, chosen});
+    b.load += ms;
+    b.bytes += bytes;
+    by_load_.insert({b.load, chosen});
+    seq_group_[k] = b.group;
+    seq_bin_[k] = chosen;
+    return true;
+  }
+
+  const Tables& t_;
+  int waves_ = 0;
+  std::vector<Bin> bins_;
+  std::vector<Group> groups_;
+  std::set<std::pair<double, int>> by_load_;                        // (load, bin)
+  std::map<int, std::set<std::pair<double, int>>> split_groups_;    // degree -> (split load, group)
+  std::vector<int> free_;
+  std::set<std::pair<int, int>> most_free_;                         // (-free ranks, wave)
+  std::vector<int> seq_group_;
+  std::vector<int> seq_bin_;  // -1: split over the group
+};
+
+struct Candidate {
+  std::vector<WaveDraft> waves;
+  double step_ms = kInf;
+};
+
+}  // namespace
+
+Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
+              const PlannerOptions& options) {
+  const Tables tables = make_tables(batch, cost, layout);
+  const int R = tables.ranks;
+  Packer packer(tables);
+
+  // Lower bounds on the per-wave makespan: the longest sequence at its fastest degree, and
+  // the least rank-time each sequence can consume, spread over every rank of every wave.
+  double longest = 0;
+  double rank_time = 0;
+  double memory_ranks = 0;  // rank-waves the activations need at least
+  for (const SequenceInfo& s : tables.seqs) {
+    double least = kInf;
+    for (int i = 0; i < s.num_steps; ++i) {
+      const DegreeStep& st = tables.steps[s.first_step + i];
+      least = std::min(least, st.degree * st.ms);
+    }
+    longest = std::max(longest, tables.steps[s.first_step + s.num_steps - 1].ms);
+    rank_time += least;
+    const DegreeStep& first = tables.steps[s.first_step];
+    memory_ranks += first.degree * first.bytes / tables.budget;
+  }
+
+  // The fewest waves for which the memory permits a packing at all.
+  int w_min = std::max(1, static_cast<int>(std::ceil(memory_ranks / R - 1e-9)));
+  while (w_min <= options.max_waves && !packer.pack(kInf, w_min, Fill::BestFit)) ++w_min;
+  DHP_CHECK(w_min <= options.max_waves, DoesNotFit,
+            "dhp: the batch of {} samples needs more than max_waves={} waves to fit in memory",
+            batch.samples.size(), options.max_waves);
+
+  Candidate best;
+  auto consider = [&](std::vector<WaveDraft> waves) {
+    const double ms = estimate_step_ms(batch, cost, layout, waves);
+    if (ms < best.step_ms) best = Candidate{std::move(waves), ms};
+  };
+
+  const int w_max = std::min(options.max_waves, w_min + kExtraWaves);
+  for (int W = w_min; W <= w_max; ++W) {
+    const double best_before = best.step_ms;
+    const double lower = std::max(longest, rank_time / (static_cast<double>(W) * R));
+    // Grow T from the lower bound until feasible, then bisect.
+    double lo = lower * (1 - 1e-9);
+    double hi = std::max(lower, 1e-9);
+    while (!packer.pack(hi, W, Fill::BestFit)) {
+      lo = hi;
+      hi *= 2;
+      if (!std::isfinite(hi)) break;
+    }
+    if (!std::isfinite(hi)) continue;  // only the memory-feasibility packing works
+    while (hi - lo > kRelTolerance * hi) {
+      const double mid = 0.5 * (lo + hi);
+      if (packer.pack(mid, W, Fill::BestFit)) hi = mid; else lo = mid;
+    }
+    packer.pack(hi, W, Fill::BestFit);
+    packer.improve(4 * static_cast<int>(tables.seqs.size()));
+    consider(packer.drafts());
+    // The same ring groups with short sequences spread least-loaded first.
+    if (packer.pack(hi, W, Fill::Lpt)) consider(packer.drafts());
+    // Static-balanced-like: every sequence at its memory-minimal degree, LPT.
+    if (packer.pack(kInf, W, Fill::Lpt)) consider(packer.drafts());
+    DHP_LOG_DEBUG("dhp: W={} T={:.3f} ms (lower bound {:.3f}) best step {:.3f} ms", W, hi, lower,
+                  best.step_ms);
+    if (W > w_min && !(best.step_ms < best_before)) break;  // more waves stopped paying
+  }
+  if (!std::isfinite(best.step_ms)) {
+    // Every candidate broke memory in the full estimate (encoder reserve, fragmentation):
+    // fall back to the memory-only packing, which build_plan checks.
+    packer.pack(kInf, w_min, Fill::BestFit);
+    best.waves = packer.drafts();
+  }
+  return build_plan("dhp", batch, cost, layout, best.waves);
+}
+
+}  // namespace dhp::detail

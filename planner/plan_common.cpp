@@ -1,0 +1,549 @@
+// Shared plan machinery: module layouts, node-aware group placement, per-rank time and
+// memory of a set of pieces, the fit check, and drafts -> Plan with its estimate.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <set>
+#include <utility>
+
+#include "dhp/error.hpp"
+#include "dhp/log.hpp"
+#include "internal.hpp"
+
+namespace dhp::detail {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+bool divides(int d, int n) { return d > 0 && n % d == 0; }
+
+// TP must split the attention heads and the kv heads evenly (no kv-head replication) and
+// stay inside a node.
+bool tp_valid(int tp, const TransformerSpec& arch, int devices_per_node) {
+  const int kv = arch.kv_heads > 0 ? arch.kv_heads : arch.heads;
+  return divides(tp, arch.heads) && divides(tp, kv) && divides(tp, devices_per_node);
+}
+
+CostCoefficients coefficients_of(const ClusterSpec& cluster, const PlannerOptions& options) {
+  return options.coefficients_set ? options.coefficients : defaults_for(cluster);
+}
+
+// Activation room a layout must leave at least, so that ordinary sequences can run.
+constexpr std::int64_t kMinActivationTokens = 16384;
+
+void fill_module_layouts(Layout& layout, const ClusterSpec& cluster, const ModelSpec& model,
+                         const PlannerOptions& options) {
+  const int world = cluster.world_size();
+  const int dpn = cluster.devices_per_node;
+  const bool has_encoder = model.encoder.has_value();
+  layout.placement = options.placement;
+  if (options.placement == EncoderPlacement::Colocated) {
+    layout.llm = ModuleLayout{layout.llm_tp, 0, world / layout.llm_tp};
+    layout.encoder = ModuleLayout{layout.encoder_tp, 0, has_encoder ? world / layout.encoder_tp : 0};
+    layout.llm_ranks_per_node = std::min(dpn / layout.llm_tp, layout.llm.ranks);
+    return;
+  }
+  const int enc_devices = options.encoder_devices;
+  layout.encoder = ModuleLayout{layout.encoder_tp, 0, enc_devices / layout.encoder_tp};
+  layout.llm = ModuleLayout{layout.llm_tp, enc_devices, (world - enc_devices) / layout.llm_tp};
+  layout.llm_ranks_per_node = std::min(dpn / layout.llm_tp, layout.llm.ranks);
+}
+
+void validate_disjoint(const ClusterSpec& cluster, const ModelSpec& model,
+                       const PlannerOptions& options, int llm_tp, int encoder_tp) {
+  const int world = cluster.world_size();
+  const int dpn = cluster.devices_per_node;
+  const int e = options.encoder_devices;
+  DHP_CHECK(model.encoder.has_value(), InvalidArgument,
+            "placement=disjoint needs a model with an encoder; model '{}' is text-only",
+            model.name);
+  DHP_CHECK(e > 0 && e < world, InvalidArgument,
+            "placement=disjoint needs 0 < encoder_devices < {} devices, got {}", world, e);
+  DHP_CHECK(e % encoder_tp == 0 && e % llm_tp == 0, InvalidArgument,
+            "encoder_devices={} must be a multiple of encoder tp={} and llm tp={}", e, encoder_tp,
+            llm_tp);
+  // Rank -> node arithmetic in place_groups assumes the LLM starts on a node boundary.
+  DHP_CHECK(world <= dpn || e % dpn == 0, InvalidArgument,
+            "encoder_devices={} must be a multiple of devices_per_node={} on a multi-node cluster",
+            e, dpn);
+}
+
+}  // namespace
+
+Layout resolve_layout(const ClusterSpec& cluster, const ModelSpec& model,
+                      const PlannerOptions& options) {
+  const int world = cluster.world_size();
+  const int dpn = cluster.devices_per_node;
+  DHP_CHECK(world >= 1 && dpn >= 1, InvalidArgument,
+            "cluster '{}' has no devices: num_nodes={}, devices_per_node={}", cluster.name,
+            cluster.num_nodes, cluster.devices_per_node);
+  DHP_CHECK(model.llm.heads > 0, InvalidArgument, "model '{}' has llm heads={}", model.name,
+            model.llm.heads);
+  const bool has_encoder = model.encoder.has_value();
+  const TransformerSpec* enc_arch = has_encoder ? &model.encoder->arch : nullptr;
+
+  if (options.llm_tp > 0) {
+    DHP_CHECK(tp_valid(options.llm_tp, model.llm, dpn), InvalidArgument,
+              "llm_tp={} must divide heads={}, kv_heads={} and devices_per_node={}",
+              options.llm_tp, model.llm.heads, model.llm.kv_heads, dpn);
+  }
+  if (options.encoder_tp > 0 && has_encoder) {
+    DHP_CHECK(tp_valid(options.encoder_tp, *enc_arch, dpn), InvalidArgument,
+              "encoder_tp={} must divide encoder heads={}, kv_heads={} and devices_per_node={}",
+              options.encoder_tp, enc_arch->heads, enc_arch->kv_heads, dpn);
+  }
+
+  const CostCoefficients coef = coefficients_of(cluster, options);
+  std::vector<int> llm_candidates;
+  std::vector<int> encoder_candidates;
+  for (int t = 1; t <= dpn; ++t) {
+    if (options.llm_tp > 0 ? t == options.llm_tp : tp_valid(t, model.llm, dpn))
+      llm_candidates.push_back(t);
+    if (!has_encoder) continue;
+    if (options.encoder_tp > 0 ? t == options.encoder_tp : tp_valid(t, *enc_arch, dpn))
+      encoder_candidates.push_back(t);
+  }
+  if (!has_encoder) encoder_candidates = {1};
+  DHP_CHECK(!llm_candidates.empty(), InvalidArgument,
+            "no llm tp divides heads={}, kv_heads={} and devices_per_node={}", model.llm.heads,
+            model.llm.kv_heads, dpn);
+  DHP_CHECK(!encoder_candidates.empty(), InvalidArgument,
+            "no encoder tp divides the encoder heads and devices_per_node={}", dpn);
+
+  // Smallest (llm tp, encoder tp) pair, LLM first, whose static memory leaves room for
+  // kMinActivationTokens of activations: small TP means less TP communication.
+  double best_room = -std::numeric_limits<double>::infinity();
+  Layout best_layout;
+  for (int lt : llm_candidates) {
+    for (int et : encoder_candidates) {
+      Layout layout;
+      layout.llm_tp = lt;
+      layout.encoder_tp = et;
+      if (options.placement == EncoderPlacement::Disjoint)
+        validate_disjoint(cluster, model, options, lt, et);
+      fill_module_layouts(layout, cluster, model, options);
+      DHP_CHECK(layout.llm.ranks >= 1, InvalidArgument,
+                "no LLM ranks: {} devices, llm tp={}, encoder_devices={}", world, lt,
+                options.encoder_devices);
+      const CostModel cost(cluster, model, lt, et, coef);
+      const double need = cost.llm_activation_bytes(kMinActivationTokens, 1);
+      Batch empty;
+      const double room = llm_activation_budget(cost, layout, empty) - need;
+      bool encoder_fits = true;
+      if (options.placement == EncoderPlacement::Disjoint)
+        encoder_fits = cost.capacity_bytes() - cost.encoder_static_bytes(layout.encoder.ranks) > 0;
+      if (room >= 0 && encoder_fits) return layout;
+      if (encoder_fits && room > best_room) {
+        best_room = room;
+        best_layout = layout;
+      }
+    }
+  }
+  // No tp leaves the comfortable room: take the one with the most activation room, if any.
+  if (std::isfinite(best_room)) {
+    const CostModel cost(cluster, model, best_layout.llm_tp, best_layout.encoder_tp, coef);
+    Batch empty;
+    if (llm_activation_budget(cost, best_layout, empty) > 0) return best_layout;
+  }
+  DHP_THROW(DoesNotFit,
+            "model '{}' does not fit on cluster '{}' with any tp: best llm tp={} leaves {:.2f} GiB "
+            "short of the {:.2f} GiB needed for {} tokens of activations",
+            model.name, cluster.name, best_layout.llm_tp, -best_room / kGiB,
+            CostModel(cluster, model, best_layout.llm_tp, best_layout.encoder_tp, coef)
+                    .llm_activation_bytes(kMinActivationTokens, 1) / kGiB,
+            kMinActivationTokens);
+}
+
+CostModel make_cost_model(const ClusterSpec& cluster, const ModelSpec& model,
+                          const Layout& layout, const PlannerOptions& options) {
+  return CostModel(cluster, model, layout.llm_tp, layout.encoder_tp,
+                   coefficients_of(cluster, options));
+}
+
+RingSpan expected_ring(int degree, const Layout& layout) {
+  return RingSpan{degree, degree > layout.llm_ranks_per_node};
+}
+
+bool crosses_nodes(const std::vector<int>& ranks, int ranks_per_node) {
+  if (ranks.empty()) return false;
+  const int node = ranks.front() / ranks_per_node;
+  for (int r : ranks)
+    if (r / ranks_per_node != node) return true;
+  return false;
+}
+
+std::vector<std::vector<int>> place_groups(const std::vector<int>& degrees, int total_ranks,
+                                           int ranks_per_node) {
+  DHP_CHECK(total_ranks >= 1 && ranks_per_node >= 1, InvalidArgument,
+            "place_groups: total_ranks={}, ranks_per_node={}", total_ranks, ranks_per_node);
+  long long needed = 0;
+  for (int d : degrees) {
+    DHP_CHECK(d >= 1, Internal, "place_groups: group degree {} < 1", d);
+    needed += d;
+  }
+  DHP_CHECK(needed <= total_ranks, Internal,
+            "place_groups: groups need {} ranks, only {} exist", needed, total_ranks);
+
+  const int nodes = (total_ranks + ranks_per_node - 1) / ranks_per_node;
+  // Free ranks per node, lowest first; and an ordered index (free count, node) for best-fit.
+  std::vector<std::vector<int>> free_ranks(nodes);
+  for (int r = total_ranks - 1; r >= 0; --r) free_ranks[r / ranks_per_node].push_back(r);
+  std::set<std::pair<int, int>> by_free;
+  for (int n = 0; n < nodes; ++n) by_free.insert({static_cast<int>(free_ranks[n].size()), n});
+
+  auto take = [&](int node, int count, std::vector<int>& out) {
+    by_free.erase({static_cast<int>(free_ranks[node].size()), node});
+    for (int i = 0; i < count; ++i) {
+      out.push_back(free_ranks[node].back());
+      free_ranks[node].pop_back();
+    }
+    if (!free_ranks[node].empty())
+      by_free.insert({static_cast<int>(free_ranks[node].size()), node});
+  };
+  // Best fit: the node with the fewest free ranks that still holds `count` (lowest id on ties).
+  auto best_fit_node = [&](int count) -> int {
+    auto it = by_free.lower_bound({count, -1});
+    return it == by_free.end() ? -1 : it->second;
+  };
+
+  std::vector<int> order(degrees.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return degrees[a] > degrees[b]; });
+
+  std::vector<std::vector<int>> result(degrees.size());
+  for (int g : order) {
+    int remaining = degrees[g];
+    std::vector<int>& ranks = result[g];
+    ranks.reserve(remaining);
+    if (remaining <= ranks_per_node) {
+      const int node = best_fit_node(remaining);
+      if (node >= 0) {
+        take(node, remaining, ranks);
+        continue;
+      }
+    }
+    // Whole free nodes first (lowest ids): a ring over k nodes then crosses k boundaries.
+    while (remaining >= ranks_per_node) {
+      const int node = best_fit_node(ranks_per_node);
+      if (node < 0 || static_cast<int>(free_ranks[node].size()) != ranks_per_node) break;
+      take(node, ranks_per_node, ranks);
+      remaining -= ranks_per_node;
+    }
+    // The remainder inside one node if any node holds it, else from the fullest nodes.
+    while (remaining > 0) {
+      int node = best_fit_node(remaining);
+      if (node < 0) node = std::prev(by_free.end())->second;
+      const int count = std::min(remaining, static_cast<int>(free_ranks[node].size()));
+      take(node, count, ranks);
+      remaining -= count;
+    }
+    // Ring order: node by node, ranks ascending inside a node.
+    std::sort(ranks.begin(), ranks.end());
+  }
+  return result;
+}
+
+double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split, RingSpan ring,
+                   const std::vector<std::int64_t>& whole) {
+  double ms = 0;
+  for (std::int64_t t : split) ms += cost.llm_sequence_ms(t, ring);
+  for (std::int64_t t : whole) ms += cost.llm_sequence_ms(t, RingSpan{1, false});
+  return ms;
+}
+
+double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64_t>& split,
+                             int degree, const std::vector<std::int64_t>& whole) {
+  double bytes = 0;
+  for (std::int64_t t : split) bytes += cost.llm_activation_bytes(t, degree);
+  for (std::int64_t t : whole) bytes += cost.llm_activation_bytes(t, 1);
+  return bytes;
+}
+
+double encoder_reserve_bytes(const CostModel& cost, const Layout& layout, const Batch& batch) {
+  if (layout.encoder.ranks == 0) return 0;
+  // Room for the two largest visual items per device. The whole batch's encoder activations
+  // spread over the encoder ranks would be a guarantee, but it charges every wave for every
+  // other wave's items and leaves no room for the LLM on real batches; build_plan assigns
+  // items memory-aware within this reserve and its device-level check stays authoritative.
+  double largest = 0;
+  for (const Sample& s : batch.samples)
+    for (const VisualItem& v : s.visuals) largest = std::max(largest, cost.encoder_activation_bytes(v));
+  return 2.0 * largest;
+}
+
+double llm_activation_budget(const CostModel& cost, const Layout& layout, const Batch& batch) {
+  double budget = cost.capacity_bytes() - cost.llm_static_bytes(layout.llm.ranks);
+  if (layout.placement == EncoderPlacement::Colocated && layout.encoder.ranks > 0) {
+    budget -= cost.encoder_static_bytes(layout.encoder.ranks);
+    budget -= encoder_reserve_bytes(cost, layout, batch);
+  }
+  return budget;
+}
+
+void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& layout) {
+  const bool has_encoder = cost.model().encoder.has_value();
+  for (const Sample& s : batch.samples) {
+    DHP_CHECK(has_encoder || s.visuals.empty(), InvalidInput,
+              "sample id={} has {} visual items but model '{}' has no encoder", s.id,
+              s.visuals.size(), cost.model().name);
+  }
+  const double budget = llm_activation_budget(cost, layout, batch);
+  const int max_degree = layout.llm.ranks;
+  for (const Sample& s : batch.samples) {
+    const std::int64_t tokens = s.llm_tokens();
+    if (cost.llm_activation_bytes(tokens, 1) <= budget) continue;
+    const double need = cost.llm_activation_bytes(tokens, max_degree);
+    DHP_CHECK(need <= budget, DoesNotFit,
+              "sample id={} with {} LLM tokens needs {:.3f} GiB of activations per rank even "
+              "split over all {} LLM ranks; {:.3f} GiB are available (capacity {:.2f} GiB minus "
+              "parameters, gradients, optimizer state and encoder reserve)",
+              s.id, tokens, need / kGiB, max_degree, budget / kGiB, cost.capacity_bytes() / kGiB);
+  }
+  if (layout.placement == EncoderPlacement::Disjoint && layout.encoder.ranks > 0) {
+    const double enc_budget = cost.capacity_bytes() - cost.encoder_static_bytes(layout.encoder.ranks);
+    for (const Sample& s : batch.samples) {
+      for (const VisualItem& v : s.visuals) {
+        const double need = cost.encoder_activation_bytes(v);
+        DHP_CHECK(need <= enc_budget, DoesNotFit,
+                  "sample id={}: a visual item of {} patches needs {:.3f} GiB of encoder "
+                  "activations; an encoder rank has {:.3f} GiB",
+                  s.id, v.patches, need / kGiB, enc_budget / kGiB);
+      }
+    }
+  }
+}
+
+namespace {
+
+// Drafts -> Plan structure plus the estimate. `check_memory`: throw when over capacity
+// (build_plan); otherwise report an infeasible plan with an infinite step time.
+Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& cost,
+              const Layout& layout, const std::vector<WaveDraft>& waves, bool check_memory) {
+  Plan plan;
+  plan.strategy = strategy;
+  plan.step = batch.step;
+  plan.placement = layout.placement;
+  plan.llm = layout.llm;
+  plan.encoder = layout.encoder;
+  plan.waves.resize(waves.size());
+
+  const int R = layout.llm.ranks;
+  const int rpn = std::max(1, layout.llm_ranks_per_node);
+  const double capacity = cost.capacity_bytes();
+  const double llm_static = cost.llm_static_bytes(R);
+  const bool colocated = layout.placement == EncoderPlacement::Colocated;
+  const int E = layout.encoder.ranks;
+  const double enc_static = E > 0 ? cost.encoder_static_bytes(E) : 0.0;
+  const double enc_cap = colocated ? encoder_reserve_bytes(cost, layout, batch) : capacity - enc_static;
+  const int world = cost.cluster().world_size();
+
+  std::vector<double> peak_bytes(R, 0.0);
+  std::vector<double> rank_ms(R);
+  std::vector<double> rank_bytes(R);
+  std::vector<int> rank_group(R);
+  std::vector<double> enc_load(E);
+  std::vector<double> enc_bytes(E);
+  std::vector<std::int64_t> enc_sent(E);
+  std::vector<double> device_bytes(world);
+  std::vector<std::int64_t> split_tokens;
+  std::vector<std::int64_t> whole_tokens;
+  std::vector<double> enc_wave_ms(waves.size(), 0.0);
+  std::vector<double> boundary_wave_ms(waves.size(), 0.0);
+  bool over_capacity = false;
+  double over_bytes = 0;
+  int over_rank = -1;
+  int over_wave = -1;
+
+  struct Item {
+    int sample, visual, group;
+    double ms;
+  };
+  std::vector<Item> items;
+
+  for (std::size_t w = 0; w < waves.size(); ++w) {
+    const WaveDraft& draft = waves[w];
+    WavePlan& wave = plan.waves[w];
+    std::vector<int> degrees;
+    degrees.reserve(draft.groups.size());
+    for (const GroupDraft& g : draft.groups) degrees.push_back(g.degree);
+    std::vector<std::vector<int>> placed = place_groups(degrees, R, rpn);
+
+    std::fill(rank_ms.begin(), rank_ms.end(), 0.0);
+    std::fill(rank_bytes.begin(), rank_bytes.end(), 0.0);
+    std::fill(rank_group.begin(), rank_group.end(), -1);
+    items.clear();
+    wave.groups.resize(draft.groups.size());
+    for (std::size_t g = 0; g < draft.groups.size(); ++g) {
+      const GroupDraft& gd = draft.groups[g];
+      GroupPlan& gp = wave.groups[g];
+      gp.ranks = std::move(placed[g]);
+      gp.attention = CpAttention::Ring;
+      DHP_CHECK(gd.whole.size() <= static_cast<std::size_t>(gd.degree), Internal,
+                "{}: wave {} group {} of degree {} lists {} members with whole sequences",
+                strategy, w, g, gd.degree, gd.whole.size());
+      const RingSpan ring{gd.degree, crosses_nodes(gp.ranks, rpn)};
+      split_tokens.clear();
+      for (int s : gd.split) {
+        DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
+                  "{}: sample index {} out of range", strategy, s);
+        split_tokens.push_back(batch.samples[s].llm_tokens());
+        wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Zigzag, -1});
+      }
+      for (int m = 0; m < gd.degree; ++m) {
+        whole_tokens.clear();
+        if (m < static_cast<int>(gd.whole.size())) {
+          for (int s : gd.whole[m]) {
+            DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
+                      "{}: sample index {} out of range", strategy, s);
+            whole_tokens.push_back(batch.samples[s].llm_tokens());
+            wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Whole, m});
+          }
+        }
+        const int r = gp.ranks[m];
+        rank_group[r] = static_cast<int>(g);
+        rank_ms[r] = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
+        rank_bytes[r] = rank_activation_bytes(cost, split_tokens, gd.degree, whole_tokens);
+      }
+    }
+    double wave_ms = 0;
+    for (int r = 0; r < R; ++r) wave_ms = std::max(wave_ms, rank_ms[r]);
+    plan.estimate.wave_ms.push_back(wave_ms + cost.wave_overhead_ms());
+
+    // Encoder work of the wave: longest item first onto the least-loaded encoder rank; on a
+    // tie prefer a rank on the devices of the consuming group (no boundary traffic); never
+    // past the encoder reserve where any rank can take the item (else the fewest-bytes rank).
+    std::fill(enc_load.begin(), enc_load.end(), 0.0);
+    std::fill(enc_bytes.begin(), enc_bytes.end(), 0.0);
+    std::fill(enc_sent.begin(), enc_sent.end(), 0);
+    if (E > 0) {
+      for (const SequencePlan& sp : wave.sequences) {
+        const Sample& s = batch.samples[sp.sample];
+        for (std::size_t v = 0; v < s.visuals.size(); ++v)
+          items.push_back(Item{sp.sample, static_cast<int>(v), sp.group,
+                               cost.encoder_item_ms(s.visuals[v])});
+      }
+      std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+        if (a.ms != b.ms) return a.ms > b.ms;
+        if (a.sample != b.sample) return a.sample < b.sample;
+        return a.visual < b.visual;
+      });
+      auto on_group_devices = [&](int e, int group) {
+        if (!colocated) return false;
+        const int device = layout.encoder.device_of(e);
+        const int llm_rank = (device - layout.llm.first_device) / layout.llm.tp;
+        return llm_rank >= 0 && llm_rank < R && rank_group[llm_rank] == group;
+      };
+      for (const Item& it : items) {
+        const VisualItem& v = batch.samples[it.sample].visuals[it.visual];
+        const double b = cost.encoder_activation_bytes(v);
+        int chosen = -1;
+        for (int e = 0; e < E; ++e) {
+          if (enc_bytes[e] + b > enc_cap) continue;
+          if (chosen < 0 || enc_load[e] < enc_load[chosen] ||
+              (enc_load[e] == enc_load[chosen] && !on_group_devices(chosen, it.group) &&
+               on_group_devices(e, it.group)))
+            chosen = e;
+        }
+        if (chosen < 0)
+          chosen = static_cast<int>(std::min_element(enc_bytes.begin(), enc_bytes.end()) -
+                                    enc_bytes.begin());
+        enc_load[chosen] += it.ms;
+        enc_bytes[chosen] += b;
+        if (!on_group_devices(chosen, it.group)) enc_sent[chosen] += v.llm_tokens;
+        plan.encoder_tasks.push_back(EncoderTask{it.sample, it.visual, static_cast<int>(w), chosen});
+      }
+      double boundary = 0;
+      for (int e = 0; e < E; ++e) {
+        enc_wave_ms[w] = std::max(enc_wave_ms[w], enc_load[e]);
+        if (enc_sent[e] > 0) boundary = std::max(boundary, cost.boundary_ms(enc_sent[e], world > cost.cluster().devices_per_node));
+      }
+      boundary_wave_ms[w] = boundary;
+    }
+
+    // Memory per device: LLM static + activations, plus the encoder's on shared devices.
+    std::fill(device_bytes.begin(), device_bytes.end(), 0.0);
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < layout.llm.tp; ++t)
+        device_bytes[layout.llm.device_of(r, t)] += llm_static + rank_bytes[r];
+    for (int e = 0; e < E; ++e)
+      for (int t = 0; t < layout.encoder.tp; ++t)
+        device_bytes[layout.encoder.device_of(e, t)] += enc_static + enc_bytes[e];
+    for (int r = 0; r < R; ++r) {
+      double worst = 0;
+      for (int t = 0; t < layout.llm.tp; ++t)
+        worst = std::max(worst, device_bytes[layout.llm.device_of(r, t)]);
+      peak_bytes[r] = std::max(peak_bytes[r], worst);
+      if (worst > capacity && worst - capacity > over_bytes) {
+        over_capacity = true;
+        over_bytes = worst - capacity;
+        over_rank = r;
+        over_wave = static_cast<int>(w);
+      }
+    }
+    for (int e = 0; e < E && !colocated; ++e) {
+      const double b = enc_static + enc_bytes[e];
+      if (b > capacity && b - capacity > over_bytes) {
+        over_capacity = true;
+        over_bytes = b - capacity;
+        over_rank = -1 - e;
+        over_wave = static_cast<int>(w);
+      }
+    }
+  }
+
+  PlanEstimate& est = plan.estimate;
+  est.llm_ms = std::accumulate(est.wave_ms.begin(), est.wave_ms.end(), 0.0);
+  est.encoder_ms = std::accumulate(enc_wave_ms.begin(), enc_wave_ms.end(), 0.0);
+  est.grad_sync_ms = cost.grad_sync_ms(R, E);
+  double step = 0;
+  if (colocated) {
+    // Encoder forward, boundary, LLM, in turn on the same devices for every wave.
+    for (std::size_t w = 0; w < waves.size(); ++w)
+      step += enc_wave_ms[w] + boundary_wave_ms[w] + est.wave_ms[w];
+  } else if (!waves.empty()) {
+    // The encoder runs one wave ahead of the LLM on its own devices.
+    step = enc_wave_ms[0];
+    for (std::size_t w = 0; w < waves.size(); ++w) {
+      const double next_encoder = w + 1 < waves.size() ? enc_wave_ms[w + 1] : 0.0;
+      step += std::max(est.wave_ms[w] + boundary_wave_ms[w], next_encoder);
+    }
+  }
+  est.step_ms = step + est.grad_sync_ms;
+  est.mem_capacity_gib = capacity / kGiB;
+  est.peak_mem_gib.resize(R);
+  for (int r = 0; r < R; ++r) est.peak_mem_gib[r] = peak_bytes[r] / kGiB;
+
+  if (over_capacity) {
+    if (check_memory) {
+      if (over_rank >= 0)
+        DHP_THROW(Internal,
+                  "{}: LLM rank {} in wave {} needs {:.3f} GiB, over the {:.3f} GiB capacity "
+                  "(a strategy handed over a draft that does not fit)",
+                  strategy, over_rank, over_wave, (capacity + over_bytes) / kGiB, capacity / kGiB);
+      DHP_THROW(DoesNotFit,
+                "{}: encoder rank {} in wave {} needs {:.3f} GiB, over the {:.3f} GiB capacity",
+                strategy, -1 - over_rank, over_wave, (capacity + over_bytes) / kGiB,
+                capacity / kGiB);
+    }
+    est.step_ms = std::numeric_limits<double>::infinity();
+  }
+  return plan;
+}
+
+}  // namespace
+
+Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel& cost,
+                const Layout& layout, const std::vector<WaveDraft>& waves) {
+  Plan plan = assemble(strategy, batch, cost, layout, waves, /*check_memory=*/true);
+  validate(plan, batch);
+  return plan;
+}
+
+double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
+                        const std::vector<WaveDraft>& waves) {
+  return assemble("estimate", batch, cost, layout, waves, /*check_memory=*/false).estimate.step_ms;
+}
+
+}  // namespace dhp::detail

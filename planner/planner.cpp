@@ -1,0 +1,107 @@
+// Planner: resolves the module layout and cost model once, then plans each batch with the
+// chosen strategy.
+#include "dhp/planner.hpp"
+
+#include <string>
+#include <utility>
+
+#include "dhp/error.hpp"
+#include "dhp/log.hpp"
+#include "internal.hpp"
+
+namespace dhp {
+
+const char* to_string(Strategy s) noexcept {
+  switch (s) {
+    case Strategy::Dhp: return "dhp";
+    case Strategy::StaticBest: return "static_best";
+    case Strategy::StaticBalanced: return "static_balanced";
+    case Strategy::MegatronDcp: return "megatron_dcp";
+    case Strategy::PaperBfdDp: return "paper_bfd_dp";
+    case Strategy::Exact: return "exact";
+  }
+  return "unknown";
+}
+
+std::vector<Strategy> all_strategies() {
+  return {Strategy::Dhp,         Strategy::StaticBest, Strategy::StaticBalanced,
+          Strategy::MegatronDcp, Strategy::PaperBfdDp, Strategy::Exact};
+}
+
+Strategy strategy_from_string(std::string_view name) {
+  std::string known;
+  for (Strategy s : all_strategies()) {
+    if (name == to_string(s)) return s;
+    known += known.empty() ? "" : ", ";
+    known += to_string(s);
+  }
+  DHP_THROW(InvalidArgument, "unknown strategy '{}'; known: {}", name, known);
+}
+
+namespace {
+detail::Layout validated_layout(const ClusterSpec& cluster, const ModelSpec& model,
+                                const PlannerOptions& options) {
+  validate(cluster);
+  validate(model);
+  DHP_CHECK(options.max_waves >= 1, InvalidArgument, "max_waves={} < 1", options.max_waves);
+  detail::Layout layout = detail::resolve_layout(cluster, model, options);
+  DHP_LOG_DEBUG("planner: {} on {}: llm tp={} ranks={}, encoder tp={} ranks={}, {}", model.name,
+                cluster.name, layout.llm_tp, layout.llm.ranks, layout.encoder_tp,
+                layout.encoder.ranks, to_string(layout.placement));
+  return layout;
+}
+}  // namespace
+
+struct Planner::Impl {
+  ClusterSpec cluster;
+  ModelSpec model;
+  PlannerOptions options;
+  detail::Layout layout;  // after the three above: computed from them
+  CostModel cost;
+
+  Impl(ClusterSpec c, ModelSpec m, PlannerOptions o)
+      : cluster(std::move(c)),
+        model(std::move(m)),
+        options(std::move(o)),
+        layout(validated_layout(cluster, model, options)),
+        cost(detail::make_cost_model(cluster, model, layout, options)) {}
+};
+
+Planner::Planner(ClusterSpec cluster, ModelSpec model, PlannerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(cluster), std::move(model), std::move(options))) {}
+Planner::~Planner() = default;
+Planner::Planner(Planner&&) noexcept = default;
+Planner& Planner::operator=(Planner&&) noexcept = default;
+
+const CostModel& Planner::cost_model() const { return impl_->cost; }
+const PlannerOptions& Planner::options() const { return impl_->options; }
+const ClusterSpec& Planner::cluster() const { return impl_->cluster; }
+const ModelSpec& Planner::model() const { return impl_->model; }
+
+Plan Planner::plan(const Batch& batch) const {
+  validate(batch);
+  const Impl& m = *impl_;
+  detail::check_batch_fits(batch, m.cost, m.layout);
+  Plan plan;
+  switch (m.options.strategy) {
+    case Strategy::Dhp: plan = detail::plan_dhp(batch, m.cost, m.layout, m.options); break;
+    case Strategy::StaticBest:
+      plan = detail::plan_static_best(batch, m.cost, m.layout, m.options);
+      break;
+    case Strategy::StaticBalanced:
+      plan = detail::plan_static_balanced(batch, m.cost, m.layout, m.options);
+      break;
+    case Strategy::MegatronDcp:
+      plan = detail::plan_megatron_dcp(batch, m.cost, m.layout, m.options);
+      break;
+    case Strategy::PaperBfdDp:
+      plan = detail::plan_paper_bfd_dp(batch, m.cost, m.layout, m.options);
+      break;
+    case Strategy::Exact: plan = detail::plan_exact(batch, m.cost, m.layout, m.options); break;
+  }
+  plan.strategy = to_string(m.options.strategy);
+  plan.step = batch.step;
+  return plan;
+}
+
+}  // namespace dhp

@@ -1,0 +1,243 @@
+#include "dhp/dispatch.hpp"
+
+#include <cstring>
+
+#include "dhp/error.hpp"
+#include "dhp/log.hpp"
+
+namespace dhp {
+namespace {
+
+struct RowRange {
+  std::int64_t begin = 0, end = 0;
+};
+
+// The rows of sequence `seq` that plan rank `plan_rank` holds (empty if none), in local order.
+std::vector<RowRange> rows_on(const WavePlan& wave, const SequencePlan& seq, std::int64_t length,
+                              int plan_rank) {
+  const GroupPlan& group = wave.groups[static_cast<std::size_t>(seq.group)];
+  if (seq.sharding == Sharding::Whole) {
+    if (group.ranks[static_cast<std::size_t>(seq.member)] != plan_rank) return {};
+    return {{0, length}};
+  }
+  for (int m = 0; m < group.degree(); ++m) {
+    if (group.ranks[static_cast<std::size_t>(m)] != plan_rank) continue;
+    const ZigzagChunks c = zigzag_chunks(length, group.degree(), m);
+    return {{c.begin0, c.end0}, {c.begin1, c.end1}};
+  }
+  return {};
+}
+
+std::vector<std::int64_t> displacements(const std::vector<std::int64_t>& counts, std::int64_t scale) {
+  std::vector<std::int64_t> displs(counts.size());
+  std::int64_t offset = 0;
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    displs[i] = offset * scale;
+    offset += counts[i];
+  }
+  return displs;
+}
+
+std::vector<std::int64_t> scaled(const std::vector<std::int64_t>& counts, std::int64_t scale) {
+  std::vector<std::int64_t> out(counts.size());
+  for (std::size_t i = 0; i < counts.size(); ++i) out[i] = counts[i] * scale;
+  return out;
+}
+
+// all_to_all_v of rows: gathers `src` rows `send_rows` into the send buffer, exchanges,
+// and scatters the received rows to `recv_rows` of `dst`.
+void move_rows(Communicator& world, const char* what, const void* src, void* dst,
+               std::int64_t row_bytes, const std::vector<std::int64_t>& send_counts,
+               const std::vector<std::int64_t>& send_rows,
+               const std::vector<std::int64_t>& recv_counts,
+               const std::vector<std::int64_t>& recv_rows) {
+  DHP_CHECK(world.device() == Device::CPU, InvalidArgument,
+            "{}: {} moves host rows and needs a CPU communicator (token ids and labels are "
+            "dispatched on the host, then copied to the device)", world.describe(), what);
+  DHP_CHECK(row_bytes > 0, InvalidArgument, "{}: row_bytes={} must be > 0", what, row_bytes);
+  const auto* src_bytes = static_cast<const std::uint8_t*>(src);
+  auto* dst_bytes = static_cast<std::uint8_t*>(dst);
+  const auto bytes = static_cast<std::size_t>(row_bytes);
+  std::vector<std::uint8_t> send(send_rows.size() * bytes), recv(recv_rows.size() * bytes);
+  for (std::size_t i = 0; i < send_rows.size(); ++i) {
+    std::memcpy(send.data() + i * bytes, src_bytes + send_rows[i] * row_bytes, bytes);
+  }
+  world.all_to_all_v(send.data(), scaled(send_counts, row_bytes),
+                     displacements(send_counts, row_bytes), recv.data(),
+                     scaled(recv_counts, row_bytes), displacements(recv_counts, row_bytes),
+                     DataType::U8);
+  for (std::size_t i = 0; i < recv_rows.size(); ++i) {
+    std::memcpy(dst_bytes + recv_rows[i] * row_bytes, recv.data() + i * bytes, bytes);
+  }
+}
+
+}  // namespace
+
+ZigzagChunks zigzag_chunks(std::int64_t length, int degree, int member) {
+  const std::int64_t chunks = 2 * static_cast<std::int64_t>(degree);
+  auto boundary = [&](std::int64_t c) { return c * length / chunks; };
+  const std::int64_t second = chunks - 1 - member;
+  return {boundary(member), boundary(member + 1), boundary(second), boundary(second + 1)};
+}
+
+WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
+                           std::span<const std::int64_t> sample_lengths,
+                           std::span<const int> sample_owners, int world_rank, int world_size)
+    : world_size_(world_size) {
+  DHP_CHECK(wave_index >= 0 && wave_index < static_cast<int>(plan.waves.size()), InvalidArgument,
+            "dispatch: wave {} outside the plan's {} waves", wave_index, plan.waves.size());
+  DHP_CHECK(sample_lengths.size() == sample_owners.size(), InvalidArgument,
+            "dispatch: {} sample lengths but {} sample owners", sample_lengths.size(),
+            sample_owners.size());
+  DHP_CHECK(world_rank >= 0 && world_rank < world_size, InvalidArgument,
+            "dispatch: world rank {} outside [0, {})", world_rank, world_size);
+  const ModuleLayout& llm = plan.llm;
+  DHP_CHECK(llm.tp >= 1 && llm.first_device >= 0 && llm.first_device + llm.num_devices() <= world_size,
+            InvalidArgument, "dispatch: LLM layout (first device {}, {} ranks x tp {}) does not fit "
+            "in a world of {}", llm.first_device, llm.ranks, llm.tp, world_size);
+  const WavePlan& wave = plan.waves[static_cast<std::size_t>(wave_index)];
+  const std::size_t num_samples = sample_lengths.size();
+  for (std::size_t s = 0; s < num_samples; ++s) {
+    DHP_CHECK(sample_owners[s] >= 0 && sample_owners[s] < world_size, InvalidArgument,
+              "dispatch: sample {} owned by rank {} outside [0, {})", s, sample_owners[s], world_size);
+    DHP_CHECK(sample_lengths[s] >= 0, InvalidArgument, "dispatch: sample {} has length {}", s,
+              sample_lengths[s]);
+  }
+  for (const SequencePlan& seq : wave.sequences) {
+    DHP_CHECK(seq.sample >= 0 && static_cast<std::size_t>(seq.sample) < num_samples, InvalidArgument,
+              "dispatch: wave {} runs sample {} but the batch has {}", wave_index, seq.sample, num_samples);
+    DHP_CHECK(seq.group >= 0 && seq.group < static_cast<int>(wave.groups.size()), InvalidArgument,
+              "dispatch: sample {} in group {} of a wave with {} groups", seq.sample, seq.group,
+              wave.groups.size());
+    const int degree = wave.groups[static_cast<std::size_t>(seq.group)].degree();
+    DHP_CHECK(seq.sharding == Sharding::Zigzag || (seq.member >= 0 && seq.member < degree),
+              InvalidArgument, "dispatch: sample {} Whole on member {} of a group of {}",
+              seq.sample, seq.member, degree);
+  }
+
+  // Owned rows: this rank's samples in increasing sample index.
+  std::vector<std::int64_t> owned_offset(num_samples, -1);
+  for (std::size_t s = 0; s < num_samples; ++s) {
+    if (sample_owners[s] != world_rank) continue;
+    owned_offset[s] = owned_rows_;
+    owned_rows_ += sample_lengths[s];
+  }
+
+  // Who this process is in the plan.
+  WaveLayout& L = layout_;
+  const int llm_index = world_rank - llm.first_device;
+  if (llm_index >= 0 && llm_index < llm.num_devices()) {
+    L.plan_rank = llm_index / llm.tp;
+    L.tp_index = llm_index % llm.tp;
+  }
+  for (std::size_t g = 0; g < wave.groups.size() && L.plan_rank >= 0; ++g) {
+    const GroupPlan& group = wave.groups[g];
+    for (int m = 0; m < group.degree(); ++m) {
+      if (group.ranks[static_cast<std::size_t>(m)] != L.plan_rank) continue;
+      DHP_CHECK(L.group < 0, InvalidArgument, "dispatch: plan rank {} is in groups {} and {} of wave {}",
+                L.plan_rank, L.group, g, wave_index);
+      L.group = static_cast<int>(g);
+      L.member = m;
+      L.attention = group.attention;
+      for (int r : group.ranks) L.group_world_ranks.push_back(llm.device_of(r, L.tp_index));
+    }
+  }
+
+  // Local pieces: the group's Zigzag sequences first, then this rank's Whole ones.
+  const auto length_of = [&](const SequencePlan& seq) {
+    return sample_lengths[static_cast<std::size_t>(seq.sample)];
+  };
+  std::vector<std::int64_t> piece_offset(wave.sequences.size(), -1);
+  std::vector<std::int64_t> piece_rows(wave.sequences.size(), 0);
+  for (int pass = 0; pass < 2 && L.group >= 0; ++pass) {
+    const Sharding wanted = pass == 0 ? Sharding::Zigzag : Sharding::Whole;
+    for (std::size_t i = 0; i < wave.sequences.size(); ++i) {
+      const SequencePlan& seq = wave.sequences[i];
+      if (seq.sharding != wanted || seq.group != L.group) continue;
+      const auto ranges = rows_on(wave, seq, length_of(seq), L.plan_rank);
+      if (wanted == Sharding::Zigzag) L.zigzag_lengths.push_back(length_of(seq));
+      if (ranges.empty()) continue;
+      LocalPiece piece{static_cast<int>(i), seq.sample, seq.sharding, length_of(seq), L.rows, 0};
+      for (const RowRange& r : ranges) {
+        for (std::int64_t p = r.begin; p < r.end; ++p) L.positions.push_back(static_cast<std::int32_t>(p));
+        piece.rows += r.end - r.begin;
+      }
+      piece_offset[i] = L.rows;
+      piece_rows[i] = piece.rows;
+      L.rows += piece.rows;
+      L.pieces.push_back(piece);
+      if (wanted == Sharding::Zigzag) {
+        ++L.num_zigzag;
+        L.zigzag_rows = L.rows;
+      }
+    }
+  }
+  DHP_CHECK(L.rows <= INT32_MAX, InvalidArgument, "dispatch: {} local rows exceed int32 cu_seqlens", L.rows);
+  L.cu_seqlens.push_back(0);
+  for (const LocalPiece& p : L.pieces) L.cu_seqlens.push_back(static_cast<std::int32_t>(p.offset + p.rows));
+
+  // Forward traffic. Sender order = receiver order: destination (source) rank, then the
+  // wave's sequences in plan order, then the piece's rows.
+  const auto n = static_cast<std::size_t>(world_size);
+  send_counts_.assign(n, 0);
+  recv_counts_.assign(n, 0);
+  back_send_counts_.assign(n, 0);
+  back_recv_counts_.assign(n, 0);
+  for (int dest = 0; dest < world_size; ++dest) {
+    const int dest_index = dest - llm.first_device;
+    if (dest_index < 0 || dest_index >= llm.num_devices()) continue;
+    const int dest_plan_rank = dest_index / llm.tp;
+    for (const SequencePlan& seq : wave.sequences) {
+      const auto s = static_cast<std::size_t>(seq.sample);
+      if (sample_owners[s] != world_rank) continue;
+      for (const RowRange& r : rows_on(wave, seq, length_of(seq), dest_plan_rank)) {
+        for (std::int64_t p = r.begin; p < r.end; ++p) send_rows_.push_back(owned_offset[s] + p);
+        send_counts_[static_cast<std::size_t>(dest)] += r.end - r.begin;
+        if (dest_index % llm.tp != 0) continue;  // only tp index 0 returns rows
+        for (std::int64_t p = r.begin; p < r.end; ++p) back_recv_rows_.push_back(owned_offset[s] + p);
+        back_recv_counts_[static_cast<std::size_t>(dest)] += r.end - r.begin;
+      }
+    }
+  }
+  for (int source = 0; source < world_size && L.plan_rank >= 0; ++source) {
+    for (std::size_t i = 0; i < wave.sequences.size(); ++i) {
+      const SequencePlan& seq = wave.sequences[i];
+      if (sample_owners[static_cast<std::size_t>(seq.sample)] != source || piece_offset[i] < 0) continue;
+      const std::int64_t rows = piece_rows[i];
+      for (std::int64_t k = 0; k < rows; ++k) recv_to_local_.push_back(piece_offset[i] + k);
+      recv_counts_[static_cast<std::size_t>(source)] += rows;
+      if (L.tp_index != 0) continue;
+      for (std::int64_t k = 0; k < rows; ++k) back_send_rows_.push_back(piece_offset[i] + k);
+      back_send_counts_[static_cast<std::size_t>(source)] += rows;
+    }
+  }
+  DHP_LOG_DEBUG("dispatch wave {}: world rank {} plan rank {} group {} member {}/{}: {} local rows "
+                "in {} pieces ({} zigzag)", wave_index, world_rank, L.plan_rank, L.group, L.member,
+                L.degree(), L.rows, L.pieces.size(), L.num_zigzag);
+}
+
+void WaveDispatch::forward(Communicator& world, const void* owned, void* local,
+                           std::int64_t row_bytes) const {
+  DHP_CHECK(world.size() == world_size_, InvalidArgument,
+            "dispatch forward: {} but the dispatch was built for a world of {}", world.describe(),
+            world_size_);
+  move_rows(world, "dispatch forward", owned, local, row_bytes, send_counts_, send_rows_,
+            recv_counts_, recv_to_local_);
+}
+
+void WaveDispatch::inverse(Communicator& world, const void* local, void* owned,
+                           std::int64_t row_bytes) const {
+  DHP_CHECK(world.size() == world_size_, InvalidArgument,
+            "dispatch inverse: {} but the dispatch was built for a world of {}", world.describe(),
+            world_size_);
+  move_rows(world, "dispatch inverse", local, owned, row_bytes, back_send_counts_, back_send_rows_,
+            back_recv_counts_, back_recv_rows_);
+}
+
+std::int64_t global_count(Communicator& world, std::int64_t local_count) {
+  std::int64_t total = local_count;
+  world.all_reduce(&total, &total, 1, DataType::I64, ReduceOp::Sum);
+  return total;
+}
+
+}  // namespace dhp

@@ -1,0 +1,467 @@
+// MPI backend: non-blocking MPI calls polled with MPI_Test against a deadline, so that a
+// hung or dead peer ends in dhp::Error(Communication) instead of a hang. Communicators use
+// MPI_ERRORS_RETURN: MPI errors come back as codes and are turned into messages.
+#include <mpi.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <climits>
+#include <thread>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "dhp/communicator.hpp"
+#include "dhp/env.hpp"
+#include "dhp/error.hpp"
+#include "dhp/log.hpp"
+#include "dhp/runtime.hpp"
+
+namespace dhp {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string mpi_error_string(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  return fmt::format("{} (MPI error {})", std::string(text, static_cast<std::size_t>(length)), code);
+}
+
+MPI_Datatype mpi_type(DataType t) {
+  switch (t) {
+    case DataType::F32: return MPI_FLOAT;
+    case DataType::F64: return MPI_DOUBLE;
+    case DataType::BF16: return MPI_UINT16_T;  // bits; reductions through user ops below
+    case DataType::F16: return MPI_UINT16_T;
+    case DataType::I32: return MPI_INT32_T;
+    case DataType::I64: return MPI_INT64_T;
+    case DataType::U8: return MPI_UINT8_T;
+  }
+  return MPI_BYTE;
+}
+
+// --- 16-bit floating reductions: MPI has no bf16/f16 types, so they travel as uint16
+// and user-defined ops reduce them through float (round to nearest even on the way back).
+float bf16_to_float(std::uint16_t bits) { return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16); }
+
+std::uint16_t float_to_bf16(float value) {
+  const auto bits = std::bit_cast<std::uint32_t>(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // NaN stays NaN
+  return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+float f16_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const int exponent = (h >> 10) & 0x1f;
+  const std::uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign ? -magnitude : magnitude;
+  }
+  return std::bit_cast<float>(sign | static_cast<std::uint32_t>(exponent - 15 + 127) << 23 | (mantissa << 13));
+}
+
+std::uint16_t float_to_f16(float value) {
+  const auto bits = std::bit_cast<std::uint32_t>(value);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const float magnitude = std::fabs(value);
+  if (std::isnan(value)) return static_cast<std::uint16_t>(sign | 0x7e00u);
+  if (magnitude >= 65520.0f) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to inf
+  if (magnitude < 6.103515625e-05f) {  // subnormal: units of 2^-24, nearest even
+    return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(std::nearbyint(std::ldexp(magnitude, 24))));
+  }
+  int exponent = 0;
+  const float fraction = std::frexp(magnitude, &exponent);  // magnitude = fraction * 2^exponent, fraction in [0.5, 1)
+  auto mantissa = static_cast<std::uint32_t>(std::nearbyint(std::ldexp(fraction, 11)));  // 11 significant bits
+  if (mantissa == 2048u) {  // rounded up to the next power of two
+    mantissa = 1024u;
+    ++exponent;
+  }
+  const auto biased = static_cast<std::uint32_t>(exponent - 1 + 15);
+  if (biased >= 31) return static_cast<std::uint16_t>(sign | 0x7c00u);
+  return static_cast<std::uint16_t>(sign | (biased << 10) | (mantissa - 1024u));
+}
+
+template <float (*ToFloat)(std::uint16_t), std::uint16_t (*FromFloat)(float), ReduceOp Op>
+void reduce_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const std::uint16_t*>(in);
+  auto* b = static_cast<std::uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    const float x = ToFloat(a[i]), y = ToFloat(b[i]);
+    const float r = Op == ReduceOp::Sum ? x + y : Op == ReduceOp::Max ? std::max(x, y) : std::min(x, y);
+    b[i] = FromFloat(r);
+  }
+}
+
+// Created once (after MPI_Init), never freed: MPI frees user ops at MPI_Finalize.
+MPI_Op user_op(DataType type, ReduceOp op) {
+  static const auto ops = [] {
+    std::array<MPI_Op, 6> created{};
+    MPI_User_function* functions[6] = {
+        reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Sum>,
+        reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Max>,
+        reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Min>,
+        reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Sum>,
+        reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Max>,
+        reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Min>};
+    for (int i = 0; i < 6; ++i) MPI_Op_create(functions[i], /*commute=*/1, &created[static_cast<std::size_t>(i)]);
+    return created;
+  }();
+  const int base = type == DataType::BF16 ? 0 : 3;
+  return ops[static_cast<std::size_t>(base + static_cast<int>(op))];
+}
+
+MPI_Op mpi_op(DataType type, ReduceOp op) {
+  if (type == DataType::BF16 || type == DataType::F16) return user_op(type, op);
+  switch (op) {
+    case ReduceOp::Sum: return MPI_SUM;
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+// Sleeps a little between polls once an operation is clearly not immediate: with more
+// processes than cores (mpirun --oversubscribe) spinning would starve the peers we wait for.
+void poll_pause(int polls) {
+  if (polls < 64) return;
+  if (polls < 1024) {
+    std::this_thread::yield();
+    return;
+  }
+  std::this_thread::sleep_for(std::chrono::microseconds(50));
+}
+
+class MpiCommunicator;
+
+class MpiRequest final : public CommRequest {
+ public:
+  MpiRequest(const MpiCommunicator& comm, const char* op, std::vector<MPI_Request> requests)
+      : comm_(comm), op_(op), requests_(std::move(requests)) {}
+  ~MpiRequest() override;
+  bool test() override;
+  void wait(std::chrono::milliseconds timeout) override;
+  void wait() override;
+
+ private:
+  const MpiCommunicator& comm_;
+  const char* op_;
+  std::vector<MPI_Request> requests_;
+  bool done_ = false;
+};
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(MPI_Comm comm, std::vector<int> world_ranks, std::chrono::milliseconds timeout,
+                  std::string name)
+      : Communicator(comm_rank(comm), comm_size(comm), Device::CPU, std::move(world_ranks),
+                     timeout, std::move(name)),
+        comm_(comm) {}
+
+  ~MpiCommunicator() override {
+    // MPI_Comm_free is collective in spirit but local in practice (deferred until pending
+    // operations finish); after an abort or a dead peer we skip it and let MPI_Abort clean up.
+    if (!aborted_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  }
+
+  const char* backend() const noexcept override { return "mpi"; }
+
+  void all_reduce(const void* send, void* recv, std::int64_t count, DataType type,
+                  ReduceOp op) override {
+    const char* name = "all_reduce";
+    begin(name);
+    check_reducible(name, type);
+    MPI_Request request;
+    check(name, MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv, to_int(name, count),
+                               mpi_type(type), mpi_op(type, op), comm_, &request));
+    wait_all(name, &request, 1, timeout());
+  }
+
+  void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
+                      ReduceOp op) override {
+    const char* name = "reduce_scatter";
+    begin(name);
+    check_reducible(name, type);
+    MPI_Request request;
+    check(name, MPI_Ireduce_scatter_block(send, recv, to_int(name, recv_count), mpi_type(type),
+                                          mpi_op(type, op), comm_, &request));
+    wait_all(name, &request, 1, timeout());
+  }
+
+  void all_gather(const void* send, void* recv, std::int64_t send_count, DataType type) override {
+    const char* name = "all_gather";
+    begin(name);
+    const int count = to_int(name, send_count);
+    MPI_Request request;
+    check(name, MPI_Iallgather(send, count, mpi_type(type), recv, count, mpi_type(type), comm_,
+                               &request));
+    wait_all(name, &request, 1, timeout());
+  }
+
+  void all_to_all_v(const void* send, std::span<const std::int64_t> send_counts,
+                    std::span<const std::int64_t> send_displs, void* recv,
+                    std::span<const std::int64_t> recv_counts,
+                    std::span<const std::int64_t> recv_displs, DataType type) override {
+    const char* name = "all_to_all_v";
+    begin(name);
+    const auto n = static_cast<std::size_t>(size());
+    if (send_counts.size() != n || send_displs.size() != n || recv_counts.size() != n ||
+        recv_displs.size() != n) {
+      fail(name, fmt::format("count/displacement arrays of sizes {}/{}/{}/{}, expected {}",
+                             send_counts.size(), send_displs.size(), recv_counts.size(),
+                             recv_displs.size(), n));
+    }
+    std::vector<int> sc(n), sd(n), rc(n), rd(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      sc[i] = to_int(name, send_counts[i]);
+      sd[i] = to_int(name, send_displs[i]);
+      rc[i] = to_int(name, recv_counts[i]);
+      rd[i] = to_int(name, recv_displs[i]);
+    }
+    MPI_Request request;
+    check(name, MPI_Ialltoallv(send, sc.data(), sd.data(), mpi_type(type), recv, rc.data(),
+                               rd.data(), mpi_type(type), comm_, &request));
+    wait_all(name, &request, 1, timeout());
+  }
+
+  void broadcast(void* buffer, std::int64_t count, DataType type, int root) override {
+    const char* name = "broadcast";
+    begin(name);
+    check_peer(name, root);
+    MPI_Request request;
+    check(name, MPI_Ibcast(buffer, to_int(name, count), mpi_type(type), root, comm_, &request));
+    wait_all(name, &request, 1, timeout());
+  }
+
+  void barrier() override {
+    const char* name = "barrier";
+    begin(name);
+    MPI_Request request;
+    check(name, MPI_Ibarrier(comm_, &request));
+    wait_all(name, &request, 1, timeout());
+  }
+
+  CommRequestPtr isend(const void* buffer, std::int64_t count, DataType type, int peer,
+                       int tag) override {
+    const P2POp op{P2POp::Kind::Send, peer, const_cast<void*>(buffer), count, type, tag};
+    return post("isend", std::span<const P2POp>(&op, 1));
+  }
+
+  CommRequestPtr irecv(void* buffer, std::int64_t count, DataType type, int peer,
+                       int tag) override {
+    const P2POp op{P2POp::Kind::Recv, peer, buffer, count, type, tag};
+    return post("irecv", std::span<const P2POp>(&op, 1));
+  }
+
+  CommRequestPtr exchange(std::span<const P2POp> ops) override { return post("exchange", ops); }
+
+  std::unique_ptr<Communicator> split(int color, int key,
+                                      std::vector<int> member_world_ranks) override {
+    const char* name = "split";
+    begin(name);
+    // MPI_Comm_split blocks with no timeout: a non-blocking barrier first proves every
+    // member is alive and has reached the split, so the split itself cannot hang on a peer.
+    MPI_Request request;
+    check(name, MPI_Ibarrier(comm_, &request));
+    wait_all(name, &request, 1, timeout());
+    MPI_Comm child = MPI_COMM_NULL;
+    check(name, MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &child));
+    if (child == MPI_COMM_NULL) return nullptr;
+    MPI_Comm_set_errhandler(child, MPI_ERRORS_RETURN);
+    std::vector<int> found = world_ranks_of(child);
+    if (!member_world_ranks.empty() && member_world_ranks != found) {
+      MPI_Comm_free(&child);
+      fail(name, fmt::format("the new group is {} but the caller expected {}", group_name(found),
+                             group_name(member_world_ranks)));
+    }
+    return std::make_unique<MpiCommunicator>(child, std::move(found), timeout(), std::string());
+  }
+
+  void abort() noexcept override {
+    if (!aborted_) DHP_LOG_WARN("{}: aborted", describe());
+    aborted_ = true;
+  }
+
+  // Polls `requests` until all complete, `limit` passes (Error naming op and elapsed
+  // time), or MPI reports an error.
+  void wait_all(const char* op, MPI_Request* requests, int count,
+                std::chrono::milliseconds limit) const {
+    const auto start = Clock::now();
+    for (int polls = 0;; ++polls) {
+      int done = 0;
+      check(op, MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE));
+      if (done) return;
+      const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+      if (elapsed >= limit) fail_timeout(op, elapsed, limit);
+      poll_pause(polls);
+    }
+  }
+
+  void check(const char* op, int code) const {
+    if (code != MPI_SUCCESS) fail(op, mpi_error_string(code));
+  }
+
+ private:
+  static int comm_rank(MPI_Comm comm) {
+    int rank = 0;
+    MPI_Comm_rank(comm, &rank);
+    return rank;
+  }
+  static int comm_size(MPI_Comm comm) {
+    int size = 0;
+    MPI_Comm_size(comm, &size);
+    return size;
+  }
+
+  void begin(const char* op) const {
+    check_not_aborted(op);
+    DHP_LOG_TRACE("{}: {}", describe(), op);
+  }
+
+  void check_reducible(const char* op, DataType type) const {
+    if (type == DataType::U8) fail(op, "u8 buffers are moved, not reduced (reduce i32)");
+  }
+
+  int to_int(const char* op, std::int64_t value) const {
+    if (value < 0 || value > INT_MAX) {
+      fail(op, fmt::format("count/displacement {} outside MPI's int range", value));
+    }
+    return static_cast<int>(value);
+  }
+
+  CommRequestPtr post(const char* op, std::span<const P2POp> ops) {
+    begin(op);
+    std::vector<MPI_Request> requests(ops.size(), MPI_REQUEST_NULL);
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      const P2POp& p = ops[i];
+      check_peer(op, p.peer);
+      const int count = to_int(op, p.count);
+      const int code =
+          p.kind == P2POp::Kind::Send
+              ? MPI_Isend(p.buffer, count, mpi_type(p.type), p.peer, p.tag, comm_, &requests[i])
+              : MPI_Irecv(p.buffer, count, mpi_type(p.type), p.peer, p.tag, comm_, &requests[i]);
+      if (code != MPI_SUCCESS) {
+        for (std::size_t j = 0; j < i; ++j) {
+          MPI_Cancel(&requests[j]);
+          MPI_Request_free(&requests[j]);
+        }
+        fail(op, fmt::format("{} peer {}: {}", p.kind == P2POp::Kind::Send ? "send to" : "recv from",
+                             p.peer, mpi_error_string(code)));
+      }
+    }
+    return std::make_unique<MpiRequest>(*this, op, std::move(requests));
+  }
+
+  static std::vector<int> world_ranks_of(MPI_Comm comm) {
+    MPI_Group group, world_group;
+    MPI_Comm_group(comm, &group);
+    MPI_Comm_group(MPI_COMM_WORLD, &world_group);
+    int n = 0;
+    MPI_Group_size(group, &n);
+    std::vector<int> local(static_cast<std::size_t>(n)), world(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) local[static_cast<std::size_t>(i)] = i;
+    MPI_Group_translate_ranks(group, n, local.data(), world_group, world.data());
+    MPI_Group_free(&group);
+    MPI_Group_free(&world_group);
+    return world;
+  }
+
+  MPI_Comm comm_;
+};
+
+MpiRequest::~MpiRequest() {
+  if (done_) return;
+  // Abandoned (an exception unwound past it): cancel so MPI does not write into freed memory.
+  for (MPI_Request& r : requests_) {
+    if (r == MPI_REQUEST_NULL) continue;
+    MPI_Cancel(&r);
+    MPI_Request_free(&r);
+  }
+}
+
+bool MpiRequest::test() {
+  if (done_) return true;
+  int flag = 0;
+  comm_.check(op_, MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &flag,
+                               MPI_STATUSES_IGNORE));
+  done_ = flag != 0;
+  return done_;
+}
+
+void MpiRequest::wait(std::chrono::milliseconds timeout) {
+  if (done_) return;
+  comm_.wait_all(op_, requests_.data(), static_cast<int>(requests_.size()), timeout);
+  done_ = true;
+}
+
+void MpiRequest::wait() { wait(comm_.timeout()); }
+
+}  // namespace
+
+std::unique_ptr<Communicator> mpi_world_communicator() {
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  DHP_CHECK(initialised, InvalidArgument,
+            "mpi_world_communicator: MPI is not initialised (create a dhp::MpiRuntime first)");
+  MPI_Comm world = MPI_COMM_NULL;
+  const int code = MPI_Comm_dup(MPI_COMM_WORLD, &world);
+  DHP_CHECK(code == MPI_SUCCESS, Communication, "MPI_Comm_dup(MPI_COMM_WORLD): {}",
+            mpi_error_string(code));
+  MPI_Comm_set_errhandler(world, MPI_ERRORS_RETURN);
+  int size = 0;
+  MPI_Comm_size(world, &size);
+  std::vector<int> ranks(static_cast<std::size_t>(size));
+  for (int i = 0; i < size; ++i) ranks[static_cast<std::size_t>(i)] = i;
+  return std::make_unique<MpiCommunicator>(world, std::move(ranks), env::comm_timeout(), "world");
+}
+
+ProcessInfo mpi_process_info() {
+  ProcessInfo info;
+  MPI_Comm_rank(MPI_COMM_WORLD, &info.world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &info.world_size);
+  // Processes of the same host share memory: MPI_COMM_TYPE_SHARED groups them.
+  MPI_Comm local = MPI_COMM_NULL;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, info.world_rank, MPI_INFO_NULL, &local);
+  MPI_Comm_rank(local, &info.local_rank);
+  MPI_Comm_size(local, &info.local_size);
+  MPI_Comm_free(&local);
+  char host[MPI_MAX_PROCESSOR_NAME];
+  int length = 0;
+  MPI_Get_processor_name(host, &length);
+  info.host.assign(host, static_cast<std::size_t>(length));
+  return info;
+}
+
+MpiRuntime::MpiRuntime() {
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  if (!initialised) {
+    const int code = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &thread_level_);
+    DHP_CHECK(code == MPI_SUCCESS, Communication, "MPI_Init_thread failed: {}",
+              mpi_error_string(code));
+    initialised_here_ = true;
+  } else {
+    MPI_Query_thread(&thread_level_);
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  if (thread_level_ < MPI_THREAD_SERIALIZED) {
+    DHP_LOG_WARN("MPI provides thread level {} < MPI_THREAD_SERIALIZED: call dhp's runtime from "
+                 "the main thread only", thread_level_);
+  }
+  process_ = mpi_process_info();
+}
+
+MpiRuntime::~MpiRuntime() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (initialised_here_ && !finalized) MPI_Finalize();
+}
+
+std::unique_ptr<Communicator> MpiRuntime::world() const { return mpi_world_communicator(); }
+
+}  // namespace dhp

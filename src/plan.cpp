@@ -1,0 +1,226 @@
+#include "dhp/plan.hpp"
+
+#include <algorithm>
+
+#include "dhp/error.hpp"
+
+namespace dhp {
+
+const char* to_string(EncoderPlacement p) noexcept {
+  switch (p) {
+    case EncoderPlacement::Colocated: return "colocated";
+    case EncoderPlacement::Disjoint: return "disjoint";
+  }
+  return "unknown";
+}
+
+const char* to_string(Sharding s) noexcept {
+  switch (s) {
+    case Sharding::Whole: return "whole";
+    case Sharding::Zigzag: return "zigzag";
+  }
+  return "unknown";
+}
+
+const char* to_string(CpAttention a) noexcept {
+  switch (a) {
+    case CpAttention::Ring: return "ring";
+    case CpAttention::Ulysses: return "ulysses";
+    case CpAttention::UlyssesRing: return "ulysses_ring";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// FNV-1a over a canonical byte sequence: every integer as 8 bytes little-endian, every
+// list preceded by its length, so that the hash does not depend on the platform.
+class Fnv1a {
+ public:
+  void add(std::int64_t value) {
+    auto bits = static_cast<std::uint64_t>(value);
+    for (int i = 0; i < 8; ++i) {
+      add_byte(static_cast<unsigned char>(bits & 0xffu));
+      bits >>= 8;
+    }
+  }
+  void add(const std::string& text) {
+    add(static_cast<std::int64_t>(text.size()));
+    for (char c : text) add_byte(static_cast<unsigned char>(c));
+  }
+  std::uint64_t value() const { return hash_; }
+
+ private:
+  void add_byte(unsigned char byte) {
+    hash_ ^= byte;
+    hash_ *= 0x100000001b3ull;
+  }
+  std::uint64_t hash_ = 0xcbf29ce484222325ull;
+};
+
+void add_layout(Fnv1a& h, const ModuleLayout& layout) {
+  h.add(layout.tp);
+  h.add(layout.first_device);
+  h.add(layout.ranks);
+}
+
+}  // namespace
+
+std::uint64_t plan_hash(const Plan& plan) {
+  Fnv1a h;
+  h.add(plan.strategy);
+  h.add(plan.step);
+  h.add(static_cast<std::int64_t>(plan.placement));
+  add_layout(h, plan.llm);
+  add_layout(h, plan.encoder);
+  h.add(static_cast<std::int64_t>(plan.waves.size()));
+  for (const WavePlan& wave : plan.waves) {
+    h.add(static_cast<std::int64_t>(wave.groups.size()));
+    for (const GroupPlan& group : wave.groups) {
+      h.add(static_cast<std::int64_t>(group.attention));
+      h.add(static_cast<std::int64_t>(group.ranks.size()));
+      for (int rank : group.ranks) h.add(rank);
+    }
+    h.add(static_cast<std::int64_t>(wave.sequences.size()));
+    for (const SequencePlan& seq : wave.sequences) {
+      h.add(seq.sample);
+      h.add(seq.group);
+      h.add(static_cast<std::int64_t>(seq.sharding));
+      h.add(seq.member);
+    }
+  }
+  h.add(static_cast<std::int64_t>(plan.encoder_tasks.size()));
+  for (const EncoderTask& task : plan.encoder_tasks) {
+    h.add(task.sample);
+    h.add(task.visual);
+    h.add(task.wave);
+    h.add(task.rank);
+  }
+  return h.value();
+}
+
+namespace {
+
+void validate_layouts(const Plan& plan) {
+  const ModuleLayout& llm = plan.llm;
+  const ModuleLayout& enc = plan.encoder;
+  DHP_CHECK(llm.ranks >= 1 && llm.tp >= 1 && llm.first_device >= 0, Internal,
+            "plan '{}' step {}: llm layout ranks={} tp={} first_device={} (need ranks >= 1, "
+            "tp >= 1, first_device >= 0)",
+            plan.strategy, plan.step, llm.ranks, llm.tp, llm.first_device);
+  DHP_CHECK(enc.ranks >= 0 && enc.tp >= 1 && enc.first_device >= 0, Internal,
+            "plan '{}' step {}: encoder layout ranks={} tp={} first_device={} (need ranks >= 0, "
+            "tp >= 1, first_device >= 0)",
+            plan.strategy, plan.step, enc.ranks, enc.tp, enc.first_device);
+  if (enc.ranks == 0) return;
+  // 64-bit: a hand-built plan may hold any int.
+  const std::int64_t llm_end = llm.first_device + std::int64_t{llm.ranks} * llm.tp;
+  const std::int64_t enc_end = enc.first_device + std::int64_t{enc.ranks} * enc.tp;
+  if (plan.placement == EncoderPlacement::Colocated) {
+    DHP_CHECK(enc.first_device >= llm.first_device && enc_end <= llm_end, Internal,
+              "plan '{}' step {}: colocated encoder devices [{}, {}) are not inside the LLM's "
+              "devices [{}, {})",
+              plan.strategy, plan.step, enc.first_device, enc_end, llm.first_device, llm_end);
+  } else {
+    DHP_CHECK(enc_end <= llm.first_device || enc.first_device >= llm_end, Internal,
+              "plan '{}' step {}: disjoint encoder devices [{}, {}) overlap the LLM's devices "
+              "[{}, {})",
+              plan.strategy, plan.step, enc.first_device, enc_end, llm.first_device, llm_end);
+  }
+}
+
+}  // namespace
+
+void validate(const Plan& plan, const Batch& batch) {
+  validate_layouts(plan);
+  const int num_samples = static_cast<int>(batch.samples.size());
+  std::vector<int> wave_of_sample(batch.samples.size(), -1);
+
+  for (int w = 0; w < static_cast<int>(plan.waves.size()); ++w) {
+    const WavePlan& wave = plan.waves[w];
+    std::vector<int> group_of_rank(plan.llm.ranks, -1);
+    for (int g = 0; g < static_cast<int>(wave.groups.size()); ++g) {
+      const GroupPlan& group = wave.groups[g];
+      DHP_CHECK(!group.ranks.empty(), Internal, "plan '{}' step {}: wave {} group {} has no ranks",
+                plan.strategy, plan.step, w, g);
+      for (int rank : group.ranks) {
+        DHP_CHECK(rank >= 0 && rank < plan.llm.ranks, Internal,
+                  "plan '{}' step {}: wave {} group {} has rank {} outside [0, {})",
+                  plan.strategy, plan.step, w, g, rank, plan.llm.ranks);
+        DHP_CHECK(group_of_rank[rank] == -1, Internal,
+                  "plan '{}' step {}: wave {} rank {} is in group {} and group {}", plan.strategy,
+                  plan.step, w, rank, group_of_rank[rank], g);
+        group_of_rank[rank] = g;
+      }
+    }
+    for (const SequencePlan& seq : wave.sequences) {
+      DHP_CHECK(seq.sample >= 0 && seq.sample < num_samples, Internal,
+                "plan '{}' step {}: wave {} places sample {} outside [0, {})", plan.strategy,
+                plan.step, w, seq.sample, num_samples);
+      DHP_CHECK(wave_of_sample[seq.sample] == -1, Internal,
+                "plan '{}' step {}: sample {} is placed twice (waves {} and {})", plan.strategy,
+                plan.step, seq.sample, wave_of_sample[seq.sample], w);
+      wave_of_sample[seq.sample] = w;
+      DHP_CHECK(seq.group >= 0 && seq.group < static_cast<int>(wave.groups.size()), Internal,
+                "plan '{}' step {}: wave {} sample {} in group {} outside [0, {})",
+                plan.strategy, plan.step, w, seq.sample, seq.group, wave.groups.size());
+      const int degree = wave.groups[seq.group].degree();
+      if (seq.sharding == Sharding::Whole) {
+        DHP_CHECK(seq.member >= 0 && seq.member < degree, Internal,
+                  "plan '{}' step {}: wave {} sample {} kept whole on member {} of a group of "
+                  "degree {}",
+                  plan.strategy, plan.step, w, seq.sample, seq.member, degree);
+      } else {
+        DHP_CHECK(seq.member == -1, Internal,
+                  "plan '{}' step {}: wave {} sample {} is zigzag-split but has member {} "
+                  "(expected -1)",
+                  plan.strategy, plan.step, w, seq.sample, seq.member);
+      }
+    }
+  }
+  for (int s = 0; s < num_samples; ++s) {
+    DHP_CHECK(wave_of_sample[s] != -1, Internal,
+              "plan '{}' step {}: sample {} (id {}) is in no wave", plan.strategy, plan.step, s,
+              batch.samples[s].id);
+  }
+
+  // Encoder work: with no encoder ranks (text-only model) there must be no tasks.
+  if (plan.encoder.ranks == 0) {
+    DHP_CHECK(plan.encoder_tasks.empty(), Internal,
+              "plan '{}' step {}: {} encoder tasks but the encoder has no ranks", plan.strategy,
+              plan.step, plan.encoder_tasks.size());
+    return;
+  }
+  std::vector<std::vector<int>> encoded(batch.samples.size());
+  for (int s = 0; s < num_samples; ++s) encoded[s].assign(batch.samples[s].visuals.size(), 0);
+  for (std::size_t t = 0; t < plan.encoder_tasks.size(); ++t) {
+    const EncoderTask& task = plan.encoder_tasks[t];
+    DHP_CHECK(task.sample >= 0 && task.sample < num_samples, Internal,
+              "plan '{}' step {}: encoder task {} names sample {} outside [0, {})", plan.strategy,
+              plan.step, t, task.sample, num_samples);
+    const int num_visuals = static_cast<int>(encoded[task.sample].size());
+    DHP_CHECK(task.visual >= 0 && task.visual < num_visuals, Internal,
+              "plan '{}' step {}: encoder task {} names visual {} of sample {} outside [0, {})",
+              plan.strategy, plan.step, t, task.visual, task.sample, num_visuals);
+    DHP_CHECK(task.rank >= 0 && task.rank < plan.encoder.ranks, Internal,
+              "plan '{}' step {}: encoder task {} on encoder rank {} outside [0, {})",
+              plan.strategy, plan.step, t, task.rank, plan.encoder.ranks);
+    DHP_CHECK(task.wave == wave_of_sample[task.sample], Internal,
+              "plan '{}' step {}: encoder task {} (sample {} visual {}) is in wave {} but the "
+              "sample runs in wave {}",
+              plan.strategy, plan.step, t, task.sample, task.visual, task.wave,
+              wave_of_sample[task.sample]);
+    DHP_CHECK(++encoded[task.sample][task.visual] == 1, Internal,
+              "plan '{}' step {}: sample {} visual {} is encoded more than once", plan.strategy,
+              plan.step, task.sample, task.visual);
+  }
+  for (int s = 0; s < num_samples; ++s) {
+    for (std::size_t v = 0; v < encoded[s].size(); ++v) {
+      DHP_CHECK(encoded[s][v] == 1, Internal,
+                "plan '{}' step {}: sample {} (id {}) visual {} is never encoded", plan.strategy,
+                plan.step, s, batch.samples[s].id, v);
+    }
+  }
+}
+
+}  // namespace dhp

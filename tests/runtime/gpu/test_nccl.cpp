@@ -1,0 +1,196 @@
+// NCCL backend at world size 1 on one GPU: initialisation, collectives and send/recv to
+// self on device buffers, splits, the group pool, the timeout path and CP attention on
+// CUDA buffers. Skips (GTEST_SKIP "no CUDA device") where there is no GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#include "dhp/cp_attention.hpp"
+#include "dhp/dispatch.hpp"
+#include "dhp/error.hpp"
+#include "dhp/group_pool.hpp"
+#include "dhp/nccl.hpp"
+#include "runtime_test_util.hpp"
+
+namespace dhp {
+namespace {
+
+using namespace std::chrono_literals;
+
+#define SKIP_WITHOUT_GPU()                                                         \
+  do {                                                                             \
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: NCCL tests skipped"; \
+  } while (0)
+
+// A device buffer holding a copy of `host`.
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(const std::vector<T>& host) : size_(host.size()) {
+    EXPECT_EQ(cudaMalloc(&data_, bytes()), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  explicit DeviceBuffer(std::size_t size) : DeviceBuffer(std::vector<T>(size)) {}
+  ~DeviceBuffer() { cudaFree(data_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() { return static_cast<T*>(data_); }
+  std::vector<T> host() const {
+    std::vector<T> out(size_);
+    EXPECT_EQ(cudaMemcpy(out.data(), data_, bytes(), cudaMemcpyDeviceToHost), cudaSuccess);
+    return out;
+  }
+
+ private:
+  std::size_t bytes() const { return size_ * sizeof(T); }
+  void* data_ = nullptr;
+  std::size_t size_;
+};
+
+std::unique_ptr<Communicator> single_rank_world(std::chrono::milliseconds timeout = 60s) {
+  return nccl_world(nccl_unique_id(), 0, 1, 0, timeout);
+}
+
+TEST(NcclBackend, InitialisesNonBlockingAndDescribesItself) {
+  SKIP_WITHOUT_GPU();
+  auto world = single_rank_world();
+  nccl_wait_ready(*world);
+  EXPECT_EQ(world->size(), 1);
+  EXPECT_EQ(world->device(), Device::CUDA);
+  EXPECT_NE(world->stream(), nullptr);
+  EXPECT_EQ(world->describe(), "nccl world rank 0/1 (world rank 0)");
+}
+
+TEST(NcclBackend, CollectivesOnDeviceBuffers) {
+  SKIP_WITHOUT_GPU();
+  auto world = single_rank_world();
+  const std::vector<float> values{1.5f, -2.0f, 3.25f, 8.0f};
+  DeviceBuffer<float> data(values);
+  world->all_reduce(data.get(), data.get(), 4, DataType::F32, ReduceOp::Sum);  // in place
+  EXPECT_EQ(data.host(), values);
+
+  DeviceBuffer<float> gathered(4);
+  world->all_gather(data.get(), gathered.get(), 4, DataType::F32);
+  EXPECT_EQ(gathered.host(), values);
+
+  DeviceBuffer<float> scattered(4);
+  world->reduce_scatter(data.get(), scattered.get(), 4, DataType::F32, ReduceOp::Max);
+  EXPECT_EQ(scattered.host(), values);
+
+  DeviceBuffer<float> moved(4);
+  const std::vector<std::int64_t> counts{3}, displs{1}, recv_displs{0};
+  world->all_to_all_v(data.get(), counts, displs, moved.get(), counts, recv_displs, DataType::F32);
+  const auto got = moved.host();
+  EXPECT_EQ(std::vector<float>(got.begin(), got.begin() + 3),
+            std::vector<float>(values.begin() + 1, values.end()));
+
+  world->broadcast(data.get(), 4, DataType::F32, 0);
+  world->barrier();
+  EXPECT_EQ(data.host(), values);
+}
+
+TEST(NcclBackend, SendRecvToSelfThroughExchange) {
+  SKIP_WITHOUT_GPU();
+  auto world = single_rank_world();
+  const std::vector<std::int64_t> values{7, 11, 13};
+  DeviceBuffer<std::int64_t> send(values), recv(3);
+  const P2POp ops[] = {{P2POp::Kind::Send, 0, send.get(), 3, DataType::I64, 0},
+                       {P2POp::Kind::Recv, 0, recv.get(), 3, DataType::I64, 0}};
+  auto request = world->exchange(ops);
+  request->wait();
+  EXPECT_TRUE(request->test());
+  EXPECT_EQ(recv.host(), values);
+}
+
+TEST(NcclBackend, SplitIntoOneRankGroupsAndPool) {
+  SKIP_WITHOUT_GPU();
+  auto world = single_rank_world();
+  auto group = world->split(0, 0, {0});
+  ASSERT_NE(group, nullptr);
+  EXPECT_EQ(group->name(), "group[0]");
+  auto discovered = world->split(5, 0);  // members found by an all-gather
+  ASSERT_NE(discovered, nullptr);
+  EXPECT_EQ(discovered->world_ranks(), std::vector<int>{0});
+  EXPECT_EQ(world->split(-1, 0), nullptr);
+  DeviceBuffer<double> data(std::vector<double>{2.0});
+  group->all_reduce(data.get(), data.get(), 1, DataType::F64, ReduceOp::Sum);
+  EXPECT_EQ(data.host()[0], 2.0);
+
+  GroupPool pool(*world, 4);
+  pool.acquire({{0}});
+  pool.acquire({{0}});
+  EXPECT_EQ(pool.stats().misses, 1);
+  EXPECT_EQ(pool.stats().hits, 1);
+  Communicator& pooled = pool.get({0});
+  EXPECT_STREQ(pooled.backend(), "nccl");
+  pooled.barrier();
+}
+
+TEST(NcclBackend, NeverMatchedRecvTimesOutAndAborts) {
+  SKIP_WITHOUT_GPU();
+  auto world = single_rank_world(500ms);
+  nccl_wait_ready(*world);
+  DeviceBuffer<float> buffer(16);
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    world->recv(buffer.get(), 16, DataType::F32, 0);
+    FAIL() << "a receive nobody sends to must time out";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Communication);
+    EXPECT_NE(std::string(e.what()).find("irecv failed"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+  EXPECT_TRUE(world->aborted());
+  EXPECT_THROW(world->barrier(), Error);
+}
+
+// cudaMalloc'ed temporaries for CP attention on CUDA buffers.
+class CudaAllocator final : public BufferAllocator {
+ public:
+  void* allocate(std::size_t bytes) override {
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes == 0 ? 1 : bytes) != cudaSuccess) throw std::bad_alloc();
+    return p;
+  }
+  void deallocate(void* pointer) noexcept override { cudaFree(pointer); }
+  void copy_from_host(void* dst, const void* src, std::size_t bytes) override {
+    if (cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice) != cudaSuccess) throw std::bad_alloc();
+  }
+};
+
+TEST(NcclBackend, CpAttentionDegreeOneOnCudaMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  if (!kernels::built_with_cuda()) GTEST_SKIP() << "dhp_kernels built without CUDA";
+  auto world = single_rank_world();
+  const std::vector<std::int64_t> lengths{5, 17, 1};
+  const std::vector<int> owners{0, 0, 0};
+  const Plan plan = testing::one_wave_plan(1, {1}, 3, [](int) { return false; });
+  const WaveDispatch dispatch(plan, 0, lengths, owners, 0, 1);
+  const WaveLayout& layout = dispatch.layout();
+  const int hq = 4, hkv = 2, hd = 16;
+  const auto rows = static_cast<std::size_t>(layout.rows);
+  const auto q = testing::random_values<float>(rows * hq * hd, 1);
+  const auto k = testing::random_values<float>(rows * hkv * hd, 2);
+  const auto v = testing::random_values<float>(rows * hkv * hd, 3);
+
+  CpAttentionContext ctx;
+  ctx.dtype = kernels::DType::F32;
+  ctx.shape = {hq, hkv, hd, 0.0, true};
+  ctx.layout = &layout;
+  ctx.world = world.get();
+  std::vector<float> out_cpu(q.size()), lse_cpu(rows * hq);
+  cp_attention_forward(ctx, q.data(), k.data(), v.data(), out_cpu.data(), lse_cpu.data());
+
+  CudaAllocator allocator;
+  ctx.allocator = &allocator;
+  DeviceBuffer<float> dq(q), dk(k), dv(v), dout(q.size()), dlse(rows * hq);
+  cp_attention_forward(ctx, dq.get(), dk.get(), dv.get(), dout.get(), dlse.get());
+  const auto out_gpu = dout.host();
+  for (std::size_t i = 0; i < out_cpu.size(); ++i) ASSERT_NEAR(out_gpu[i], out_cpu[i], 1e-4) << i;
+}
+
+}  // namespace
+}  // namespace dhp

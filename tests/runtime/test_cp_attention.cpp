@@ -1,0 +1,170 @@
+// Ring context-parallel attention over the world equals a single-process reference,
+// forward and backward, for every CP degree the world allows and mixed groups in a wave.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+
+#include "dhp/cp_attention.hpp"
+#include "dhp/dispatch.hpp"
+#include "dhp/group_pool.hpp"
+#include "runtime_test_util.hpp"
+
+namespace dhp {
+namespace {
+
+using testing::world;
+
+// Partitions of the world tried besides the single group of every rank: several groups
+// of different degrees coexisting in one wave.
+std::vector<int> mixed_partition(int w) {
+  static const std::map<int, std::vector<int>> table = {
+      {1, {1}}, {2, {1, 1}}, {3, {2, 1}}, {4, {3, 1}}, {5, {3, 2}}, {6, {5, 1}}, {7, {3, 2, 1, 1}}, {8, {5, 3}}};
+  auto it = table.find(w);
+  return it != table.end() ? it->second : std::vector<int>{w};
+}
+
+template <typename T>
+struct Result {
+  double max_err_out = 0, max_err_grad = 0, max_ref = 0;
+  std::int64_t rows = 0;  // local rows compared
+  bool ulysses = false;
+};
+
+template <typename T>
+Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_pool,
+                   CpAttention attention, int hq, int hkv) {
+  Communicator& comm = world();
+  const int hd = 8;
+  // Odd lengths, some shorter than 2 x degree (empty chunks), one of length 1.
+  std::mt19937_64 gen(seed);
+  const int num_seqs = 2 * static_cast<int>(groups.size()) + 3;
+  std::vector<std::int64_t> lengths;
+  for (int i = 0; i < num_seqs; ++i) lengths.push_back(i == 0 ? 1 : static_cast<std::int64_t>(gen() % 37) + 2);
+  std::vector<int> owners;
+  for (int i = 0; i < num_seqs; ++i) owners.push_back(i % comm.size());
+  const Plan plan = testing::one_wave_plan(comm.size(), groups, num_seqs,
+                                           [](int i) { return i % 4 != 3; }, attention);
+  const WaveDispatch dispatch(plan, 0, lengths, owners, comm.rank(), comm.size());
+  const WaveLayout& layout = dispatch.layout();
+
+  std::vector<std::int64_t> cu{0};
+  for (auto l : lengths) cu.push_back(cu.back() + l);
+  const auto total = static_cast<std::size_t>(cu.back());
+  const auto q = testing::random_values<double>(total * hq * hd, seed + 1);
+  const auto k = testing::random_values<double>(total * hkv * hd, seed + 2);
+  const auto v = testing::random_values<double>(total * hkv * hd, seed + 3);
+  const auto dout = testing::random_values<double>(total * hq * hd, seed + 4);
+  const auto ref = testing::reference_attention(cu, hq, hkv, hd, q, k, v, dout);
+
+  // This rank's rows: global row of every local row.
+  std::vector<std::int64_t> global_row(static_cast<std::size_t>(layout.rows));
+  for (const LocalPiece& piece : layout.pieces) {
+    for (std::int64_t r = 0; r < piece.rows; ++r) {
+      const auto local = static_cast<std::size_t>(piece.offset + r);
+      global_row[local] = cu[static_cast<std::size_t>(piece.sample)] + layout.positions[local];
+    }
+  }
+  auto take = [&](const std::vector<double>& src, int heads) {
+    std::vector<T> out(global_row.size() * static_cast<std::size_t>(heads * hd));
+    for (std::size_t r = 0; r < global_row.size(); ++r)
+      for (int e = 0; e < heads * hd; ++e)
+        out[r * static_cast<std::size_t>(heads * hd) + static_cast<std::size_t>(e)] =
+            static_cast<T>(src[static_cast<std::size_t>(global_row[r] * heads * hd + e)]);
+    return out;
+  };
+  const auto lq = take(q, hq), lk = take(k, hkv), lv = take(v, hkv), ldout = take(dout, hq);
+  std::vector<T> out(lq.size()), lse(static_cast<std::size_t>(layout.rows * hq)), dq(lq.size()),
+      dk(lk.size()), dv(lv.size());
+
+  GroupPool pool(comm);
+  CpAttentionContext ctx;
+  ctx.dtype = std::is_same_v<T, double> ? kernels::DType::F64 : kernels::DType::F32;
+  ctx.shape = {hq, hkv, hd, 0.0, true};
+  ctx.layout = &layout;
+  ctx.world = &comm;
+  if (use_pool) {
+    pool.prewarm(plan);
+    ctx.pool = &pool;
+  }
+  cp_attention_forward(ctx, lq.data(), lk.data(), lv.data(), out.data(), lse.data());
+  cp_attention_backward(ctx, lq.data(), lk.data(), lv.data(), out.data(), lse.data(), ldout.data(),
+                        dq.data(), dk.data(), dv.data());
+
+  Result<T> res;
+  res.rows = layout.rows;
+  res.ulysses = use_pool && uses_ulysses(layout, ctx.shape);
+  const auto rout = take(ref.out, hq);
+  const auto rdq = take(ref.dq, hq), rdk = take(ref.dk, hkv), rdv = take(ref.dv, hkv);
+  auto err = [&](const std::vector<T>& a, const std::vector<T>& b, double& worst) {
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      worst = std::max(worst, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+      res.max_ref = std::max(res.max_ref, std::abs(static_cast<double>(b[i])));
+    }
+  };
+  err(out, rout, res.max_err_out);
+  err(dq, rdq, res.max_err_grad);
+  err(dk, rdk, res.max_err_grad);
+  err(dv, rdv, res.max_err_grad);
+  return res;
+}
+
+std::vector<std::vector<int>> partitions() {
+  const int w = world().size();
+  std::vector<std::vector<int>> out{{w}};
+  if (mixed_partition(w) != out[0]) out.push_back(mixed_partition(w));
+  return out;
+}
+
+TEST(CpAttention, RingMatchesReferenceF64) {
+  for (const auto& groups : partitions()) {
+    for (std::uint64_t seed : {11u, 12u}) {
+      const auto r = run_case<double>(groups, seed, false, CpAttention::Ring, 4, 2);
+      std::int64_t rows = r.rows;
+      world().all_reduce(&rows, &rows, 1, DataType::I64, ReduceOp::Sum);
+      if (world().rank() == 0) {
+        std::printf("ring f64 groups %s seed %llu: %lld rows, max error out %.3g grad %.3g\n",
+                    ::testing::PrintToString(groups).c_str(), static_cast<unsigned long long>(seed),
+                    static_cast<long long>(rows), r.max_err_out, r.max_err_grad);
+      }
+      EXPECT_LE(r.max_err_out, 1e-10) << "groups of " << ::testing::PrintToString(groups) << " seed " << seed;
+      EXPECT_LE(r.max_err_grad, 1e-10) << "groups of " << ::testing::PrintToString(groups) << " seed " << seed;
+    }
+  }
+}
+
+TEST(CpAttention, RingMatchesReferenceF32) {
+  for (const auto& groups : partitions()) {
+    const auto r = run_case<float>(groups, 21, false, CpAttention::Ring, 4, 4);
+    const double scale = std::max(1.0, r.max_ref);
+    if (world().rank() == 0) {
+      std::printf("ring f32 groups %s: max error out %.3g grad %.3g (max |ref| %.3g)\n",
+                  ::testing::PrintToString(groups).c_str(), r.max_err_out, r.max_err_grad, r.max_ref);
+    }
+    EXPECT_LE(r.max_err_out, 1e-5 * scale) << ::testing::PrintToString(groups);
+    EXPECT_LE(r.max_err_grad, 1e-5 * scale) << ::testing::PrintToString(groups);
+  }
+}
+
+TEST(CpAttention, UlyssesMatchesReferenceWhereHeadsDivide) {
+  // 8 query / 8 kv heads: degrees 1, 2, 4, 8 run Ulysses, the others fall back to the ring.
+  for (const auto& groups : partitions()) {
+    const auto r = run_case<double>(groups, 31, true, CpAttention::Ulysses, 8, 8);
+    std::int64_t ulysses_ranks = r.ulysses ? 1 : 0;
+    world().all_reduce(&ulysses_ranks, &ulysses_ranks, 1, DataType::I64, ReduceOp::Sum);
+    // The single group of every rank runs Ulysses exactly when its degree divides 8 heads.
+    if (groups.size() == 1 && groups[0] > 1) {
+      EXPECT_EQ(ulysses_ranks, 8 % groups[0] == 0 ? groups[0] : 0);
+    }
+    if (world().rank() == 0) {
+      std::printf("Ulysses groups %s: %lld ranks ran Ulysses, max error out %.3g grad %.3g\n",
+                  ::testing::PrintToString(groups).c_str(), static_cast<long long>(ulysses_ranks),
+                  r.max_err_out, r.max_err_grad);
+    }
+    EXPECT_LE(r.max_err_out, 1e-10) << ::testing::PrintToString(groups);
+    EXPECT_LE(r.max_err_grad, 1e-10) << ::testing::PrintToString(groups);
+  }
+}
+
+}  // namespace
+}  // namespace dhp
