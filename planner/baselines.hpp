@@ -25,6 +25,15 @@ double group_llm_ms(const CostModel& cost, const Layout& layout, const Batch& ba
 // A group draft whose samples are all split over the group (kept whole when degree 1).
 GroupDraft split_group(int degree, std::vector<int> samples);
 
+// Colocated encoders: build_plan spreads a wave's visual items over the encoder ranks
+// within encoder_reserve_bytes (2 x the largest item) while it can; that always holds when
+// the wave's encoder activations total at most (encoder ranks) x (largest item). Waves over
+// that are split, moving whole groups (or parts of a group's sample list) to a following
+// wave, as the real system would defer them to another micro-batch. No-op otherwise.
+std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
+                                              const Layout& layout,
+                                              std::vector<WaveDraft> waves);
+
 // --- static baselines ---
 // Length every sequence is padded to in a packed bin split over `cp` ranks (zigzag needs
 // a multiple of 2*cp).
@@ -34,10 +43,20 @@ std::int64_t padded_tokens(std::int64_t tokens, int cp);
 std::vector<WaveDraft> static_best_waves(const Batch& batch, const CostModel& cost,
                                          const Layout& layout, int cp,
                                          std::int64_t pack_tokens, double budget);
+// Pack lengths static_best tries for one CP degree, longest first: the longest that fits
+// memory (and max_tokens_per_rank * cp when that is set), then halvings, all multiples of
+// 2*cp and at least the padded `longest` sequence; halving stops after the first pack at
+// or below `enough` (0: no such stop). Empty when none holds the longest sequence.
+std::vector<std::int64_t> static_pack_candidates(const CostModel& cost, int cp, double budget,
+                                                 std::int64_t longest,
+                                                 std::int64_t max_tokens_per_rank,
+                                                 std::int64_t enough = 0);
 // static_balanced drafts: LPT over the replicas on estimated time, then each replica's
-// sequences first-fit into micro-batches within `budget`.
+// sequences first-fit into micro-batches within `budget` and, when max_tokens_per_rank > 0,
+// within that many tokens per rank.
 std::vector<WaveDraft> static_balanced_waves(const Batch& batch, const CostModel& cost,
-                                             const Layout& layout, int cp, double budget);
+                                             const Layout& layout, int cp, double budget,
+                                             std::int64_t max_tokens_per_rank = 0);
 
 // --- paper_bfd_dp ---
 struct AtomicGroup {
@@ -45,9 +64,11 @@ struct AtomicGroup {
   std::vector<int> samples;  // in insertion (decreasing length) order
 };
 // Memory-aware best-fit decreasing: each sequence joins the atomic group with the least
-// memory left that still holds it, else opens a new one.
+// memory left that still holds it, else opens a new one. When max_tokens_per_rank > 0 a
+// group must also stay within that many tokens per rank at its minimal degree.
 std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& cost,
-                                           double budget, int max_degree);
+                                           double budget, int max_degree,
+                                           std::int64_t max_tokens_per_rank = 0);
 
 struct DeviceAllocation {
   std::vector<int> degrees;  // per group, >= its minimum

@@ -29,6 +29,7 @@ struct SubGroup {
   std::vector<int> samples;
   std::int64_t tokens_per_rank = 0;  // sum of ceil(L / degree) of its sequences
   double load_ms = 0;                // estimated time of its sequences, per rank
+  double bytes = 0;                  // activations per device (a sum over its sequences)
 };
 
 std::int64_t share_of(std::int64_t tokens, int degree) { return (tokens + degree - 1) / degree; }
@@ -83,33 +84,24 @@ Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& 
     for (int s : pending) {
       const std::int64_t tokens = batch.samples[s].llm_tokens();
       const int cp = cp_of[s];
+      const double bytes = group_activation_bytes(cost, batch, {s}, cp);
       // Sizes arrive in non-increasing order, so opening groups at the next free offset
       // keeps every group aligned (a cp=4 group starts at a multiple of 4).
       if (used_ranks + cp <= ranks) {
-        groups.push_back(SubGroup{cp, {s}, share_of(tokens, cp), work_ms[s]});
+        groups.push_back(SubGroup{cp, {s}, share_of(tokens, cp), work_ms[s], bytes});
         used_ranks += cp;
         continue;
       }
       // No free ranks left for it: the least-loaded group of its size that stays within
       // the per-rank token limit and memory.
-      std::vector<bool> rejected(groups.size(), false);
       int chosen = -1;
-      for (;;) {
-        int best = -1;
-        for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
-          const SubGroup& group = groups[g];
-          if (rejected[g] || group.degree != cp) continue;
-          if (group.tokens_per_rank + share_of(tokens, cp) > max_tokens) continue;
-          if (best < 0 || group.load_ms < groups[best].load_ms) best = g;
+      for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
+        const SubGroup& group = groups[g];
+        if (group.degree != cp || group.tokens_per_rank + share_of(tokens, cp) > max_tokens ||
+            group.bytes + bytes > budget) {
+          continue;
         }
-        if (best < 0) break;
-        std::vector<int> with = groups[best].samples;
-        with.push_back(s);
-        if (group_activation_bytes(cost, batch, with, cp) <= budget) {
-          chosen = best;
-          break;
-        }
-        rejected[best] = true;
+        if (chosen < 0 || group.load_ms < groups[chosen].load_ms) chosen = g;
       }
       if (chosen < 0) {
         deferred.push_back(s);  // overflow waits for the next micro-batch
@@ -119,6 +111,7 @@ Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& 
       group.samples.push_back(s);
       group.tokens_per_rank += share_of(tokens, cp);
       group.load_ms += work_ms[s];
+      group.bytes += bytes;
     }
     DHP_CHECK(!groups.empty(), Internal,
               "megatron_dcp: a micro-batch placed none of {} pending sequences", pending.size());
@@ -143,7 +136,8 @@ Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& 
   }
   DHP_LOG_DEBUG("megatron_dcp: {} sequences, max {} tokens per rank -> {} micro-batches",
                 num_samples, max_tokens, waves.size());
-  return build_plan(to_string(Strategy::MegatronDcp), batch, cost, layout, waves);
+  return build_plan(to_string(Strategy::MegatronDcp), batch, cost, layout,
+                    limit_encoder_per_wave(batch, cost, layout, std::move(waves)));
 }
 
 }  // namespace dhp::detail

@@ -12,7 +12,11 @@
 namespace dhp::detail {
 
 std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& cost,
-                                           double budget, int max_degree) {
+                                           double budget, int max_degree,
+                                           std::int64_t max_tokens_per_rank) {
+  const std::int64_t token_limit =
+      max_tokens_per_rank > 0 ? max_tokens_per_rank : std::numeric_limits<std::int64_t>::max();
+  auto share = [](std::int64_t tokens, int degree) { return (tokens + degree - 1) / degree; };
   std::vector<int> order(batch.samples.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
@@ -20,54 +24,50 @@ std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& 
   });
 
   std::vector<AtomicGroup> groups;
-  std::vector<double> group_bytes;  // per device at the group's minimal degree, exact
+  std::vector<double> group_bytes;        // per device at the group's minimal degree
+  std::vector<std::int64_t> group_tokens;  // per rank at the group's minimal degree
   for (int s : order) {
     // Best fit: the group left with the least memory once it takes s. A group of degree k
-    // has k * budget bytes; its sequences are split evenly, so compare per device. The
-    // summed bytes rank the candidates; the exact figure decides.
-    std::vector<bool> rejected(groups.size(), false);
+    // has k * budget bytes; its sequences are split evenly, so compare per device
+    // (rank_activation_bytes sums its pieces, so the running sums are exact).
+    const std::int64_t tokens = batch.samples[s].llm_tokens();
     std::vector<double> alone_at(max_degree + 1, -1.0);  // bytes of s alone, per degree
     auto alone = [&](int degree) {
       if (alone_at[degree] < 0) alone_at[degree] = group_activation_bytes(cost, batch, {s}, degree);
       return alone_at[degree];
     };
     int best = -1;
-    for (;;) {
-      best = -1;
-      double best_left = std::numeric_limits<double>::infinity();
-      for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
-        if (rejected[g]) continue;
-        const double left =
-            budget - group_bytes[g] - alone(groups[g].min_degree);
-        if (left >= 0 && left < best_left) {
-          best_left = left;
-          best = g;
-        }
+    double best_left = std::numeric_limits<double>::infinity();
+    for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
+      const int k = groups[g].min_degree;
+      if (group_tokens[g] + share(tokens, k) > token_limit) continue;
+      const double left = budget - group_bytes[g] - alone(k);
+      if (left >= 0 && left < best_left) {
+        best_left = left;
+        best = g;
       }
-      if (best < 0) break;
-      std::vector<int> with = groups[best].samples;
-      with.push_back(s);
-      const double bytes = group_activation_bytes(cost, batch, with, groups[best].min_degree);
-      if (bytes <= budget) {
-        groups[best].samples = std::move(with);
-        group_bytes[best] = bytes;
-        break;
-      }
-      rejected[best] = true;
     }
-    if (best >= 0) continue;
+    if (best >= 0) {
+      groups[best].samples.push_back(s);
+      group_bytes[best] += alone(groups[best].min_degree);
+      group_tokens[best] += share(tokens, groups[best].min_degree);
+      continue;
+    }
     // A new atomic group: the smallest degree that holds this (its first) sequence.
     int degree = 1;
-    while (degree <= max_degree && group_activation_bytes(cost, batch, {s}, degree) > budget) {
+    while (degree <= max_degree && (group_activation_bytes(cost, batch, {s}, degree) > budget ||
+                                    share(tokens, degree) > token_limit)) {
       ++degree;
     }
     const Sample& sample = batch.samples[s];
     DHP_CHECK(degree <= max_degree, DoesNotFit,
               "paper_bfd_dp: sample {} (id {}) of {} tokens does not fit {:.3g} GiB of "
-              "activations per device even on {} ranks",
-              s, sample.id, sample.llm_tokens(), budget / (1 << 30), max_degree);
+              "activations per device (max_tokens_per_rank={}, 0: none) even on {} ranks",
+              s, sample.id, sample.llm_tokens(), budget / (1 << 30), max_tokens_per_rank,
+              max_degree);
     groups.push_back(AtomicGroup{degree, {s}});
     group_bytes.push_back(group_activation_bytes(cost, batch, {s}, degree));
+    group_tokens.push_back(share(tokens, degree));
   }
   return groups;
 }
@@ -127,7 +127,9 @@ Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& 
   check_batch_fits(batch, cost, layout);
   const int ranks = layout.llm.ranks;
   const double budget = llm_activation_budget(cost, layout, batch);
-  const std::vector<AtomicGroup> groups = bfd_atomic_groups(batch, cost, budget, ranks);
+  // The run's per-rank token limit, when set, caps the atomic groups like memory does.
+  const std::vector<AtomicGroup> groups =
+      bfd_atomic_groups(batch, cost, budget, ranks, options.max_tokens_per_rank);
 
   // More atomic groups than devices at their minimal degrees: fill waves in BFD order.
   std::vector<std::vector<int>> wave_groups(1);
@@ -168,7 +170,8 @@ Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& 
   }
   DHP_LOG_DEBUG("paper_bfd_dp: {} sequences -> {} atomic groups in {} waves",
                 batch.samples.size(), groups.size(), waves.size());
-  return build_plan(to_string(Strategy::PaperBfdDp), batch, cost, layout, waves);
+  return build_plan(to_string(Strategy::PaperBfdDp), batch, cost, layout,
+                    limit_encoder_per_wave(batch, cost, layout, std::move(waves)));
 }
 
 }  // namespace dhp::detail

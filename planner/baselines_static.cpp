@@ -75,6 +75,92 @@ GroupDraft split_group(int degree, std::vector<int> samples) {
   return group;
 }
 
+std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
+                                              const Layout& layout,
+                                              std::vector<WaveDraft> waves) {
+  if (layout.placement != EncoderPlacement::Colocated || layout.encoder.ranks == 0) return waves;
+  std::vector<double> sample_bytes(batch.samples.size(), 0.0);
+  double largest = 0;
+  for (std::size_t s = 0; s < batch.samples.size(); ++s) {
+    for (const VisualItem& v : batch.samples[s].visuals) {
+      const double bytes = cost.encoder_activation_bytes(v);
+      sample_bytes[s] += bytes;
+      largest = std::max(largest, bytes);
+    }
+  }
+  if (largest <= 0) return waves;
+  // build_plan keeps every encoder rank within the reserve (2 x largest) while it can,
+  // then uses the rank with the fewest bytes, which holds at most the wave's mean: so an
+  // encoder rank never exceeds total / ranks + largest. That fits the reserve plus the
+  // LLM's unused room on the fullest LLM rank when total <= ranks * (largest + room).
+  const double budget = llm_activation_budget(cost, layout, batch);
+  const int encoder_ranks = layout.encoder.ranks;
+  auto fits = [&](double encoder_total, double fullest_llm_rank) {
+    return encoder_total <= encoder_ranks * (largest + budget - fullest_llm_rank);
+  };
+  auto llm_bytes = [&](int s, int degree) {
+    return cost.llm_activation_bytes(batch.samples[s].llm_tokens(), degree);
+  };
+
+  std::vector<WaveDraft> limited;
+  for (WaveDraft& wave : waves) {
+    WaveDraft current;
+    double current_encoder = 0;
+    double current_fullest = 0;  // most LLM activation bytes of a rank in `current`
+    auto flush = [&] {
+      if (!current.groups.empty()) limited.push_back(std::move(current));
+      current = WaveDraft{};
+      current_encoder = 0;
+      current_fullest = 0;
+    };
+    for (const GroupDraft& group : wave.groups) {
+      // Cut the group's samples (split list, then each member's whole list) into pieces
+      // that each fit what is left of the current wave.
+      const int degree = group.degree;
+      GroupDraft piece;
+      double piece_split = 0;                 // bytes of the piece's split samples per rank
+      std::vector<double> piece_whole(degree, 0.0);
+      auto reset_piece = [&] {
+        piece = GroupDraft{};
+        piece.degree = degree;
+        piece.whole.resize(group.whole.size());
+        piece_split = 0;
+        std::fill(piece_whole.begin(), piece_whole.end(), 0.0);
+      };
+      reset_piece();
+      bool piece_empty = true;
+      auto add = [&](int s, int member) {
+        const double llm = llm_bytes(s, member < 0 ? degree : 1);
+        const double rank_after = member < 0
+            ? piece_split + llm + *std::max_element(piece_whole.begin(), piece_whole.end())
+            : piece_split + piece_whole[member] + llm;
+        const bool ok = fits(current_encoder + sample_bytes[s],
+                             std::max(current_fullest, rank_after));
+        if (!ok && !(piece_empty && current.groups.empty())) {
+          if (!piece_empty) current.groups.push_back(std::move(piece));
+          flush();
+          reset_piece();
+          piece_empty = true;
+        }
+        (member < 0 ? piece.split : piece.whole[member]).push_back(s);
+        (member < 0 ? piece_split : piece_whole[member]) += llm;
+        current_encoder += sample_bytes[s];
+        current_fullest = std::max(
+            current_fullest,
+            piece_split + *std::max_element(piece_whole.begin(), piece_whole.end()));
+        piece_empty = false;
+      };
+      for (int s : group.split) add(s, -1);
+      for (std::size_t m = 0; m < group.whole.size(); ++m) {
+        for (int s : group.whole[m]) add(s, static_cast<int>(m));
+      }
+      if (!piece_empty) current.groups.push_back(std::move(piece));
+    }
+    flush();
+  }
+  return limited;
+}
+
 std::int64_t padded_tokens(std::int64_t tokens, int cp) {
   if (cp <= 1) return tokens;
   const std::int64_t granule = 2 * static_cast<std::int64_t>(cp);
@@ -139,38 +225,73 @@ void check_static_layout(const StaticLayout& fixed, const Layout& layout) {
 
 }  // namespace
 
+namespace {
+
+// Max-tree over the bins' free tokens, so that first fit finds the first bin with room in
+// O(log bins) instead of scanning every bin.
+class FirstFitTree {
+ public:
+  explicit FirstFitTree(std::size_t bins) {
+    while (leaves_ < bins) leaves_ *= 2;
+    free_.assign(2 * leaves_, -1);
+  }
+  void set(std::size_t bin, std::int64_t free_tokens) {
+    std::size_t node = bin + leaves_;
+    free_[node] = free_tokens;
+    for (node /= 2; node >= 1; node /= 2) {
+      free_[node] = std::max(free_[2 * node], free_[2 * node + 1]);
+    }
+  }
+  // The first bin with at least `need` free tokens, or -1.
+  long first_with(std::int64_t need) const {
+    if (free_[1] < need) return -1;
+    std::size_t node = 1;
+    while (node < leaves_) node = free_[2 * node] >= need ? 2 * node : 2 * node + 1;
+    return static_cast<long>(node - leaves_);
+  }
+
+ private:
+  std::size_t leaves_ = 1;
+  std::vector<std::int64_t> free_;
+};
+
+}  // namespace
+
 std::vector<WaveDraft> static_best_waves(const Batch& batch, const CostModel& cost,
                                          const Layout& layout, int cp,
                                          std::int64_t pack_tokens, double budget) {
   struct Bin {
     std::vector<int> samples;
     std::int64_t padded = 0;
-    double bytes = 0;  // activation bytes per device, exact for `samples`
+    double bytes = 0;  // activation bytes per device (rank_activation_bytes sums its pieces)
   };
   // First-fit decreasing, as offline packing tools do; a bin is closed by its length
   // and, should this batch's encoder reserve leave less room, by memory as well.
   std::vector<Bin> bins;
+  FirstFitTree tree(batch.samples.size());
   for (int s : by_decreasing_length(batch)) {
     const std::int64_t padded = padded_tokens(batch.samples[s].llm_tokens(), cp);
     if (padded > pack_tokens) throw_too_long_for_pack(batch, s, cp, pack_tokens);
-    const double alone = group_activation_bytes(cost, batch, {s}, cp);
-    bool placed = false;
-    for (Bin& bin : bins) {
-      // Cheap screen with the summed bytes, then the exact figure for the bin as a whole.
-      if (bin.padded + padded > pack_tokens || bin.bytes + alone > budget) continue;
-      bin.samples.push_back(s);
-      const double bytes = group_activation_bytes(cost, batch, bin.samples, cp);
-      if (bytes <= budget) {
-        bin.padded += padded;
-        bin.bytes = bytes;
-        placed = true;
-        break;
+    const double bytes = group_activation_bytes(cost, batch, {s}, cp);
+    long chosen = tree.first_with(padded);
+    if (chosen >= 0 && bins[chosen].bytes + bytes > budget) {
+      // Memory binds before length (rare): first fit among the later bins by scanning.
+      const long first = chosen;
+      chosen = -1;
+      for (long b = first + 1; b < static_cast<long>(bins.size()) && chosen < 0; ++b) {
+        if (bins[b].padded + padded <= pack_tokens && bins[b].bytes + bytes <= budget) chosen = b;
       }
-      bin.samples.pop_back();
     }
-    if (placed) continue;
-    if (alone > budget) throw_too_long_for_pack(batch, s, cp, pack_tokens);
-    bins.push_back(Bin{{s}, padded, alone});
+    if (chosen < 0) {
+      if (bytes > budget) throw_too_long_for_pack(batch, s, cp, pack_tokens);
+      chosen = static_cast<long>(bins.size());
+      bins.emplace_back();
+    }
+    Bin& bin = bins[chosen];
+    bin.samples.push_back(s);
+    bin.padded += padded;
+    bin.bytes += bytes;
+    tree.set(chosen, pack_tokens - bin.padded);
   }
   // A data loader deals bins to the replicas in turn: bin b is micro-batch b / dp of
   // replica b % dp, whatever work the bins hold.
@@ -179,11 +300,31 @@ std::vector<WaveDraft> static_best_waves(const Batch& batch, const CostModel& co
   for (std::size_t b = 0; b < bins.size(); ++b) {
     waves[b / dp].groups.push_back(split_group(cp, std::move(bins[b].samples)));
   }
-  return waves;
+  return limit_encoder_per_wave(batch, cost, layout, std::move(waves));
+}
+
+std::vector<std::int64_t> static_pack_candidates(const CostModel& cost, int cp, double budget,
+                                                 std::int64_t longest,
+                                                 std::int64_t max_tokens_per_rank,
+                                                 std::int64_t enough) {
+  const std::int64_t granule = 2 * std::int64_t{cp};
+  std::int64_t pack = max_fitting_tokens(cost, cp, budget, granule);
+  if (max_tokens_per_rank > 0) pack = std::min(pack, max_tokens_per_rank * cp / granule * granule);
+  // Users tune the packed length too: the longest pack can put a whole batch into a few
+  // bins and leave most replicas idle, so shorter packs are part of the search.
+  std::vector<std::int64_t> packs;
+  const std::int64_t shortest = padded_tokens(longest, cp);
+  while (pack >= shortest && pack > 0) {
+    packs.push_back(pack);
+    if (pack <= enough) break;
+    pack = pack / 2 / granule * granule;
+  }
+  return packs;
 }
 
 std::vector<WaveDraft> static_balanced_waves(const Batch& batch, const CostModel& cost,
-                                             const Layout& layout, int cp, double budget) {
+                                             const Layout& layout, int cp, double budget,
+                                             std::int64_t max_tokens_per_rank) {
   const int dp = layout.llm.ranks / cp;
   const RingSpan ring = expected_ring(cp, layout);
   // Longest-processing-time first on the estimated (attention-aware, quadratic) time.
@@ -207,33 +348,36 @@ std::vector<WaveDraft> static_balanced_waves(const Batch& batch, const CostModel
   // memory allows.
   struct MicroBatch {
     std::vector<int> samples;
-    double bytes = 0;  // activation bytes per device, exact for `samples`
+    double bytes = 0;  // activation bytes per device (rank_activation_bytes sums its pieces)
+    std::int64_t tokens_per_rank = 0;
   };
+  const std::int64_t token_limit =
+      max_tokens_per_rank > 0 ? max_tokens_per_rank : std::numeric_limits<std::int64_t>::max();
+  auto share = [cp](std::int64_t tokens) { return (tokens + cp - 1) / cp; };
   std::vector<std::vector<MicroBatch>> micro_batches(dp);
   for (int r = 0; r < dp; ++r) {
     for (int s : replica_samples[r]) {
       const double alone = group_activation_bytes(cost, batch, {s}, cp);
+      const std::int64_t tokens = share(batch.samples[s].llm_tokens());
       bool placed = false;
       for (MicroBatch& mb : micro_batches[r]) {
-        if (mb.bytes + alone > budget) continue;  // cheap screen, exact check below
+        if (mb.tokens_per_rank + tokens > token_limit || mb.bytes + alone > budget) continue;
         mb.samples.push_back(s);
-        const double bytes = group_activation_bytes(cost, batch, mb.samples, cp);
-        if (bytes <= budget) {
-          mb.bytes = bytes;
-          placed = true;
-          break;
-        }
-        mb.samples.pop_back();
+        mb.bytes += alone;
+        mb.tokens_per_rank += tokens;
+        placed = true;
+        break;
       }
       if (placed) continue;
-      if (alone > budget) {
+      if (alone > budget || tokens > token_limit) {
         const Sample& sample = batch.samples[s];
         DHP_THROW(DoesNotFit,
                   "static_balanced with cp={}: sample {} (id {}) of {} tokens needs {:.3g} GiB "
-                  "of activations per device, {:.3g} GiB available",
-                  cp, s, sample.id, sample.llm_tokens(), alone / (1 << 30), budget / (1 << 30));
+                  "of activations and {} tokens per device; {:.3g} GiB and {} tokens available",
+                  cp, s, sample.id, sample.llm_tokens(), alone / (1 << 30), tokens,
+                  budget / (1 << 30), max_tokens_per_rank);
       }
-      micro_batches[r].push_back(MicroBatch{{s}, alone});
+      micro_batches[r].push_back(MicroBatch{{s}, alone, tokens});
     }
   }
   std::size_t num_waves = 0;
@@ -244,7 +388,7 @@ std::vector<WaveDraft> static_balanced_waves(const Batch& batch, const CostModel
       waves[i].groups.push_back(split_group(cp, std::move(micro_batches[r][i].samples)));
     }
   }
-  return waves;
+  return limit_encoder_per_wave(batch, cost, layout, std::move(waves));
 }
 
 }  // namespace dhp::detail
@@ -268,6 +412,13 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
   std::vector<std::size_t> sample_index(sampled);
   for (std::size_t i = 0; i < sampled; ++i) sample_index[i] = i * batches.size() / sampled;
   const std::int64_t longest = longest_sequence(batches);
+  // The run's per-rank token limit (Megatron's max_seqlen_per_dp_cp_rank) binds the static
+  // layouts too, as in Megatron's published comparison.
+  const std::int64_t max_tokens = options.max_tokens_per_rank;
+  std::int64_t fewest_tokens = std::numeric_limits<std::int64_t>::max();
+  for (std::size_t i : sample_index) {
+    fewest_tokens = std::min(fewest_tokens, batches[i].total_llm_tokens());
+  }
 
   std::vector<int> tps;
   for (int tp = 1; tp <= cluster.devices_per_node; ++tp) {
@@ -303,27 +454,34 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
     const int ranks = layout->llm.ranks;
     for (int cp = 1; cp <= ranks; ++cp) {
       if (ranks % cp != 0) continue;
-      const std::int64_t pack = max_fitting_tokens(cost, cp, budget, 2 * std::int64_t{cp});
       // Layouts that cannot hold the longest sequence are out (we never truncate).
-      const bool holds_longest =
-          strategy == Strategy::StaticBest
-              ? padded_tokens(longest, cp) <= pack
-              : rank_activation_bytes(cost, {longest}, cp, {}) <= budget;
-      if (!holds_longest) continue;
-      double total_ms = 0;
-      for (std::size_t i : sample_index) {
-        const Batch& batch = batches[i];
-        const auto waves = strategy == Strategy::StaticBest
-                               ? static_best_waves(batch, cost, *layout, cp, pack, budget)
-                               : static_balanced_waves(batch, cost, *layout, cp, budget);
-        total_ms += estimate_step_ms(batch, cost, *layout, waves);
+      std::vector<std::int64_t> packs;
+      if (strategy == Strategy::StaticBest) {
+        // Once a pack gives every replica two bins' worth of tokens in every sampled batch,
+        // shorter packs only add micro-batches: stop halving there.
+        packs = static_pack_candidates(cost, cp, budget, longest, max_tokens,
+                                       fewest_tokens / (2 * std::int64_t{ranks / cp}));
+      } else if (rank_activation_bytes(cost, {longest}, cp, {}) <= budget &&
+                 (max_tokens == 0 || (longest + cp - 1) / cp <= max_tokens)) {
+        packs = {0};  // static_balanced packs by memory and the token limit, not a length
       }
-      ++evaluated;
-      DHP_LOG_DEBUG("best_static_layout {}: tp={} cp={} dp={} pack={} -> {:.3f} ms",
-                    to_string(strategy), tp, cp, ranks / cp, pack, total_ms);
-      if (total_ms < best_ms) {  // strict: ties keep the smaller tp, then the smaller cp
-        best_ms = total_ms;
-        best = StaticLayout{tp, cp, ranks / cp, pack};
+      for (std::int64_t pack : packs) {
+        double total_ms = 0;
+        for (std::size_t i : sample_index) {
+          const Batch& batch = batches[i];
+          const auto waves =
+              strategy == Strategy::StaticBest
+                  ? static_best_waves(batch, cost, *layout, cp, pack, budget)
+                  : static_balanced_waves(batch, cost, *layout, cp, budget, max_tokens);
+          total_ms += estimate_step_ms(batch, cost, *layout, waves);
+        }
+        ++evaluated;
+        DHP_LOG_DEBUG("best_static_layout {}: tp={} cp={} dp={} pack={} -> {:.3f} ms",
+                      to_string(strategy), tp, cp, ranks / cp, pack, total_ms);
+        if (total_ms < best_ms) {  // strict: ties keep the smaller tp, cp, then the longer pack
+          best_ms = total_ms;
+          best = StaticLayout{tp, cp, ranks / cp, pack};
+        }
       }
     }
   }
@@ -353,10 +511,14 @@ Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& l
   const TpSetup setup = setup_for_tp(cost, layout, options, fixed.tp);
   check_static_layout(fixed, setup.layout);
   const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
-  const std::int64_t pack =
-      fixed.pack_tokens > 0
-          ? fixed.pack_tokens
-          : max_fitting_tokens(setup.cost, fixed.cp, budget, 2 * std::int64_t{fixed.cp});
+  std::int64_t pack = fixed.pack_tokens;
+  if (pack <= 0) {
+    pack = max_fitting_tokens(setup.cost, fixed.cp, budget, 2 * std::int64_t{fixed.cp});
+    if (options.max_tokens_per_rank > 0) {
+      const std::int64_t granule = 2 * std::int64_t{fixed.cp};
+      pack = std::min(pack, options.max_tokens_per_rank * fixed.cp / granule * granule);
+    }
+  }
   const auto waves = static_best_waves(batch, setup.cost, setup.layout, fixed.cp, pack, budget);
   DHP_LOG_DEBUG("static_best: tp={} cp={} dp={} pack={} -> {} waves", fixed.tp, fixed.cp,
                 fixed.dp, pack, waves.size());
@@ -379,14 +541,21 @@ Plan plan_static_balanced(const Batch& batch, const CostModel& cost, const Layou
     // The smallest CP (dividing the ranks) whose groups hold the longest sequence.
     const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
     for (int c = 1; c <= ranks && cp == 0; ++c) {
-      if (ranks % c == 0 && rank_activation_bytes(setup.cost, {longest}, c, {}) <= budget) cp = c;
+      const bool within_tokens = options.max_tokens_per_rank <= 0 ||
+                                 (longest + c - 1) / c <= options.max_tokens_per_rank;
+      if (ranks % c == 0 && within_tokens &&
+          rank_activation_bytes(setup.cost, {longest}, c, {}) <= budget) {
+        cp = c;
+      }
     }
     DHP_CHECK(cp > 0, DoesNotFit,
               "static_balanced: no CP degree dividing the {} LLM ranks holds the longest "
-              "sequence ({} tokens) within {:.3g} GiB of activations per device",
-              ranks, longest, budget / (1 << 30));
+              "sequence ({} tokens) within {:.3g} GiB of activations per device and "
+              "max_tokens_per_rank={} (0: no limit)",
+              ranks, longest, budget / (1 << 30), options.max_tokens_per_rank);
   }
-  const auto waves = static_balanced_waves(batch, setup.cost, setup.layout, cp, budget);
+  const auto waves = static_balanced_waves(batch, setup.cost, setup.layout, cp, budget,
+                                           options.max_tokens_per_rank);
   DHP_LOG_DEBUG("static_balanced: tp={} cp={} dp={} -> {} waves", setup.layout.llm_tp, cp,
                 ranks / cp, waves.size());
   return build_plan(to_string(Strategy::StaticBalanced), batch, setup.cost, setup.layout, waves);

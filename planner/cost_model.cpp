@@ -80,21 +80,31 @@ double static_bytes(double parameters, int tp, int replicas, const TrainingSetup
   return parameters / tp * (training.bytes_per_param + grads + optimizer);
 }
 
+// Hierarchical all-reduce of `bytes` per device over `ranks` replicas of `tp` devices each:
+// reduce-scatter inside the node over NVLink, all-reduce of the node-local shard across
+// nodes (every device drives its own NIC, so each carries 1/local of the bytes), all-gather
+// inside the node. That is what NCCL's ring/tree over DGX nodes achieves; a flat ring at NIC
+// speed would be `local` times too slow.
+double hierarchical_allreduce_ms(const CostModel& cost, double bytes, int ranks, int tp) {
+  if (ranks <= 1 || bytes <= 0) return 0;
+  const int per_node = std::max(1, cost.cluster().devices_per_node / tp);
+  const int local = std::min(ranks, per_node);
+  const int nodes = (ranks + local - 1) / local;
+  return cost.allreduce_ms(bytes, local, false) + cost.allreduce_ms(bytes / local, nodes, true);
+}
+
 // Gradient synchronisation of one module over `ranks` replicas: all-reduce of the
 // gradients, or under ZeRO >= 1 a reduce-scatter of gradients plus an all-gather of the
-// updated bf16 parameters (same volume as an all-reduce when the byte widths are equal).
+// updated bf16 parameters (each half of an all-reduce's volume).
 double grad_sync_full(const CostModel& cost, double parameters, int tp, int ranks) {
   if (ranks <= 1 || parameters <= 0) return 0;
   const auto& training = cost.model().training;
-  const auto& cluster = cost.cluster();
-  const bool cross_node = static_cast<long long>(ranks) * tp > cluster.devices_per_node;
   const double shard = parameters / tp;
   if (training.zero_stage == 0) {
-    return cost.allreduce_ms(shard * training.bytes_per_grad, ranks, cross_node);
+    return hierarchical_allreduce_ms(cost, shard * training.bytes_per_grad, ranks, tp);
   }
-  // A reduce-scatter or all-gather moves half of an all-reduce's volume.
-  return 0.5 * cost.allreduce_ms(shard * training.bytes_per_grad, ranks, cross_node) +
-         0.5 * cost.allreduce_ms(shard * training.bytes_per_param, ranks, cross_node);
+  return 0.5 * hierarchical_allreduce_ms(cost, shard * training.bytes_per_grad, ranks, tp) +
+         0.5 * hierarchical_allreduce_ms(cost, shard * training.bytes_per_param, ranks, tp);
 }
 
 }  // namespace
@@ -205,8 +215,11 @@ CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
   const auto& coef = cost.coefficients();
   const double tp = cost.encoder_tp();
   const double patches = static_cast<double>(item.patches);
-  const double passes = cost.compute_passes();
-  const double launches = layer_pass_count(cost.model().training);
+  // The encoder has its own recompute setting (TrainingSetup::encoder_recompute).
+  TrainingSetup encoder_training = cost.model().training;
+  encoder_training.recompute = encoder_training.encoder_recompute;
+  const double launches = layer_pass_count(encoder_training);
+  const double passes = encoder_training.recompute == Recompute::Full ? 4.0 : 3.0;
   const double factor = 1.0 + coef.half_efficiency_tokens / patches;
 
   CostTerms t;
@@ -366,12 +379,17 @@ double CostModel::encoder_activation_bytes(const VisualItem& item) const {
   const double patches = static_cast<double>(item.patches);
   // Non-causal flash attention: no s^2 term even without recompute in the ViT.
   TrainingSetup training = model_.training;
+  training.recompute = training.encoder_recompute;
   double per_token_layer = activation_bytes_per_token_layer(a, training, patches, 0);
   if (training.recompute == Recompute::None) per_token_layer -= 5.0 * a.heads * patches *
                                                                 training.bytes_per_activation / 2.0;
+  double layer_bytes = patches * per_token_layer * a.layers;
+  // Full recompute: the layer being recomputed holds its full activations in its backward.
+  if (training.recompute == Recompute::Full)
+    layer_bytes += patches * 34.0 * a.hidden * training.bytes_per_activation / 2.0;
   const double outputs = static_cast<double>(item.llm_tokens) * model_.llm.hidden *
                          training.bytes_per_activation;
-  return (patches * per_token_layer * a.layers) / encoder_tp_ + outputs;
+  return layer_bytes / encoder_tp_ + outputs;
 }
 
 double CostModel::capacity_bytes() const {

@@ -71,12 +71,19 @@ std::int64_t text_tokens(std::string_view text, const DatasetAssumptions& a) {
   return tokens;
 }
 
-VisualItem video_item(double seconds, const DatasetAssumptions& a) {
-  VisualItem v;
-  v.frames = std::max(1, static_cast<int>(std::llround(seconds * a.video_fps)));
-  v.llm_tokens = static_cast<std::int64_t>(v.frames) * a.video_tokens_per_frame;
-  v.patches = v.llm_tokens * a.encoder_patches_per_token;
-  return v;
+// A video becomes clips of at most video_frames_per_item frames: the ViT attends within a
+// clip (Qwen2-VL attends within each temporal patch group), so clips are independent
+// encoder work that can go to different encoder ranks.
+void append_video_items(double seconds, const DatasetAssumptions& a, std::vector<VisualItem>& out) {
+  int frames = std::max(1, static_cast<int>(std::llround(seconds * a.video_fps)));
+  while (frames > 0) {
+    VisualItem v;
+    v.frames = std::min(frames, a.video_frames_per_item);
+    v.llm_tokens = static_cast<std::int64_t>(v.frames) * a.video_tokens_per_frame;
+    v.patches = v.llm_tokens * a.encoder_patches_per_token;
+    out.push_back(v);
+    frames -= v.frames;
+  }
 }
 
 void check_assumptions(const DatasetAssumptions& a) {
@@ -85,6 +92,8 @@ void check_assumptions(const DatasetAssumptions& a) {
             "dataset assumptions: text_token_scale={}, tokens_per_word={} must be > 0 and "
             "chat_template_tokens={} >= 0",
             a.text_token_scale, a.tokens_per_word, a.chat_template_tokens);
+  DHP_CHECK(a.video_frames_per_item >= 1, InvalidArgument,
+            "dataset assumptions: video_frames_per_item={} must be >= 1", a.video_frames_per_item);
   DHP_CHECK(a.video_fps > 0 && a.video_tokens_per_frame >= 1 && a.image_tokens_llava >= 1 &&
                 a.encoder_patches_per_token >= 1 && a.llava_patches_per_token >= 1,
             InvalidArgument,
@@ -179,7 +188,7 @@ std::vector<Sample> load_activitynet(const std::string& path, const DatasetAssum
         s.id = static_cast<std::int64_t>(samples.size());
         s.text_tokens =
             a.chat_template_tokens + text_tokens(sentences[e].get<std::string>(), a);
-        s.visuals.push_back(video_item(seconds, a));
+        append_video_items(seconds, a, s.visuals);
         samples.push_back(std::move(s));
       }
     } else {
@@ -188,7 +197,7 @@ std::vector<Sample> load_activitynet(const std::string& path, const DatasetAssum
       Sample s;
       s.id = video_index;
       s.text_tokens = a.chat_template_tokens + text_tokens(captions, a);
-      s.visuals.push_back(video_item(number(video, where, "duration"), a));
+      append_video_items(number(video, where, "duration"), a, s.visuals);
       samples.push_back(std::move(s));
     }
     ++video_index;

@@ -291,7 +291,7 @@ class Bench {
 
 void print(const std::vector<Row>& rows, const std::string& format) {
   if (format == "json") {
-    nlohmann::json out = nlohmann::json::array();
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();  // keys in schema order
     for (const Row& r : rows) {
       out.push_back({{"backend", r.backend}, {"test", r.test}, {"world_size", r.world_size},
                      {"group_size", r.group_size}, {"bytes", r.bytes}, {"iters", r.iters},

@@ -21,6 +21,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dhp/kernels.hpp"
@@ -51,7 +52,8 @@ template <> constexpr DataType data_type_of<std::uint8_t>() { return DataType::U
 template <> constexpr DataType data_type_of<std::uint64_t>() { return DataType::I64; }  // bit-moves only
 
 // A pending non-blocking operation. Destroying an incomplete request cancels it where the
-// backend can (MPI_Cancel) and otherwise abandons it; the buffers must outlive the wait.
+// backend can (MPI_Cancel) and otherwise abandons it; the buffers must outlive the wait,
+// and a request must not outlive the communicator that issued it.
 class CommRequest {
  public:
   virtual ~CommRequest() = default;

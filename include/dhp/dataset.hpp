@@ -18,6 +18,7 @@ struct DatasetAssumptions {
   int chat_template_tokens = 24;     // system prompt + role tags per sample
   double video_fps = 1.0;            // sampled frames per second of video
   int video_tokens_per_frame = 144;  // LLM tokens per sampled frame (frame-pooled video LLM)
+  int video_frames_per_item = 16;    // a video is encoded as clips of at most this many frames
   int image_tokens_llava = 576;      // llava: CLIP-L/336 tokens per image
   int llava_patches_per_token = 1;   // llava: CLIP-L/336 has no merge (576 patches -> 576)
   int encoder_patches_per_token = 4; // ViT patches per LLM token (2x2 merge)

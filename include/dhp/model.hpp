@@ -34,7 +34,10 @@ struct EncoderSpec {
 enum class Recompute { None, Selective, Full };
 
 struct TrainingSetup {
-  Recompute recompute = Recompute::Selective;
+  Recompute recompute = Recompute::Selective;  // LLM layers
+  // Vision encoder layers: long videos hold hundreds of thousands of patches, so their
+  // activations are recomputed in backward (only each layer's input is kept).
+  Recompute encoder_recompute = Recompute::Full;
   // 0: every rank holds full fp32 optimizer state; 1: optimizer state sharded over the
   // data-parallel (DP x CP) ranks (Megatron's distributed optimizer); 2: grads as well.
   int zero_stage = 1;

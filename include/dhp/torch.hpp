@@ -51,6 +51,11 @@ class TorchrunBootstrap {
  public:
   explicit TorchrunBootstrap(std::chrono::milliseconds timeout);
   TorchrunBootstrap(const TorchrunEnv& env, std::chrono::milliseconds timeout);
+  // Rank 0 serves the store: its destructor waits (at most timeout()) until every other
+  // rank has destroyed its bootstrap, so that no rank loses the store mid-request.
+  ~TorchrunBootstrap();
+  TorchrunBootstrap(const TorchrunBootstrap&) = delete;
+  TorchrunBootstrap& operator=(const TorchrunBootstrap&) = delete;
 
   const TorchrunEnv& env() const { return env_; }
   ProcessInfo process() const;

@@ -222,7 +222,10 @@ void attention_backward(const AttentionBackwardArgs& args) {
           dV.middleRows(kb, nk).noalias() += probs.transpose() * dO.middleRows(qb, nq);
           dprobs.noalias() = dO.middleRows(qb, nq) * V.middleRows(kb, nk).transpose();
           // dS = P * (dP - delta), with the softmax scale folded in once here.
-          dprobs = (probs.array() * (dprobs.colwise() - delta).array() * scale).matrix();
+          // Two statements: Eigen evaluates a broadcast that reads dprobs while assigning it
+          // incorrectly (wrong dQ/dK seen in tests), so subtract in place first.
+          dprobs.colwise() -= delta;
+          dprobs = (probs.array() * dprobs.array() * scale).matrix();
           dQ.middleRows(qb, nq).noalias() += dprobs * K.middleRows(kb, nk);
           dK.middleRows(kb, nk).noalias() += dprobs.transpose() * Q.middleRows(qb, nq);
         }

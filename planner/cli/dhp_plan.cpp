@@ -11,6 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -76,7 +77,7 @@ class Args {
       std::string arg = argv[i];
       if (arg.rfind("--", 0) != 0) throw UsageError{fmt::format("unexpected argument '{}'", arg)};
       if (kFlags.count(arg)) {
-        flags_[arg] = "1";
+        flags_.insert(arg);
       } else {
         if (i + 1 >= argc) throw UsageError{fmt::format("{} needs a value", arg)};
         values_[arg] = argv[++i];
@@ -117,14 +118,14 @@ class Args {
         throw UsageError{fmt::format("unknown or misplaced option '{}'", name)};
     };
     for (const auto& [name, _] : values_) check(name);
-    for (const auto& [name, _] : flags_) check(name);
+    for (const std::string& name : flags_) check(name);
   }
 
  private:
-  static inline const std::map<std::string, int> kFlags = {
-      {"--simulate", 0}, {"--pretty", 0}, {"--per-event", 0}, {"--help", 0}};
+  static inline const std::set<std::string> kFlags = {"--simulate", "--pretty", "--per-event",
+                                                      "--help"};
   std::map<std::string, std::string> values_;
-  std::map<std::string, std::string> flags_;
+  std::set<std::string> flags_;
 };
 
 // A file holding one batch, or a stream of them: pick batch `index`.

@@ -166,7 +166,9 @@ class MpiCommunicator final : public Communicator {
   ~MpiCommunicator() override {
     // MPI_Comm_free is collective in spirit but local in practice (deferred until pending
     // operations finish); after an abort or a dead peer we skip it and let MPI_Abort clean up.
-    if (!aborted_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!aborted_ && !finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   }
 
   const char* backend() const noexcept override { return "mpi"; }

@@ -71,6 +71,9 @@ TorchrunBootstrap::TorchrunBootstrap(const TorchrunEnv& env, std::chrono::millis
   options.timeout = timeout_;
   try {
     store_ = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, options);
+    // LibTorch 1.13's server stops waiting for workers at the timeout without an error,
+    // so every rank checks in explicitly.
+    barrier("rendezvous");
   } catch (const std::exception& e) {
     DHP_THROW(Communication,
               "torchrun bootstrap rank {}/{}: rendezvous at {}:{} failed within {:.1f} s ({}): "
@@ -81,6 +84,22 @@ TorchrunBootstrap::TorchrunBootstrap(const TorchrunEnv& env, std::chrono::millis
   }
   DHP_LOG_DEBUG("torchrun bootstrap rank {}/{}: store at {}:{} ready", env_.rank,
                 env_.world_size, env_.master_addr, env_.master_port);
+}
+
+TorchrunBootstrap::~TorchrunBootstrap() {
+  if (!store_ || env_.world_size == 1) return;
+  const std::string left_key = "dhp/left";
+  const std::string all_left_key = "dhp/all_left";
+  try {
+    if (env_.rank != 0) {
+      if (store_->add(left_key, 1) == env_.world_size - 1) store_->set(all_left_key, to_bytes("1"));
+    } else {
+      store_->wait({all_left_key}, timeout_);
+    }
+  } catch (const std::exception& e) {
+    DHP_LOG_WARN("torchrun bootstrap rank {}/{}: not every rank left the store cleanly ({})",
+                 env_.rank, env_.world_size, e.what());
+  }
 }
 
 ProcessInfo TorchrunBootstrap::process() const {

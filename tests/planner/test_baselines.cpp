@@ -219,21 +219,31 @@ TEST(StaticBest, PicksTheCheapestLayoutThatHoldsTheLongestSequence) {
         EXPECT_THROW(plan_static_best(batches[1], cost, layout, options), Error);
         continue;
       }
-      options.static_layout =
-          StaticLayout{tp, cp, ranks / cp, max_fitting_tokens(cost, cp, budget, 2 * cp)};
-      double total = 0;
-      for (const Batch& b : batches) {
-        const Plan plan = plan_static_best(b, cost, layout, options);
-        total += plan.estimate.step_ms;
-        EXPECT_EQ(plan.llm.tp, tp);
-        for (const WavePlan& wave : plan.waves) {
-          EXPECT_LE(static_cast<int>(wave.groups.size()), ranks / cp);
-          for (const GroupPlan& g : wave.groups) EXPECT_EQ(g.degree(), cp);
+      // The search stops halving once a pack gives every replica two bins' worth of tokens.
+      std::int64_t fewest = std::numeric_limits<std::int64_t>::max();
+      for (const Batch& b : batches) fewest = std::min(fewest, b.total_llm_tokens());
+      const auto packs =
+          static_pack_candidates(cost, cp, budget, longest, 0, fewest / (2 * (ranks / cp)));
+      ASSERT_FALSE(packs.empty());
+      EXPECT_EQ(packs.front(), max_fitting_tokens(cost, cp, budget, 2 * cp));
+      for (std::int64_t pack : packs) {
+        EXPECT_EQ(pack % (2 * cp), 0);
+        EXPECT_GE(pack, padded_tokens(longest, cp));
+        options.static_layout = StaticLayout{tp, cp, ranks / cp, pack};
+        double total = 0;
+        for (const Batch& b : batches) {
+          const Plan plan = plan_static_best(b, cost, layout, options);
+          total += plan.estimate.step_ms;
+          EXPECT_EQ(plan.llm.tp, tp);
+          for (const WavePlan& wave : plan.waves) {
+            EXPECT_LE(static_cast<int>(wave.groups.size()), ranks / cp);
+            for (const GroupPlan& g : wave.groups) EXPECT_EQ(g.degree(), cp);
+          }
         }
-      }
-      if (total < best_ms) {
-        best_ms = total;
-        best = *options.static_layout;
+        if (total < best_ms) {
+          best_ms = total;
+          best = *options.static_layout;
+        }
       }
     }
   }
@@ -286,7 +296,8 @@ TEST(StaticBalanced, SpreadsWorkOverReplicasWithinTheLptBound) {
     ASSERT_EQ(g.whole.size(), 1u);
     double load = 0;
     for (int s : g.whole[0]) {
-      const double ms = setup.cost.llm_sequence_ms(batch.samples[s].llm_tokens(), RingSpan{1, false});
+      const double ms =
+          setup.cost.llm_sequence_ms(batch.samples[s].llm_tokens(), RingSpan{1, false});
       load += ms;
       largest = std::max(largest, ms);
     }
@@ -295,6 +306,25 @@ TEST(StaticBalanced, SpreadsWorkOverReplicasWithinTheLptBound) {
   }
   // Graham's bound for LPT: at most 4/3 of the optimum (and the optimum is at least this).
   EXPECT_LE(worst_replica, 4.0 / 3.0 * std::max(total / 4, largest) + 1e-9);
+}
+
+TEST(StaticBalanced, RespectsTheRunsTokenLimitPerRank) {
+  const Testbed setup = make_testbed(1, 4);
+  PlannerOptions options = tp1();
+  options.max_tokens_per_rank = 600;
+  std::mt19937_64 rng(4);
+  const Batch batch = random_batch(rng, 40, 2000);  // needs cp 4 for 600 tokens per rank
+  const Plan plan = plan_static_balanced(batch, setup.cost, setup.layout, options);
+  expect_plan_invariants(plan, batch, setup, "static_balanced with a token limit");
+  EXPECT_GT(plan.waves.size(), 1u);
+  for (const WavePlan& wave : plan.waves) {
+    std::vector<std::int64_t> per_rank(wave.groups.size(), 0);
+    for (const SequencePlan& sp : wave.sequences) {
+      const int d = wave.groups[sp.group].degree();
+      per_rank[sp.group] += (batch.samples[sp.sample].llm_tokens() + d - 1) / d;
+    }
+    for (std::int64_t t : per_rank) EXPECT_LE(t, options.max_tokens_per_rank);
+  }
 }
 
 // --- megatron_dcp ---
@@ -434,13 +464,26 @@ TEST(PaperBfdDp, AtomicGroupsAreBestFitDecreasing) {
   }
   for (int count : seen) EXPECT_EQ(count, 1);
 
+  // With the run's token limit, every atomic group also stays within it per rank.
+  const std::int64_t limit = setup.one_rank / 4;
+  const auto limited = bfd_atomic_groups(batch, setup.cost, setup.budget, 8, limit);
+  EXPECT_GT(limited.size(), groups.size());
+  for (const AtomicGroup& g : limited) {
+    std::int64_t per_rank = 0;
+    for (int s : g.samples) {
+      per_rank += (batch.samples[s].llm_tokens() + g.min_degree - 1) / g.min_degree;
+    }
+    EXPECT_LE(per_rank, limit);
+  }
+
   const Plan plan = plan_paper_bfd_dp(batch, setup.cost, setup.layout, PlannerOptions{});
   expect_plan_invariants(plan, batch, setup, "paper_bfd_dp");
   // Every atomic group stays together and gets at least its minimal degree.
   for (const WavePlan& wave : plan.waves) {
     for (const AtomicGroup& g : groups) {
-      const auto in_wave = std::find_if(wave.sequences.begin(), wave.sequences.end(),
-                                        [&](const SequencePlan& sp) { return sp.sample == g.samples[0]; });
+      const auto in_wave =
+          std::find_if(wave.sequences.begin(), wave.sequences.end(),
+                       [&](const SequencePlan& sp) { return sp.sample == g.samples[0]; });
       if (in_wave == wave.sequences.end()) continue;
       EXPECT_GE(wave.groups[in_wave->group].degree(), g.min_degree);
       for (int s : g.samples) {

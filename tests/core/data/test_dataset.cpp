@@ -62,7 +62,10 @@ TEST(Datasets, ActivityNetVideos) {
   }
   DatasetAssumptions per_event;
   per_event.activitynet_per_event = true;
-  EXPECT_EQ(load_activitynet(default_data_path("activitynet"), per_event).size(), 37421u);
+  const auto events = load_activitynet(default_data_path("activitynet"), per_event);
+  EXPECT_EQ(events.size(), 37421u);
+  const Percentiles event_tokens = report("activitynet per event llm", events, llm_tokens);
+  EXPECT_LT(event_tokens.p50, visual.p50);  // an event is a part of its video
 }
 
 TEST(Datasets, LlavaImages) {
