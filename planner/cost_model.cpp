@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <span>
 #include <string>
 
 #include "cost_terms.hpp"
@@ -148,42 +149,59 @@ CostTerms p2p_terms(const CostModel& cost, double bytes, bool cross_node) {
   return t;
 }
 
-CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpan ring) {
-  DHP_CHECK(tokens >= 1, InvalidArgument, "llm_sequence_ms: tokens={} must be >= 1", tokens);
-  DHP_CHECK(ring.degree >= 1, InvalidArgument, "llm_sequence_ms: ring degree={} must be >= 1",
+CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> split_tokens,
+                         RingSpan ring, std::span<const std::int64_t> whole_tokens) {
+  DHP_CHECK(ring.degree >= 1, InvalidArgument, "llm_rank_ms: ring degree={} must be >= 1",
             ring.degree);
   const auto& a = cost.model().llm;
   const auto& coef = cost.coefficients();
   const double tp = cost.llm_tp();
   const double d = ring.degree;
-  const double seq = static_cast<double>(tokens);
-  const double local = seq / d;  // zigzag: every member holds tokens/d
   const double passes = cost.compute_passes();
   const double launches = layer_pass_count(cost.model().training);
+  const double half = coef.half_efficiency_tokens;
 
+  // Attention runs per sequence (packed sequences do not attend to each other), each at the
+  // efficiency of its own local length; zigzag gives every member an equal share of a split one.
+  double local = 0;
+  double split_local = 0;
+  double split_attention_fwd = 0;  // per member, efficiency factor included
   CostTerms t;
-  const double gemm_factor = 1.0 + coef.half_efficiency_tokens / local;
+  for (std::int64_t tokens : whole_tokens) {
+    DHP_CHECK(tokens >= 1, InvalidArgument, "llm_rank_ms: whole tokens={} must be >= 1", tokens);
+    const double n = static_cast<double>(tokens);
+    local += n;
+    t.attention_work += passes * cost.llm_attention_flops(tokens) / tp * (1.0 + half / n);
+  }
+  for (std::int64_t tokens : split_tokens) {
+    DHP_CHECK(tokens >= 1, InvalidArgument, "llm_rank_ms: split tokens={} must be >= 1", tokens);
+    const double n = static_cast<double>(tokens) / d;
+    local += n;
+    split_local += n;
+    split_attention_fwd += cost.llm_attention_flops(tokens) / d / tp * (1.0 + half / n);
+  }
+  t.attention_work += passes * split_attention_fwd;
+  if (local <= 0) return t;  // an idle rank costs nothing
+
+  // Linear layers run once over all the rank's local tokens packed together: one efficiency
+  // for the whole pack, one launch of every layer, one set of TP collectives.
   const double linear_fwd = a.layers * (qkv_flops_per_token(a) + post_flops_per_token(a)) * local +
                             2.0 * a.hidden * static_cast<double>(a.vocab) * local;
-  t.gemm_work = passes * linear_fwd / tp * gemm_factor;
-  // Causal attention over the whole sequence, an equal share per member (zigzag balance).
-  const double attention_fwd = cost.llm_attention_flops(tokens) / d / tp;
-  const double attention_factor = 1.0 + coef.half_efficiency_tokens / local;
-  t.attention_work = passes * attention_fwd * attention_factor;
+  t.gemm_work = passes * linear_fwd / tp * (1.0 + half / local);
   t.layer_passes = a.layers * launches;
   t += tp_comm_terms(cost.cluster(), cost.llm_tp(), local, a.hidden,
                      cost.model().training.bytes_per_activation)
            .scaled(a.layers * launches);
-  if (ring.degree == 1) return t;
+  if (ring.degree == 1 || split_tokens.empty()) return t;
 
-  // Ring: every layer and pass runs d steps of equal attention work (zigzag: the diagonal
-  // step and each off-diagonal step both cover half of a 2c x 2c block); d - 1 of them wait
-  // for a KV block from the predecessor, hidden under the step's attention up to
-  // overlap_efficiency. Backward moves KV and dK/dV: twice the bytes, twice the compute.
-  const double step_attention_work = attention_fwd / a.layers / d * attention_factor;
+  // Ring: every layer and pass runs d steps over the KV blocks of all split sequences at once
+  // (equal attention work per step under zigzag); d - 1 of them wait for a block from the
+  // predecessor, hidden under the step's attention up to overlap_efficiency. Backward moves
+  // KV and dK/dV: twice the bytes, twice the compute.
+  const double step_attention_work = split_attention_fwd / a.layers / d;
   const double step_attention_ms = step_attention_work / (cost.cluster().peak_tflops * 1e9 *
                                                           coef.attention_efficiency);
-  const double block_bytes = cost.kv_block_bytes(local);
+  const double block_bytes = cost.kv_block_bytes(split_local);
   struct Pass { double compute_scale, bytes_scale; };
   const bool full = cost.model().training.recompute == Recompute::Full;
   const Pass ring_passes[] = {{1, 1}, {2, 2}, {1, 1}};
@@ -203,6 +221,16 @@ CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpa
     t += step.scaled(a.layers);
   }
   return t;
+}
+
+CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpan ring) {
+  DHP_CHECK(tokens >= 1, InvalidArgument, "llm_sequence_ms: tokens={} must be >= 1", tokens);
+  DHP_CHECK(ring.degree >= 1, InvalidArgument, "llm_sequence_ms: ring degree={} must be >= 1",
+            ring.degree);
+  // A rank that runs only this sequence's piece.
+  const std::int64_t one[] = {tokens};
+  if (ring.degree == 1) return llm_rank_terms(cost, {}, ring, one);
+  return llm_rank_terms(cost, one, ring, {});
 }
 
 CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
@@ -292,6 +320,29 @@ CostModel::CostModel(ClusterSpec cluster, ModelSpec model, int llm_tp, int encod
 double CostModel::llm_sequence_ms(std::int64_t tokens, RingSpan ring) const {
   return detail::evaluate_ms(detail::llm_sequence_terms(*this, tokens, ring), coef_,
                              cluster_.peak_tflops);
+}
+
+double CostModel::llm_rank_ms(std::span<const std::int64_t> split_tokens, RingSpan ring,
+                              std::span<const std::int64_t> whole_tokens) const {
+  return detail::evaluate_ms(detail::llm_rank_terms(*this, split_tokens, ring, whole_tokens), coef_,
+                             cluster_.peak_tflops);
+}
+
+double CostModel::llm_rank_fixed_ms() const {
+  // What a rank's first piece pays on top of its marginal cost: the half-efficiency floor of
+  // the packed linear layers, every layer's launch, the TP collectives' latencies.
+  const auto& a = model_.llm;
+  const double half = coef_.half_efficiency_tokens;
+  const double linear_per_token = a.layers * (qkv_flops_per_token(a) + post_flops_per_token(a)) +
+                                  2.0 * a.hidden * static_cast<double>(a.vocab);
+  const double launches = layer_pass_count(model_.training);
+  detail::CostTerms t;
+  t.gemm_work = compute_passes() * linear_per_token * half / llm_tp_;
+  t.layer_passes = a.layers * launches;
+  t.fixed_ms = tp_comm_terms(cluster_, llm_tp_, 0.0, a.hidden, model_.training.bytes_per_activation)
+                   .scaled(a.layers * launches)
+                   .fixed_ms;
+  return detail::evaluate_ms(t, coef_, cluster_.peak_tflops);
 }
 
 double CostModel::encoder_item_ms(const VisualItem& item) const {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "dhp/batch.hpp"
 #include "dhp/cost_model.hpp"
@@ -26,6 +27,9 @@ struct CostTerms {
 
 double evaluate_ms(const CostTerms& terms, const CostCoefficients& coef, double peak_tflops);
 
+// One rank's LLM pieces packed together (CostModel::llm_rank_ms).
+CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> split_tokens,
+                         RingSpan ring, std::span<const std::int64_t> whole_tokens);
 CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpan ring);
 CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item);
 CostTerms p2p_terms(const CostModel& cost, double bytes, bool cross_node);

@@ -29,12 +29,14 @@ struct DegreeStep {
   int degree;
   double ms;
   double bytes;
+  std::int64_t tokens;  // local tokens per member
 };
 
 struct SequenceInfo {
   int sample;
   double whole_ms;
   double whole_bytes;
+  std::int64_t whole_tokens;
   int first_step;  // into the flat step table; steps start at the memory-minimal degree
   int num_steps;
 };
@@ -44,37 +46,51 @@ struct Tables {
   std::vector<SequenceInfo> seqs;  // sorted by decreasing work, sample index on ties
   std::vector<DegreeStep> steps;
   double budget = 0;
+  std::int64_t token_limit = 0;  // local tokens per rank (PlannerOptions::max_tokens_per_rank)
+  double fixed_ms = 0;  // paid once by every rank that holds anything (llm_rank_fixed_ms)
   int ranks = 0;
 };
 
-Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layout) {
+Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layout,
+                   const PlannerOptions& options) {
   Tables t;
+  t.token_limit = options.max_tokens_per_rank > 0 ? options.max_tokens_per_rank
+                                                  : std::numeric_limits<std::int64_t>::max();
   t.ranks = layout.llm.ranks;
   t.budget = llm_activation_budget(cost, layout, batch);
+  // Step times are marginal: a rank's load is fixed_ms + the sum of its pieces' marginal
+  // times, which is exactly llm_rank_ms for whole sequences (ring exposure is nearly additive).
+  t.fixed_ms = cost.llm_rank_fixed_ms();
   const int R = t.ranks;
   const int n = static_cast<int>(batch.samples.size());
   t.seqs.reserve(n);
   for (int i = 0; i < n; ++i) {
     const std::int64_t tokens = batch.samples[i].llm_tokens();
-    SequenceInfo s{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}),
-                   cost.llm_activation_bytes(tokens, 1), static_cast<int>(t.steps.size()), 0};
-    // Smallest degree whose activations fit (bytes fall with the degree beyond 1).
+    SequenceInfo s{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}) - t.fixed_ms,
+                   cost.llm_activation_bytes(tokens, 1), tokens, static_cast<int>(t.steps.size()), 0};
+    auto local_tokens = [&](int d) { return (tokens + d - 1) / d; };
+    // Smallest degree whose activations fit (bytes fall with the degree beyond 1) and whose
+    // local share stays within the token limit.
     int d_mem = 1;
-    if (s.whole_bytes > t.budget) {
+    if (s.whole_bytes > t.budget || tokens > t.token_limit) {
       int lo = 2, hi = R;
       while (lo < hi) {
         const int mid = lo + (hi - lo) / 2;
-        if (cost.llm_activation_bytes(tokens, mid) <= t.budget) hi = mid; else lo = mid + 1;
+        if (cost.llm_activation_bytes(tokens, mid) <= t.budget && local_tokens(mid) <= t.token_limit)
+          hi = mid;
+        else
+          lo = mid + 1;
       }
       d_mem = lo;
     }
     double best = kInf;
     double prev = kInf;
     for (int d = d_mem; d <= R; ++d) {
-      const double ms = d == 1 ? s.whole_ms : cost.llm_sequence_ms(tokens, expected_ring(d, layout));
+      const double ms =
+          d == 1 ? s.whole_ms : cost.llm_sequence_ms(tokens, expected_ring(d, layout)) - t.fixed_ms;
       const double bytes = d == 1 ? s.whole_bytes : cost.llm_activation_bytes(tokens, d);
-      if (ms < best * (1 - 1e-9) && bytes <= t.budget) {
-        t.steps.push_back(DegreeStep{d, ms, bytes});
+      if (ms < best * (1 - 1e-9) && bytes <= t.budget && local_tokens(d) <= t.token_limit) {
+        t.steps.push_back(DegreeStep{d, ms, bytes, local_tokens(d)});
         best = ms;
       }
       // Past the node boundary the ring only gets more expensive once it stops paying.
@@ -97,8 +113,10 @@ struct Bin {
   int wave;
   int group;
   int member;
-  double load;
+  double load;   // fixed_ms + marginal times of its pieces; 0 while it holds nothing
   double bytes;
+  std::int64_t tokens;
+  int pieces;
 };
 struct Group {
   int wave;
@@ -135,7 +153,7 @@ class Packer {
         short_phase_started = true;
         if (fill == Fill::Lpt) open_all_free();
       }
-      if (!place_whole(k, step->ms, step->bytes, T, fill)) return false;
+      if (!place_whole(k, step->ms, step->bytes, step->tokens, T, fill)) return false;
     }
     return true;
   }
@@ -167,13 +185,18 @@ class Packer {
         std::vector<int>& pieces = on_bin[crit];
         for (std::size_t p = 0; p < pieces.size() && !moved; ++p) {
           const SequenceInfo& s = t_.seqs[pieces[p]];
-          const double new_low = bins_[low].load + s.whole_ms;
+          const double new_low =
+              bins_[low].load + s.whole_ms + (bins_[low].pieces == 0 ? t_.fixed_ms : 0.0);
           if (new_low >= bins_[crit].load * (1 - 1e-9)) continue;
-          if (bins_[low].bytes + s.whole_bytes > t_.budget) continue;
+          if (!fits(bins_[low], s.whole_bytes, s.whole_tokens)) continue;
           set.erase({bins_[crit].load, crit});
           set.erase({bins_[low].load, low});
           bins_[crit].load -= s.whole_ms;
+          if (--bins_[crit].pieces == 0) bins_[crit].load = 0;
+          ++bins_[low].pieces;
           bins_[crit].bytes -= s.whole_bytes;
+          bins_[crit].tokens -= s.whole_tokens;
+          bins_[low].tokens += s.whole_tokens;
           bins_[low].load = new_low;
           bins_[low].bytes += s.whole_bytes;
           set.insert({bins_[crit].load, crit});
@@ -243,7 +266,7 @@ class Packer {
   const DegreeStep* choose_step(const SequenceInfo& s, double T) const {
     const DegreeStep* first = &t_.steps[s.first_step];
     const DegreeStep* last = first + s.num_steps;
-    const DegreeStep* it = std::partition_point(first, last, [T](const DegreeStep& d) { return d.ms > T; });
+    const DegreeStep* it = std::partition_point(first, last, [&](const DegreeStep& d) { return d.ms + t_.fixed_ms > T; });
     return it == last ? nullptr : it;
   }
 
@@ -258,17 +281,20 @@ class Packer {
     return w;
   }
 
-  int open_group(int wave, int degree, double load, double bytes) {
+  int open_group(int wave, int degree, double load, double bytes, std::int64_t tokens) {
     const int g = static_cast<int>(groups_.size());
     groups_.push_back(Group{wave, degree, static_cast<int>(bins_.size()), load, bytes});
-    for (int m = 0; m < degree; ++m) bins_.push_back(Bin{wave, g, m, load, bytes});
+    const bool holds = load > 0;
+    for (int m = 0; m < degree; ++m)
+      bins_.push_back(
+          Bin{wave, g, m, holds ? load + t_.fixed_ms : 0.0, bytes, tokens, holds ? 1 : 0});
     return g;
   }
 
   void open_all_free() {
     for (int w = 0; w < waves_; ++w) {
       while (free_[w] > 0) {
-        const int g = open_group(w, 1, 0.0, 0.0);
+        const int g = open_group(w, 1, 0.0, 0.0, 0);
         by_load_.insert({0.0, groups_[g].first_bin});
         --free_[w];
       }
@@ -288,6 +314,8 @@ class Packer {
         by_load_.erase({b.load, gr.first_bin + m});
         b.load += step.ms;
         b.bytes += step.bytes;
+        b.tokens += step.tokens;
+        ++b.pieces;
         by_load_.insert({b.load, gr.first_bin + m});
       }
       candidates.insert({gr.split_load, g});
@@ -295,10 +323,10 @@ class Packer {
     };
     if (fill == Fill::BestFit) {
       // Join the fullest group of this degree whose members still finish within T.
-      auto it = candidates.upper_bound({T - step.ms, std::numeric_limits<int>::max()});
+      auto it = candidates.upper_bound({T - t_.fixed_ms - step.ms, std::numeric_limits<int>::max()});
       for (int scanned = 0; it != candidates.begin() && scanned < kMemoryScan; ++scanned) {
         --it;
-        if (groups_[it->second].split_bytes + step.bytes <= t_.budget) {
+        if (group_fits(it->second, step)) {
           join(it->second);
           return true;
         }
@@ -309,28 +337,40 @@ class Packer {
       if (fill == Fill::BestFit) return false;
       // Lpt: no free ranks left, share the least-loaded group of this degree.
       for (const auto& [load, g] : candidates) {
-        if (groups_[g].split_bytes + step.bytes <= t_.budget) {
+        if (group_fits(g, step)) {
           join(g);
           return true;
         }
       }
       return false;
     }
-    const int g = open_group(w, step.degree, step.ms, step.bytes);
+    const int g = open_group(w, step.degree, step.ms, step.bytes, step.tokens);
     candidates.insert({step.ms, g});
-    for (int m = 0; m < step.degree; ++m) by_load_.insert({step.ms, groups_[g].first_bin + m});
+    for (int m = 0; m < step.degree; ++m)
+      by_load_.insert({bins_[groups_[g].first_bin + m].load, groups_[g].first_bin + m});
     seq_group_[k] = g;
     return true;
   }
 
-  bool place_whole(int k, double ms, double bytes, double T, Fill fill) {
+  bool fits(const Bin& b, double bytes, std::int64_t tokens) const {
+    return b.bytes + bytes <= t_.budget && b.tokens + tokens <= t_.token_limit;
+  }
+  // Every member still holds one more split piece (members may hold whole pieces too).
+  bool group_fits(int g, const DegreeStep& step) const {
+    const Group& gr = groups_[g];
+    for (int m = 0; m < gr.degree; ++m)
+      if (!fits(bins_[gr.first_bin + m], step.bytes, step.tokens)) return false;
+    return true;
+  }
+
+  bool place_whole(int k, double ms, double bytes, std::int64_t tokens, double T, Fill fill) {
     int chosen = -1;
     if (fill == Fill::BestFit) {
       // Fullest rank that still finishes within T and has the memory.
       auto it = by_load_.upper_bound({T - ms, std::numeric_limits<int>::max()});
       for (int scanned = 0; it != by_load_.begin() && scanned < kMemoryScan; ++scanned) {
         --it;
-        if (bins_[it->second].bytes + bytes <= t_.budget) {
+        if (fits(bins_[it->second], bytes, tokens)) {
           chosen = it->second;
           break;
         }
@@ -338,14 +378,14 @@ class Packer {
       if (chosen < 0) {
         const int w = take_wave(1);
         if (w < 0) return false;
-        chosen = groups_[open_group(w, 1, 0.0, 0.0)].first_bin;
+        chosen = groups_[open_group(w, 1, 0.0, 0.0, 0)].first_bin;
         by_load_.insert({0.0, chosen});
       }
     } else {
       // Least-loaded rank with the memory; the scan is bounded, then any rank that fits.
       int scanned = 0;
       for (auto it = by_load_.begin(); it != by_load_.end(); ++it, ++scanned) {
-        if (bins_[it->second].bytes + bytes <= t_.budget) {
+        if (fits(bins_[it->second], bytes, tokens)) {
           chosen = it->second;
           break;
         }
@@ -355,8 +395,10 @@ class Packer {
     }
     Bin& b = bins_[chosen];
     by_load_.erase({b.load, chosen});
-    b.load += ms;
+    b.load += ms + (b.pieces == 0 ? t_.fixed_ms : 0.0);
     b.bytes += bytes;
+    b.tokens += tokens;
+    ++b.pieces;
     by_load_.insert({b.load, chosen});
     seq_group_[k] = b.group;
     seq_bin_[k] = chosen;
@@ -384,7 +426,7 @@ struct Candidate {
 
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               const PlannerOptions& options) {
-  const Tables tables = make_tables(batch, cost, layout);
+  const Tables tables = make_tables(batch, cost, layout, options);
   const int R = tables.ranks;
   Packer packer(tables);
 
@@ -402,7 +444,8 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     longest = std::max(longest, tables.steps[s.first_step + s.num_steps - 1].ms);
     rank_time += least;
     const DegreeStep& first = tables.steps[s.first_step];
-    memory_ranks += first.degree * first.bytes / tables.budget;
+    memory_ranks += first.degree * std::max(first.bytes / tables.budget,
+                                            static_cast<double>(first.tokens) / tables.token_limit);
   }
 
   // The fewest waves for which the memory permits a packing at all.

@@ -38,8 +38,8 @@ struct Piece {
 
 class Search {
  public:
-  Search(std::vector<Piece> pieces, double budget, bool prune)
-      : pieces_(std::move(pieces)), budget_(budget), prune_(prune) {}
+  Search(std::vector<Piece> pieces, double budget, double fixed_ms, bool prune)
+      : pieces_(std::move(pieces)), budget_(budget), fixed_ms_(fixed_ms), prune_(prune) {}
 
   void run(const std::vector<int>& degrees, double& best, WaveDraft& best_wave, long long& nodes) {
     degrees_ = degrees;
@@ -83,7 +83,7 @@ class Search {
         double span = makespan;
         for (int m = 0; m < d; ++m) {
           fits = fits && bytes_[r0 + m] + p.split_bytes[d] <= budget_;
-          span = std::max(span, load_[r0 + m] + p.split_ms[d]);
+          span = std::max(span, load_[r0 + m] + p.split_ms[d] + fixed_ms_);
         }
         if (fits) {
           for (int m = 0; m < d; ++m) {
@@ -110,7 +110,7 @@ class Search {
         ++whole_count_[r];
         ++group_used_[g];
         where_[k] = {static_cast<int>(g), m};
-        recurse(k + 1, std::max(makespan, load_[r]));
+        recurse(k + 1, std::max(makespan, load_[r] + fixed_ms_));
         --group_used_[g];
         --whole_count_[r];
         load_[r] -= p.whole_ms;
@@ -140,6 +140,7 @@ class Search {
 
   std::vector<Piece> pieces_;
   double budget_;
+  double fixed_ms_;  // a rank that holds anything pays it once (loads are marginal times)
   bool prune_;
   std::vector<int> degrees_;
   std::vector<int> first_rank_;
@@ -164,14 +165,19 @@ ExactResult solve_exact_wave(const Batch& batch, const CostModel& cost, const La
             "exact: instance too large: {} LLM ranks ({} per node), {} sequences; the exact solver "
             "takes at most {} ranks inside one node and {} sequences",
             R, layout.llm_ranks_per_node, n, kExactMaxRanks, kExactMaxSequences);
+  // Rank time = llm_rank_fixed_ms + the pieces' marginal times: exactly llm_rank_ms for
+  // whole sequences; for several sequences split over one ring it adds their exposed ring
+  // communication per sequence, an upper bound of the packed figure (see docs/algorithm.md).
+  const double fixed = cost.llm_rank_fixed_ms();
   std::vector<Piece> pieces;
   pieces.reserve(n);
   for (int i = 0; i < n; ++i) {
     const std::int64_t tokens = batch.samples[i].llm_tokens();
-    Piece p{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}), cost.llm_activation_bytes(tokens, 1),
+    Piece p{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}) - fixed,
+            cost.llm_activation_bytes(tokens, 1),
             std::vector<double>(R + 1, kInf), std::vector<double>(R + 1, kInf)};
     for (int d = 2; d <= R; ++d) {
-      p.split_ms[d] = cost.llm_sequence_ms(tokens, expected_ring(d, layout));
+      p.split_ms[d] = cost.llm_sequence_ms(tokens, expected_ring(d, layout)) - fixed;
       p.split_bytes[d] = cost.llm_activation_bytes(tokens, d);
     }
     pieces.push_back(std::move(p));
@@ -186,7 +192,7 @@ ExactResult solve_exact_wave(const Batch& batch, const CostModel& cost, const La
 
   ExactResult result;
   result.makespan_ms = incumbent_ms;
-  Search search(std::move(pieces), llm_activation_budget(cost, layout, batch), prune);
+  Search search(std::move(pieces), llm_activation_budget(cost, layout, batch), fixed, prune);
   for (const auto& degrees : all)
     search.run(degrees, result.makespan_ms, result.wave, result.nodes);
   result.found = !result.wave.groups.empty();
@@ -197,10 +203,23 @@ Plan plan_exact(const Batch& batch, const CostModel& cost, const Layout& layout,
                 const PlannerOptions& options) {
   // dhp's single-wave plan (if it has one) is the first incumbent.
   double incumbent = kInf;
-  std::vector<WaveDraft> incumbent_waves;
+  WaveDraft dhp_wave;
   {
-    Plan dhp = plan_dhp(batch, cost, layout, options);
-    if (dhp.waves.size() == 1) incumbent = (dhp.estimate.wave_ms[0] - cost.wave_overhead_ms()) * (1 + 1e-9);
+    const Plan dhp = plan_dhp(batch, cost, layout, options);
+    if (dhp.waves.size() == 1) {
+      incumbent = (dhp.estimate.wave_ms[0] - cost.wave_overhead_ms()) * (1 + 1e-9);
+      const WavePlan& w = dhp.waves[0];
+      dhp_wave.groups.resize(w.groups.size());
+      for (std::size_t g = 0; g < w.groups.size(); ++g) {
+        dhp_wave.groups[g].degree = w.groups[g].degree();
+        dhp_wave.groups[g].whole.resize(w.groups[g].degree());
+      }
+      for (const SequencePlan& sp : w.sequences) {
+        GroupDraft& gd = dhp_wave.groups[sp.group];
+        if (sp.sharding == Sharding::Whole) gd.whole[sp.member].push_back(sp.sample);
+        else gd.split.push_back(sp.sample);
+      }
+    }
   }
   ExactResult r = solve_exact_wave(batch, cost, layout, /*prune=*/true, incumbent);
   if (!r.found) {
@@ -211,6 +230,11 @@ Plan plan_exact(const Batch& batch, const CostModel& cost, const Layout& layout,
             "exact: the {} sequences do not fit in one wave on {} LLM ranks; the exact solver "
             "plans single-wave instances only",
             batch.samples.size(), layout.llm.ranks);
+  // The search prices a ring holding several split sequences at an upper bound of the packed
+  // estimate, so dhp's plan can still be the better one by the estimate: keep the better.
+  if (!dhp_wave.groups.empty() &&
+      estimate_step_ms(batch, cost, layout, {dhp_wave}) < estimate_step_ms(batch, cost, layout, {r.wave}))
+    return build_plan("exact", batch, cost, layout, {dhp_wave});
   return build_plan("exact", batch, cost, layout, {r.wave});
 }
 

@@ -247,10 +247,7 @@ std::vector<std::vector<int>> place_groups(const std::vector<int>& degrees, int 
 
 double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split, RingSpan ring,
                    const std::vector<std::int64_t>& whole) {
-  double ms = 0;
-  for (std::int64_t t : split) ms += cost.llm_sequence_ms(t, ring);
-  for (std::int64_t t : whole) ms += cost.llm_sequence_ms(t, RingSpan{1, false});
-  return ms;
+  return cost.llm_rank_ms(split, ring, whole);
 }
 
 double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64_t>& split,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -50,7 +51,19 @@ class CostModel {
   // A sequence of `tokens` zigzag-split over ring.degree ranks (degree 1 = whole on one
   // rank): per-rank time including ring steps overlapped with attention. Non-increasing
   // in the degree until communication dominates.
+  // The single-piece case of llm_rank_ms.
   double llm_sequence_ms(std::int64_t tokens, RingSpan ring) const;
+  // One rank's LLM time for all its pieces packed together, as real ranks run them: the
+  // linear layers once over the rank's total local tokens (one efficiency, one launch per
+  // layer and pass, one set of TP collectives); attention per sequence at the efficiency of
+  // its own local length; the ring steps of all `split_tokens` (zigzag over ring.degree)
+  // together. `whole_tokens` are held whole. An empty rank costs 0.
+  double llm_rank_ms(std::span<const std::int64_t> split_tokens, RingSpan ring,
+                     std::span<const std::int64_t> whole_tokens) const;
+  // The part of llm_rank_ms that a rank pays once however many tokens it holds (linear
+  // efficiency floor, layer launches, TP latencies): llm_rank_ms minus it is additive over
+  // whole sequences, which is what the packer uses as marginal cost.
+  double llm_rank_fixed_ms() const;
   // Encoder forward + backward for one visual item on one encoder rank.
   double encoder_item_ms(const VisualItem& item) const;
   // Fixed cost of one wave (micro-batch): launches, pipeline flush, optimizer-free.

@@ -13,6 +13,11 @@
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
 
+// ncclCommSplit and ncclConfig_t::splitShare appeared in NCCL 2.18.
+#if !defined(NCCL_VERSION_CODE) || NCCL_VERSION_CODE < NCCL_VERSION(2, 18, 0)
+#error "dhp's NCCL backend needs NCCL >= 2.18 (ncclCommSplit with splitShare)"
+#endif
+
 namespace dhp {
 namespace {
 
