@@ -14,6 +14,8 @@ function(dhp_add_gtest_dir label)
     target_link_libraries(${target} PRIVATE ${ARGN} GTest::gtest GTest::gtest_main dhp_warnings)
     target_include_directories(${target} PRIVATE ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
     target_compile_definitions(${target} PRIVATE DHP_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
-    gtest_discover_tests(${target} PROPERTIES LABELS ${label} DISCOVERY_TIMEOUT 60)
+    # DHP_TEST_SANITIZER_PROPERTIES: set by tests/CMakeLists.txt in sanitizer builds.
+    gtest_discover_tests(${target} PROPERTIES LABELS ${label} ${DHP_TEST_SANITIZER_PROPERTIES}
+                         DISCOVERY_TIMEOUT 60)
   endforeach()
 endfunction()

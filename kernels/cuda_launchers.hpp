@@ -41,5 +41,6 @@ Status gather_rows(const RowCopyArgs& args, std::string& error);
 Status scatter_rows(const RowCopyArgs& args, std::string& error);
 Status ulysses_head_scatter(const HeadScatterArgs& args, std::string& error);
 Status ulysses_head_gather(const HeadScatterArgs& args, std::string& error);
+Status convert_dtype(const ConvertArgs& args, std::string& error);
 
 }  // namespace dhp::kernels::cuda

@@ -390,4 +390,16 @@ Status ulysses_head_gather(const HeadScatterArgs& args) {
   return run_cpu(op, [&] { cpu::ulysses_head_gather(args); });
 }
 
+Status convert_dtype(const ConvertArgs& args) {
+  constexpr const char* op = "convert_dtype";
+  Impl impl{};
+  DHP_KERNEL_TRY(choose_impl(op, args.device, impl));
+  DHP_KERNEL_REQUIRE(args.count >= 0, op, ": count=", args.count, " < 0");
+  DHP_KERNEL_TRY(check_pointer(op, "src", args.src, args.count));
+  DHP_KERNEL_TRY(check_pointer(op, "dst", args.dst, args.count));
+  if (args.count == 0) return Status::Ok;
+  if (impl == Impl::Cuda) DHP_KERNEL_RUN_CUDA(op, convert_dtype, args);
+  return run_cpu(op, [&] { cpu::convert_dtype(args); });
+}
+
 }  // namespace dhp::kernels

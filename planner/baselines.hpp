@@ -81,6 +81,13 @@ struct DeviceAllocation {
 DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& time,
                                      const std::vector<int>& min_degree, int ranks);
 
+// The drafts plan_paper_bfd_dp and plan_megatron_dcp hand to build_plan (encoder-limited),
+// also dhp's portfolio candidates.
+std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& cost,
+                                          const Layout& layout, const PlannerOptions& options);
+std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,
+                                          const Layout& layout, const PlannerOptions& options);
+
 // --- megatron_dcp ---
 // Megatron's per-sequence CP size: max(1, next power of two >= ceil(tokens / max_tokens)).
 int megatron_cp_size(std::int64_t tokens, std::int64_t max_tokens_per_rank);

@@ -36,7 +36,8 @@ std::int64_t share_of(std::int64_t tokens, int degree) { return (tokens + degree
 
 }  // namespace
 
-Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& layout,
+std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,
+                                          const Layout& layout,
                        const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
   const int ranks = layout.llm.ranks;
@@ -136,8 +137,13 @@ Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& 
   }
   DHP_LOG_DEBUG("megatron_dcp: {} sequences, max {} tokens per rank -> {} micro-batches",
                 num_samples, max_tokens, waves.size());
+  return limit_encoder_per_wave(batch, cost, layout, std::move(waves));
+}
+
+Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& layout,
+                 const PlannerOptions& options) {
   return build_plan(to_string(Strategy::MegatronDcp), batch, cost, layout,
-                    limit_encoder_per_wave(batch, cost, layout, std::move(waves)));
+                    megatron_dcp_waves(batch, cost, layout, options));
 }
 
 }  // namespace dhp::detail

@@ -122,7 +122,8 @@ DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& tim
   return allocation;
 }
 
-Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,
+std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& cost,
+                                          const Layout& layout,
                        const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
   const int ranks = layout.llm.ranks;
@@ -170,8 +171,13 @@ Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& 
   }
   DHP_LOG_DEBUG("paper_bfd_dp: {} sequences -> {} atomic groups in {} waves",
                 batch.samples.size(), groups.size(), waves.size());
+  return limit_encoder_per_wave(batch, cost, layout, std::move(waves));
+}
+
+Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,
+                 const PlannerOptions& options) {
   return build_plan(to_string(Strategy::PaperBfdDp), batch, cost, layout,
-                    limit_encoder_per_wave(batch, cost, layout, std::move(waves)));
+                    paper_bfd_dp_waves(batch, cost, layout, options));
 }
 
 }  // namespace dhp::detail

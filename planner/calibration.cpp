@@ -178,7 +178,7 @@ std::vector<Measurement> measurements_from_json(const std::string& text) {
     } catch (const nlohmann::json::exception& e) {
       DHP_THROW(InvalidInput, "calibration profile: measurement {}: {}", index, e.what());
     } catch (const Error& e) {
-      DHP_THROW(InvalidInput, "calibration profile: measurement {}: {}", index, e.what());
+      DHP_THROW(InvalidInput, "calibration profile: measurement {}: {}", index, e.message());
     }
     ++index;
   }

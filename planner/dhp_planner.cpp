@@ -5,6 +5,9 @@
 // the same groups, a bounded local improvement; the best by estimated step time wins.
 // See docs/algorithm.md.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+static double qnow(){return std::chrono::duration<double,std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 #include <cmath>
 #include <limits>
 #include <map>
@@ -14,6 +17,7 @@
 
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
+#include "baselines.hpp"
 #include "internal.hpp"
 
 namespace dhp::detail {
@@ -47,6 +51,10 @@ struct Tables {
   std::vector<DegreeStep> steps;
   double budget = 0;
   std::int64_t token_limit = 0;  // local tokens per rank (PlannerOptions::max_tokens_per_rank)
+  // [k]: the smallest whole-piece bytes and tokens among the sequences after the k-th: a
+  // rank that cannot take that much more leaves the packer's index.
+  std::vector<double> min_bytes_after;
+  std::vector<std::int64_t> min_tokens_after;
   double fixed_ms = 0;  // paid once by every rank that holds anything (llm_rank_fixed_ms)
   int ranks = 0;
 };
@@ -85,7 +93,10 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
     }
     double best = kInf;
     double prev = kInf;
-    for (int d = d_mem; d <= R; ++d) {
+    const int rpn = std::max(1, layout.llm_ranks_per_node);
+    for (int d = d_mem; d <= R; d = d < 2 * rpn ? d + 1 : (d / rpn + 1) * rpn) {
+      // Past two nodes only whole-node multiples: the ring crosses nodes anyway, and the
+      // table stays O(R / ranks per node) per sequence on large clusters.
       const double ms =
           d == 1 ? s.whole_ms : cost.llm_sequence_ms(tokens, expected_ring(d, layout)) - t.fixed_ms;
       const double bytes = d == 1 ? s.whole_bytes : cost.llm_activation_bytes(tokens, d);
@@ -105,6 +116,12 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
     if (a.whole_ms != b.whole_ms) return a.whole_ms > b.whole_ms;
     return a.sample < b.sample;
   });
+  t.min_bytes_after.assign(n, kInf);
+  t.min_tokens_after.assign(n, std::numeric_limits<std::int64_t>::max());
+  for (int k = n - 2; k >= 0; --k) {
+    t.min_bytes_after[k] = std::min(t.min_bytes_after[k + 1], t.seqs[k + 1].whole_bytes);
+    t.min_tokens_after[k] = std::min(t.min_tokens_after[k + 1], t.seqs[k + 1].whole_tokens);
+  }
   return t;
 }
 
@@ -311,12 +328,12 @@ class Packer {
       gr.split_bytes += step.bytes;
       for (int m = 0; m < gr.degree; ++m) {
         Bin& b = bins_[gr.first_bin + m];
-        by_load_.erase({b.load, gr.first_bin + m});
+        const bool indexed = by_load_.erase({b.load, gr.first_bin + m}) > 0;
         b.load += step.ms;
         b.bytes += step.bytes;
         b.tokens += step.tokens;
         ++b.pieces;
-        by_load_.insert({b.load, gr.first_bin + m});
+        if (indexed) reindex(gr.first_bin + m, k);
       }
       candidates.insert({gr.split_load, g});
       seq_group_[k] = g;
@@ -352,6 +369,14 @@ class Packer {
     return true;
   }
 
+  // Back into the load index unless no later whole piece can fit on it any more (keeps
+  // the memory scans short when memory or the token limit binds).
+  void reindex(int bin, int k) {
+    const Bin& b = bins_[bin];
+    if (fits(b, t_.min_bytes_after[k], t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max() ? 0 : t_.min_tokens_after[k]) || k + 1 >= static_cast<int>(t_.seqs.size()))
+      by_load_.insert({b.load, bin});
+  }
+
   bool fits(const Bin& b, double bytes, std::int64_t tokens) const {
     return b.bytes + bytes <= t_.budget && b.tokens + tokens <= t_.token_limit;
   }
@@ -377,9 +402,22 @@ class Packer {
       }
       if (chosen < 0) {
         const int w = take_wave(1);
-        if (w < 0) return false;
-        chosen = groups_[open_group(w, 1, 0.0, 0.0, 0)].first_bin;
-        by_load_.insert({0.0, chosen});
+        if (w >= 0) {
+          chosen = groups_[open_group(w, 1, 0.0, 0.0, 0)].first_bin;
+          by_load_.insert({0.0, chosen});
+        } else {
+          // No free rank: under a tight memory or token limit the fullest ranks are often
+          // exhausted, so look further down before giving up on T (ranks that cannot take
+          // any later piece have left the index).
+          while (it != by_load_.begin()) {
+            --it;
+            if (fits(bins_[it->second], bytes, tokens)) {
+              chosen = it->second;
+              break;
+            }
+          }
+          if (chosen < 0) return false;
+        }
       }
     } else {
       // Least-loaded rank with the memory; the scan is bounded, then any rank that fits.
@@ -399,7 +437,7 @@ class Packer {
     b.bytes += bytes;
     b.tokens += tokens;
     ++b.pieces;
-    by_load_.insert({b.load, chosen});
+    reindex(chosen, k);
     seq_group_[k] = b.group;
     seq_bin_[k] = chosen;
     return true;
@@ -417,6 +455,47 @@ class Packer {
   std::vector<int> seq_bin_;  // -1: split over the group
 };
 
+// The cheap constructions of the baselines as further candidates (docs/algorithm.md,
+// "Portfolio"): static_balanced's LPT at a few CP degrees, static_best's packing at the
+// smallest CP that holds the longest sequence, megatron_dcp's and paper_bfd_dp's drafts. All
+// are kept or dropped by the same estimate; a construction that cannot hold the batch is
+// simply not a candidate.
+template <typename Consider>
+void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layout,
+                   const PlannerOptions& options, const Tables& tables, Consider&& consider) {
+  const int R = tables.ranks;
+  const double budget = tables.budget;
+  const std::int64_t max_tokens = options.max_tokens_per_rank;
+  std::int64_t longest = 0;
+  for (const Sample& s : batch.samples) longest = std::max(longest, s.llm_tokens());
+  int cp_min = 0;
+  for (int c = 1; c <= R && cp_min == 0; ++c) {
+    const bool within_tokens = max_tokens <= 0 || (longest + c - 1) / c <= max_tokens;
+    if (R % c == 0 && within_tokens && rank_activation_bytes(cost, {longest}, c, {}) <= budget)
+      cp_min = c;
+  }
+  auto attempt = [&](auto&& make) {
+    try {
+      consider(make());
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::DoesNotFit) throw;  // only "cannot hold this batch" is expected
+    }
+  };
+  if (cp_min > 0) {
+    int tried = 0;
+    for (int c = cp_min; c <= R && tried < 3; c *= 2) {
+      if (R % c != 0) continue;
+      ++tried;
+      attempt([&] { return static_balanced_waves(batch, cost, layout, c, budget, max_tokens); });
+    }
+    const auto packs = static_pack_candidates(cost, cp_min, budget, longest, max_tokens);
+    for (std::size_t i = 0; i < packs.size() && i < 3; ++i)
+      attempt([&] { return static_best_waves(batch, cost, layout, cp_min, packs[i], budget); });
+  }
+  attempt([&] { return megatron_dcp_waves(batch, cost, layout, options); });
+  attempt([&] { return paper_bfd_dp_waves(batch, cost, layout, options); });
+}
+
 struct Candidate {
   std::vector<WaveDraft> waves;
   double step_ms = kInf;
@@ -426,7 +505,9 @@ struct Candidate {
 
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               const PlannerOptions& options) {
+  double q0=qnow();
   const Tables tables = make_tables(batch, cost, layout, options);
+  std::fprintf(stderr,"QT tables %.1f\n",qnow()-q0);
   const int R = tables.ranks;
   Packer packer(tables);
 
@@ -435,6 +516,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   double longest = 0;
   double rank_time = 0;
   double memory_ranks = 0;  // rank-waves the activations need at least
+  double all_work = tables.fixed_ms;  // every sequence on one rank at its first degree
   for (const SequenceInfo& s : tables.seqs) {
     double least = kInf;
     for (int i = 0; i < s.num_steps; ++i) {
@@ -444,58 +526,82 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     longest = std::max(longest, tables.steps[s.first_step + s.num_steps - 1].ms);
     rank_time += least;
     const DegreeStep& first = tables.steps[s.first_step];
+    all_work += first.ms;
     memory_ranks += first.degree * std::max(first.bytes / tables.budget,
                                             static_cast<double>(first.tokens) / tables.token_limit);
   }
 
   // The fewest waves for which the memory permits a packing at all.
   int w_min = std::max(1, static_cast<int>(std::ceil(memory_ranks / R - 1e-9)));
-  while (w_min <= options.max_waves && !packer.pack(kInf, w_min, Fill::BestFit)) ++w_min;
+  while (w_min <= options.max_waves && !packer.pack(kInf, w_min, Fill::Lpt) &&
+         !packer.pack(kInf, w_min, Fill::BestFit))
+    ++w_min;
   DHP_CHECK(w_min <= options.max_waves, DoesNotFit,
             "dhp: the batch of {} samples needs more than max_waves={} waves to fit in memory",
             batch.samples.size(), options.max_waves);
 
   Candidate best;
+  const SampleCosts sample_costs = make_sample_costs(batch, cost, layout);
+  const bool has_encoder = layout.encoder.ranks > 0;
   auto consider = [&](std::vector<WaveDraft> waves) {
-    const double ms = estimate_step_ms(batch, cost, layout, waves);
+    if (waves.empty()) return;
+    double ms = estimate_step_ms(batch, cost, layout, waves, sample_costs);
+    if (!std::isfinite(ms) && has_encoder) {
+      // Over memory through the colocated encoder: defer visual items to later waves as
+      // the baselines do, and price that.
+      waves = limit_encoder_per_wave(batch, cost, layout, std::move(waves));
+      ms = estimate_step_ms(batch, cost, layout, waves, sample_costs);
+    }
     if (ms < best.step_ms) best = Candidate{std::move(waves), ms};
   };
 
+  std::fprintf(stderr,"QT wmin %d %.1f\n",w_min,qnow()-q0);
   const int w_max = std::min(options.max_waves, w_min + kExtraWaves);
   for (int W = w_min; W <= w_max; ++W) {
     const double best_before = best.step_ms;
     const double lower = std::max(longest, rank_time / (static_cast<double>(W) * R));
-    // Grow T from the lower bound until feasible, then bisect.
+    // Static-balanced-like: every sequence at its memory-minimal degree, LPT.
+    if (packer.pack(kInf, W, Fill::Lpt)) consider(packer.drafts());
+    // Grow T from the lower bound until feasible, then bisect. Past all work on one rank,
+    // a larger T changes nothing: BestFit cannot pack this W within memory.
     double lo = lower * (1 - 1e-9);
     double hi = std::max(lower, 1e-9);
+    bool feasible = true;
     while (!packer.pack(hi, W, Fill::BestFit)) {
       lo = hi;
       hi *= 2;
-      if (!std::isfinite(hi)) break;
+      if (hi > 2 * all_work) {
+        feasible = false;
+        break;
+      }
     }
-    if (!std::isfinite(hi)) continue;  // only the memory-feasibility packing works
+    if (!feasible) continue;
     while (hi - lo > kRelTolerance * hi) {
       const double mid = 0.5 * (lo + hi);
       if (packer.pack(mid, W, Fill::BestFit)) hi = mid; else lo = mid;
     }
+    std::fprintf(stderr,"QT W=%d bisect %.1f\n",W,qnow()-q0);
     packer.pack(hi, W, Fill::BestFit);
     packer.improve(4 * static_cast<int>(tables.seqs.size()));
     consider(packer.drafts());
     // The same ring groups with short sequences spread least-loaded first.
     if (packer.pack(hi, W, Fill::Lpt)) consider(packer.drafts());
-    // Static-balanced-like: every sequence at its memory-minimal degree, LPT.
-    if (packer.pack(kInf, W, Fill::Lpt)) consider(packer.drafts());
+    std::fprintf(stderr,"QT W=%d cands %.1f\n",W,qnow()-q0);
     DHP_LOG_DEBUG("dhp: W={} T={:.3f} ms (lower bound {:.3f}) best step {:.3f} ms", W, hi, lower,
                   best.step_ms);
     if (W > w_min && !(best.step_ms < best_before)) break;  // more waves stopped paying
   }
+  add_portfolio(batch, cost, layout, options, tables, consider);
+  std::fprintf(stderr,"QT portfolio %.1f\n",qnow()-q0);
   if (!std::isfinite(best.step_ms)) {
     // Every candidate broke memory in the full estimate (encoder reserve, fragmentation):
     // fall back to the memory-only packing, which build_plan checks.
     packer.pack(kInf, w_min, Fill::BestFit);
     best.waves = packer.drafts();
   }
-  return build_plan("dhp", batch, cost, layout, best.waves);
+  auto qp = build_plan("dhp", batch, cost, layout, best.waves);
+  std::fprintf(stderr,"QT build %.1f\n",qnow()-q0);
+  return qp;
 }
 
 }  // namespace dhp::detail

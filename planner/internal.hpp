@@ -81,10 +81,23 @@ void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& l
 Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel& cost,
                 const Layout& layout, const std::vector<WaveDraft>& waves);
 
+// Per-sample figures every estimate of one batch needs, computed once per batch.
+struct SampleCosts {
+  std::vector<double> whole_bytes;    // [sample] llm_activation_bytes(tokens, 1)
+  std::vector<int> visual_offset;     // [sample] first index of its visuals below; size n + 1
+  std::vector<double> encoder_ms;     // [visual] encoder_item_ms
+  std::vector<double> encoder_bytes;  // [visual] encoder_activation_bytes
+  double encoder_reserve = 0;         // encoder_reserve_bytes
+};
+SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const Layout& layout);
+
 // Estimated step time of drafts without validating (for searches): the same figures as
 // build_plan's plan.estimate.step_ms, or +infinity when a rank would exceed capacity.
 double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
                         const std::vector<WaveDraft>& waves);
+// The same with the batch's SampleCosts computed once by the caller (searches).
+double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
+                        const std::vector<WaveDraft>& waves, const SampleCosts& sample_costs);
 
 // The exact solver's core (exact.cpp): the smallest single-wave LLM makespan (max rank time,
 // without the wave overhead) over every partition of the ranks into groups and every

@@ -312,12 +312,32 @@ void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& l
   }
 }
 
+SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const Layout& layout) {
+  SampleCosts sc;
+  const bool has_encoder = layout.encoder.ranks > 0;
+  sc.whole_bytes.reserve(batch.samples.size());
+  sc.visual_offset.reserve(batch.samples.size() + 1);
+  for (const Sample& s : batch.samples) {
+    sc.whole_bytes.push_back(cost.llm_activation_bytes(s.llm_tokens(), 1));
+    sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
+    if (!has_encoder) continue;
+    for (const VisualItem& v : s.visuals) {
+      sc.encoder_ms.push_back(cost.encoder_item_ms(v));
+      sc.encoder_bytes.push_back(cost.encoder_activation_bytes(v));
+    }
+  }
+  sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
+  sc.encoder_reserve = encoder_reserve_bytes(cost, layout, batch);
+  return sc;
+}
+
 namespace {
 
 // Drafts -> Plan structure plus the estimate. `check_memory`: throw when over capacity
 // (build_plan); otherwise report an infeasible plan with an infinite step time.
 Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& cost,
-              const Layout& layout, const std::vector<WaveDraft>& waves, bool check_memory) {
+              const Layout& layout, const std::vector<WaveDraft>& waves, bool check_memory,
+              const SampleCosts& sc) {
   Plan plan;
   plan.strategy = strategy;
   plan.step = batch.step;
@@ -333,7 +353,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   const bool colocated = layout.placement == EncoderPlacement::Colocated;
   const int E = layout.encoder.ranks;
   const double enc_static = E > 0 ? cost.encoder_static_bytes(E) : 0.0;
-  const double enc_cap = colocated ? encoder_reserve_bytes(cost, layout, batch) : capacity - enc_static;
+  const double enc_cap = colocated ? sc.encoder_reserve : capacity - enc_static;
   const int world = cost.cluster().world_size();
 
   std::vector<double> peak_bytes(R, 0.0);
@@ -382,26 +402,31 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
                 strategy, w, g, gd.degree, gd.whole.size());
       const RingSpan ring{gd.degree, crosses_nodes(gp.ranks, rpn)};
       split_tokens.clear();
+      double split_bytes = 0;
       for (int s : gd.split) {
         DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
                   "{}: sample index {} out of range", strategy, s);
         split_tokens.push_back(batch.samples[s].llm_tokens());
+        split_bytes += gd.degree == 1 ? sc.whole_bytes[s]
+                                      : cost.llm_activation_bytes(split_tokens.back(), gd.degree);
         wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Zigzag, -1});
       }
       for (int m = 0; m < gd.degree; ++m) {
         whole_tokens.clear();
+        double whole_bytes = 0;
         if (m < static_cast<int>(gd.whole.size())) {
           for (int s : gd.whole[m]) {
             DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
                       "{}: sample index {} out of range", strategy, s);
             whole_tokens.push_back(batch.samples[s].llm_tokens());
+            whole_bytes += sc.whole_bytes[s];
             wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Whole, m});
           }
         }
         const int r = gp.ranks[m];
         rank_group[r] = static_cast<int>(g);
         rank_ms[r] = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
-        rank_bytes[r] = rank_activation_bytes(cost, split_tokens, gd.degree, whole_tokens);
+        rank_bytes[r] = split_bytes + whole_bytes;
       }
     }
     double wave_ms = 0;
@@ -419,7 +444,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         const Sample& s = batch.samples[sp.sample];
         for (std::size_t v = 0; v < s.visuals.size(); ++v)
           items.push_back(Item{sp.sample, static_cast<int>(v), sp.group,
-                               cost.encoder_item_ms(s.visuals[v])});
+                               sc.encoder_ms[sc.visual_offset[sp.sample] + v]});
       }
       std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
         if (a.ms != b.ms) return a.ms > b.ms;
@@ -432,21 +457,47 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         const int llm_rank = (device - layout.llm.first_device) / layout.llm.tp;
         return llm_rank >= 0 && llm_rank < R && rank_group[llm_rank] == group;
       };
+      // Encoder ranks on each group's devices (colocated), for the tie-break.
+      std::vector<std::vector<int>> group_encoder_ranks(colocated ? wave.groups.size() : 0);
+      for (std::size_t g = 0; g < group_encoder_ranks.size(); ++g) {
+        for (int r : wave.groups[g].ranks)
+          for (int t = 0; t < layout.llm.tp; ++t) {
+            const int e = (layout.llm.device_of(r, t) - layout.encoder.first_device) / layout.encoder.tp;
+            if (e >= 0 && e < E && on_group_devices(e, static_cast<int>(g)))
+              group_encoder_ranks[g].push_back(e);
+          }
+        std::sort(group_encoder_ranks[g].begin(), group_encoder_ranks[g].end());
+        group_encoder_ranks[g].erase(
+            std::unique(group_encoder_ranks[g].begin(), group_encoder_ranks[g].end()),
+            group_encoder_ranks[g].end());
+      }
+      // (load, rank): the least-loaded rank with room is the first that fits in order.
+      std::set<std::pair<double, int>> by_load;
+      for (int e = 0; e < E; ++e) by_load.insert({0.0, e});
       for (const Item& it : items) {
         const VisualItem& v = batch.samples[it.sample].visuals[it.visual];
-        const double b = cost.encoder_activation_bytes(v);
+        const double b = sc.encoder_bytes[sc.visual_offset[it.sample] + it.visual];
         int chosen = -1;
-        for (int e = 0; e < E; ++e) {
+        for (const auto& [load, e] : by_load) {
           if (enc_bytes[e] + b > enc_cap) continue;
-          if (chosen < 0 || enc_load[e] < enc_load[chosen] ||
-              (enc_load[e] == enc_load[chosen] && !on_group_devices(chosen, it.group) &&
-               on_group_devices(e, it.group)))
-            chosen = e;
+          chosen = e;
+          break;
+        }
+        if (chosen >= 0 && colocated && !on_group_devices(chosen, it.group)) {
+          // Same load on the consuming group's devices: no boundary traffic.
+          for (int e : group_encoder_ranks[it.group]) {
+            if (enc_load[e] == enc_load[chosen] && enc_bytes[e] + b <= enc_cap) {
+              chosen = e;
+              break;
+            }
+          }
         }
         if (chosen < 0)
           chosen = static_cast<int>(std::min_element(enc_bytes.begin(), enc_bytes.end()) -
                                     enc_bytes.begin());
+        by_load.erase({enc_load[chosen], chosen});
         enc_load[chosen] += it.ms;
+        by_load.insert({enc_load[chosen], chosen});
         enc_bytes[chosen] += b;
         if (!on_group_devices(chosen, it.group)) enc_sent[chosen] += v.llm_tokens;
         plan.encoder_tasks.push_back(EncoderTask{it.sample, it.visual, static_cast<int>(w), chosen});
@@ -533,14 +584,21 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
 
 Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel& cost,
                 const Layout& layout, const std::vector<WaveDraft>& waves) {
-  Plan plan = assemble(strategy, batch, cost, layout, waves, /*check_memory=*/true);
+  Plan plan = assemble(strategy, batch, cost, layout, waves, /*check_memory=*/true,
+                       make_sample_costs(batch, cost, layout));
   validate(plan, batch);
   return plan;
 }
 
 double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
                         const std::vector<WaveDraft>& waves) {
-  return assemble("estimate", batch, cost, layout, waves, /*check_memory=*/false).estimate.step_ms;
+  return estimate_step_ms(batch, cost, layout, waves, make_sample_costs(batch, cost, layout));
+}
+
+double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
+                        const std::vector<WaveDraft>& waves, const SampleCosts& sample_costs) {
+  return assemble("estimate", batch, cost, layout, waves, /*check_memory=*/false, sample_costs)
+      .estimate.step_ms;
 }
 
 }  // namespace dhp::detail

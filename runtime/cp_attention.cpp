@@ -1,6 +1,8 @@
 #include "dhp/cp_attention.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "dhp/error.hpp"
@@ -64,61 +66,103 @@ class Scratch {
   std::vector<void*> device_;
 };
 
-// The Zigzag block of ring member `member`: per-piece key lengths laid against this rank's
-// local pieces (0 for its Whole pieces) and the block's key positions.
+// A travelling KV block laid against the local sequences: per-sequence key lengths (0 for
+// sequences the block has no rows of) and the block's key positions.
 struct RingBlock {
   std::vector<std::int32_t> cu_seqlens_k;
   std::vector<std::int32_t> k_positions;
   std::int64_t rows = 0;
 };
 
+// Appends the rows of group member `member`'s two chunks of a Zigzag sequence.
+void add_chunks(RingBlock& block, std::int64_t length, int degree, int member) {
+  const ZigzagChunks c = zigzag_chunks(length, degree, member);
+  for (std::int64_t r = c.begin0; r < c.end0; ++r) block.k_positions.push_back(static_cast<std::int32_t>(r));
+  for (std::int64_t r = c.begin1; r < c.end1; ++r) block.k_positions.push_back(static_cast<std::int32_t>(r));
+  block.rows += c.rows();
+}
+
+// The Zigzag block of ring member `member` against this rank's local pieces (its Whole
+// pieces get no keys).
 RingBlock ring_block(const WaveLayout& layout, int member) {
   RingBlock block;
   block.cu_seqlens_k.push_back(0);
-  const int degree = layout.degree();
   for (std::size_t p = 0; p < layout.pieces.size(); ++p) {
-    if (p < layout.zigzag_lengths.size()) {
-      const ZigzagChunks c = zigzag_chunks(layout.zigzag_lengths[p], degree, member);
-      for (std::int64_t r = c.begin0; r < c.end0; ++r) block.k_positions.push_back(static_cast<std::int32_t>(r));
-      for (std::int64_t r = c.begin1; r < c.end1; ++r) block.k_positions.push_back(static_cast<std::int32_t>(r));
-      block.rows += c.rows();
-    }
+    if (p < layout.zigzag_lengths.size()) add_chunks(block, layout.zigzag_lengths[p], layout.degree(), member);
     block.cu_seqlens_k.push_back(static_cast<std::int32_t>(block.rows));
   }
   return block;
 }
 
-std::int64_t max_block_rows(const WaveLayout& layout) {
-  std::int64_t most = 0;
-  for (int m = 0; m < layout.degree(); ++m) {
-    std::int64_t rows = 0;
-    for (std::int64_t length : layout.zigzag_lengths) rows += zigzag_chunks(length, layout.degree(), m).rows();
-    most = std::max(most, rows);
+// UlyssesRing: the block of node `node` (group members [node*u, node*u+u)) against the
+// Ulysses-packed sequences: per Zigzag sequence, member by member, the same row order as
+// the packed layout of that node (see UlyssesLayout).
+RingBlock node_block(const WaveLayout& layout, int u, int node) {
+  RingBlock block;
+  block.cu_seqlens_k.push_back(0);
+  for (std::int64_t length : layout.zigzag_lengths) {
+    for (int m = 0; m < u; ++m) add_chunks(block, length, layout.degree(), node * u + m);
+    block.cu_seqlens_k.push_back(static_cast<std::int32_t>(block.rows));
   }
-  return most;
+  return block;
 }
+
+// What one ring runs, independent of where the rows come from (the Zigzag pieces of a
+// plain ring, or the Ulysses-packed rows of a node in UlyssesRing).
+struct RingSpec {
+  std::vector<int> peers;  // world ranks in ring order
+  int index = 0;           // this rank's place in `peers`
+  std::vector<std::int32_t> cu_seqlens;  // local sequences (queries and local keys)
+  std::vector<std::int32_t> positions;   // [rows]
+  std::int64_t rows = 0;
+  std::int64_t block_rows = 0;  // local rows [0, block_rows) are the travelling KV block
+  bool travels = false;         // the same on every ring member: whether KV moves at all
+  std::function<RingBlock(int)> block;  // the block of ring member m, against the local sequences
+  kernels::AttentionShape shape;
+  BufferAllocator* allocator = nullptr;
+
+  int degree() const { return static_cast<int>(peers.size()); }
+  int num_seqs() const { return static_cast<int>(cu_seqlens.size()) - 1; }
+  std::int64_t max_block_rows() const {
+    std::int64_t most = 0;
+    for (int m = 0; m < degree(); ++m) most = std::max(most, block(m).rows);
+    return most;
+  }
+};
 
 struct Sizes {
   std::size_t elem = 0, acc = 0;
   std::int64_t q_row = 0, kv_row = 0;  // elements per row
 };
 
-Sizes sizes_of(const CpAttentionContext& ctx) {
+Sizes sizes_of(DType dtype, const kernels::AttentionShape& shape) {
   Sizes s;
-  s.elem = static_cast<std::size_t>(kernels::dtype_size(ctx.dtype));
-  s.acc = ctx.dtype == DType::F64 ? 8 : 4;
-  s.q_row = static_cast<std::int64_t>(ctx.shape.heads_q) * ctx.shape.head_dim;
-  s.kv_row = static_cast<std::int64_t>(ctx.shape.heads_kv) * ctx.shape.head_dim;
+  s.elem = static_cast<std::size_t>(kernels::dtype_size(dtype));
+  s.acc = dtype == DType::F64 ? 8 : 4;
+  s.q_row = static_cast<std::int64_t>(shape.heads_q) * shape.head_dim;
+  s.kv_row = static_cast<std::int64_t>(shape.heads_kv) * shape.head_dim;
   return s;
 }
+
+bool is_accumulator_type(DType dtype) { return dtype == DType::F32 || dtype == DType::F64; }
 
 void check_context(const CpAttentionContext& ctx, const char* op) {
   DHP_CHECK(ctx.layout != nullptr && ctx.world != nullptr, InvalidArgument,
             "{}: the context needs a layout and a world communicator", op);
-  DHP_CHECK(ctx.dtype == DType::F32 || ctx.dtype == DType::F64, InvalidArgument,
-            "{}: dtype {} not supported: the ring merges into the output, which must be in the "
-            "accumulator type (f32 or f64)", op, kernels::to_string(ctx.dtype));
+  DHP_CHECK(ctx.ranks_per_node >= 0, InvalidArgument, "{}: ranks_per_node={} < 0", op, ctx.ranks_per_node);
+  // The CPU kernels compute in f32/f64 only; refusing here, before any message is posted,
+  // fails every rank of the group the same way instead of leaving exchanges in flight.
+  DHP_CHECK(ctx.world->device() != Device::CPU || is_accumulator_type(ctx.dtype), InvalidArgument,
+            "{}: dtype {} on CPU buffers: the CPU attention kernels support f32 and f64 only "
+            "(bf16/f16 CP attention runs on CUDA buffers; convert to f32 on the CPU)", op,
+            kernels::to_string(ctx.dtype));
   const WaveLayout& L = *ctx.layout;
+  // The ring addresses peers by world rank: a communicator whose ranks are not the
+  // layout's (a sub-communicator, another world) would exchange with the wrong processes.
+  DHP_CHECK(L.group < 0 || ctx.world->rank() == L.group_world_ranks[static_cast<std::size_t>(L.member)],
+            InvalidArgument, "{}: {} is rank {} but the layout is world rank {}'s (member {} of group {})",
+            op, ctx.world->describe(), ctx.world->rank(),
+            L.group < 0 ? -1 : L.group_world_ranks[static_cast<std::size_t>(L.member)], L.member, L.group);
   DHP_CHECK(L.group < 0 || L.num_zigzag == static_cast<int>(L.zigzag_lengths.size()), Internal,
             "{}: layout holds {} zigzag pieces of the group's {} zigzag sequences", op,
             L.num_zigzag, L.zigzag_lengths.size());
@@ -126,14 +170,30 @@ void check_context(const CpAttentionContext& ctx, const char* op) {
 
 bool runs_ring(const WaveLayout& L) { return L.degree() > 1 && !L.zigzag_lengths.empty(); }
 
-// The exchange of one ring step: `sends` to the next member, `recvs` from the previous.
-CommRequestPtr ring_exchange(Communicator& world, const WaveLayout& L, DType dtype,
+RingSpec plain_ring(const CpAttentionContext& ctx) {
+  const WaveLayout& L = *ctx.layout;
+  RingSpec s;
+  s.peers = L.group_world_ranks;
+  s.index = L.member;
+  s.cu_seqlens = L.cu_seqlens;
+  s.positions = L.positions;
+  s.rows = L.rows;
+  s.block_rows = L.zigzag_rows;
+  s.travels = runs_ring(L);
+  s.block = [&L](int m) { return ring_block(L, m); };
+  s.shape = ctx.shape;
+  s.allocator = ctx.allocator;
+  return s;
+}
+
+// The exchange of one ring step: `sends` to the next peer, `recvs` from the previous.
+CommRequestPtr ring_exchange(Communicator& world, const RingSpec& s, DType dtype,
                              std::initializer_list<std::pair<const void*, std::int64_t>> sends,
                              std::initializer_list<std::pair<void*, std::int64_t>> recvs,
                              std::initializer_list<int> tags) {
-  const int d = L.degree();
-  const int next = L.group_world_ranks[static_cast<std::size_t>((L.member + 1) % d)];
-  const int prev = L.group_world_ranks[static_cast<std::size_t>((L.member + d - 1) % d)];
+  const int d = s.degree();
+  const int next = s.peers[static_cast<std::size_t>((s.index + 1) % d)];
+  const int prev = s.peers[static_cast<std::size_t>((s.index + d - 1) % d)];
   std::vector<P2POp> ops;
   auto tag = tags.begin();
   for (const auto& [buffer, count] : sends) {
@@ -147,81 +207,68 @@ CommRequestPtr ring_exchange(Communicator& world, const WaveLayout& L, DType dty
 }
 
 kernels::PackedSeqs packed(const std::int32_t* cu_q, const std::int32_t* cu_k, const std::int32_t* q_pos,
-                           const std::int32_t* k_pos, const WaveLayout& L, std::int64_t total_k) {
+                           const std::int32_t* k_pos, int num_seqs, std::int64_t total_q,
+                           std::int64_t total_k) {
   kernels::PackedSeqs seqs;
   seqs.cu_seqlens_q = cu_q;
   seqs.cu_seqlens_k = cu_k;
   seqs.q_positions = q_pos;
   seqs.k_positions = k_pos;
-  seqs.num_seqs = static_cast<int>(L.pieces.size());
-  seqs.total_q = L.rows;
+  seqs.num_seqs = num_seqs;
+  seqs.total_q = total_q;
   seqs.total_k = total_k;
   return seqs;
 }
 
-void ulysses_forward(const CpAttentionContext& ctx, const void* q, const void* k, const void* v,
-                     void* out, void* lse);
-void ulysses_backward(const CpAttentionContext& ctx, const void* q, const void* k, const void* v,
-                      const void* out, const void* lse, const void* dout, void* dq, void* dk,
-                      void* dv);
-
-}  // namespace
-
-bool uses_ulysses(const WaveLayout& layout, const kernels::AttentionShape& shape) {
-  if (layout.attention == CpAttention::Ring || layout.degree() <= 1 || layout.zigzag_lengths.empty()) return false;
-  const int d = layout.degree();
-  return shape.heads_kv % d == 0 && shape.heads_q % d == 0;
+void convert(DType from, DType to, Device device, std::int64_t count, const void* src, void* dst,
+             void* stream, const WaveLayout& L) {
+  kernels::ConvertArgs args;
+  args.src_dtype = from;
+  args.dst_dtype = to;
+  args.device = device;
+  args.count = count;
+  args.src = src;
+  args.dst = dst;
+  args.stream = stream;
+  check_kernel(kernels::convert_dtype(args), "convert_dtype", L);
 }
 
-void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const void* k,
-                          const void* v, void* out, void* lse) {
-  check_context(ctx, "cp_attention_forward");
+// Ring forward over `s`: local attention at step 0, then d-1 steps of KV passing and
+// merging. bf16/f16 outputs are merged in an fp32 accumulator, converted at the end.
+void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* q, const void* k,
+                  const void* v, void* out, void* lse) {
   const WaveLayout& L = *ctx.layout;
-  if (L.group < 0) return;  // idle in this wave
-  const bool ulysses = ctx.pool != nullptr && ctx.world->device() == Device::CPU && uses_ulysses(L, ctx.shape);
-  if (ulysses) {
-    ulysses_forward(ctx, q, k, v, out, lse);
-    return;
-  }
-  if (L.attention != CpAttention::Ring && L.degree() > 1 && !L.zigzag_lengths.empty()) {
-    // UlyssesRing runs as the ring too (see the header).
-    DHP_LOG_INFO("world rank {}: group {} of degree {} asked for {} (heads_q={}, heads_kv={}, {}, "
-                 "{} buffers): running the ring", L.group_world_ranks[static_cast<std::size_t>(L.member)],
-                 L.group, L.degree(), to_string(L.attention), ctx.shape.heads_q, ctx.shape.heads_kv,
-                 ctx.pool == nullptr ? "no group pool" : "pool given",
-                 ctx.world->device() == Device::CPU ? "CPU" : "CUDA");
-  }
-  const Sizes sz = sizes_of(ctx);
+  const Sizes sz = sizes_of(ctx.dtype, s.shape);
   const Device device = ctx.world->device();
-  Scratch scratch(ctx.allocator);
-  const std::int32_t* cu_local = scratch.index(L.cu_seqlens);
-  const std::int32_t* positions = scratch.index(L.positions);
+  Scratch scratch(s.allocator);
+  const std::int32_t* cu_local = scratch.index(s.cu_seqlens);
+  const std::int32_t* positions = scratch.index(s.positions);
 
   kernels::AttentionForwardArgs args;
   args.dtype = ctx.dtype;
   args.device = device;
-  args.shape = ctx.shape;
+  args.shape = s.shape;
   args.stream = ctx.world->stream();
 
   // The first exchange goes out before the local attention so that it overlaps it.
-  const int d = L.degree();
-  const bool ring = runs_ring(L);
-  const std::int64_t block_elems = max_block_rows(L) * sz.kv_row;
+  const int d = s.degree();
+  const bool ring = s.travels && d > 1;
   void* kbuf[2] = {nullptr, nullptr};
   void* vbuf[2] = {nullptr, nullptr};
   CommRequestPtr pending;
   if (ring) {
+    const std::int64_t block_elems = s.max_block_rows() * sz.kv_row;
     for (int b = 0; b < 2; ++b) {
       kbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
       vbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
     }
-    const std::int64_t own = L.zigzag_rows * sz.kv_row;
-    const std::int64_t incoming = ring_block(L, (L.member + d - 1) % d).rows * sz.kv_row;
-    pending = ring_exchange(*ctx.world, L, ctx.dtype, {{k, own}, {v, own}},
+    const std::int64_t own = s.block_rows * sz.kv_row;
+    const std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
+    pending = ring_exchange(*ctx.world, s, ctx.dtype, {{k, own}, {v, own}},
                             {{kbuf[0], incoming}, {vbuf[0], incoming}}, {kTagK, kTagV});
   }
 
-  args.seqs = packed(cu_local, cu_local, positions, positions, L, L.rows);
+  args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
   args.q = q;
   args.k = k;
   args.v = v;
@@ -230,21 +277,29 @@ void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const vo
   check_kernel(kernels::attention_forward(args), "attention_forward (local block)", L);
   if (!ring) return;
 
-  void* part_out = scratch.bytes(static_cast<std::size_t>(L.rows * sz.q_row) * sz.elem);
-  void* part_lse = scratch.bytes(static_cast<std::size_t>(L.rows * ctx.shape.heads_q) * sz.acc);
+  // The merge accumulates in the accumulator type: the output itself for f32/f64, an fp32
+  // copy of it for bf16/f16 (so that d-1 merges do not round d-1 times).
+  const std::int64_t out_elems = s.rows * sz.q_row;
+  void* out_acc = out;
+  if (!is_accumulator_type(ctx.dtype)) {
+    out_acc = scratch.bytes(static_cast<std::size_t>(out_elems) * sizeof(float));
+    convert(ctx.dtype, DType::F32, device, out_elems, out, out_acc, args.stream, L);
+  }
+  void* part_out = scratch.bytes(static_cast<std::size_t>(out_elems) * sz.elem);
+  void* part_lse = scratch.bytes(static_cast<std::size_t>(s.rows * s.shape.heads_q) * sz.acc);
   for (int step = 1; step < d; ++step) {
     pending->wait();
     const int cur = (step - 1) % 2;
-    const int source = (L.member - step + d) % d;
+    const int source = (s.index - step + d) % d;
+    const RingBlock block = s.block(source);
     if (step + 1 < d) {
-      const std::int64_t sending = ring_block(L, source).rows * sz.kv_row;
-      const std::int64_t incoming = ring_block(L, (source + d - 1) % d).rows * sz.kv_row;
-      pending = ring_exchange(*ctx.world, L, ctx.dtype, {{kbuf[cur], sending}, {vbuf[cur], sending}},
+      const std::int64_t sending = block.rows * sz.kv_row;
+      const std::int64_t incoming = s.block((source + d - 1) % d).rows * sz.kv_row;
+      pending = ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], sending}, {vbuf[cur], sending}},
                               {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
     }
-    const RingBlock block = ring_block(L, source);
     args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
-                       scratch.index(block.k_positions), L, block.rows);
+                       scratch.index(block.k_positions), s.num_seqs(), s.rows, block.rows);
     args.k = kbuf[cur];
     args.v = vbuf[cur];
     args.out = part_out;
@@ -254,40 +309,37 @@ void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const vo
     kernels::MergeArgs merge;
     merge.dtype = ctx.dtype;
     merge.device = device;
-    merge.rows = L.rows;
-    merge.heads = ctx.shape.heads_q;
-    merge.head_dim = ctx.shape.head_dim;
-    merge.out_acc = out;
+    merge.rows = s.rows;
+    merge.heads = s.shape.heads_q;
+    merge.head_dim = s.shape.head_dim;
+    merge.out_acc = out_acc;
     merge.lse_acc = lse;
     merge.out_part = part_out;
     merge.lse_part = part_lse;
     merge.stream = args.stream;
     check_kernel(kernels::merge_attention_partial(merge), "merge_attention_partial", L);
   }
+  if (out_acc != out) convert(DType::F32, ctx.dtype, device, out_elems, out_acc, out, args.stream, L);
 }
 
-void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const void* k,
-                           const void* v, const void* out, const void* lse, const void* dout,
-                           void* dq, void* dk, void* dv) {
-  check_context(ctx, "cp_attention_backward");
+// Ring backward over `s`: KV travels ahead (overlapped), the dK/dV accumulators follow
+// their block, one last hop brings them home. dq, dk, dv are overwritten.
+void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void* q, const void* k,
+                   const void* v, const void* out, const void* lse, const void* dout, void* dq,
+                   void* dk, void* dv) {
   const WaveLayout& L = *ctx.layout;
-  if (L.group < 0) return;
-  if (ctx.pool != nullptr && ctx.world->device() == Device::CPU && uses_ulysses(L, ctx.shape)) {
-    ulysses_backward(ctx, q, k, v, out, lse, dout, dq, dk, dv);
-    return;
-  }
-  const Sizes sz = sizes_of(ctx);
+  const Sizes sz = sizes_of(ctx.dtype, s.shape);
   const Device device = ctx.world->device();
-  Scratch scratch(ctx.allocator);
-  const std::int32_t* cu_local = scratch.index(L.cu_seqlens);
-  const std::int32_t* positions = scratch.index(L.positions);
-  const int d = L.degree();
-  const bool ring = runs_ring(L);
+  Scratch scratch(s.allocator);
+  const std::int32_t* cu_local = scratch.index(s.cu_seqlens);
+  const std::int32_t* positions = scratch.index(s.positions);
+  const int d = s.degree();
+  const bool ring = s.travels && d > 1;
 
   kernels::AttentionBackwardArgs args;
   args.dtype = ctx.dtype;
   args.device = device;
-  args.shape = ctx.shape;
+  args.shape = s.shape;
   args.stream = ctx.world->stream();
   args.q = q;
   args.out = out;
@@ -295,22 +347,23 @@ void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const v
   args.lse = lse;
   args.dq = dq;
 
-  const std::int64_t block_elems = max_block_rows(L) * sz.kv_row;
+  std::int64_t block_elems = 0;
   void* kbuf[2] = {nullptr, nullptr};
   void* vbuf[2] = {nullptr, nullptr};
   CommRequestPtr kv_pending;
   if (ring) {
+    block_elems = s.max_block_rows() * sz.kv_row;
     for (int b = 0; b < 2; ++b) {
       kbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
       vbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
     }
-    const std::int64_t own = L.zigzag_rows * sz.kv_row;
-    const std::int64_t incoming = ring_block(L, (L.member + d - 1) % d).rows * sz.kv_row;
-    kv_pending = ring_exchange(*ctx.world, L, ctx.dtype, {{k, own}, {v, own}},
+    const std::int64_t own = s.block_rows * sz.kv_row;
+    const std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
+    kv_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{k, own}, {v, own}},
                                {{kbuf[0], incoming}, {vbuf[0], incoming}}, {kTagK, kTagV});
   }
 
-  args.seqs = packed(cu_local, cu_local, positions, positions, L, L.rows);
+  args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
   args.k = k;
   args.v = v;
   args.dk = dk;
@@ -324,26 +377,26 @@ void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const v
                     scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem)};
   void* dvbuf[2] = {scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem),
                     scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem)};
-  const std::int64_t own = L.zigzag_rows * sz.kv_row;
-  std::int64_t incoming = ring_block(L, (L.member + d - 1) % d).rows * sz.kv_row;
-  CommRequestPtr grad_pending = ring_exchange(*ctx.world, L, ctx.dtype, {{dk, own}, {dv, own}},
+  const std::int64_t own = s.block_rows * sz.kv_row;
+  std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
+  CommRequestPtr grad_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{dk, own}, {dv, own}},
                                               {{dkbuf[0], incoming}, {dvbuf[0], incoming}},
                                               {kTagDK, kTagDV});
   args.accumulate = true;
   for (int step = 1; step < d; ++step) {
     kv_pending->wait();
     const int cur = (step - 1) % 2;
-    const int source = (L.member - step + d) % d;
-    const RingBlock block = ring_block(L, source);
+    const int source = (s.index - step + d) % d;
+    const RingBlock block = s.block(source);
     const std::int64_t holding = block.rows * sz.kv_row;
     if (step + 1 < d) {
-      incoming = ring_block(L, (source + d - 1) % d).rows * sz.kv_row;
-      kv_pending = ring_exchange(*ctx.world, L, ctx.dtype, {{kbuf[cur], holding}, {vbuf[cur], holding}},
+      incoming = s.block((source + d - 1) % d).rows * sz.kv_row;
+      kv_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], holding}, {vbuf[cur], holding}},
                                  {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
     }
     grad_pending->wait();
     args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
-                       scratch.index(block.k_positions), L, block.rows);
+                       scratch.index(block.k_positions), s.num_seqs(), s.rows, block.rows);
     args.k = kbuf[cur];
     args.v = vbuf[cur];
     args.dk = dkbuf[cur];
@@ -354,40 +407,43 @@ void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const v
     const bool last = step + 1 == d;
     void* next_dk = last ? dk : dkbuf[1 - cur];
     void* next_dv = last ? dv : dvbuf[1 - cur];
-    incoming = last ? own : ring_block(L, (source + d - 1) % d).rows * sz.kv_row;
-    grad_pending = ring_exchange(*ctx.world, L, ctx.dtype, {{dkbuf[cur], holding}, {dvbuf[cur], holding}},
+    incoming = last ? own : s.block((source + d - 1) % d).rows * sz.kv_row;
+    grad_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{dkbuf[cur], holding}, {dvbuf[cur], holding}},
                                  {{next_dk, incoming}, {next_dv, incoming}}, {kTagDK, kTagDV});
   }
   grad_pending->wait();
 }
 
-namespace {
-
-// Ulysses moves of one group: the group's Zigzag rows [0, zigzag_rows) of every member,
-// all heads -> all rows of the group's Zigzag sequences, heads/d heads, packed per sequence.
+// Ulysses moves inside one node of a group: the node's members are group members
+// [base, base + u) (all of them for plain Ulysses: base 0, u = d). Their Zigzag rows
+// [0, zigzag_rows), all heads -> all of the node's rows of every Zigzag sequence for
+// heads/u heads, packed per sequence, member by member. The all_to_all_v runs on the
+// group's pool communicator with zero counts outside the node, so UlyssesRing needs no
+// communicator beyond the one prewarm() already creates for the group.
 class UlyssesLayout {
  public:
-  UlyssesLayout(const CpAttentionContext& ctx)
-      : ctx_(ctx), L_(*ctx.layout), d_(L_.degree()), group_(ctx.pool->get(L_.group_world_ranks)) {
+  UlyssesLayout(const CpAttentionContext& ctx, int base, int u)
+      : ctx_(ctx), L_(*ctx.layout), d_(L_.degree()), base_(base), u_(u),
+        group_(ctx.pool->get(L_.group_world_ranks)) {
     DHP_CHECK(ctx.world->device() == Device::CPU, InvalidArgument,
               "Ulysses attention reshapes lse on the host and needs CPU buffers (got {})",
               ctx.world->describe());
     // Received rows come member by member; within a member, piece by piece.
-    std::vector<std::vector<std::int64_t>> piece_offset(static_cast<std::size_t>(d_));
+    std::vector<std::vector<std::int64_t>> piece_offset(static_cast<std::size_t>(u_));
     std::int64_t offset = 0;
-    for (int m = 0; m < d_; ++m) {
+    for (int m = 0; m < u_; ++m) {
       member_rows_.push_back(0);
       for (std::int64_t length : L_.zigzag_lengths) {
         piece_offset[static_cast<std::size_t>(m)].push_back(offset);
-        const std::int64_t rows = zigzag_chunks(length, d_, m).rows();
+        const std::int64_t rows = zigzag_chunks(length, d_, base_ + m).rows();
         offset += rows;
         member_rows_.back() += rows;
       }
     }
     cu_.push_back(0);
     for (std::size_t z = 0; z < L_.zigzag_lengths.size(); ++z) {
-      for (int m = 0; m < d_; ++m) {
-        const ZigzagChunks c = zigzag_chunks(L_.zigzag_lengths[z], d_, m);
+      for (int m = 0; m < u_; ++m) {
+        const ZigzagChunks c = zigzag_chunks(L_.zigzag_lengths[z], d_, base_ + m);
         std::int64_t row = piece_offset[static_cast<std::size_t>(m)][z];
         for (std::int64_t p = c.begin0; p < c.end0; ++p, ++row) add_row(row, p);
         for (std::int64_t p = c.begin1; p < c.end1; ++p, ++row) add_row(row, p);
@@ -400,10 +456,10 @@ class UlyssesLayout {
   const std::vector<std::int32_t>& cu_seqlens() const { return cu_; }
   const std::vector<std::int32_t>& positions() const { return positions_; }
 
-  // [zigzag_rows, heads, hd] of this member -> [rows(), heads/d, hd] packed.
+  // [zigzag_rows, heads, hd] of this member -> [rows(), heads/u, hd] packed.
   std::vector<std::byte> to_packed(const void* local, int heads) const {
     const std::size_t row_bytes = block_row_bytes(heads);
-    std::vector<std::byte> scattered(static_cast<std::size_t>(L_.zigzag_rows) * row_bytes * d_);
+    std::vector<std::byte> scattered(static_cast<std::size_t>(L_.zigzag_rows) * row_bytes * u_);
     head_move(kernels::ulysses_head_scatter, local, scattered.data(), heads);
     std::vector<std::byte> received(static_cast<std::size_t>(rows()) * row_bytes);
     exchange(scattered.data(), own_counts(heads), received.data(), member_counts(heads));
@@ -419,18 +475,18 @@ class UlyssesLayout {
     std::vector<std::byte> by_member(packed.size());
     for (std::size_t p = 0; p < packed_from_.size(); ++p)
       std::memcpy(by_member.data() + packed_from_[p] * row_bytes, packed.data() + p * row_bytes, row_bytes);
-    std::vector<std::byte> scattered(static_cast<std::size_t>(L_.zigzag_rows) * row_bytes * d_);
+    std::vector<std::byte> scattered(static_cast<std::size_t>(L_.zigzag_rows) * row_bytes * u_);
     exchange(by_member.data(), member_counts(heads), scattered.data(), own_counts(heads));
     head_move(kernels::ulysses_head_gather, scattered.data(), local, heads);
   }
 
-  // lse [heads_q, local rows] (accumulator type) -> [heads_q/d, rows()] for this member's heads.
+  // lse [heads_q, local rows] (accumulator type) -> [heads_q/u, rows()] for this member's heads.
   template <typename Acc>
   std::vector<Acc> lse_to_packed(const Acc* lse) const {
-    const int hb = ctx_.shape.heads_q / d_;
+    const int hb = ctx_.shape.heads_q / u_;
     // Row-major [rows][heads] per destination so that it moves like a token row.
     std::vector<Acc> rows_major(static_cast<std::size_t>(L_.zigzag_rows * ctx_.shape.heads_q));
-    for (int j = 0; j < d_; ++j)
+    for (int j = 0; j < u_; ++j)
       for (std::int64_t r = 0; r < L_.zigzag_rows; ++r)
         for (int h = 0; h < hb; ++h)
           rows_major[static_cast<std::size_t>((j * L_.zigzag_rows + r) * hb + h)] =
@@ -448,7 +504,7 @@ class UlyssesLayout {
 
   template <typename Acc>
   void lse_from_packed(const std::vector<Acc>& packed, Acc* lse) const {
-    const int hb = ctx_.shape.heads_q / d_;
+    const int hb = ctx_.shape.heads_q / u_;
     std::vector<Acc> by_member(packed.size());
     for (std::size_t p = 0; p < packed_from_.size(); ++p)
       for (int h = 0; h < hb; ++h)
@@ -457,7 +513,7 @@ class UlyssesLayout {
     std::vector<Acc> rows_major(static_cast<std::size_t>(L_.zigzag_rows * ctx_.shape.heads_q));
     exchange(by_member.data(), scale(member_rows_, hb * static_cast<int>(sizeof(Acc))), rows_major.data(),
              scale(own_rows_counts(), hb * static_cast<int>(sizeof(Acc))));
-    for (int j = 0; j < d_; ++j)
+    for (int j = 0; j < u_; ++j)
       for (std::int64_t r = 0; r < L_.zigzag_rows; ++r)
         for (int h = 0; h < hb; ++h)
           lse[static_cast<std::size_t>((j * hb + h) * L_.rows + r)] =
@@ -470,11 +526,11 @@ class UlyssesLayout {
     positions_.push_back(static_cast<std::int32_t>(position));
   }
   std::size_t block_row_bytes(int heads) const {
-    return static_cast<std::size_t>(heads / d_) * static_cast<std::size_t>(ctx_.shape.head_dim) *
+    return static_cast<std::size_t>(heads / u_) * static_cast<std::size_t>(ctx_.shape.head_dim) *
            static_cast<std::size_t>(kernels::dtype_size(ctx_.dtype));
   }
   std::vector<std::int64_t> own_rows_counts() const {
-    return std::vector<std::int64_t>(static_cast<std::size_t>(d_), L_.zigzag_rows);
+    return std::vector<std::int64_t>(static_cast<std::size_t>(u_), L_.zigzag_rows);
   }
   static std::vector<std::int64_t> scale(const std::vector<std::int64_t>& rows, int bytes_per_row) {
     std::vector<std::int64_t> out(rows.size());
@@ -487,9 +543,15 @@ class UlyssesLayout {
   std::vector<std::int64_t> member_counts(int heads) const {
     return scale(member_rows_, static_cast<int>(block_row_bytes(heads)));
   }
-  // Byte all_to_all_v inside the group with packed (displacement = prefix sum) layouts.
-  void exchange(const void* send, const std::vector<std::int64_t>& send_bytes, void* recv,
-                const std::vector<std::int64_t>& recv_bytes) const {
+  // Byte all_to_all_v over the group with the node's counts (`u` entries) placed at the
+  // node's members and zero elsewhere; packed (displacement = prefix sum) layouts.
+  void exchange(const void* send, const std::vector<std::int64_t>& node_send_bytes, void* recv,
+                const std::vector<std::int64_t>& node_recv_bytes) const {
+    std::vector<std::int64_t> send_bytes(static_cast<std::size_t>(d_)), recv_bytes(static_cast<std::size_t>(d_));
+    for (int m = 0; m < u_; ++m) {
+      send_bytes[static_cast<std::size_t>(base_ + m)] = node_send_bytes[static_cast<std::size_t>(m)];
+      recv_bytes[static_cast<std::size_t>(base_ + m)] = node_recv_bytes[static_cast<std::size_t>(m)];
+    }
     std::vector<std::int64_t> sd(send_bytes.size()), rd(recv_bytes.size());
     for (std::size_t i = 1; i < sd.size(); ++i) {
       sd[i] = sd[i - 1] + send_bytes[i - 1];
@@ -505,7 +567,7 @@ class UlyssesLayout {
     args.tokens = L_.zigzag_rows;
     args.heads = heads;
     args.head_dim = ctx_.shape.head_dim;
-    args.degree = d_;
+    args.degree = u_;
     args.src = src;
     args.dst = dst;
     check_kernel(move(args), "ulysses head scatter/gather", L_);
@@ -513,42 +575,51 @@ class UlyssesLayout {
 
   const CpAttentionContext& ctx_;
   const WaveLayout& L_;
-  int d_;
+  int d_;      // group degree (the Zigzag chunking)
+  int base_;   // first group member of this node
+  int u_;      // Ulysses degree: members of this node
   Communicator& group_;
-  std::vector<std::int64_t> member_rows_;   // zigzag rows of each member
+  std::vector<std::int64_t> member_rows_;   // zigzag rows of each node member
   std::vector<std::int64_t> packed_from_;   // received row of each packed row
   std::vector<std::int32_t> positions_;     // position of each packed row
   std::vector<std::int32_t> cu_;            // per Zigzag sequence
 };
 
-kernels::AttentionShape ulysses_shape(const CpAttentionContext& ctx) {
-  kernels::AttentionShape shape = ctx.shape;
-  const int d = ctx.layout->degree();
-  shape.heads_q /= d;
-  shape.heads_kv /= d;
-  return shape;
-}
-
-kernels::PackedSeqs ulysses_seqs(const UlyssesLayout& u) {
-  kernels::PackedSeqs seqs;
-  seqs.cu_seqlens_q = seqs.cu_seqlens_k = u.cu_seqlens().data();
-  seqs.q_positions = seqs.k_positions = u.positions().data();
-  seqs.num_seqs = static_cast<int>(u.cu_seqlens().size()) - 1;
-  seqs.total_q = seqs.total_k = u.rows();
-  return seqs;
+// The ring across nodes of UlyssesRing, in the packed space of `u`: ranks with the same
+// Ulysses index in every node, each holding its node's rows for heads/u heads. With one
+// node (plain Ulysses) it is a ring of one: local attention only.
+RingSpec node_ring(const CpAttentionContext& ctx, const UlyssesLayout& packed_layout, int u) {
+  const WaveLayout& L = *ctx.layout;
+  const int nodes = L.degree() / u;
+  const int node = L.member / u, index_in_node = L.member % u;
+  RingSpec s;
+  for (int n = 0; n < nodes; ++n) s.peers.push_back(L.group_world_ranks[static_cast<std::size_t>(n * u + index_in_node)]);
+  s.index = node;
+  s.cu_seqlens = packed_layout.cu_seqlens();
+  s.positions = packed_layout.positions();
+  s.rows = packed_layout.rows();
+  s.block_rows = s.rows;
+  s.travels = nodes > 1;
+  s.block = [&L, u](int n) { return node_block(L, u, n); };
+  s.shape = ctx.shape;
+  s.shape.heads_q /= u;
+  s.shape.heads_kv /= u;
+  s.allocator = nullptr;  // packed buffers are on the host
+  return s;
 }
 
 // Whole pieces attend locally; the local pass also writes (discarded) values for the
 // Zigzag rows, which the Ulysses result then overwrites.
 template <typename Acc>
-void ulysses_forward_typed(const CpAttentionContext& ctx, const void* q, const void* k, const void* v,
-                           void* out, Acc* lse) {
+void ulysses_forward_typed(const CpAttentionContext& ctx, int u, const void* q, const void* k,
+                           const void* v, void* out, Acc* lse) {
   const WaveLayout& L = *ctx.layout;
   kernels::AttentionForwardArgs args;
   args.dtype = ctx.dtype;
   args.device = Device::CPU;
   args.shape = ctx.shape;
-  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(), L.positions.data(), L, L.rows);
+  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(), L.positions.data(),
+                     static_cast<int>(L.pieces.size()), L.rows, L.rows);
   args.q = q;
   args.k = k;
   args.v = v;
@@ -556,34 +627,28 @@ void ulysses_forward_typed(const CpAttentionContext& ctx, const void* q, const v
   args.lse = lse;
   check_kernel(kernels::attention_forward(args), "attention_forward (local pieces)", L);
 
-  const UlyssesLayout u(ctx);
-  const auto uq = u.to_packed(q, ctx.shape.heads_q);
-  const auto uk = u.to_packed(k, ctx.shape.heads_kv);
-  const auto uv = u.to_packed(v, ctx.shape.heads_kv);
+  const UlyssesLayout layout(ctx, L.member / u * u, u);
+  const auto uq = layout.to_packed(q, ctx.shape.heads_q);
+  const auto uk = layout.to_packed(k, ctx.shape.heads_kv);
+  const auto uv = layout.to_packed(v, ctx.shape.heads_kv);
   std::vector<std::byte> uout(uq.size());
-  std::vector<Acc> ulse(static_cast<std::size_t>(u.rows() * (ctx.shape.heads_q / L.degree())));
-  args.shape = ulysses_shape(ctx);
-  args.seqs = ulysses_seqs(u);
-  args.q = uq.data();
-  args.k = uk.data();
-  args.v = uv.data();
-  args.out = uout.data();
-  args.lse = ulse.data();
-  check_kernel(kernels::attention_forward(args), "attention_forward (Ulysses)", L);
-  u.from_packed(uout, out, ctx.shape.heads_q);
-  u.lse_from_packed(ulse, lse);
+  std::vector<Acc> ulse(static_cast<std::size_t>(layout.rows() * (ctx.shape.heads_q / u)));
+  ring_forward(ctx, node_ring(ctx, layout, u), uq.data(), uk.data(), uv.data(), uout.data(), ulse.data());
+  layout.from_packed(uout, out, ctx.shape.heads_q);
+  layout.lse_from_packed(ulse, lse);
 }
 
 template <typename Acc>
-void ulysses_backward_typed(const CpAttentionContext& ctx, const void* q, const void* k, const void* v,
-                            const void* out, const Acc* lse, const void* dout, void* dq, void* dk,
-                            void* dv) {
+void ulysses_backward_typed(const CpAttentionContext& ctx, int u, const void* q, const void* k,
+                            const void* v, const void* out, const Acc* lse, const void* dout,
+                            void* dq, void* dk, void* dv) {
   const WaveLayout& L = *ctx.layout;
   kernels::AttentionBackwardArgs args;
   args.dtype = ctx.dtype;
   args.device = Device::CPU;
   args.shape = ctx.shape;
-  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(), L.positions.data(), L, L.rows);
+  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(), L.positions.data(),
+                     static_cast<int>(L.pieces.size()), L.rows, L.rows);
   args.q = q;
   args.k = k;
   args.v = v;
@@ -595,47 +660,93 @@ void ulysses_backward_typed(const CpAttentionContext& ctx, const void* q, const 
   args.dv = dv;
   check_kernel(kernels::attention_backward(args), "attention_backward (local pieces)", L);
 
-  const UlyssesLayout u(ctx);
+  const UlyssesLayout layout(ctx, L.member / u * u, u);
   const int hq = ctx.shape.heads_q, hkv = ctx.shape.heads_kv;
-  const auto uq = u.to_packed(q, hq), uk = u.to_packed(k, hkv), uv = u.to_packed(v, hkv);
-  const auto uout = u.to_packed(out, hq), udout = u.to_packed(dout, hq);
-  const auto ulse = u.lse_to_packed(lse);
+  const auto uq = layout.to_packed(q, hq), uk = layout.to_packed(k, hkv), uv = layout.to_packed(v, hkv);
+  const auto uout = layout.to_packed(out, hq), udout = layout.to_packed(dout, hq);
+  const auto ulse = layout.lse_to_packed(lse);
   std::vector<std::byte> udq(uq.size()), udk(uk.size()), udv(uv.size());
-  args.shape = ulysses_shape(ctx);
-  args.seqs = ulysses_seqs(u);
-  args.q = uq.data();
-  args.k = uk.data();
-  args.v = uv.data();
-  args.out = uout.data();
-  args.dout = udout.data();
-  args.lse = ulse.data();
-  args.dq = udq.data();
-  args.dk = udk.data();
-  args.dv = udv.data();
-  check_kernel(kernels::attention_backward(args), "attention_backward (Ulysses)", L);
-  u.from_packed(udq, dq, hq);
-  u.from_packed(udk, dk, hkv);
-  u.from_packed(udv, dv, hkv);
+  ring_backward(ctx, node_ring(ctx, layout, u), uq.data(), uk.data(), uv.data(), uout.data(),
+                ulse.data(), udout.data(), udq.data(), udk.data(), udv.data());
+  layout.from_packed(udq, dq, hq);
+  layout.from_packed(udk, dk, hkv);
+  layout.from_packed(udv, dv, hkv);
 }
 
-void ulysses_forward(const CpAttentionContext& ctx, const void* q, const void* k, const void* v,
-                     void* out, void* lse) {
-  if (ctx.dtype == DType::F64) {
-    ulysses_forward_typed(ctx, q, k, v, out, static_cast<double*>(lse));
-  } else {
-    ulysses_forward_typed(ctx, q, k, v, out, static_cast<float*>(lse));
+// The Ulysses degree this rank runs with (1: the plain ring), logging why a group that
+// asked for Ulysses runs the ring.
+int chosen_ulysses_degree(const CpAttentionContext& ctx) {
+  const WaveLayout& L = *ctx.layout;
+  if (L.attention == CpAttention::Ring || !runs_ring(L)) return 1;
+  const int u = ulysses_degree(L, ctx.shape, ctx.ranks_per_node);
+  const bool usable = u > 1 && ctx.pool != nullptr && ctx.world->device() == Device::CPU &&
+                      is_accumulator_type(ctx.dtype);
+  if (!usable) {
+    DHP_LOG_INFO("world rank {}: group {} of degree {} asked for {} (heads_q={}, heads_kv={}, "
+                 "Ulysses degree {}, ranks_per_node={}, {}, {} buffers, {}): running the ring",
+                 L.group_world_ranks[static_cast<std::size_t>(L.member)], L.group, L.degree(),
+                 to_string(L.attention), ctx.shape.heads_q, ctx.shape.heads_kv, u, ctx.ranks_per_node,
+                 ctx.pool == nullptr ? "no group pool" : "pool given",
+                 ctx.world->device() == Device::CPU ? "CPU" : "CUDA", kernels::to_string(ctx.dtype));
+    return 1;
   }
-}
-
-void ulysses_backward(const CpAttentionContext& ctx, const void* q, const void* k, const void* v,
-                      const void* out, const void* lse, const void* dout, void* dq, void* dk,
-                      void* dv) {
-  if (ctx.dtype == DType::F64) {
-    ulysses_backward_typed(ctx, q, k, v, out, static_cast<const double*>(lse), dout, dq, dk, dv);
-  } else {
-    ulysses_backward_typed(ctx, q, k, v, out, static_cast<const float*>(lse), dout, dq, dk, dv);
-  }
+  return u;
 }
 
 }  // namespace
+
+int ulysses_degree(const WaveLayout& layout, const kernels::AttentionShape& shape, int ranks_per_node) {
+  const int d = layout.degree();
+  if (layout.attention == CpAttention::Ring || d <= 1 || layout.zigzag_lengths.empty()) return 1;
+  int u = d;
+  if (layout.attention == CpAttention::UlyssesRing && ranks_per_node > 0) {
+    // Node-major ring order: every node holds the same number u of consecutive members.
+    const auto node_of = [&](int m) { return layout.group_world_ranks[static_cast<std::size_t>(m)] / ranks_per_node; };
+    u = 1;
+    while (u < d && node_of(u) == node_of(0)) ++u;
+    if (d % u != 0) return 1;
+    for (int m = 0; m < d; ++m) {
+      if (node_of(m) != node_of(m / u * u)) return 1;                    // a node split across runs
+      if (m % u == 0 && m > 0 && node_of(m) == node_of(m - 1)) return 1;  // a run longer than u
+    }
+  }
+  if (u <= 1 || shape.heads_kv % u != 0 || shape.heads_q % u != 0) return 1;
+  return u;
+}
+
+bool uses_ulysses(const WaveLayout& layout, const kernels::AttentionShape& shape) {
+  return ulysses_degree(layout, shape, 0) > 1;
+}
+
+void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const void* k,
+                          const void* v, void* out, void* lse) {
+  check_context(ctx, "cp_attention_forward");
+  const WaveLayout& L = *ctx.layout;
+  if (L.group < 0) return;  // idle in this wave
+  const int u = chosen_ulysses_degree(ctx);
+  if (u == 1) {
+    ring_forward(ctx, plain_ring(ctx), q, k, v, out, lse);
+  } else if (ctx.dtype == DType::F64) {
+    ulysses_forward_typed(ctx, u, q, k, v, out, static_cast<double*>(lse));
+  } else {
+    ulysses_forward_typed(ctx, u, q, k, v, out, static_cast<float*>(lse));
+  }
+}
+
+void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const void* k,
+                           const void* v, const void* out, const void* lse, const void* dout,
+                           void* dq, void* dk, void* dv) {
+  check_context(ctx, "cp_attention_backward");
+  const WaveLayout& L = *ctx.layout;
+  if (L.group < 0) return;
+  const int u = chosen_ulysses_degree(ctx);
+  if (u == 1) {
+    ring_backward(ctx, plain_ring(ctx), q, k, v, out, lse, dout, dq, dk, dv);
+  } else if (ctx.dtype == DType::F64) {
+    ulysses_backward_typed(ctx, u, q, k, v, out, static_cast<const double*>(lse), dout, dq, dk, dv);
+  } else {
+    ulysses_backward_typed(ctx, u, q, k, v, out, static_cast<const float*>(lse), dout, dq, dk, dv);
+  }
+}
+
 }  // namespace dhp

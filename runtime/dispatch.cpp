@@ -103,6 +103,22 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
     DHP_CHECK(sample_lengths[s] >= 0, InvalidArgument, "dispatch: sample {} has length {}", s,
               sample_lengths[s]);
   }
+  // The groups, checked the same way on every rank so that a bad plan fails everywhere
+  // instead of only on the ranks it touches (the others would wait on them).
+  std::vector<int> group_of_rank(static_cast<std::size_t>(llm.ranks), -1);
+  for (std::size_t g = 0; g < wave.groups.size(); ++g) {
+    const GroupPlan& group = wave.groups[g];
+    DHP_CHECK(group.degree() > 0, InvalidArgument, "dispatch: group {} of wave {} has no ranks", g, wave_index);
+    for (int r : group.ranks) {
+      DHP_CHECK(r >= 0 && r < llm.ranks, InvalidArgument,
+                "dispatch: group {} of wave {} holds plan rank {} outside the LLM's [0, {})", g,
+                wave_index, r, llm.ranks);
+      int& owner = group_of_rank[static_cast<std::size_t>(r)];
+      DHP_CHECK(owner < 0, InvalidArgument, "dispatch: plan rank {} is in groups {} and {} of wave {}", r,
+                owner, g, wave_index);
+      owner = static_cast<int>(g);
+    }
+  }
   for (const SequencePlan& seq : wave.sequences) {
     DHP_CHECK(seq.sample >= 0 && static_cast<std::size_t>(seq.sample) < num_samples, InvalidArgument,
               "dispatch: wave {} runs sample {} but the batch has {}", wave_index, seq.sample, num_samples);

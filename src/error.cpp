@@ -14,6 +14,8 @@ const char* to_string(ErrorKind kind) noexcept {
 }
 
 Error::Error(ErrorKind kind, const std::string& message)
-    : std::runtime_error(fmt::format("dhp: {}: {}", to_string(kind), message)), kind_(kind) {}
+    : std::runtime_error(fmt::format("dhp: {}: {}", to_string(kind), message)),
+      kind_(kind),
+      message_(message) {}
 
 }  // namespace dhp

@@ -189,7 +189,7 @@ void validate_at(const std::string& path, Fn&& fn) {
   try {
     fn();
   } catch (const Error& e) {
-    DHP_THROW(InvalidInput, "{}: {}", where(path), e.what());
+    DHP_THROW(InvalidInput, "{}: {}", where(path), e.message());
   }
 }
 
@@ -250,7 +250,7 @@ ClusterSpec cluster_from(const json& obj, const std::string& path) {
     try {
       c = cluster_preset(name);
     } catch (const Error& e) {
-      DHP_THROW(InvalidInput, "{}: {}", p, e.what());
+      DHP_THROW(InvalidInput, "{}: {}", p, e.message());
     }
   }
   const bool required = preset == nullptr;
@@ -294,7 +294,7 @@ ModelSpec model_from(const json& obj, const std::string& path) {
     try {
       m = model_preset(name);
     } catch (const Error& e) {
-      DHP_THROW(InvalidInput, "{}: {}", p, e.what());
+      DHP_THROW(InvalidInput, "{}: {}", p, e.message());
     }
   }
   const bool required = preset == nullptr;
@@ -678,7 +678,7 @@ Spec load_spec(const std::string& preset_or_path, const std::vector<std::string>
   try {
     return parse_text(read_text_file(preset_or_path));
   } catch (const Error& e) {
-    DHP_THROW(InvalidInput, "{}: {}", preset_or_path, e.what());
+    DHP_THROW(InvalidInput, "{}: {}", preset_or_path, e.message());
   }
 }
 

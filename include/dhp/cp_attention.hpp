@@ -16,12 +16,22 @@
 //
 // Ulysses (d | heads_kv and d | heads_q): one all_to_all_v over heads inside the group
 // (a GroupPool sub-communicator) gives each member all rows of the group's Zigzag
-// sequences for heads/d heads; local attention; the inverse all_to_all_v. Groups whose
-// heads do not divide fall back to the ring, with a log line saying so. UlyssesRing runs
-// as Ring here (see docs/runtime.md).
+// sequences for heads/d heads; local attention; the inverse all_to_all_v.
 //
-// dtypes: F32 and F64 (the ring merges into the output buffers, which are then in the
-// accumulator type). Buffers on CPU; CUDA buffers need `allocator` for the temporaries.
+// UlyssesRing (degree d = u x r): the group's ring order is node-major (the planner orders
+// rings node by node); a node is `ranks_per_node` consecutive world ranks. The u members
+// of a node do the Ulysses all_to_all_v over heads (u | heads_kv, u | heads_q) on the
+// group's pool communicator (zero counts outside the node), each then holding all of its
+// node's rows for heads/u heads; the ring runs across the r nodes between the ranks with
+// the same Ulysses index (P2P on the world), with KV passing and the LSE merge; then the
+// inverse all_to_all_v. Groups whose heads or nodes do not fit, groups without a pool,
+// GPU buffers and bf16/f16 fall back to the ring, with a log line saying why.
+//
+// dtypes: F32 and F64; BF16 and F16 on the ring path where the attention kernels support
+// them (CUDA; the CPU kernels return Unsupported): the merge accumulates the output in an
+// fp32 copy (lse is always in the accumulator type) converted to the output dtype at the
+// end; dK/dV accumulate in the buffers' dtype. Buffers on CPU; CUDA buffers need
+// `allocator` for the temporaries.
 #pragma once
 
 #include <cstddef>
@@ -52,6 +62,9 @@ struct CpAttentionContext {
   Communicator* world = nullptr;       // ring P2P, global ranks
   GroupPool* pool = nullptr;           // Ulysses sub-communicators; null: Ulysses runs as Ring
   BufferAllocator* allocator = nullptr;  // null: host buffers
+  // UlyssesRing: world ranks a and b share a node iff a / ranks_per_node == b / ranks_per_node
+  // (processes per node, TP included). 0: the whole group is on one node (plain Ulysses).
+  int ranks_per_node = 0;
 };
 
 // out [rows, heads_q, head_dim] (dtype), lse [heads_q, rows] (accumulator type).
@@ -62,7 +75,12 @@ void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const v
                            const void* v, const void* out, const void* lse, const void* dout,
                            void* dq, void* dk, void* dv);
 
-// Whether the group of `layout` runs Ulysses with these heads (else the ring).
+// Whether the group of `layout` runs Ulysses with these heads (else the ring); for
+// UlyssesRing, with the whole group taken as one node.
 bool uses_ulysses(const WaveLayout& layout, const kernels::AttentionShape& shape);
+// The Ulysses degree of the group of `layout`: d for Ulysses, u (members per node, the
+// same on every node, consecutive in ring order) for UlyssesRing, 1 where the group runs
+// the plain ring (Ring groups, heads not divisible, irregular nodes, degree 1).
+int ulysses_degree(const WaveLayout& layout, const kernels::AttentionShape& shape, int ranks_per_node);
 
 }  // namespace dhp

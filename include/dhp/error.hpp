@@ -23,9 +23,12 @@ class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, const std::string& message);
   ErrorKind kind() const noexcept { return kind_; }
+  // The message without the "dhp: <kind>: " prefix of what(), for wrapping with context.
+  const std::string& message() const noexcept { return message_; }
 
  private:
   ErrorKind kind_;
+  std::string message_;
 };
 
 // Throws dhp::Error with a fmt-formatted message: DHP_THROW(InvalidArgument, "ranks={} < 1", n)

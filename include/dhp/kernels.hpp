@@ -130,6 +130,20 @@ struct MergeArgs {
 };
 Status merge_attention_partial(const MergeArgs& args);
 
+// Element-wise dtype conversion, dst[i] = src[i] rounded to nearest even (e.g. the fp32
+// accumulator of a bf16 CP attention into the bf16 output, and back). CPU: any pair of
+// dtypes; CUDA: f32 <-> f32/bf16/f16. src and dst must not overlap unless equal dtypes.
+struct ConvertArgs {
+  DType src_dtype = DType::F32;
+  DType dst_dtype = DType::F32;
+  Device device = Device::CPU;
+  std::int64_t count = 0;  // elements
+  const void* src = nullptr;
+  void* dst = nullptr;
+  void* stream = nullptr;
+};
+Status convert_dtype(const ConvertArgs& args);
+
 // Zigzag sharding of packed sequences over `degree` ranks: sequence of length L is cut
 // into 2*degree chunks with boundaries floor(c*L / (2*degree)); rank r holds chunks r and
 // 2*degree-1-r, in that order. Works for any L >= 0 (chunks may be empty).

@@ -26,5 +26,6 @@ void gather_rows(const RowCopyArgs& args);
 void scatter_rows(const RowCopyArgs& args);
 void ulysses_head_scatter(const HeadScatterArgs& args);
 void ulysses_head_gather(const HeadScatterArgs& args);
+void convert_dtype(const ConvertArgs& args);
 
 }  // namespace dhp::kernels::cpu

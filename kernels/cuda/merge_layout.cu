@@ -144,7 +144,44 @@ Status head_copy(const HeadScatterArgs& args, CopyKind kind, std::string& error)
   return copy_chunks(args.src, args.dst, plan, block_bytes, as_stream(args.stream), error);
 }
 
+template <typename Src, typename Dst>
+__global__ void convert_kernel(const Src* src, Dst* dst, std::int64_t count) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = static_cast<Dst>(static_cast<float>(src[i]));
+}
+
+template <typename Src, typename Dst>
+void launch_convert(const ConvertArgs& args, cudaStream_t stream) {
+  const int threads = 256;
+  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((args.count + threads - 1) / threads, 65535));
+  convert_kernel<Src, Dst><<<blocks, threads, 0, stream>>>(static_cast<const Src*>(args.src),
+                                                           static_cast<Dst*>(args.dst), args.count);
+}
+
 }  // namespace
+
+Status convert_dtype(const ConvertArgs& args, std::string& error) {
+  if (args.count == 0) return Status::Ok;
+  const cudaStream_t stream = as_stream(args.stream);
+  const DType from = args.src_dtype, to = args.dst_dtype;
+  if (from == DType::F32 && to == DType::F32) {
+    launch_convert<float, float>(args, stream);
+  } else if (from == DType::F32 && to == DType::BF16) {
+    launch_convert<float, __nv_bfloat16>(args, stream);
+  } else if (from == DType::F32 && to == DType::F16) {
+    launch_convert<float, __half>(args, stream);
+  } else if (from == DType::BF16 && to == DType::F32) {
+    launch_convert<__nv_bfloat16, float>(args, stream);
+  } else if (from == DType::F16 && to == DType::F32) {
+    launch_convert<__half, float>(args, stream);
+  } else {
+    return fail(Status::Unsupported, error,
+                std::string("CUDA convert_dtype supports f32 <-> f32/bf16/f16, got ") + to_string(from) +
+                    " -> " + to_string(to));
+  }
+  return check_launch("convert_kernel", error);
+}
 
 Status merge_attention_partial(const MergeArgs& args, std::string& error) {
   if (args.dtype == DType::F64)

@@ -112,8 +112,8 @@ MPI_Op user_op(DataType type, ReduceOp op) {
     for (int i = 0; i < 6; ++i) MPI_Op_create(functions[i], /*commute=*/1, &created[static_cast<std::size_t>(i)]);
     return created;
   }();
-  const int base = type == DataType::BF16 ? 0 : 3;
-  return ops[static_cast<std::size_t>(base + static_cast<int>(op))];
+  const std::size_t base = type == DataType::BF16 ? 0 : 3;
+  return ops[base + static_cast<std::size_t>(op)];
 }
 
 MPI_Op mpi_op(DataType type, ReduceOp op) {

@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
 #include <map>
 
 #include "dhp/cp_attention.hpp"
 #include "dhp/dispatch.hpp"
+#include "dhp/error.hpp"
 #include "dhp/group_pool.hpp"
 #include "runtime_test_util.hpp"
 
@@ -31,20 +35,32 @@ struct Result {
   bool ulysses = false;
 };
 
+// Beyond the defaults of run_case: a node size for UlyssesRing, fixed lengths, all Zigzag.
+struct CaseOptions {
+  int ranks_per_node = 0;
+  std::vector<std::int64_t> lengths;  // empty: random odd lengths
+  bool all_zigzag = false;
+  int expected_ulysses_degree = 0;    // > 0: checked against ulysses_degree() of this rank's group
+};
+
 template <typename T>
 Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_pool,
-                   CpAttention attention, int hq, int hkv) {
+                   CpAttention attention, int hq, int hkv, const CaseOptions& options = {}) {
   Communicator& comm = world();
   const int hd = 8;
   // Odd lengths, some shorter than 2 x degree (empty chunks), one of length 1.
   std::mt19937_64 gen(seed);
-  const int num_seqs = 2 * static_cast<int>(groups.size()) + 3;
-  std::vector<std::int64_t> lengths;
-  for (int i = 0; i < num_seqs; ++i) lengths.push_back(i == 0 ? 1 : static_cast<std::int64_t>(gen() % 37) + 2);
+  std::vector<std::int64_t> lengths = options.lengths;
+  if (lengths.empty()) {
+    const int n = 2 * static_cast<int>(groups.size()) + 3;
+    for (int i = 0; i < n; ++i) lengths.push_back(i == 0 ? 1 : static_cast<std::int64_t>(gen() % 37) + 2);
+  }
+  const int num_seqs = static_cast<int>(lengths.size());
   std::vector<int> owners;
   for (int i = 0; i < num_seqs; ++i) owners.push_back(i % comm.size());
+  const bool all_zigzag = options.all_zigzag;
   const Plan plan = testing::one_wave_plan(comm.size(), groups, num_seqs,
-                                           [](int i) { return i % 4 != 3; }, attention);
+                                           [all_zigzag](int i) { return all_zigzag || i % 4 != 3; }, attention);
   const WaveDispatch dispatch(plan, 0, lengths, owners, comm.rank(), comm.size());
   const WaveLayout& layout = dispatch.layout();
 
@@ -83,6 +99,11 @@ Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_
   ctx.shape = {hq, hkv, hd, 0.0, true};
   ctx.layout = &layout;
   ctx.world = &comm;
+  ctx.ranks_per_node = options.ranks_per_node;
+  if (options.expected_ulysses_degree > 0 && layout.group >= 0) {
+    EXPECT_EQ(ulysses_degree(layout, ctx.shape, options.ranks_per_node), options.expected_ulysses_degree)
+        << "rank " << comm.rank() << " ranks_per_node " << options.ranks_per_node;
+  }
   if (use_pool) {
     pool.prewarm(plan);
     ctx.pool = &pool;
@@ -164,6 +185,150 @@ TEST(CpAttention, UlyssesMatchesReferenceWhereHeadsDivide) {
     EXPECT_LE(r.max_err_out, 1e-10) << ::testing::PrintToString(groups);
     EXPECT_LE(r.max_err_grad, 1e-10) << ::testing::PrintToString(groups);
   }
+}
+
+// UlyssesRing with a node of `ranks_per_node` consecutive world ranks (the CP context's
+// ranks_per_node; the test plan's single group is in world-rank order, hence node-major):
+// u = ranks_per_node members per node do Ulysses over heads, the ring runs over the
+// world/u nodes. Heads 2u query / u kv (GQA), fp64 and fp32.
+TEST(CpAttention, UlyssesRingMatchesReference) {
+  const int w = world().size();
+  std::vector<int> node_sizes;
+  for (int u : {2, 3, 4}) {
+    if (w % u == 0 && w / u > 1) node_sizes.push_back(u);  // 4: 2x2; 6: 3x2, 2x3; 8: 4x2, 2x4
+  }
+  if (node_sizes.empty()) GTEST_SKIP() << "world " << w << " has no u x r split with u, r > 1";
+  for (int u : node_sizes) {
+    CaseOptions options;
+    options.ranks_per_node = u;
+    options.expected_ulysses_degree = u;
+    for (std::uint64_t seed : {41u, 42u}) {
+      const auto r = run_case<double>({w}, seed, true, CpAttention::UlyssesRing, 2 * u, u, options);
+      if (world().rank() == 0) {
+        std::printf("UlyssesRing f64 %d nodes x %d (seed %llu): max error out %.3g grad %.3g\n", w / u, u,
+                    static_cast<unsigned long long>(seed), r.max_err_out, r.max_err_grad);
+      }
+      EXPECT_LE(r.max_err_out, 1e-10) << "u " << u << " seed " << seed;
+      EXPECT_LE(r.max_err_grad, 1e-10) << "u " << u << " seed " << seed;
+    }
+    const auto r = run_case<float>({w}, 43, true, CpAttention::UlyssesRing, 2 * u, u, options);
+    const double scale = std::max(1.0, r.max_ref);
+    if (world().rank() == 0) {
+      std::printf("UlyssesRing f32 %d nodes x %d: max error out %.3g grad %.3g (max |ref| %.3g)\n", w / u, u,
+                  r.max_err_out, r.max_err_grad, r.max_ref);
+    }
+    EXPECT_LE(r.max_err_out, 1e-5 * scale) << "u " << u;
+    EXPECT_LE(r.max_err_grad, 1e-5 * scale) << "u " << u;
+  }
+}
+
+// Groups whose nodes do not fit UlyssesRing run the ring and stay exact: mixed groups
+// cutting across 2-rank nodes (e.g. {5, 3} at world 8, {3, 1} at world 4), and heads that
+// the node size does not divide.
+TEST(CpAttention, UlyssesRingFallsBackWhereNodesOrHeadsDoNotFit) {
+  const int w = world().size();
+  for (const auto& groups : partitions()) {
+    CaseOptions options;
+    options.ranks_per_node = 2;
+    const auto r = run_case<double>(groups, 51, true, CpAttention::UlyssesRing, 6, 3, options);
+    EXPECT_LE(r.max_err_out, 1e-10) << ::testing::PrintToString(groups);
+    EXPECT_LE(r.max_err_grad, 1e-10) << ::testing::PrintToString(groups);
+  }
+  if (w >= 4 && w % 2 == 0) {
+    // 2 | 8 heads, but 3 kv heads do not split over 2: plain ring.
+    CaseOptions options;
+    options.ranks_per_node = 2;
+    options.expected_ulysses_degree = 1;
+    const auto r = run_case<double>({w}, 52, true, CpAttention::UlyssesRing, 3, 3, options);
+    EXPECT_LE(r.max_err_out, 1e-10);
+    EXPECT_LE(r.max_err_grad, 1e-10);
+  }
+}
+
+// Sequences much shorter than 2 x degree (a sequence of length 1 over degree 7, 3 tokens
+// over degree 5: most members hold empty chunks, some hold nothing at all), an empty
+// sequence, and a rank idle in the wave (the group leaves the last rank out).
+TEST(CpAttention, TinySequencesAndIdleRanks) {
+  const int w = world().size();
+  std::vector<std::vector<int>> layouts{{w}};
+  if (w > 1) layouts.push_back({w - 1});  // world rank w-1 in no group
+  for (const auto& groups : layouts) {
+    for (const auto& lengths : std::vector<std::vector<std::int64_t>>{{1}, {3}, {1, 3, 0, 2}}) {
+      CaseOptions options;
+      options.lengths = lengths;
+      options.all_zigzag = true;
+      const auto r = run_case<double>(groups, 61, false, CpAttention::Ring, 4, 2, options);
+      EXPECT_LE(r.max_err_out, 1e-10) << ::testing::PrintToString(groups) << ::testing::PrintToString(lengths);
+      EXPECT_LE(r.max_err_grad, 1e-10) << ::testing::PrintToString(groups) << ::testing::PrintToString(lengths);
+      const auto u = run_case<double>(groups, 62, true, CpAttention::Ulysses, 4, 4, options);
+      EXPECT_LE(u.max_err_out, 1e-10) << "Ulysses " << ::testing::PrintToString(groups);
+      EXPECT_LE(u.max_err_grad, 1e-10) << "Ulysses " << ::testing::PrintToString(groups);
+    }
+  }
+}
+
+// bf16/f16 CP attention needs attention kernels in that dtype (CUDA); on CPU buffers it is
+// refused on every rank before any message, naming the dtype.
+TEST(CpAttention, HalfPrecisionOnCpuIsRefusedClearly) {
+  Communicator& comm = world();
+  const std::vector<std::int64_t> lengths{5};
+  const Plan plan = testing::one_wave_plan(comm.size(), {comm.size()}, 1, [](int) { return true; });
+  const std::vector<int> owners{0};
+  const WaveDispatch dispatch(plan, 0, lengths, owners, comm.rank(), comm.size());
+  std::vector<std::uint16_t> buffer(static_cast<std::size_t>(dispatch.layout().rows * 16 + 1));
+  std::vector<float> lse(static_cast<std::size_t>(dispatch.layout().rows * 2 + 1));
+  CpAttentionContext ctx;
+  ctx.dtype = kernels::DType::BF16;
+  ctx.shape = {2, 2, 8, 0.0, true};
+  ctx.layout = &dispatch.layout();
+  ctx.world = &comm;
+  try {
+    cp_attention_forward(ctx, buffer.data(), buffer.data(), buffer.data(), buffer.data(), lse.data());
+    ADD_FAILURE() << "bf16 on CPU buffers was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dtype BF16 on CPU buffers"), std::string::npos) << e.what();
+  }
+}
+
+// The conversion launcher behind bf16/f16 outputs: exact where representable, round to
+// nearest even otherwise, specials kept.
+TEST(CpAttention, ConvertAccumulatorToHalfPrecision) {
+  const std::vector<float> values{0.0f, -0.0f, 1.0f, -2.5f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 512, 65504.0f,
+                                  65520.0f, 1e-7f, 6.1035156e-05f, std::numeric_limits<float>::infinity()};
+  auto round_trip = [&](kernels::DType dtype) {
+    std::vector<std::uint16_t> half(values.size());
+    std::vector<float> back(values.size());
+    kernels::ConvertArgs args;
+    args.src_dtype = kernels::DType::F32;
+    args.dst_dtype = dtype;
+    args.count = static_cast<std::int64_t>(values.size());
+    args.src = values.data();
+    args.dst = half.data();
+    EXPECT_EQ(kernels::convert_dtype(args), kernels::Status::Ok) << kernels::last_error();
+    args.src_dtype = dtype;
+    args.dst_dtype = kernels::DType::F32;
+    args.src = half.data();
+    args.dst = back.data();
+    EXPECT_EQ(kernels::convert_dtype(args), kernels::Status::Ok) << kernels::last_error();
+    return std::make_pair(half, back);
+  };
+  const auto [bf16, bf16_back] = round_trip(kernels::DType::BF16);
+  EXPECT_EQ(bf16[2], 0x3f80);  // 1.0
+  EXPECT_EQ(bf16[3], 0xc020);  // -2.5
+  EXPECT_EQ(bf16_back[4], 1.0f);                // 1 + 2^-8: a tie, rounds to even (1.0)
+  EXPECT_EQ(bf16_back[5], 1.0f + 1.0f / 128);   // 1 + 0.75 ulp (2^-7) rounds up to 1 + 2^-7
+  EXPECT_EQ(bf16_back[1], -0.0f);
+  EXPECT_TRUE(std::signbit(bf16_back[1]));
+  const auto [f16, f16_back] = round_trip(kernels::DType::F16);
+  EXPECT_EQ(f16[2], 0x3c00);  // 1.0
+  EXPECT_EQ(f16[3], 0xc100);  // -2.5
+  EXPECT_EQ(f16_back[4], 1.0f + 1.0f / 256);    // exact in f16 (10 mantissa bits)
+  EXPECT_EQ(f16_back[5], 1.0f + 3.0f / 512);    // exact too
+  EXPECT_EQ(f16[6], 0x7bff);                    // 65504, the largest half
+  EXPECT_EQ(f16[7], 0x7c00);                    // 65520 ties to even: infinity
+  EXPECT_EQ(f16[8], 0x0002);                    // 1e-7 = 1.68 x 2^-24: subnormal 2
+  EXPECT_EQ(f16[9], 0x0400);                    // 2^-14, the smallest normal
+  EXPECT_EQ(f16[10], 0x7c00);
 }
 
 }  // namespace

@@ -55,11 +55,24 @@ TEST(Datasets, ActivityNetVideos) {
   // Captions p50 51 BPE tokens x 1.15 + 24 template tokens.
   EXPECT_GE(text.p50, 70);
   EXPECT_LE(text.p50, 90);
+  // A video is encoded as clips of at most video_frames_per_item frames that add up to it.
   for (const Sample& s : samples) {
-    ASSERT_EQ(s.visuals.size(), 1u);
-    EXPECT_EQ(s.visuals[0].patches, 4 * s.visuals[0].llm_tokens);
-    EXPECT_EQ(s.visuals[0].llm_tokens, 144 * s.visuals[0].frames);
+    ASSERT_FALSE(s.visuals.empty());
+    int frames = 0;
+    for (std::size_t i = 0; i < s.visuals.size(); ++i) {
+      const VisualItem& v = s.visuals[i];
+      EXPECT_EQ(v.patches, 4 * v.llm_tokens);
+      EXPECT_EQ(v.llm_tokens, 144 * v.frames);
+      EXPECT_LE(v.frames, a.video_frames_per_item);
+      if (i + 1 < s.visuals.size()) EXPECT_EQ(v.frames, a.video_frames_per_item);
+      frames += v.frames;
+    }
+    EXPECT_EQ(s.encoder_patches(), 4 * 144 * frames);
   }
+  DatasetAssumptions whole_videos;
+  whole_videos.video_frames_per_item = 1 << 20;
+  for (const Sample& s : load_activitynet(default_data_path("activitynet"), whole_videos))
+    ASSERT_EQ(s.visuals.size(), 1u);
   DatasetAssumptions per_event;
   per_event.activitynet_per_event = true;
   const auto events = load_activitynet(default_data_path("activitynet"), per_event);
