@@ -5,9 +5,6 @@
 // the same groups, a bounded local improvement; the best by estimated step time wins.
 // See docs/algorithm.md.
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
-static double qnow(){return std::chrono::duration<double,std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 #include <cmath>
 #include <limits>
 #include <map>
@@ -505,9 +502,7 @@ struct Candidate {
 
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               const PlannerOptions& options) {
-  double q0=qnow();
   const Tables tables = make_tables(batch, cost, layout, options);
-  std::fprintf(stderr,"QT tables %.1f\n",qnow()-q0);
   const int R = tables.ranks;
   Packer packer(tables);
 
@@ -555,7 +550,6 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     if (ms < best.step_ms) best = Candidate{std::move(waves), ms};
   };
 
-  std::fprintf(stderr,"QT wmin %d %.1f\n",w_min,qnow()-q0);
   const int w_max = std::min(options.max_waves, w_min + kExtraWaves);
   for (int W = w_min; W <= w_max; ++W) {
     const double best_before = best.step_ms;
@@ -580,28 +574,35 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       const double mid = 0.5 * (lo + hi);
       if (packer.pack(mid, W, Fill::BestFit)) hi = mid; else lo = mid;
     }
-    std::fprintf(stderr,"QT W=%d bisect %.1f\n",W,qnow()-q0);
     packer.pack(hi, W, Fill::BestFit);
     packer.improve(4 * static_cast<int>(tables.seqs.size()));
     consider(packer.drafts());
     // The same ring groups with short sequences spread least-loaded first.
-    if (packer.pack(hi, W, Fill::Lpt)) consider(packer.drafts());
-    std::fprintf(stderr,"QT W=%d cands %.1f\n",W,qnow()-q0);
+    if (packer.pack(hi, W, Fill::Lpt)) {
+      consider(packer.drafts());
+      packer.improve(4 * static_cast<int>(tables.seqs.size()));
+      consider(packer.drafts());
+    }
     DHP_LOG_DEBUG("dhp: W={} T={:.3f} ms (lower bound {:.3f}) best step {:.3f} ms", W, hi, lower,
                   best.step_ms);
     if (W > w_min && !(best.step_ms < best_before)) break;  // more waves stopped paying
   }
   add_portfolio(batch, cost, layout, options, tables, consider);
-  std::fprintf(stderr,"QT portfolio %.1f\n",qnow()-q0);
   if (!std::isfinite(best.step_ms)) {
     // Every candidate broke memory in the full estimate (encoder reserve, fragmentation):
-    // fall back to the memory-only packing, which build_plan checks.
-    packer.pack(kInf, w_min, Fill::BestFit);
-    best.waves = packer.drafts();
+    // memory-only packings over more waves, each priced (consider() also defers encoder
+    // items), until one fits; only then does build_plan see it.
+    for (int W = w_max + 1; W <= options.max_waves && !std::isfinite(best.step_ms); ++W) {
+      if (packer.pack(kInf, W, Fill::Lpt)) consider(packer.drafts());
+      if (!std::isfinite(best.step_ms) && packer.pack(kInf, W, Fill::BestFit))
+        consider(packer.drafts());
+    }
+    DHP_CHECK(std::isfinite(best.step_ms), DoesNotFit,
+              "dhp: no packing of the {} samples into at most max_waves={} waves fits device "
+              "memory (LLM activation budget {:.3f} GiB per rank)",
+              batch.samples.size(), options.max_waves, tables.budget / (1024.0 * 1024 * 1024));
   }
-  auto qp = build_plan("dhp", batch, cost, layout, best.waves);
-  std::fprintf(stderr,"QT build %.1f\n",qnow()-q0);
-  return qp;
+  return build_plan("dhp", batch, cost, layout, best.waves);
 }
 
 }  // namespace dhp::detail

@@ -6,7 +6,8 @@
 // implementation from `device` and `dtype`. DHP_ATTENTION_IMPL=auto|cpu|cuda (default
 // auto) forces one; it moves no data, so a forced implementation that cannot read the
 // buffers (cpu with device=CUDA, or the reverse) is refused with Unsupported.
-// CPU: F32 and F64 attention and merge (BF16/F16 -> Unsupported); layout copies any dtype.
+// CPU: F32 and F64 attention and merge (BF16/F16 -> Unsupported); layout copies and
+// convert_dtype any dtype.
 // A pointer may be null when the number of rows it covers is 0.
 //
 // Packed layout. Sequence b owns query rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) and key

@@ -74,6 +74,61 @@ TEST(CostModel, WholeSequenceTimeMatchesHandFormula) {
   EXPECT_NEAR(cost.llm_sequence_ms(4096, {1, false}), gemm + attention + overhead, 1e-9);
 }
 
+// A rank runs all its local tokens packed through each linear layer once: one efficiency
+// for the pack, one launch per layer and pass; attention stays per sequence.
+TEST(CostModel, PackedRankMatchesHandFormula) {
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const auto& c = cost.coefficients();
+  const double flops_per_ms = 989e9;
+  const std::int64_t a = 1000, b = 3000;
+  const double n = a + b;
+  const double gemm = 3 * cost.llm_linear_flops(a + b) /
+                      (flops_per_ms * c.gemm_efficiency * n / (n + c.half_efficiency_tokens));
+  auto attention = [&](double len) {
+    return 3 * cost.llm_attention_flops(static_cast<std::int64_t>(len)) /
+           (flops_per_ms * c.attention_efficiency * len / (len + c.half_efficiency_tokens));
+  };
+  const double overhead = 28 * 2 * c.layer_overhead_us / 1e3;
+  const std::int64_t whole[] = {a, b};
+  EXPECT_NEAR(cost.llm_rank_ms({}, {1, false}, whole), gemm + attention(a) + attention(b) + overhead,
+              1e-9);
+}
+
+TEST(CostModel, PackingPaysTheFixedPartOnce) {
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 2, 1);
+  const std::int64_t whole[] = {300, 2000, 9000};
+  double separate = 0;
+  for (std::int64_t t : whole) separate += cost.llm_sequence_ms(t, {1, false});
+  const double packed = cost.llm_rank_ms({}, {1, false}, whole);
+  EXPECT_LT(packed, separate);
+  // Marginal costs are additive over whole sequences: the packer relies on it.
+  EXPECT_NEAR(separate - packed, 2 * cost.llm_rank_fixed_ms(), 1e-9 * separate);
+  EXPECT_GT(cost.llm_rank_fixed_ms(), 0);
+  EXPECT_EQ(cost.llm_rank_ms({}, {1, false}, {}), 0);
+}
+
+TEST(CostModel, SinglePieceRankIsTheSequenceTime) {
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1);
+  for (std::int64_t tokens : {100, 5000, 70000}) {
+    const std::int64_t one[] = {tokens};
+    EXPECT_DOUBLE_EQ(cost.llm_rank_ms({}, {1, false}, one), cost.llm_sequence_ms(tokens, {1, false}));
+    for (RingSpan ring : {RingSpan{2, false}, RingSpan{12, true}})
+      EXPECT_DOUBLE_EQ(cost.llm_rank_ms(one, ring, {}), cost.llm_sequence_ms(tokens, ring));
+  }
+}
+
+TEST(CostModel, RingMemberWithWholePiecesPacksThemToo) {
+  // A ring member that also holds a short sequence whole: the short one rides in the same
+  // linear-layer pack (no second launch), so it costs less than alone.
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const std::int64_t split[] = {60000};
+  const std::int64_t whole[] = {500};
+  const RingSpan ring{4, false};
+  const double both = cost.llm_rank_ms(split, ring, whole);
+  EXPECT_GT(both, cost.llm_rank_ms(split, ring, {}));
+  EXPECT_LT(both, cost.llm_rank_ms(split, ring, {}) + cost.llm_sequence_ms(500, {1, false}));
+}
+
 TEST(CostModel, MemoryByHand) {
   ModelSpec model = qwen2_vl_7b_by_hand();
   const CostModel cost(h100_cluster(1), model, 2, 1);

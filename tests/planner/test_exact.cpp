@@ -62,7 +62,8 @@ TEST(Exact, DhpIsWithinAFewPercentOfTheOptimum) {
   }
   const double mean_gap = gap_sum / instances;
   std::printf("dhp vs exact: mean LLM-time gap %.2f%% over %d instances\n", 100 * mean_gap, instances);
-  // The target is 3% (docs/algorithm.md); 5% is what the current search guarantees here.
+  // The target of issue 2 is 3% (docs/algorithm.md); with the packed per-rank cost model the
+  // search reaches 3.7% here, so 5% is what it guarantees for now.
   EXPECT_LT(mean_gap, 0.05);
 }
 
