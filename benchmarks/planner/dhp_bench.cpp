@@ -34,6 +34,7 @@ struct Options {
   std::vector<Strategy> strategies;    // empty: each scenario's own list
   bool json = false;
   bool list = false;
+  bool search_dhp_layout = true;  // --dhp-layout search (default) or default
   dhp::bench::ScenarioConfig config;
 };
 
@@ -48,6 +49,7 @@ struct Row {
   int failed_batches = 0;
   std::string error;  // first failure, "" when every batch planned
   std::string static_layout;
+  std::string layout;  // module layout of the first plan: "tp=2 etp=4 colocated"
   double step_ms = kNaN;  // median simulated step over the planned batches
   double planner_ms_p50 = kNaN;
   double planner_ms_p99 = kNaN;
@@ -95,10 +97,21 @@ dhp::Simulator simulator_for(const dhp::Planner& planner, const dhp::Plan& plan)
                                        cost.coefficients()));
 }
 
-// Plans every batch of the scenario with one strategy and simulates each plan.
+std::string plan_layout(const dhp::Plan& plan) {
+  dhp::PlannerOptions o;
+  o.llm_tp = plan.llm.tp;
+  o.encoder_tp = plan.encoder.ranks > 0 ? plan.encoder.tp : 0;
+  o.placement = plan.placement;
+  o.encoder_devices = plan.encoder.ranks * plan.encoder.tp;
+  return dhp::describe_layout(o);
+}
+
+// Plans every batch of the scenario with one strategy and simulates each plan. dhp runs
+// with its run-level layout (dhp_options, per cluster) where one was chosen.
 Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy strategy,
                  const std::vector<std::optional<dhp::StaticLayout>>& static_layouts,
-                 const std::vector<std::string>& static_errors) {
+                 const std::vector<std::string>& static_errors,
+                 const std::vector<std::optional<dhp::PlannerOptions>>& dhp_options) {
   Row row;
   row.scenario = scenario.name;
   row.strategy = dhp::to_string(strategy);
@@ -127,6 +140,7 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
     if (mine.empty()) continue;
 
     dhp::PlannerOptions options = data.options;
+    if (strategy == Strategy::Dhp && dhp_options[c]) options = *dhp_options[c];
     options.strategy = strategy;
     if (uses_static_layout(strategy)) {
       std::optional<dhp::StaticLayout> layout = static_layouts[c];
@@ -169,6 +183,7 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
         const dhp::SimulationResult sim = simulator_for(*planner, plan).run(plan, batch);
         row.batch_step_ms[b] = sim.step_ms;
         row.batch_estimate_ms[b] = plan.estimate.step_ms;
+        if (row.layout.empty()) row.layout = plan_layout(plan);
         waves.push_back(static_cast<double>(plan.waves.size()));
         idle.push_back(sim.mean_idle_fraction);
         peak = std::max(peak, sim.max_peak_mem_gib);
@@ -222,11 +237,36 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
     }
   }
 
+  // dhp's run-level module layout (TP per module, encoder placement), likewise once per
+  // cluster; without one (--dhp-layout default, a scenario that opts out, or no layout
+  // fits) dhp plans with the planner's default layout.
+  std::vector<std::optional<dhp::PlannerOptions>> dhp_options(data.clusters.size());
+  const bool runs_dhp = std::find(strategies.begin(), strategies.end(), Strategy::Dhp) !=
+                        strategies.end();
+  const bool search = runs_dhp && options.search_dhp_layout && data.search_dhp_layout;
+  for (std::size_t c = 0; c < data.clusters.size() && search; ++c) {
+    std::vector<dhp::Batch> batches;
+    for (std::size_t b = 0; b < data.batches.size(); ++b)
+      if (data.cluster_of_batch[b] == static_cast<int>(c)) batches.push_back(data.batches[b]);
+    if (batches.empty()) continue;
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      dhp_options[c] = dhp::best_dhp_options(data.clusters[c], data.model, batches, data.options);
+      std::cerr << fmt::format(
+          "[{}/{}] {}: dhp layout {} (searched in {:.1f} s)\n", index, count, scenario.name,
+          dhp::describe_layout(*dhp_options[c]),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    } catch (const std::exception& e) {
+      std::cerr << fmt::format("[{}/{}] {}: dhp layout search failed: {}\n", index, count,
+                               scenario.name, short_error(e));
+    }
+  }
+
   std::vector<Row> rows;
   for (Strategy s : strategies) {
     std::cerr << fmt::format("[{}/{}] {}: {} ({} batches)\n", index, count, scenario.name,
                              dhp::to_string(s), data.batches.size());
-    rows.push_back(run_strategy(scenario, data, s, layouts, layout_errors));
+    rows.push_back(run_strategy(scenario, data, s, layouts, layout_errors, dhp_options));
   }
   // The reference: static_best of this run, even when it was not asked for as a row.
   std::optional<double> static_best_ms;
@@ -235,7 +275,8 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
       static_best_ms = r.step_ms;
   if (!static_best_ms && std::find(strategies.begin(), strategies.end(),
                                    Strategy::StaticBest) == strategies.end()) {
-    Row ref = run_strategy(scenario, data, Strategy::StaticBest, layouts, layout_errors);
+    Row ref =
+        run_strategy(scenario, data, Strategy::StaticBest, layouts, layout_errors, dhp_options);
     if (ref.failed_batches == 0) static_best_ms = ref.step_ms;
   }
   for (Row& r : rows)
@@ -272,6 +313,7 @@ nlohmann::json to_json(const Row& r) {
   j["failed_batches"] = r.failed_batches;
   j["deterministic"] = r.deterministic;
   if (!r.static_layout.empty()) j["static_layout"] = r.static_layout;
+  if (!r.layout.empty()) j["layout"] = r.layout;
   if (!r.error.empty()) j["error"] = r.error;
   return j;
 }
@@ -282,9 +324,9 @@ std::string cell(double v, int precision) {
 
 void print_table(const std::vector<Row>& rows) {
   std::string header = fmt::format(
-      "{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}",
+      "{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
       "scenario", "ranks", "seqs", "strategy", "step_ms", "plan_p50", "plan_p99", "peak_GiB",
-      "cap_GiB", "vs_static", "waves", "idle");
+      "cap_GiB", "vs_static", "waves", "idle", "layout");
   fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
   std::string last;
   for (const Row& r : rows) {
@@ -292,14 +334,14 @@ void print_table(const std::vector<Row>& rows) {
     last = r.scenario;
     std::string ranks = r.ranks_min != r.ranks ? fmt::format("{}-{}", r.ranks_min, r.ranks)
                                                : std::to_string(r.ranks);
-    fmt::print("{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}",
+    fmt::print("{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
                r.scenario, ranks, r.sequences, r.strategy, cell(r.step_ms, 1),
                cell(r.planner_ms_p50, 2), cell(r.planner_ms_p99, 2), cell(r.peak_mem_gib, 1),
                cell(r.mem_capacity_gib, 1),
                std::isnan(r.speedup_vs_static_best)
                    ? std::string("-")
                    : fmt::format("{:.3f}x", r.speedup_vs_static_best),
-               cell(r.waves, 0), cell(r.idle_fraction, 2));
+               cell(r.waves, 0), cell(r.idle_fraction, 2), r.layout.empty() ? "-" : r.layout);
     if (!r.error.empty()) {
       std::string e = r.error;
       if (e.size() > 110) e.replace(107, std::string::npos, "...");
@@ -464,7 +506,7 @@ void print_usage(std::FILE* out) {
   fmt::print(out,
              "usage: dhp_bench [--list] [--scenario NAME]... [--strategy NAME]... "
              "[--format table|json]\n"
-             "                 [--batches N] [--quick] [--seed S]\n"
+             "                 [--batches N] [--quick] [--seed S] [--dhp-layout search|default]\n"
              "  --list            name the scenarios with one-line descriptions\n"
              "  --scenario NAME   run this scenario (or family, e.g. megatron-dcp-repro); "
              "repeatable; default all\n"
@@ -474,7 +516,9 @@ void print_usage(std::FILE* out) {
              "line; checks on stderr)\n"
              "  --batches N       batches per scenario instead of the scenario's default\n"
              "  --quick           few batches per scenario (CI: about a minute)\n"
-             "  --seed S          seed of the batch draws (default 1)\n");
+             "  --seed S          seed of the batch draws (default 1)\n"
+             "  --dhp-layout L    search: dhp's module layout chosen once per run by\n"
+             "                    best_dhp_options (default); default: the planner's own\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -510,6 +554,11 @@ Options parse(int argc, char** argv) {
       o.config.batches = static_cast<int>(integer(arg, value(i)));
     } else if (arg == "--quick") {
       o.config.quick = true;
+    } else if (arg == "--dhp-layout") {
+      const std::string l = value(i);
+      DHP_CHECK(l == "search" || l == "default", InvalidArgument,
+                "--dhp-layout expects search or default, got '{}'", l);
+      o.search_dhp_layout = l == "search";
     } else if (arg == "--seed") {
       o.config.seed = static_cast<std::uint64_t>(integer(arg, value(i)));
     } else {

@@ -140,8 +140,11 @@ ScenarioData build_scale_4096(const ScenarioConfig& config, int) {
   auto math = load_mathvista(default_data_path("mathvista"), a);
   pool.insert(pool.end(), math.begin(), math.end());
   auto batches = make_batches(pool, batches_or(config, 3, 1), 16384, config.seed);
-  return single_cluster(cluster_preset("h100-4096"), model_preset("qwen2-vl-7b"),
-                        std::move(batches));
+  ScenarioData data = single_cluster(cluster_preset("h100-4096"), model_preset("qwen2-vl-7b"),
+                                     std::move(batches));
+  // Searching the layout would plan a 16k-sequence batch for each of ~60 layouts.
+  data.search_dhp_layout = false;
+  return data;
 }
 
 // Random small instances the exact solver can finish: one node of 4-8 GPUs, TP 1, 4-10

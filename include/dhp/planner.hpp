@@ -81,6 +81,19 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
                                 std::span<const Batch> batches, Strategy strategy,
                                 const PlannerOptions& options = {});
 
+// The module layout for Strategy::Dhp over a whole run: every llm/encoder TP pair that
+// divides the heads and a node's devices and fits memory, colocated and disjoint (a few
+// encoder device counts), each scored by the summed plan.estimate.step_ms of dhp's plans of
+// at most 8 evenly spaced batches. Returns `base` with strategy Dhp and the winning llm_tp,
+// encoder_tp, placement and encoder_devices set explicitly. Deterministic; ties keep the
+// earlier candidate (colocated, then smaller TP). An explicit llm_tp/encoder_tp in `base`
+// is kept. Throws DoesNotFit when no layout holds every batch.
+PlannerOptions best_dhp_options(const ClusterSpec& cluster, const ModelSpec& model,
+                                std::span<const Batch> batches, PlannerOptions base = {});
+
+// "tp=2 etp=4 colocated", "tp=2 etp=4 disjoint(enc=16)": a layout's short description.
+std::string describe_layout(const PlannerOptions& options);
+
 // Plans batch t+1 on a background thread while batch t runs. Plans come back in the
 // order the batches were submitted.
 class AsyncPlanner {
