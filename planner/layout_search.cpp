@@ -70,9 +70,14 @@ std::optional<double> score(const ClusterSpec& cluster, const ModelSpec& model,
     // A run-wide layout must hold every batch of the run, not only the sampled ones.
     for (const Batch& batch : batches) detail::check_batch_fits(batch, cost, layout);
     double total_ms = 0;
-    for (std::size_t i : sample_index) {
-      total_ms += detail::plan_dhp(batches[i], cost, layout, options).estimate.step_ms;
-      if (total_ms >= to_beat) return std::nullopt;  // estimates only grow: cannot win
+    for (std::size_t k = 0; k < sample_index.size(); ++k) {
+      const Batch& batch = batches[sample_index[k]];
+      total_ms += detail::plan_dhp(batch, cost, layout, options).estimate.step_ms;
+      if (total_ms >= to_beat) {  // the sum only grows: this layout cannot win
+        DHP_LOG_DEBUG("best_dhp_options: {} pruned: {:.3f} ms after {} of {} batches",
+                      describe_layout(options), total_ms, k + 1, sample_index.size());
+        return std::nullopt;
+      }
     }
     return total_ms;
   } catch (const Error& e) {
