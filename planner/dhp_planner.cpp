@@ -24,6 +24,9 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kRelTolerance = 0.005;  // binary search on T stops at 0.5%
 constexpr int kExtraWaves = 3;           // wave counts tried beyond the memory minimum
 constexpr int kMemoryScan = 16;          // bins inspected for memory before opening a new one
+// The portfolio's baseline constructions (paper_bfd_dp's DP is O(K N^2)) are run only up
+// to this ranks x sequences; above it they cost seconds and did not win (scale-4096).
+constexpr long long kPortfolioMaxWork = 1LL << 22;
 
 // One useful degree of a sequence: the per-rank time falls strictly from step to step.
 struct DegreeStep {
@@ -180,7 +183,8 @@ class Packer {
 
   // Moves whole sequences off each wave's most loaded rank onto its least loaded rank while
   // that strictly lowers the former below its load (bounded; never breaks memory).
-  void improve(int max_moves) {
+  // Returns the number of moves: 0 means drafts() are unchanged.
+  int improve(int max_moves) {
     open_all_free();
     std::vector<std::set<std::pair<double, int>>> by_load(waves_);
     for (int b = 0; b < static_cast<int>(bins_.size()); ++b)
@@ -225,6 +229,7 @@ class Packer {
         if (!moved) break;
       }
     }
+    return moves;
   }
 
   std::vector<WaveDraft> drafts() const {
@@ -325,12 +330,12 @@ class Packer {
       gr.split_bytes += step.bytes;
       for (int m = 0; m < gr.degree; ++m) {
         Bin& b = bins_[gr.first_bin + m];
-        const bool indexed = by_load_.erase({b.load, gr.first_bin + m}) > 0;
+        auto node = by_load_.extract({b.load, gr.first_bin + m});
         b.load += step.ms;
         b.bytes += step.bytes;
         b.tokens += step.tokens;
         ++b.pieces;
-        if (indexed) reindex(gr.first_bin + m, k);
+        if (!node.empty()) reindex(gr.first_bin + m, k, std::move(node));
       }
       candidates.insert({gr.split_load, g});
       seq_group_[k] = g;
@@ -368,10 +373,14 @@ class Packer {
 
   // Back into the load index unless no later whole piece can fit on it any more (keeps
   // the memory scans short when memory or the token limit binds).
-  void reindex(int bin, int k) {
+  // The set node taken out of the index is reused: no allocation per placement.
+  using LoadIndex = std::set<std::pair<double, int>>;
+  void reindex(int bin, int k, LoadIndex::node_type node) {
     const Bin& b = bins_[bin];
-    if (fits(b, t_.min_bytes_after[k], t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max() ? 0 : t_.min_tokens_after[k]) || k + 1 >= static_cast<int>(t_.seqs.size()))
-      by_load_.insert({b.load, bin});
+    if (fits(b, t_.min_bytes_after[k], t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max() ? 0 : t_.min_tokens_after[k]) || k + 1 >= static_cast<int>(t_.seqs.size())) {
+      node.value() = {b.load, bin};
+      by_load_.insert(std::move(node));
+    }
   }
 
   bool fits(const Bin& b, double bytes, std::int64_t tokens) const {
@@ -429,12 +438,12 @@ class Packer {
       if (chosen < 0) return false;
     }
     Bin& b = bins_[chosen];
-    by_load_.erase({b.load, chosen});
+    auto node = by_load_.extract({b.load, chosen});
     b.load += ms + (b.pieces == 0 ? t_.fixed_ms : 0.0);
     b.bytes += bytes;
     b.tokens += tokens;
     ++b.pieces;
-    reindex(chosen, k);
+    reindex(chosen, k, std::move(node));
     seq_group_[k] = b.group;
     seq_bin_[k] = chosen;
     return true;
@@ -580,14 +589,15 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // The same ring groups with short sequences spread least-loaded first.
     if (packer.pack(hi, W, Fill::Lpt)) {
       consider(packer.drafts());
-      packer.improve(4 * static_cast<int>(tables.seqs.size()));
-      consider(packer.drafts());
+      // No move: the same drafts, already priced.
+      if (packer.improve(4 * static_cast<int>(tables.seqs.size())) > 0) consider(packer.drafts());
     }
     DHP_LOG_DEBUG("dhp: W={} T={:.3f} ms (lower bound {:.3f}) best step {:.3f} ms", W, hi, lower,
                   best.step_ms);
     if (W > w_min && !(best.step_ms < best_before)) break;  // more waves stopped paying
   }
-  add_portfolio(batch, cost, layout, options, tables, consider);
+  if (static_cast<long long>(R) * static_cast<long long>(tables.seqs.size()) <= kPortfolioMaxWork)
+    add_portfolio(batch, cost, layout, options, tables, consider);
   if (!std::isfinite(best.step_ms)) {
     // Every candidate broke memory in the full estimate (encoder reserve, fragmentation):
     // memory-only packings over more waves, each priced (consider() also defers encoder
