@@ -39,9 +39,9 @@ Status fail(Status status, std::string message) {
     if (!(cond)) return fail(Status::InvalidArgument, concat(__VA_ARGS__)); \
   } while (0)
 
-#define DHP_KERNEL_TRY(expr)                \
-  do {                                      \
-    const Status status_ = (expr);          \
+#define DHP_KERNEL_TRY(expr)                   \
+  do {                                         \
+    const Status status_ = (expr);             \
     if (status_ != Status::Ok) return status_; \
   } while (0)
 
@@ -59,15 +59,16 @@ Status choose_impl(const char* op, Device device, Impl& impl) {
                      ": DHP_ATTENTION_IMPL='", forced, "' (expected auto, cpu or cuda)");
   if (forced != "auto" && forced != (device == Device::CPU ? "cpu" : "cuda"))
     return fail(Status::Unsupported,
-                concat(op, ": DHP_ATTENTION_IMPL=", forced, " but the buffers are on device=",
-                       to_string(device), "; the ", forced,
+                concat(op, ": DHP_ATTENTION_IMPL=", forced,
+                       " but the buffers are on device=", to_string(device), "; the ", forced,
                        " implementation cannot read them (unset it or move the data)"));
   impl = device == Device::CPU ? Impl::Cpu : Impl::Cuda;
 #ifndef DHP_HAVE_CUDA
   if (impl == Impl::Cuda)
     return fail(Status::Unsupported,
-                concat(op, ": device=CUDA but dhp was built without CUDA "
-                           "(DHP_WITH_CUDA=OFF or no CUDA toolkit found at configure time)"));
+                concat(op,
+                       ": device=CUDA but dhp was built without CUDA "
+                       "(DHP_WITH_CUDA=OFF or no CUDA toolkit found at configure time)"));
 #endif
   return Status::Ok;
 }
@@ -94,8 +95,8 @@ Status check_cu_seqlens(const char* op, const char* name, const std::int32_t* cu
   DHP_KERNEL_REQUIRE(must_start_at_zero ? cu[0] == 0 : cu[0] >= 0, op, ": ", name, "[0]=", cu[0],
                      must_start_at_zero ? " (must be 0)" : " (must be >= 0)");
   for (int b = 0; b < num_seqs; ++b)
-    DHP_KERNEL_REQUIRE(cu[b + 1] >= cu[b], op, ": ", name, "[", b + 1, "]=", cu[b + 1], " < ",
-                       name, "[", b, "]=", cu[b], " (must be non-decreasing)");
+    DHP_KERNEL_REQUIRE(cu[b + 1] >= cu[b], op, ": ", name, "[", b + 1, "]=", cu[b + 1], " < ", name,
+                       "[", b, "]=", cu[b], " (must be non-decreasing)");
   if (total >= 0)
     DHP_KERNEL_REQUIRE(cu[num_seqs] == total, op, ": ", name, "[num_seqs=", num_seqs,
                        "]=", cu[num_seqs], " but the total is ", total);
@@ -105,26 +106,26 @@ Status check_cu_seqlens(const char* op, const char* name, const std::int32_t* cu
 Status check_seqs(const char* op, const PackedSeqs& seqs, bool host_visible) {
   constexpr std::int64_t kMaxRows = std::numeric_limits<std::int32_t>::max();
   DHP_KERNEL_REQUIRE(seqs.num_seqs >= 0, op, ": num_seqs=", seqs.num_seqs, " < 0");
-  DHP_KERNEL_REQUIRE(seqs.total_q >= 0 && seqs.total_q <= kMaxRows, op,
-                     ": total_q=", seqs.total_q, " outside [0, 2^31-1]");
-  DHP_KERNEL_REQUIRE(seqs.total_k >= 0 && seqs.total_k <= kMaxRows, op,
-                     ": total_k=", seqs.total_k, " outside [0, 2^31-1]");
+  DHP_KERNEL_REQUIRE(seqs.total_q >= 0 && seqs.total_q <= kMaxRows, op, ": total_q=", seqs.total_q,
+                     " outside [0, 2^31-1]");
+  DHP_KERNEL_REQUIRE(seqs.total_k >= 0 && seqs.total_k <= kMaxRows, op, ": total_k=", seqs.total_k,
+                     " outside [0, 2^31-1]");
   DHP_KERNEL_REQUIRE(seqs.max_seqlen_q >= 0, op, ": max_seqlen_q=", seqs.max_seqlen_q, " < 0");
   DHP_KERNEL_REQUIRE(seqs.max_seqlen_k >= 0, op, ": max_seqlen_k=", seqs.max_seqlen_k, " < 0");
   if (seqs.num_seqs == 0) {
-    DHP_KERNEL_REQUIRE(seqs.total_q == 0 && seqs.total_k == 0, op, ": num_seqs=0 but total_q=",
-                       seqs.total_q, ", total_k=", seqs.total_k);
+    DHP_KERNEL_REQUIRE(seqs.total_q == 0 && seqs.total_k == 0, op,
+                       ": num_seqs=0 but total_q=", seqs.total_q, ", total_k=", seqs.total_k);
     return Status::Ok;
   }
-  DHP_KERNEL_REQUIRE(seqs.cu_seqlens_q != nullptr, op, ": cu_seqlens_q is null (num_seqs=",
-                     seqs.num_seqs, ")");
-  DHP_KERNEL_REQUIRE(seqs.cu_seqlens_k != nullptr, op, ": cu_seqlens_k is null (num_seqs=",
-                     seqs.num_seqs, ")");
+  DHP_KERNEL_REQUIRE(seqs.cu_seqlens_q != nullptr, op,
+                     ": cu_seqlens_q is null (num_seqs=", seqs.num_seqs, ")");
+  DHP_KERNEL_REQUIRE(seqs.cu_seqlens_k != nullptr, op,
+                     ": cu_seqlens_k is null (num_seqs=", seqs.num_seqs, ")");
   if (host_visible) {
-    DHP_KERNEL_TRY(check_cu_seqlens(op, "cu_seqlens_q", seqs.cu_seqlens_q, seqs.num_seqs,
-                                    seqs.total_q, true));
-    DHP_KERNEL_TRY(check_cu_seqlens(op, "cu_seqlens_k", seqs.cu_seqlens_k, seqs.num_seqs,
-                                    seqs.total_k, true));
+    DHP_KERNEL_TRY(
+        check_cu_seqlens(op, "cu_seqlens_q", seqs.cu_seqlens_q, seqs.num_seqs, seqs.total_q, true));
+    DHP_KERNEL_TRY(
+        check_cu_seqlens(op, "cu_seqlens_k", seqs.cu_seqlens_k, seqs.num_seqs, seqs.total_k, true));
   }
   return Status::Ok;
 }
@@ -141,8 +142,7 @@ Status check_shape(const char* op, const AttentionShape& shape) {
 }
 
 Status check_pointer(const char* op, const char* name, const void* pointer, std::int64_t rows) {
-  DHP_KERNEL_REQUIRE(rows == 0 || pointer != nullptr, op, ": ", name, " is null (",
-                     rows, " rows)");
+  DHP_KERNEL_REQUIRE(rows == 0 || pointer != nullptr, op, ": ", name, " is null (", rows, " rows)");
   return Status::Ok;
 }
 
@@ -166,9 +166,9 @@ Status run_cuda(const char* op, Fn&& fn) noexcept {
     std::string error;
     const Status status = fn(error);
     if (status != Status::Ok)
-      fail(status, error.empty() ? concat(op, ": CUDA implementation returned ",
-                                          status_string(status))
-                                 : error);
+      fail(status, error.empty()
+                       ? concat(op, ": CUDA implementation returned ", status_string(status))
+                       : error);
     return status;
   } catch (const std::exception& e) {
     return fail(Status::DeviceError, concat(op, ": ", e.what()));
@@ -184,10 +184,14 @@ Status run_cuda(const char* op, Fn&& fn) noexcept {
 
 const char* status_string(Status s) noexcept {
   switch (s) {
-    case Status::Ok: return "Ok";
-    case Status::InvalidArgument: return "InvalidArgument";
-    case Status::Unsupported: return "Unsupported";
-    case Status::DeviceError: return "DeviceError";
+    case Status::Ok:
+      return "Ok";
+    case Status::InvalidArgument:
+      return "InvalidArgument";
+    case Status::Unsupported:
+      return "Unsupported";
+    case Status::DeviceError:
+      return "DeviceError";
   }
   return "unknown Status";
 }
@@ -204,20 +208,28 @@ bool built_with_cuda() noexcept {
 
 const char* to_string(DType d) noexcept {
   switch (d) {
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
+    case DType::F32:
+      return "F32";
+    case DType::F64:
+      return "F64";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
   }
   return "unknown DType";
 }
 
 int dtype_size(DType d) noexcept {
   switch (d) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
+    case DType::F32:
+      return 4;
+    case DType::F64:
+      return 8;
+    case DType::BF16:
+      return 2;
+    case DType::F16:
+      return 2;
   }
   return 0;
 }
@@ -298,17 +310,17 @@ Status check_zigzag(const char* op, const std::int32_t* cu_seqlens, int num_seqs
                     int rank) {
   DHP_KERNEL_REQUIRE(num_seqs >= 0, op, ": num_seqs=", num_seqs, " < 0");
   DHP_KERNEL_REQUIRE(degree > 0, op, ": degree=", degree, " <= 0");
-  DHP_KERNEL_REQUIRE(rank >= 0 && rank < degree, op, ": rank=", rank, " outside [0, degree=",
-                     degree, ")");
-  DHP_KERNEL_REQUIRE(cu_seqlens != nullptr || num_seqs == 0, op, ": cu_seqlens is null (num_seqs=",
-                     num_seqs, ")");
-  if (num_seqs > 0) DHP_KERNEL_TRY(check_cu_seqlens(op, "cu_seqlens", cu_seqlens, num_seqs, -1, false));
+  DHP_KERNEL_REQUIRE(rank >= 0 && rank < degree, op, ": rank=", rank,
+                     " outside [0, degree=", degree, ")");
+  DHP_KERNEL_REQUIRE(cu_seqlens != nullptr || num_seqs == 0, op,
+                     ": cu_seqlens is null (num_seqs=", num_seqs, ")");
+  if (num_seqs > 0)
+    DHP_KERNEL_TRY(check_cu_seqlens(op, "cu_seqlens", cu_seqlens, num_seqs, -1, false));
   return Status::Ok;
 }
 }  // namespace
 
-std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree,
-                               int rank) {
+std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank) {
   if (check_zigzag("zigzag_local_rows", cu_seqlens, num_seqs, degree, rank) != Status::Ok)
     return -1;
   return cpu::zigzag_local_rows(cu_seqlens, num_seqs, degree, rank);

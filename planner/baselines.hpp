@@ -31,8 +31,7 @@ GroupDraft split_group(int degree, std::vector<int> samples);
 // that are split, moving whole groups (or parts of a group's sample list) to a following
 // wave, as the real system would defer them to another micro-batch. No-op otherwise.
 std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
-                                              const Layout& layout,
-                                              std::vector<WaveDraft> waves);
+                                              const Layout& layout, std::vector<WaveDraft> waves);
 
 // --- static baselines ---
 // Length every sequence is padded to in a packed bin split over `cp` ranks (zigzag needs
@@ -41,8 +40,8 @@ std::int64_t padded_tokens(std::int64_t tokens, int cp);
 // static_best drafts: first-fit-decreasing packing into bins of `pack_tokens` per CP group
 // (and within `budget`), bins dealt round-robin to the ranks/cp replicas.
 std::vector<WaveDraft> static_best_waves(const Batch& batch, const CostModel& cost,
-                                         const Layout& layout, int cp,
-                                         std::int64_t pack_tokens, double budget);
+                                         const Layout& layout, int cp, std::int64_t pack_tokens,
+                                         double budget);
 // Pack lengths static_best tries for one CP degree, longest first: the longest that fits
 // memory (and max_tokens_per_rank * cp when that is set), then halvings, all multiples of
 // 2*cp and at least the padded `longest` sequence; halving stops after the first pack at
@@ -66,9 +65,8 @@ struct AtomicGroup {
 // Memory-aware best-fit decreasing: each sequence joins the atomic group with the least
 // memory left that still holds it, else opens a new one. When max_tokens_per_rank > 0 a
 // group must also stay within that many tokens per rank at its minimal degree.
-std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& cost,
-                                           double budget, int max_degree,
-                                           std::int64_t max_tokens_per_rank = 0);
+std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& cost, double budget,
+                                           int max_degree, std::int64_t max_tokens_per_rank = 0);
 
 struct DeviceAllocation {
   std::vector<int> degrees;  // per group, >= its minimum

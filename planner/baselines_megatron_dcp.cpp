@@ -37,8 +37,7 @@ std::int64_t share_of(std::int64_t tokens, int degree) { return (tokens + degree
 }  // namespace
 
 std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,
-                                          const Layout& layout,
-                       const PlannerOptions& options) {
+                                          const Layout& layout, const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
   const int ranks = layout.llm.ranks;
   const double budget = llm_activation_budget(cost, layout, batch);
@@ -141,7 +140,7 @@ std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& c
 }
 
 Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& layout,
-                 const PlannerOptions& options) {
+                       const PlannerOptions& options) {
   return build_plan(to_string(Strategy::MegatronDcp), batch, cost, layout,
                     megatron_dcp_waves(batch, cost, layout, options));
 }

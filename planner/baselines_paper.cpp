@@ -11,9 +11,8 @@
 
 namespace dhp::detail {
 
-std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& cost,
-                                           double budget, int max_degree,
-                                           std::int64_t max_tokens_per_rank) {
+std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& cost, double budget,
+                                           int max_degree, std::int64_t max_tokens_per_rank) {
   const std::int64_t token_limit =
       max_tokens_per_rank > 0 ? max_tokens_per_rank : std::numeric_limits<std::int64_t>::max();
   auto share = [](std::int64_t tokens, int degree) { return (tokens + degree - 1) / degree; };
@@ -24,7 +23,7 @@ std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& 
   });
 
   std::vector<AtomicGroup> groups;
-  std::vector<double> group_bytes;        // per device at the group's minimal degree
+  std::vector<double> group_bytes;         // per device at the group's minimal degree
   std::vector<std::int64_t> group_tokens;  // per rank at the group's minimal degree
   for (int s : order) {
     // Best fit: the group left with the least memory once it takes s. A group of degree k
@@ -82,9 +81,9 @@ DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& tim
   // Devices the first i groups need at least; rows can skip counts below it.
   std::vector<int> needed(num_groups + 1, 0);
   for (int i = 0; i < num_groups; ++i) {
-    DHP_CHECK(min_degree[i] >= 1 && static_cast<int>(time[i].size()) == ranks + 1,
-              InvalidArgument, "allocate_devices_dp: group {} has min degree {} and {} times",
-              i, min_degree[i], time[i].size());
+    DHP_CHECK(min_degree[i] >= 1 && static_cast<int>(time[i].size()) == ranks + 1, InvalidArgument,
+              "allocate_devices_dp: group {} has min degree {} and {} times", i, min_degree[i],
+              time[i].size());
     needed[i + 1] = needed[i] + min_degree[i];
   }
   DHP_CHECK(needed[num_groups] <= ranks, Internal,
@@ -123,8 +122,7 @@ DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& tim
 }
 
 std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& cost,
-                                          const Layout& layout,
-                       const PlannerOptions& options) {
+                                          const Layout& layout, const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
   const int ranks = layout.llm.ranks;
   const double budget = llm_activation_budget(cost, layout, batch);
@@ -169,13 +167,13 @@ std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& c
     }
     waves.push_back(std::move(wave));
   }
-  DHP_LOG_DEBUG("paper_bfd_dp: {} sequences -> {} atomic groups in {} waves",
-                batch.samples.size(), groups.size(), waves.size());
+  DHP_LOG_DEBUG("paper_bfd_dp: {} sequences -> {} atomic groups in {} waves", batch.samples.size(),
+                groups.size(), waves.size());
   return limit_encoder_per_wave(batch, cost, layout, std::move(waves));
 }
 
 Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,
-                 const PlannerOptions& options) {
+                       const PlannerOptions& options) {
   return build_plan(to_string(Strategy::PaperBfdDp), batch, cost, layout,
                     paper_bfd_dp_waves(batch, cost, layout, options));
 }

@@ -76,8 +76,7 @@ GroupDraft split_group(int degree, std::vector<int> samples) {
 }
 
 std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
-                                              const Layout& layout,
-                                              std::vector<WaveDraft> waves) {
+                                              const Layout& layout, std::vector<WaveDraft> waves) {
   if (layout.placement != EncoderPlacement::Colocated || layout.encoder.ranks == 0) return waves;
   std::vector<double> sample_bytes(batch.samples.size(), 0.0);
   double largest = 0;
@@ -118,7 +117,7 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
       // that each fit what is left of the current wave.
       const int degree = group.degree;
       GroupDraft piece;
-      double piece_split = 0;                 // bytes of the piece's split samples per rank
+      double piece_split = 0;  // bytes of the piece's split samples per rank
       std::vector<double> piece_whole(degree, 0.0);
       auto reset_piece = [&] {
         piece = GroupDraft{};
@@ -131,11 +130,12 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
       bool piece_empty = true;
       auto add = [&](int s, int member) {
         const double llm = llm_bytes(s, member < 0 ? degree : 1);
-        const double rank_after = member < 0
-            ? piece_split + llm + *std::max_element(piece_whole.begin(), piece_whole.end())
-            : piece_split + piece_whole[member] + llm;
-        const bool ok = fits(current_encoder + sample_bytes[s],
-                             std::max(current_fullest, rank_after));
+        const double rank_after =
+            member < 0
+                ? piece_split + llm + *std::max_element(piece_whole.begin(), piece_whole.end())
+                : piece_split + piece_whole[member] + llm;
+        const bool ok =
+            fits(current_encoder + sample_bytes[s], std::max(current_fullest, rank_after));
         if (!ok && !(piece_empty && current.groups.empty())) {
           if (!piece_empty) current.groups.push_back(std::move(piece));
           flush();
@@ -145,9 +145,9 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
         (member < 0 ? piece.split : piece.whole[member]).push_back(s);
         (member < 0 ? piece_split : piece_whole[member]) += llm;
         current_encoder += sample_bytes[s];
-        current_fullest = std::max(
-            current_fullest,
-            piece_split + *std::max_element(piece_whole.begin(), piece_whole.end()));
+        current_fullest =
+            std::max(current_fullest,
+                     piece_split + *std::max_element(piece_whole.begin(), piece_whole.end()));
         piece_empty = false;
       };
       for (int s : group.split) add(s, -1);
@@ -258,8 +258,8 @@ class FirstFitTree {
 }  // namespace
 
 std::vector<WaveDraft> static_best_waves(const Batch& batch, const CostModel& cost,
-                                         const Layout& layout, int cp,
-                                         std::int64_t pack_tokens, double budget) {
+                                         const Layout& layout, int cp, std::int64_t pack_tokens,
+                                         double budget) {
   struct Bin {
     std::vector<int> samples;
     std::int64_t padded = 0;
@@ -504,10 +504,10 @@ Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& l
   check_batch_fits(batch, cost, layout);
   // The benchmark passes the run-wide layout; without one, the best layout for this batch.
   const StaticLayout fixed =
-      options.static_layout ? *options.static_layout
-                            : best_static_layout(cost.cluster(), cost.model(),
-                                                 std::span<const Batch>(&batch, 1),
-                                                 Strategy::StaticBest, options);
+      options.static_layout
+          ? *options.static_layout
+          : best_static_layout(cost.cluster(), cost.model(), std::span<const Batch>(&batch, 1),
+                               Strategy::StaticBest, options);
   const TpSetup setup = setup_for_tp(cost, layout, options, fixed.tp);
   check_static_layout(fixed, setup.layout);
   const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
@@ -520,8 +520,8 @@ Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& l
     }
   }
   const auto waves = static_best_waves(batch, setup.cost, setup.layout, fixed.cp, pack, budget);
-  DHP_LOG_DEBUG("static_best: tp={} cp={} dp={} pack={} -> {} waves", fixed.tp, fixed.cp,
-                fixed.dp, pack, waves.size());
+  DHP_LOG_DEBUG("static_best: tp={} cp={} dp={} pack={} -> {} waves", fixed.tp, fixed.cp, fixed.dp,
+                pack, waves.size());
   return build_plan(to_string(Strategy::StaticBest), batch, setup.cost, setup.layout, waves);
 }
 
@@ -541,8 +541,8 @@ Plan plan_static_balanced(const Batch& batch, const CostModel& cost, const Layou
     // The smallest CP (dividing the ranks) whose groups hold the longest sequence.
     const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
     for (int c = 1; c <= ranks && cp == 0; ++c) {
-      const bool within_tokens = options.max_tokens_per_rank <= 0 ||
-                                 (longest + c - 1) / c <= options.max_tokens_per_rank;
+      const bool within_tokens =
+          options.max_tokens_per_rank <= 0 || (longest + c - 1) / c <= options.max_tokens_per_rank;
       if (ranks % c == 0 && within_tokens &&
           rank_activation_bytes(setup.cost, {longest}, c, {}) <= budget) {
         cp = c;

@@ -24,7 +24,8 @@ namespace {
 constexpr int kUnknowns = 5;
 
 detail::CostTerms terms_of(const CostModel& cost, const Measurement& m) {
-  if (m.kind == "llm_sequence") return detail::llm_sequence_terms(cost, m.tokens, {m.degree, m.crosses_nodes});
+  if (m.kind == "llm_sequence")
+    return detail::llm_sequence_terms(cost, m.tokens, {m.degree, m.crosses_nodes});
   if (m.kind == "encoder_item") {
     VisualItem item;
     item.patches = m.patches;
@@ -104,8 +105,10 @@ Fit fit_for_half(const ClusterSpec& cluster, const ModelSpec& model, int llm_tp,
       std::vector<int> cols;
       Eigen::VectorXd b = rhs;
       for (int k = 0; k < kUnknowns; ++k) {
-        if (free[k]) cols.push_back(k);
-        else b -= a.col(k) * initial[k];
+        if (free[k])
+          cols.push_back(k);
+        else
+          b -= a.col(k) * initial[k];
       }
       if (cols.empty()) break;
       Eigen::MatrixXd sub(rows, static_cast<Eigen::Index>(cols.size()));
@@ -129,9 +132,10 @@ Fit fit_for_half(const ClusterSpec& cluster, const ModelSpec& model, int llm_tp,
       x = initial;
     }
     const CostCoefficients next = with_unknowns(current, x);
-    const bool settled = std::abs(next.gemm_efficiency - current.gemm_efficiency) < 1e-9 &&
-                         std::abs(next.attention_efficiency - current.attention_efficiency) < 1e-9 &&
-                         std::abs(next.comm_efficiency - current.comm_efficiency) < 1e-9;
+    const bool settled =
+        std::abs(next.gemm_efficiency - current.gemm_efficiency) < 1e-9 &&
+        std::abs(next.attention_efficiency - current.attention_efficiency) < 1e-9 &&
+        std::abs(next.comm_efficiency - current.comm_efficiency) < 1e-9;
     current = next;
     if (settled && iteration > 0) break;
   }
@@ -224,7 +228,8 @@ CalibrationReport calibrate(const ClusterSpec& cluster, const ModelSpec& model, 
     }
   }
   Fit result = fc.mean_rel < fd.mean_rel ? fc : fd;
-  if (grid[static_cast<size_t>(best)].mean_rel < result.mean_rel) result = grid[static_cast<size_t>(best)];
+  if (grid[static_cast<size_t>(best)].mean_rel < result.mean_rel)
+    result = grid[static_cast<size_t>(best)];
 
   report.coefficients = result.coefficients;
   report.mean_abs_rel_error_after = result.mean_rel;

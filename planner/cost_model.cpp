@@ -66,9 +66,12 @@ double activation_bytes_per_token_layer(const TransformerSpec& a, const Training
   const double scale = training.bytes_per_activation / 2.0;
   const double h = a.hidden;
   switch (training.recompute) {
-    case Recompute::None: return scale * (34.0 * h + 5.0 * a.heads * seq);
-    case Recompute::Selective: return scale * 34.0 * h;
-    case Recompute::Full: return scale * 2.0 * h;  // the layer input only
+    case Recompute::None:
+      return scale * (34.0 * h + 5.0 * a.heads * seq);
+    case Recompute::Selective:
+      return scale * 34.0 * h;
+    case Recompute::Full:
+      return scale * 2.0 * h;  // the layer input only
   }
   return scale * 34.0 * h;
 }
@@ -199,10 +202,12 @@ CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> sp
   // predecessor, hidden under the step's attention up to overlap_efficiency. Backward moves
   // KV and dK/dV: twice the bytes, twice the compute.
   const double step_attention_work = split_attention_fwd / a.layers / d;
-  const double step_attention_ms = step_attention_work / (cost.cluster().peak_tflops * 1e9 *
-                                                          coef.attention_efficiency);
+  const double step_attention_ms =
+      step_attention_work / (cost.cluster().peak_tflops * 1e9 * coef.attention_efficiency);
   const double block_bytes = cost.kv_block_bytes(split_local);
-  struct Pass { double compute_scale, bytes_scale; };
+  struct Pass {
+    double compute_scale, bytes_scale;
+  };
   const bool full = cost.model().training.recompute == Recompute::Full;
   const Pass ring_passes[] = {{1, 1}, {2, 2}, {1, 1}};
   const int ring_pass_count = full ? 3 : 2;
@@ -251,8 +256,9 @@ CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
   const double factor = 1.0 + coef.half_efficiency_tokens / patches;
 
   CostTerms t;
-  const double linear_fwd = a.layers * (qkv_flops_per_token(a) + post_flops_per_token(a)) * patches +
-                            2.0 * enc.projector_parameters * static_cast<double>(item.llm_tokens);
+  const double linear_fwd =
+      a.layers * (qkv_flops_per_token(a) + post_flops_per_token(a)) * patches +
+      2.0 * enc.projector_parameters * static_cast<double>(item.llm_tokens);
   t.gemm_work = passes * linear_fwd / tp * factor;
   // Full (non-causal) attention over every patch of the item: Qwen2-VL's ViT attends
   // across the whole image, and across all frames of a video clip.
@@ -269,7 +275,8 @@ CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
 
 CostCoefficients defaults_for(const ClusterSpec& cluster) {
   CostCoefficients c;  // the struct's defaults are the H100 ones
-  if (contains_ignore_case(cluster.device, "h100") || contains_ignore_case(cluster.device, "h200")) {
+  if (contains_ignore_case(cluster.device, "h100") ||
+      contains_ignore_case(cluster.device, "h200")) {
     return c;
   }
   if (contains_ignore_case(cluster.device, "910")) {
@@ -371,13 +378,14 @@ double CostModel::allreduce_ms(double bytes, int ranks, bool cross_node) const {
 double CostModel::alltoall_ms(double bytes_per_rank, int ranks, bool cross_node) const {
   if (ranks <= 1) return 0;
   const LinkSpec& link = cross_node ? cluster_.inter_node : cluster_.intra_node;
-  return (ranks - 1.0) / ranks * bytes_per_rank / (link.bandwidth_gbs * 1e6 * coef_.comm_efficiency) +
+  return (ranks - 1.0) / ranks * bytes_per_rank /
+             (link.bandwidth_gbs * 1e6 * coef_.comm_efficiency) +
          (ranks - 1.0) * link.latency_us / 1e3;
 }
 
 double CostModel::boundary_ms(std::int64_t llm_tokens, bool cross_node) const {
-  const double bytes = static_cast<double>(llm_tokens) * model_.llm.hidden *
-                       model_.training.bytes_per_activation;
+  const double bytes =
+      static_cast<double>(llm_tokens) * model_.llm.hidden * model_.training.bytes_per_activation;
   return 2.0 * p2p_ms(bytes, cross_node);  // embeddings forward, their gradients backward
 }
 
@@ -432,14 +440,14 @@ double CostModel::encoder_activation_bytes(const VisualItem& item) const {
   TrainingSetup training = model_.training;
   training.recompute = training.encoder_recompute;
   double per_token_layer = activation_bytes_per_token_layer(a, training, patches, 0);
-  if (training.recompute == Recompute::None) per_token_layer -= 5.0 * a.heads * patches *
-                                                                training.bytes_per_activation / 2.0;
+  if (training.recompute == Recompute::None)
+    per_token_layer -= 5.0 * a.heads * patches * training.bytes_per_activation / 2.0;
   double layer_bytes = patches * per_token_layer * a.layers;
   // Full recompute: the layer being recomputed holds its full activations in its backward.
   if (training.recompute == Recompute::Full)
     layer_bytes += patches * 34.0 * a.hidden * training.bytes_per_activation / 2.0;
-  const double outputs = static_cast<double>(item.llm_tokens) * model_.llm.hidden *
-                         training.bytes_per_activation;
+  const double outputs =
+      static_cast<double>(item.llm_tokens) * model_.llm.hidden * training.bytes_per_activation;
   return layer_bytes / encoder_tp_ + outputs;
 }
 

@@ -14,12 +14,12 @@
 namespace dhp::detail {
 
 struct CostTerms {
-  double gemm_work = 0;        // flops * (1 + half/n): times 1 / (peak * gemm_efficiency)
-  double attention_work = 0;   // same for attention kernels: times 1 / (peak * attention_eff)
-  double layer_passes = 0;     // times layer_overhead
-  double ring_steps = 0;       // times ring_step_overhead
+  double gemm_work = 0;           // flops * (1 + half/n): times 1 / (peak * gemm_efficiency)
+  double attention_work = 0;      // same for attention kernels: times 1 / (peak * attention_eff)
+  double layer_passes = 0;        // times layer_overhead
+  double ring_steps = 0;          // times ring_step_overhead
   double link_bytes_per_gbs = 0;  // bytes / link GB/s: times 1 / comm_efficiency
-  double fixed_ms = 0;         // link latencies: not calibrated (they come with the cluster)
+  double fixed_ms = 0;            // link latencies: not calibrated (they come with the cluster)
 
   CostTerms& operator+=(const CostTerms& o);
   CostTerms scaled(double factor) const;

@@ -40,8 +40,7 @@ const ordered_json& field(const ordered_json& obj, const std::string& path, cons
 
 double number(const ordered_json& obj, const std::string& path, const char* key) {
   const ordered_json& v = field(obj, path, key);
-  DHP_CHECK(v.is_number(), InvalidInput, "{}.{}: expected a number, got {}", path, key,
-            v.dump());
+  DHP_CHECK(v.is_number(), InvalidInput, "{}.{}: expected a number, got {}", path, key, v.dump());
   return v.get<double>();
 }
 
@@ -179,15 +178,13 @@ std::vector<Sample> load_activitynet(const std::string& path, const DatasetAssum
                 "{}: {} timestamps for {} sentences", where, stamps.size(), sentences.size());
       for (std::size_t e = 0; e < sentences.size(); ++e) {
         const ordered_json& span = stamps[e];
-        DHP_CHECK(span.is_array() && span.size() == 2 && span[0].is_number() &&
-                      span[1].is_number(),
+        DHP_CHECK(span.is_array() && span.size() == 2 && span[0].is_number() && span[1].is_number(),
                   InvalidInput, "{}.timestamps[{}]: expected [start, end], got {}", where, e,
                   span.dump());
         const double seconds = std::max(0.0, span[1].get<double>() - span[0].get<double>());
         Sample s;
         s.id = static_cast<std::int64_t>(samples.size());
-        s.text_tokens =
-            a.chat_template_tokens + text_tokens(sentences[e].get<std::string>(), a);
+        s.text_tokens = a.chat_template_tokens + text_tokens(sentences[e].get<std::string>(), a);
         append_video_items(seconds, a, s.visuals);
         samples.push_back(std::move(s));
       }
@@ -252,8 +249,7 @@ std::vector<Sample> load_mathvista(const std::string& path, const DatasetAssumpt
     const ordered_json& meta = field(record, where, "metadata");
     const double width = number(meta, where + ".metadata", "img_width");
     const double height = number(meta, where + ".metadata", "img_height");
-    DHP_CHECK(width >= 1 && height >= 1, InvalidInput, "{}: image {}x{} px", where, width,
-              height);
+    DHP_CHECK(width >= 1 && height >= 1, InvalidInput, "{}: image {}x{} px", where, width, height);
     Sample s;
     s.id = static_cast<std::int64_t>(samples.size());
     char* end = nullptr;
@@ -321,15 +317,16 @@ namespace {
 // Uniform in [0, n) by rejection: std::uniform_int_distribution differs between standard
 // libraries, and the batches must be the same everywhere.
 std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t n) {
-  const std::uint64_t limit = std::numeric_limits<std::uint64_t>::max() -
-                              std::numeric_limits<std::uint64_t>::max() % n;
+  const std::uint64_t limit =
+      std::numeric_limits<std::uint64_t>::max() - std::numeric_limits<std::uint64_t>::max() % n;
   std::uint64_t x = rng();
   while (x >= limit) x = rng();
   return x % n;
 }
 
 void fisher_yates(std::vector<std::size_t>& order, std::mt19937_64& rng) {
-  for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[uniform_below(rng, i)]);
+  for (std::size_t i = order.size(); i > 1; --i)
+    std::swap(order[i - 1], order[uniform_below(rng, i)]);
 }
 
 // In [0, 1) with 53 random bits.
@@ -383,8 +380,8 @@ std::vector<Sample> lognormal_samples(int count, double mean_tokens, double sigm
     const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
     const double length = std::min(std::exp(mu + sigma * z), static_cast<double>(max_tokens));
     samples[i].id = i;
-    samples[i].text_tokens = std::clamp(static_cast<std::int64_t>(std::llround(length)),
-                                        min_tokens, max_tokens);
+    samples[i].text_tokens =
+        std::clamp(static_cast<std::int64_t>(std::llround(length)), min_tokens, max_tokens);
   }
   return samples;
 }

@@ -12,9 +12,9 @@
 #include <set>
 #include <utility>
 
+#include "baselines.hpp"
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
-#include "baselines.hpp"
 #include "internal.hpp"
 
 namespace dhp::detail {
@@ -74,8 +74,12 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
   t.seqs.reserve(n);
   for (int i = 0; i < n; ++i) {
     const std::int64_t tokens = batch.samples[i].llm_tokens();
-    SequenceInfo s{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}) - t.fixed_ms,
-                   cost.llm_activation_bytes(tokens, 1), tokens, static_cast<int>(t.steps.size()), 0};
+    SequenceInfo s{i,
+                   cost.llm_sequence_ms(tokens, RingSpan{1, false}) - t.fixed_ms,
+                   cost.llm_activation_bytes(tokens, 1),
+                   tokens,
+                   static_cast<int>(t.steps.size()),
+                   0};
     auto local_tokens = [&](int d) { return (tokens + d - 1) / d; };
     // Smallest degree whose activations fit (bytes fall with the degree beyond 1) and whose
     // local share stays within the token limit.
@@ -84,7 +88,8 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
       int lo = 2, hi = R;
       while (lo < hi) {
         const int mid = lo + (hi - lo) / 2;
-        if (cost.llm_activation_bytes(tokens, mid) <= t.budget && local_tokens(mid) <= t.token_limit)
+        if (cost.llm_activation_bytes(tokens, mid) <= t.budget &&
+            local_tokens(mid) <= t.token_limit)
           hi = mid;
         else
           lo = mid + 1;
@@ -130,7 +135,7 @@ struct Bin {
   int wave;
   int group;
   int member;
-  double load;   // fixed_ms + marginal times of its pieces; 0 while it holds nothing
+  double load;  // fixed_ms + marginal times of its pieces; 0 while it holds nothing
   double bytes;
   std::int64_t tokens;
   int pieces;
@@ -250,8 +255,10 @@ class Packer {
       DHP_CHECK(seq_bin_[k] < 0 || bins_[seq_bin_[k]].member < gr.degree, Internal,
                 "dhp: bin/member mismatch for sequence {}", k);
       GroupDraft& d = waves[gr.wave].groups[draft_index[seq_group_[k]]];
-      if (seq_bin_[k] < 0) d.split.push_back(t_.seqs[k].sample);
-      else d.whole[bins_[seq_bin_[k]].member].push_back(t_.seqs[k].sample);
+      if (seq_bin_[k] < 0)
+        d.split.push_back(t_.seqs[k].sample);
+      else
+        d.whole[bins_[seq_bin_[k]].member].push_back(t_.seqs[k].sample);
     }
     // Ranks that received nothing stay unused; waves that received nothing disappear.
     std::vector<WaveDraft> out;
@@ -285,7 +292,8 @@ class Packer {
   const DegreeStep* choose_step(const SequenceInfo& s, double T) const {
     const DegreeStep* first = &t_.steps[s.first_step];
     const DegreeStep* last = first + s.num_steps;
-    const DegreeStep* it = std::partition_point(first, last, [&](const DegreeStep& d) { return d.ms + t_.fixed_ms > T; });
+    const DegreeStep* it = std::partition_point(
+        first, last, [&](const DegreeStep& d) { return d.ms + t_.fixed_ms > T; });
     return it == last ? nullptr : it;
   }
 
@@ -342,7 +350,8 @@ class Packer {
     };
     if (fill == Fill::BestFit) {
       // Join the fullest group of this degree whose members still finish within T.
-      auto it = candidates.upper_bound({T - t_.fixed_ms - step.ms, std::numeric_limits<int>::max()});
+      auto it =
+          candidates.upper_bound({T - t_.fixed_ms - step.ms, std::numeric_limits<int>::max()});
       for (int scanned = 0; it != candidates.begin() && scanned < kMemoryScan; ++scanned) {
         --it;
         if (group_fits(it->second, step)) {
@@ -377,7 +386,11 @@ class Packer {
   using LoadIndex = std::set<std::pair<double, int>>;
   void reindex(int bin, int k, LoadIndex::node_type node) {
     const Bin& b = bins_[bin];
-    if (fits(b, t_.min_bytes_after[k], t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max() ? 0 : t_.min_tokens_after[k]) || k + 1 >= static_cast<int>(t_.seqs.size())) {
+    if (fits(b, t_.min_bytes_after[k],
+             t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max()
+                 ? 0
+                 : t_.min_tokens_after[k]) ||
+        k + 1 >= static_cast<int>(t_.seqs.size())) {
       node.value() = {b.load, bin};
       by_load_.insert(std::move(node));
     }
@@ -453,10 +466,10 @@ class Packer {
   int waves_ = 0;
   std::vector<Bin> bins_;
   std::vector<Group> groups_;
-  std::set<std::pair<double, int>> by_load_;                        // (load, bin)
-  std::map<int, std::set<std::pair<double, int>>> split_groups_;    // degree -> (split load, group)
+  std::set<std::pair<double, int>> by_load_;                      // (load, bin)
+  std::map<int, std::set<std::pair<double, int>>> split_groups_;  // degree -> (split load, group)
   std::vector<int> free_;
-  std::set<std::pair<int, int>> most_free_;                         // (-free ranks, wave)
+  std::set<std::pair<int, int>> most_free_;  // (-free ranks, wave)
   std::vector<int> seq_group_;
   std::vector<int> seq_bin_;  // -1: split over the group
 };
@@ -519,7 +532,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   // the least rank-time each sequence can consume, spread over every rank of every wave.
   double longest = 0;
   double rank_time = 0;
-  double memory_ranks = 0;  // rank-waves the activations need at least
+  double memory_ranks = 0;            // rank-waves the activations need at least
   double all_work = tables.fixed_ms;  // every sequence on one rank at its first degree
   for (const SequenceInfo& s : tables.seqs) {
     double least = kInf;
@@ -581,7 +594,10 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     if (!feasible) continue;
     while (hi - lo > kRelTolerance * hi) {
       const double mid = 0.5 * (lo + hi);
-      if (packer.pack(mid, W, Fill::BestFit)) hi = mid; else lo = mid;
+      if (packer.pack(mid, W, Fill::BestFit))
+        hi = mid;
+      else
+        lo = mid;
     }
     packer.pack(hi, W, Fill::BestFit);
     packer.improve(4 * static_cast<int>(tables.seqs.size()));

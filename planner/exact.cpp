@@ -74,7 +74,8 @@ class Search {
     const Piece& p = pieces_[k];
     for (std::size_t g = 0; g < degrees_.size(); ++g) {
       // Identical empty groups are interchangeable: only the first of them is tried.
-      if (prune_ && !group_used_[g] && g > 0 && degrees_[g - 1] == degrees_[g] && !group_used_[g - 1])
+      if (prune_ && !group_used_[g] && g > 0 && degrees_[g - 1] == degrees_[g] &&
+          !group_used_[g - 1])
         continue;
       const int d = degrees_[g];
       const int r0 = first_rank_[g];
@@ -128,8 +129,10 @@ class Search {
     }
     for (std::size_t k = 0; k < pieces_.size(); ++k) {
       auto [g, m] = where_[k];
-      if (m < 0) wave.groups[g].split.push_back(pieces_[k].sample);
-      else wave.groups[g].whole[m].push_back(pieces_[k].sample);
+      if (m < 0)
+        wave.groups[g].split.push_back(pieces_[k].sample);
+      else
+        wave.groups[g].whole[m].push_back(pieces_[k].sample);
     }
     std::erase_if(wave.groups, [](const GroupDraft& gd) {
       return gd.split.empty() &&
@@ -174,8 +177,8 @@ ExactResult solve_exact_wave(const Batch& batch, const CostModel& cost, const La
   for (int i = 0; i < n; ++i) {
     const std::int64_t tokens = batch.samples[i].llm_tokens();
     Piece p{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}) - fixed,
-            cost.llm_activation_bytes(tokens, 1),
-            std::vector<double>(R + 1, kInf), std::vector<double>(R + 1, kInf)};
+            cost.llm_activation_bytes(tokens, 1), std::vector<double>(R + 1, kInf),
+            std::vector<double>(R + 1, kInf)};
     for (int d = 2; d <= R; ++d) {
       p.split_ms[d] = cost.llm_sequence_ms(tokens, expected_ring(d, layout)) - fixed;
       p.split_bytes[d] = cost.llm_activation_bytes(tokens, d);
@@ -216,8 +219,10 @@ Plan plan_exact(const Batch& batch, const CostModel& cost, const Layout& layout,
       }
       for (const SequencePlan& sp : w.sequences) {
         GroupDraft& gd = dhp_wave.groups[sp.group];
-        if (sp.sharding == Sharding::Whole) gd.whole[sp.member].push_back(sp.sample);
-        else gd.split.push_back(sp.sample);
+        if (sp.sharding == Sharding::Whole)
+          gd.whole[sp.member].push_back(sp.sample);
+        else
+          gd.split.push_back(sp.sample);
       }
     }
   }
@@ -232,8 +237,8 @@ Plan plan_exact(const Batch& batch, const CostModel& cost, const Layout& layout,
             batch.samples.size(), layout.llm.ranks);
   // The search prices a ring holding several split sequences at an upper bound of the packed
   // estimate, so dhp's plan can still be the better one by the estimate: keep the better.
-  if (!dhp_wave.groups.empty() &&
-      estimate_step_ms(batch, cost, layout, {dhp_wave}) < estimate_step_ms(batch, cost, layout, {r.wave}))
+  if (!dhp_wave.groups.empty() && estimate_step_ms(batch, cost, layout, {dhp_wave}) <
+                                      estimate_step_ms(batch, cost, layout, {r.wave}))
     return build_plan("exact", batch, cost, layout, {dhp_wave});
   return build_plan("exact", batch, cost, layout, {r.wave});
 }

@@ -29,14 +29,14 @@ struct Layout {
 // devices of a node, and leaves room for activations; explicit options win.
 Layout resolve_layout(const ClusterSpec& cluster, const ModelSpec& model,
                       const PlannerOptions& options);
-CostModel make_cost_model(const ClusterSpec& cluster, const ModelSpec& model,
-                          const Layout& layout, const PlannerOptions& options);
+CostModel make_cost_model(const ClusterSpec& cluster, const ModelSpec& model, const Layout& layout,
+                          const PlannerOptions& options);
 
 // A group before its concrete ranks are chosen.
 struct GroupDraft {
   int degree = 1;
-  std::vector<int> split;                // samples zigzag-split over the whole group
-  std::vector<std::vector<int>> whole;   // [member] -> samples kept whole on that member
+  std::vector<int> split;               // samples zigzag-split over the whole group
+  std::vector<std::vector<int>> whole;  // [member] -> samples kept whole on that member
 };
 struct WaveDraft {
   std::vector<GroupDraft> groups;  // sum of degrees <= layout.llm.ranks
@@ -58,8 +58,8 @@ bool crosses_nodes(const std::vector<int>& ranks, int ranks_per_node);
 // Per-rank LLM time of one rank's pieces, as the planner's cost model sees it.
 // `split` are token counts of sequences zigzag-split over a ring of `ring`;
 // `whole` are token counts of sequences held whole.
-double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split,
-                   RingSpan ring, const std::vector<std::int64_t>& whole);
+double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split, RingSpan ring,
+                   const std::vector<std::int64_t>& whole);
 // Activation bytes per device of the same pieces.
 double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64_t>& split,
                              int degree, const std::vector<std::int64_t>& whole);

@@ -40,7 +40,8 @@ void fill_module_layouts(Layout& layout, const ClusterSpec& cluster, const Model
   layout.placement = options.placement;
   if (options.placement == EncoderPlacement::Colocated) {
     layout.llm = ModuleLayout{layout.llm_tp, 0, world / layout.llm_tp};
-    layout.encoder = ModuleLayout{layout.encoder_tp, 0, has_encoder ? world / layout.encoder_tp : 0};
+    layout.encoder =
+        ModuleLayout{layout.encoder_tp, 0, has_encoder ? world / layout.encoder_tp : 0};
     layout.llm_ranks_per_node = std::min(dpn / layout.llm_tp, layout.llm.ranks);
     return;
   }
@@ -85,8 +86,8 @@ Layout resolve_layout(const ClusterSpec& cluster, const ModelSpec& model,
 
   if (options.llm_tp > 0) {
     DHP_CHECK(tp_valid(options.llm_tp, model.llm, dpn), InvalidArgument,
-              "llm_tp={} must divide heads={}, kv_heads={} and devices_per_node={}",
-              options.llm_tp, model.llm.heads, model.llm.kv_heads, dpn);
+              "llm_tp={} must divide heads={}, kv_heads={} and devices_per_node={}", options.llm_tp,
+              model.llm.heads, model.llm.kv_heads, dpn);
   }
   if (options.encoder_tp > 0 && has_encoder) {
     DHP_CHECK(tp_valid(options.encoder_tp, *enc_arch, dpn), InvalidArgument,
@@ -151,12 +152,13 @@ Layout resolve_layout(const ClusterSpec& cluster, const ModelSpec& model,
             "short of the {:.2f} GiB needed for {} tokens of activations",
             model.name, cluster.name, best_layout.llm_tp, -best_room / kGiB,
             CostModel(cluster, model, best_layout.llm_tp, best_layout.encoder_tp, coef)
-                    .llm_activation_bytes(kMinActivationTokens, 1) / kGiB,
+                    .llm_activation_bytes(kMinActivationTokens, 1) /
+                kGiB,
             kMinActivationTokens);
 }
 
-CostModel make_cost_model(const ClusterSpec& cluster, const ModelSpec& model,
-                          const Layout& layout, const PlannerOptions& options) {
+CostModel make_cost_model(const ClusterSpec& cluster, const ModelSpec& model, const Layout& layout,
+                          const PlannerOptions& options) {
   return CostModel(cluster, model, layout.llm_tp, layout.encoder_tp,
                    coefficients_of(cluster, options));
 }
@@ -182,8 +184,8 @@ std::vector<std::vector<int>> place_groups(const std::vector<int>& degrees, int 
     DHP_CHECK(d >= 1, Internal, "place_groups: group degree {} < 1", d);
     needed += d;
   }
-  DHP_CHECK(needed <= total_ranks, Internal,
-            "place_groups: groups need {} ranks, only {} exist", needed, total_ranks);
+  DHP_CHECK(needed <= total_ranks, Internal, "place_groups: groups need {} ranks, only {} exist",
+            needed, total_ranks);
 
   const int nodes = (total_ranks + ranks_per_node - 1) / ranks_per_node;
   // Free ranks per node, lowest first; and an ordered index (free count, node) for best-fit.
@@ -266,7 +268,8 @@ double encoder_reserve_bytes(const CostModel& cost, const Layout& layout, const 
   // items memory-aware within this reserve and its device-level check stays authoritative.
   double largest = 0;
   for (const Sample& s : batch.samples)
-    for (const VisualItem& v : s.visuals) largest = std::max(largest, cost.encoder_activation_bytes(v));
+    for (const VisualItem& v : s.visuals)
+      largest = std::max(largest, cost.encoder_activation_bytes(v));
   return 2.0 * largest;
 }
 
@@ -299,7 +302,8 @@ void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& l
               s.id, tokens, need / kGiB, max_degree, budget / kGiB, cost.capacity_bytes() / kGiB);
   }
   if (layout.placement == EncoderPlacement::Disjoint && layout.encoder.ranks > 0) {
-    const double enc_budget = cost.capacity_bytes() - cost.encoder_static_bytes(layout.encoder.ranks);
+    const double enc_budget =
+        cost.capacity_bytes() - cost.encoder_static_bytes(layout.encoder.ranks);
     for (const Sample& s : batch.samples) {
       for (const VisualItem& v : s.visuals) {
         const double need = cost.encoder_activation_bytes(v);
@@ -398,8 +402,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       gp.ranks = std::move(placed[g]);
       gp.attention = CpAttention::Ring;
       DHP_CHECK(gd.whole.size() <= static_cast<std::size_t>(gd.degree), Internal,
-                "{}: wave {} group {} of degree {} lists {} members with whole sequences",
-                strategy, w, g, gd.degree, gd.whole.size());
+                "{}: wave {} group {} of degree {} lists {} members with whole sequences", strategy,
+                w, g, gd.degree, gd.whole.size());
       const RingSpan ring{gd.degree, crosses_nodes(gp.ranks, rpn)};
       split_tokens.clear();
       double split_bytes = 0;
@@ -462,7 +466,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       for (std::size_t g = 0; g < group_encoder_ranks.size(); ++g) {
         for (int r : wave.groups[g].ranks)
           for (int t = 0; t < layout.llm.tp; ++t) {
-            const int e = (layout.llm.device_of(r, t) - layout.encoder.first_device) / layout.encoder.tp;
+            const int e =
+                (layout.llm.device_of(r, t) - layout.encoder.first_device) / layout.encoder.tp;
             if (e >= 0 && e < E && on_group_devices(e, static_cast<int>(g)))
               group_encoder_ranks[g].push_back(e);
           }
@@ -500,12 +505,15 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         by_load.insert({enc_load[chosen], chosen});
         enc_bytes[chosen] += b;
         if (!on_group_devices(chosen, it.group)) enc_sent[chosen] += v.llm_tokens;
-        plan.encoder_tasks.push_back(EncoderTask{it.sample, it.visual, static_cast<int>(w), chosen});
+        plan.encoder_tasks.push_back(
+            EncoderTask{it.sample, it.visual, static_cast<int>(w), chosen});
       }
       double boundary = 0;
       for (int e = 0; e < E; ++e) {
         enc_wave_ms[w] = std::max(enc_wave_ms[w], enc_load[e]);
-        if (enc_sent[e] > 0) boundary = std::max(boundary, cost.boundary_ms(enc_sent[e], world > cost.cluster().devices_per_node));
+        if (enc_sent[e] > 0)
+          boundary = std::max(
+              boundary, cost.boundary_ms(enc_sent[e], world > cost.cluster().devices_per_node));
       }
       boundary_wave_ms[w] = boundary;
     }

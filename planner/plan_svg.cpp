@@ -25,11 +25,20 @@ std::string escape(const std::string& text) {
   std::string out;
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -42,12 +51,18 @@ std::string hue_colour(double hue) {
   const double hp = std::fmod(hue, 360.0) / 60.0;
   const double x = c * (1 - std::abs(std::fmod(hp, 2.0) - 1));
   double r = 0, g = 0, b = 0;
-  if (hp < 1) r = c, g = x;
-  else if (hp < 2) r = x, g = c;
-  else if (hp < 3) g = c, b = x;
-  else if (hp < 4) g = x, b = c;
-  else if (hp < 5) r = x, b = c;
-  else r = c, b = x;
+  if (hp < 1)
+    r = c, g = x;
+  else if (hp < 2)
+    r = x, g = c;
+  else if (hp < 3)
+    g = c, b = x;
+  else if (hp < 4)
+    g = x, b = c;
+  else if (hp < 5)
+    r = x, b = c;
+  else
+    r = c, b = x;
   const double m = l - c / 2;
   auto byte = [&](double v) { return static_cast<int>(std::lround((v + m) * 255)); };
   return fmt::format("#{:02x}{:02x}{:02x}", byte(r), byte(g), byte(b));
@@ -110,7 +125,8 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
   for (const WavePlan& w : plan.waves) llm_groups += static_cast<int>(w.groups.size());
   svg += fmt::format(
       "<text x=\"{:.0f}\" y=\"20\" font-size=\"15\" font-weight=\"bold\">{} &#8212; step {:.1f} ms "
-      "(simulated), idle {:.1f}%, <tspan fill=\"{}\">peak memory {:.1f} / {:.1f} GiB{}</tspan></text>\n",
+      "(simulated), idle {:.1f}%, <tspan fill=\"{}\">peak memory {:.1f} / {:.1f} "
+      "GiB{}</tspan></text>\n",
       kLeft, escape(plan.strategy), result.step_ms, 100 * result.mean_idle_fraction,
       over_capacity ? "#c00000" : "#000000", result.max_peak_mem_gib, result.mem_capacity_gib,
       over_capacity ? " (OVER CAPACITY)" : "");
@@ -120,7 +136,8 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
       plan.encoder.ranks, plan.encoder.tp, to_string(plan.placement));
   if (total_rows > kMaxRows)
     subtitle += fmt::format("; showing the first {} of {} rows", kMaxRows, total_rows);
-  svg += fmt::format("<text x=\"{:.0f}\" y=\"38\" fill=\"#333\">{}</text>\n", kLeft, escape(subtitle));
+  svg +=
+      fmt::format("<text x=\"{:.0f}\" y=\"38\" fill=\"#333\">{}</text>\n", kLeft, escape(subtitle));
 
   // Row backgrounds (idle) and labels.
   const int label_every = std::max(1, static_cast<int>(std::ceil(10.0 / row_h)));
@@ -130,8 +147,10 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
         "<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"#eeeeee\"/>\n",
         kLeft, y + 0.5, plot_w, row_h - 1);
     if (row % label_every == 0)
-      svg += fmt::format("<text x=\"{:.0f}\" y=\"{:.1f}\" text-anchor=\"end\" font-size=\"{:.0f}\">dev {}</text>\n",
-                         kLeft - 6, y + row_h / 2 + 4, std::min(11.0, std::max(8.0, row_h)), device);
+      svg += fmt::format(
+          "<text x=\"{:.0f}\" y=\"{:.1f}\" text-anchor=\"end\" font-size=\"{:.0f}\">dev "
+          "{}</text>\n",
+          kLeft - 6, y + row_h / 2 + 4, std::min(11.0, std::max(8.0, row_h)), device);
   }
 
   // Events: work first, then waits, then the thin ring-communication overlay.
@@ -167,7 +186,8 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
           if (pass == 1) rect(e, y + h * 0.15, h * 0.7, "white", " fill-opacity=\"0.85\"");
           break;
         case EventKind::RingComm:
-          if (pass == 2) rect(e, y + h * 0.78, std::max(h * 0.22, 1.0), "#222222", " fill-opacity=\"0.55\"");
+          if (pass == 2)
+            rect(e, y + h * 0.78, std::max(h * 0.22, 1.0), "#222222", " fill-opacity=\"0.55\"");
           break;
       }
     }
@@ -181,31 +201,40 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
     if (it == row_of.end()) continue;
     const double y = kTop + it->second * row_h;
     const double x0 = x_of(e.start_ms);
-    svg += fmt::format("<line x1=\"{:.2f}\" y1=\"{:.1f}\" x2=\"{:.2f}\" y2=\"{:.1f}\" stroke=\"#000\" stroke-width=\"1.5\"/>\n",
-                       x0, y, x0, y + row_h);
+    svg += fmt::format(
+        "<line x1=\"{:.2f}\" y1=\"{:.1f}\" x2=\"{:.2f}\" y2=\"{:.1f}\" stroke=\"#000\" "
+        "stroke-width=\"1.5\"/>\n",
+        x0, y, x0, y + row_h);
     if (row_h >= 10 && x_of(e.end_ms) - x0 > 28)
-      svg += fmt::format("<text x=\"{:.2f}\" y=\"{:.1f}\" font-size=\"9\" fill=\"#000\">w{}</text>\n",
-                         x0 + 3, y + row_h / 2 + 3, e.wave);
+      svg +=
+          fmt::format("<text x=\"{:.2f}\" y=\"{:.1f}\" font-size=\"9\" fill=\"#000\">w{}</text>\n",
+                      x0 + 3, y + row_h / 2 + 3, e.wave);
   }
 
   // Time axis.
   const double axis_y = kTop + plot_h + 4;
-  svg += fmt::format("<line x1=\"{:.0f}\" y1=\"{:.1f}\" x2=\"{:.0f}\" y2=\"{:.1f}\" stroke=\"#000\"/>\n",
-                     kLeft, axis_y, kLeft + plot_w, axis_y);
+  svg += fmt::format(
+      "<line x1=\"{:.0f}\" y1=\"{:.1f}\" x2=\"{:.0f}\" y2=\"{:.1f}\" stroke=\"#000\"/>\n", kLeft,
+      axis_y, kLeft + plot_w, axis_y);
   const double step = tick_step(span, 10);
   for (double t = 0; t <= span * (1 + 1e-9); t += step) {
     const double x = x_of(t);
-    svg += fmt::format("<line x1=\"{:.2f}\" y1=\"{:.1f}\" x2=\"{:.2f}\" y2=\"{:.1f}\" stroke=\"#000\"/>\n",
-                       x, axis_y, x, axis_y + 4);
+    svg += fmt::format(
+        "<line x1=\"{:.2f}\" y1=\"{:.1f}\" x2=\"{:.2f}\" y2=\"{:.1f}\" stroke=\"#000\"/>\n", x,
+        axis_y, x, axis_y + 4);
     svg += fmt::format("<text x=\"{:.2f}\" y=\"{:.1f}\" text-anchor=\"middle\">{:g}</text>\n", x,
                        axis_y + 16, t);
   }
-  svg += fmt::format("<text x=\"{:.0f}\" y=\"{:.1f}\" text-anchor=\"middle\">simulated time (ms)</text>\n",
-                     kLeft + plot_w / 2, axis_y + 32);
+  svg += fmt::format(
+      "<text x=\"{:.0f}\" y=\"{:.1f}\" text-anchor=\"middle\">simulated time (ms)</text>\n",
+      kLeft + plot_w / 2, axis_y + 32);
 
   // Legend.
   const double ly = axis_y + 50;
-  struct Entry { const char* fill; const char* label; };
+  struct Entry {
+    const char* fill;
+    const char* label;
+  };
   const Entry entries[] = {{"#5fa8d3", "LLM compute (colour = group)"},
                            {"url(#hatch)", "encoder"},
                            {"url(#dots)", "boundary transfer (waiting for encoder outputs)"},
@@ -217,8 +246,10 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
   for (const Entry& e : entries) {
     const double w = 18 + 6.2 * static_cast<double>(std::string(e.label).size()) + 14;
     if (lx + w > kWidth - kRight) lx = kLeft, row_y += 16;  // wrap the legend
-    svg += fmt::format("<rect x=\"{:.0f}\" y=\"{:.0f}\" width=\"14\" height=\"10\" fill=\"{}\" stroke=\"#888\"/>\n",
-                       lx, row_y, e.fill);
+    svg += fmt::format(
+        "<rect x=\"{:.0f}\" y=\"{:.0f}\" width=\"14\" height=\"10\" fill=\"{}\" "
+        "stroke=\"#888\"/>\n",
+        lx, row_y, e.fill);
     svg += fmt::format("<text x=\"{:.0f}\" y=\"{:.0f}\">{}</text>\n", lx + 18, row_y + 9, e.label);
     lx += w;
   }

@@ -13,12 +13,18 @@ namespace dhp {
 
 const char* to_string(Strategy s) noexcept {
   switch (s) {
-    case Strategy::Dhp: return "dhp";
-    case Strategy::StaticBest: return "static_best";
-    case Strategy::StaticBalanced: return "static_balanced";
-    case Strategy::MegatronDcp: return "megatron_dcp";
-    case Strategy::PaperBfdDp: return "paper_bfd_dp";
-    case Strategy::Exact: return "exact";
+    case Strategy::Dhp:
+      return "dhp";
+    case Strategy::StaticBest:
+      return "static_best";
+    case Strategy::StaticBalanced:
+      return "static_balanced";
+    case Strategy::MegatronDcp:
+      return "megatron_dcp";
+    case Strategy::PaperBfdDp:
+      return "paper_bfd_dp";
+    case Strategy::Exact:
+      return "exact";
   }
   return "unknown";
 }
@@ -84,7 +90,9 @@ Plan Planner::plan(const Batch& batch) const {
   detail::check_batch_fits(batch, m.cost, m.layout);
   Plan plan;
   switch (m.options.strategy) {
-    case Strategy::Dhp: plan = detail::plan_dhp(batch, m.cost, m.layout, m.options); break;
+    case Strategy::Dhp:
+      plan = detail::plan_dhp(batch, m.cost, m.layout, m.options);
+      break;
     case Strategy::StaticBest:
       plan = detail::plan_static_best(batch, m.cost, m.layout, m.options);
       break;
@@ -97,7 +105,9 @@ Plan Planner::plan(const Batch& batch) const {
     case Strategy::PaperBfdDp:
       plan = detail::plan_paper_bfd_dp(batch, m.cost, m.layout, m.options);
       break;
-    case Strategy::Exact: plan = detail::plan_exact(batch, m.cost, m.layout, m.options); break;
+    case Strategy::Exact:
+      plan = detail::plan_exact(batch, m.cost, m.layout, m.options);
+      break;
   }
   plan.strategy = to_string(m.options.strategy);
   plan.step = batch.step;

@@ -17,12 +17,18 @@ namespace dhp {
 
 const char* to_string(EventKind k) noexcept {
   switch (k) {
-    case EventKind::Encoder: return "encoder";
-    case EventKind::Boundary: return "boundary";
-    case EventKind::Compute: return "compute";
-    case EventKind::RingComm: return "ring_comm";
-    case EventKind::Wait: return "wait";
-    case EventKind::GradSync: return "grad_sync";
+    case EventKind::Encoder:
+      return "encoder";
+    case EventKind::Boundary:
+      return "boundary";
+    case EventKind::Compute:
+      return "compute";
+    case EventKind::RingComm:
+      return "ring_comm";
+    case EventKind::Wait:
+      return "wait";
+    case EventKind::GradSync:
+      return "grad_sync";
   }
   return "unknown";
 }
@@ -70,13 +76,16 @@ class Run {
     const int world = cost.cluster().world_size();
     DHP_CHECK(plan.llm.ranks >= 1 && plan.llm.first_device >= 0 &&
                   plan.llm.first_device + plan.llm.num_devices() <= world,
-              InvalidArgument, "simulator: LLM layout (first device {}, {} ranks x tp {}) does not fit {} devices",
+              InvalidArgument,
+              "simulator: LLM layout (first device {}, {} ranks x tp {}) does not fit {} devices",
               plan.llm.first_device, plan.llm.ranks, plan.llm.tp, world);
-    DHP_CHECK(plan.encoder.ranks == 0 ||
-                  (plan.encoder.first_device >= 0 &&
-                   plan.encoder.first_device + plan.encoder.num_devices() <= world),
-              InvalidArgument, "simulator: encoder layout (first device {}, {} ranks x tp {}) does not fit {} devices",
-              plan.encoder.first_device, plan.encoder.ranks, plan.encoder.tp, world);
+    DHP_CHECK(
+        plan.encoder.ranks == 0 ||
+            (plan.encoder.first_device >= 0 &&
+             plan.encoder.first_device + plan.encoder.num_devices() <= world),
+        InvalidArgument,
+        "simulator: encoder layout (first device {}, {} ranks x tp {}) does not fit {} devices",
+        plan.encoder.first_device, plan.encoder.ranks, plan.encoder.tp, world);
     DHP_CHECK(plan.llm.tp == cost.llm_tp(), InvalidArgument,
               "simulator: plan LLM tp={} but the cost model was built for tp={}", plan.llm.tp,
               cost.llm_tp());
@@ -98,10 +107,10 @@ class Run {
     tasks_by_wave_.assign(static_cast<size_t>(waves), {});
     for (size_t t = 0; t < plan_.encoder_tasks.size(); ++t) {
       const EncoderTask& task = plan_.encoder_tasks[t];
-      DHP_CHECK(task.wave >= 0 && task.wave < waves && task.rank >= 0 &&
-                    task.rank < plan_.encoder.ranks,
-                InvalidArgument, "simulator: encoder task {} has wave {} / rank {} out of range",
-                t, task.wave, task.rank);
+      DHP_CHECK(
+          task.wave >= 0 && task.wave < waves && task.rank >= 0 && task.rank < plan_.encoder.ranks,
+          InvalidArgument, "simulator: encoder task {} has wave {} / rank {} out of range", t,
+          task.wave, task.rank);
       tasks_by_wave_[static_cast<size_t>(task.wave)].push_back(t);
     }
     item_ready_.assign(plan_.encoder_tasks.size(), 0.0);
@@ -111,8 +120,10 @@ class Run {
     const bool disjoint = plan_.placement == EncoderPlacement::Disjoint;
     if (disjoint && waves > 0) encoder_forward(0);
     for (int w = 0; w < waves; ++w) {
-      if (!disjoint) encoder_forward(w);
-      else if (w + 1 < waves) encoder_forward(w + 1);
+      if (!disjoint)
+        encoder_forward(w);
+      else if (w + 1 < waves)
+        encoder_forward(w + 1);
       llm_wave(w);
       encoder_backward(w);
     }
@@ -127,7 +138,8 @@ class Run {
   }
   double ready_at(const ModuleLayout& layout, int rank) {
     double t = 0;
-    for_devices(layout, rank, [&](int d) { t = std::max(t, device_free_[static_cast<size_t>(d)]); });
+    for_devices(layout, rank,
+                [&](int d) { t = std::max(t, device_free_[static_cast<size_t>(d)]); });
     return t;
   }
   void occupy(const ModuleLayout& layout, int rank, double until, double busy) {
@@ -168,7 +180,8 @@ class Run {
                       batch_.samples[static_cast<size_t>(task.sample)].visuals.size(),
               InvalidArgument, "simulator: encoder task (sample {}, visual {}) not in the batch",
               task.sample, task.visual);
-    return batch_.samples[static_cast<size_t>(task.sample)].visuals[static_cast<size_t>(task.visual)];
+    return batch_.samples[static_cast<size_t>(task.sample)]
+        .visuals[static_cast<size_t>(task.visual)];
   }
 
   // ---- encoder ----
@@ -211,7 +224,8 @@ class Run {
       now += cost_.encoder_item_ms(item) * backward_share;
       occupy(plan_.encoder, task.rank, now, now - start);
       event(device, w, -1, EventKind::Encoder, start, now);
-      enc_end_[static_cast<size_t>(task.rank)] = std::max(enc_end_[static_cast<size_t>(task.rank)], now);
+      enc_end_[static_cast<size_t>(task.rank)] =
+          std::max(enc_end_[static_cast<size_t>(task.rank)], now);
     }
   }
 
@@ -277,7 +291,8 @@ class Run {
         split_samples[static_cast<size_t>(seq.group)].push_back(seq.sample);
         for (int m = 0; m < d; ++m) {
           RankWork& rw = work[static_cast<size_t>(group.ranks[static_cast<size_t>(m)])];
-          rw.local_tokens += static_cast<double>(chunk_len(tokens, d, m) + chunk_len(tokens, d, 2 * d - 1 - m));
+          rw.local_tokens +=
+              static_cast<double>(chunk_len(tokens, d, m) + chunk_len(tokens, d, 2 * d - 1 - m));
           rw.activation_bytes += cost_.llm_activation_bytes(tokens, d);
         }
         holder[static_cast<size_t>(seq.sample)] = {seq.group, -1};
@@ -290,7 +305,13 @@ class Run {
     const auto& cluster = cost_.cluster();
     const double eff = cost_.coefficients().comm_efficiency;
     std::vector<double> arrival(static_cast<size_t>(ranks), 0.0);
-    struct Transfer { size_t task; int rank; double bytes; bool cross; bool local; };
+    struct Transfer {
+      size_t task;
+      int rank;
+      double bytes;
+      bool cross;
+      bool local;
+    };
     std::vector<Transfer> transfers;
     std::vector<double> in_ms(static_cast<size_t>(ranks), 0.0);
     std::vector<double> out_ms(static_cast<size_t>(std::max(plan_.encoder.ranks, 1)), 0.0);
@@ -301,7 +322,8 @@ class Run {
                 "simulator: encoder task for sample {} in wave {}, but the wave does not run it",
                 task.sample, w);
       const GroupPlan& group = wave.groups[static_cast<size_t>(g)];
-      const double bytes = static_cast<double>(item_of(task).llm_tokens) * llm_arch.hidden * bytes_act;
+      const double bytes =
+          static_cast<double>(item_of(task).llm_tokens) * llm_arch.hidden * bytes_act;
       const int src = plan_.encoder.device_of(task.rank);
       auto add = [&](int r, double share) {
         const int dst = plan_.llm.device_of(r);
@@ -309,18 +331,23 @@ class Run {
         const bool cross = cluster.node_of(src) != cluster.node_of(dst);
         transfers.push_back({t, r, bytes * share, cross, local});
         if (local) return;
-        const double ms = bytes * share / ((cross ? cluster.inter_node : cluster.intra_node).bandwidth_gbs * 1e6 * eff);
+        const double ms =
+            bytes * share /
+            ((cross ? cluster.inter_node : cluster.intra_node).bandwidth_gbs * 1e6 * eff);
         in_ms[static_cast<size_t>(r)] += ms;
         out_ms[static_cast<size_t>(task.rank)] += ms;
       };
-      if (member >= 0) add(group.ranks[static_cast<size_t>(member)], 1.0);
-      else for (int r : group.ranks) add(r, 1.0 / group.degree());
+      if (member >= 0)
+        add(group.ranks[static_cast<size_t>(member)], 1.0);
+      else
+        for (int r : group.ranks) add(r, 1.0 / group.degree());
     }
     auto transfer_ms = [&](const Transfer& tr) {
       if (tr.local) return 0.0;
       const LinkSpec& link = tr.cross ? cluster.inter_node : cluster.intra_node;
-      return link.latency_us / 1e3 + std::max(in_ms[static_cast<size_t>(tr.rank)],
-                                              out_ms[static_cast<size_t>(plan_.encoder_tasks[tr.task].rank)]);
+      return link.latency_us / 1e3 +
+             std::max(in_ms[static_cast<size_t>(tr.rank)],
+                      out_ms[static_cast<size_t>(plan_.encoder_tasks[tr.task].rank)]);
     };
     for (const Transfer& tr : transfers) {
       arrival[static_cast<size_t>(tr.rank)] =
@@ -348,7 +375,8 @@ class Run {
     }
 
     std::vector<LayerTimes> times(static_cast<size_t>(ranks));
-    for (int r = 0; r < ranks; ++r) times[static_cast<size_t>(r)] = layer_times(work[static_cast<size_t>(r)]);
+    for (int r = 0; r < ranks; ++r)
+      times[static_cast<size_t>(r)] = layer_times(work[static_cast<size_t>(r)]);
 
     const bool full = cost_.model().training.recompute == Recompute::Full;
     const int layers = llm_arch.layers;
@@ -375,18 +403,18 @@ class Run {
       if (rw.local_tokens <= 0) continue;
       const double end = clock[static_cast<size_t>(r)];
       occupy(plan_.llm, r, end, busy[static_cast<size_t>(r)]);
-      event(plan_.llm.device_of(r), w, rw.group, EventKind::Compute, wave_start[static_cast<size_t>(r)], end);
+      event(plan_.llm.device_of(r), w, rw.group, EventKind::Compute,
+            wave_start[static_cast<size_t>(r)], end);
       llm_end_[static_cast<size_t>(r)] = std::max(llm_end_[static_cast<size_t>(r)], end);
       last_backward_ms_[static_cast<size_t>(r)] = end - backward_start[static_cast<size_t>(r)];
-      for_devices(plan_.llm, r, [&](int d) {
-        wave_activation_[static_cast<size_t>(d)] += rw.activation_bytes;
-      });
+      for_devices(plan_.llm, r,
+                  [&](int d) { wave_activation_[static_cast<size_t>(d)] += rw.activation_bytes; });
     }
     // Gradients of the encoder outputs go back once the holder's backward is done.
     grad_ready_.assign(plan_.encoder_tasks.size(), 0.0);
     for (const Transfer& tr : transfers) {
-      grad_ready_[tr.task] = std::max(grad_ready_[tr.task],
-                                      clock[static_cast<size_t>(tr.rank)] + transfer_ms(tr));
+      grad_ready_[tr.task] =
+          std::max(grad_ready_[tr.task], clock[static_cast<size_t>(tr.rank)] + transfer_ms(tr));
     }
     commit_wave_memory(w);
   }
@@ -400,7 +428,8 @@ class Run {
       double held = enc_now[static_cast<size_t>(e)];
       if (disjoint && static_cast<size_t>(w + 1) < encoder_activation_.size())
         held += encoder_activation_[static_cast<size_t>(w + 1)][static_cast<size_t>(e)];
-      for_devices(plan_.encoder, e, [&](int d) { wave_activation_[static_cast<size_t>(d)] += held; });
+      for_devices(plan_.encoder, e,
+                  [&](int d) { wave_activation_[static_cast<size_t>(d)] += held; });
     }
     for (size_t d = 0; d < act_peak_.size(); ++d) {
       act_peak_[d] = std::max(act_peak_[d], wave_activation_[d]);
@@ -414,8 +443,15 @@ class Run {
     GroupRun(Run& run, const GroupPlan& group, const std::vector<std::int64_t>& split, int wave,
              int index, const std::vector<LayerTimes>& times, std::vector<double>& clock,
              std::vector<double>& busy)
-        : run_(run), group_(group), wave_(wave), index_(index), times_(times), clock_(clock),
-          busy_(busy), d_(group.degree()), ring_(!split.empty() && d_ > 1) {
+        : run_(run),
+          group_(group),
+          wave_(wave),
+          index_(index),
+          times_(times),
+          clock_(clock),
+          busy_(busy),
+          d_(group.degree()),
+          ring_(!split.empty() && d_ > 1) {
       if (!ring_) return;
       const CostModel& cost = run.cost_;
       const double tp = cost.llm_tp();
@@ -434,7 +470,8 @@ class Run {
       for (std::int64_t tokens : split) {
         for (int i = 0; i < d_; ++i) {
           const int qa = i, qb = 2 * d_ - 1 - i;
-          const double local = static_cast<double>(chunk_len(tokens, d_, qa) + chunk_len(tokens, d_, qb));
+          const double local =
+              static_cast<double>(chunk_len(tokens, d_, qa) + chunk_len(tokens, d_, qb));
           block_bytes_[static_cast<size_t>(i)] += cost.kv_block_bytes(local);
           for (int s = 0; s < d_; ++s) {
             const int j = (i - s + d_) % d_;  // whose KV block member i holds at step s
@@ -448,9 +485,11 @@ class Run {
         }
         // Ulysses: each member runs whole sequences on heads/d after an all-to-all.
         const double l = static_cast<double>(tokens);
-        ulysses_attention_ms_ += cost.attention_ms(cost.llm_attention_pair_flops(l * (l + 1) / 2) / (tp * d_), l);
-        ulysses_bytes_ += l / d_ * (2.0 * cost.model().llm.hidden +
-                                    2.0 * cost.model().llm.kv_heads * cost.model().llm.head_dim()) *
+        ulysses_attention_ms_ +=
+            cost.attention_ms(cost.llm_attention_pair_flops(l * (l + 1) / 2) / (tp * d_), l);
+        ulysses_bytes_ += l / d_ *
+                          (2.0 * cost.model().llm.hidden +
+                           2.0 * cost.model().llm.kv_heads * cost.model().llm.head_dim()) *
                           cost.model().training.bytes_per_activation / tp;
       }
       recv_.assign(static_cast<size_t>(d_), 0.0);
@@ -471,8 +510,10 @@ class Run {
     void layer(double scale, double bytes_scale) {
       for (int m = 0; m < d_; ++m) compute(m, times_[rank_index(m)].qkv * scale);
       if (ring_) {
-        if (ulysses_) ulysses(scale, bytes_scale);
-        else ring(scale, bytes_scale);
+        if (ulysses_)
+          ulysses(scale, bytes_scale);
+        else
+          ring(scale, bytes_scale);
       }
       for (int m = 0; m < d_; ++m) {
         const LayerTimes& t = times_[rank_index(m)];
@@ -486,13 +527,15 @@ class Run {
         const int device = run_.plan_.llm.device_of(group_.ranks[static_cast<size_t>(m)]);
         close_wait(m);
         if (ring_first_[static_cast<size_t>(m)] >= 0)
-          run_.event(device, wave_, index_, EventKind::RingComm, ring_first_[static_cast<size_t>(m)],
-                     ring_last_[static_cast<size_t>(m)]);
+          run_.event(device, wave_, index_, EventKind::RingComm,
+                     ring_first_[static_cast<size_t>(m)], ring_last_[static_cast<size_t>(m)]);
       }
     }
 
    private:
-    size_t rank_index(int m) const { return static_cast<size_t>(group_.ranks[static_cast<size_t>(m)]); }
+    size_t rank_index(int m) const {
+      return static_cast<size_t>(group_.ranks[static_cast<size_t>(m)]);
+    }
     double& clock(int m) { return clock_[rank_index(m)]; }
     void compute(int m, double ms) {
       clock(m) += ms;
@@ -508,7 +551,8 @@ class Run {
     void close_wait(int m) {
       const size_t i = static_cast<size_t>(m);
       if (wait_start_[i] < 0) return;
-      run_.wait_event(run_.plan_.llm.device_of(group_.ranks[i]), wave_, index_, wait_start_[i], wait_end_[i]);
+      run_.wait_event(run_.plan_.llm.device_of(group_.ranks[i]), wave_, index_, wait_start_[i],
+                      wait_end_[i]);
       wait_start_[i] = -1;
     }
     double merge_gap_ms() const { return run_.wait_threshold_ms_; }
@@ -606,7 +650,8 @@ class Run {
         shortest_backward = std::min(shortest_backward, last_backward_ms_[static_cast<size_t>(r)]);
     }
     if (shortest_backward > 1e299) shortest_backward = 0;
-    const double llm_exposed = llm_sync - std::min(coef.grad_sync_overlap * llm_sync, shortest_backward);
+    const double llm_exposed =
+        llm_sync - std::min(coef.grad_sync_overlap * llm_sync, shortest_backward);
     const double enc_sync = cost_.encoder_grad_sync_full_ms(plan_.encoder.ranks);
     const double enc_exposed = enc_sync * (1.0 - coef.grad_sync_overlap);
     double enc_done = 0;
@@ -648,9 +693,10 @@ class Run {
     }
     result.mean_idle_fraction = used > 0 ? idle_sum / used : 0.0;
     result.mem_capacity_gib = cost_.cluster().mem_capacity_gib - cost_.cluster().mem_reserved_gib;
-    std::sort(timeline_.begin(), timeline_.end(), [](const TimelineEvent& a, const TimelineEvent& b) {
-      return a.device != b.device ? a.device < b.device : a.start_ms < b.start_ms;
-    });
+    std::sort(timeline_.begin(), timeline_.end(),
+              [](const TimelineEvent& a, const TimelineEvent& b) {
+                return a.device != b.device ? a.device < b.device : a.start_ms < b.start_ms;
+              });
     result.timeline = merge_waits(std::move(timeline_), result.step_ms);
     return result;
   }
@@ -672,8 +718,10 @@ class Run {
         continue;
       }
       TimelineEvent* previous = last_wait(e);
-      if (previous && e.start_ms - previous->end_ms < gap) previous->end_ms = e.end_ms;
-      else out.push_back(e);
+      if (previous && e.start_ms - previous->end_ms < gap)
+        previous->end_ms = e.end_ms;
+      else
+        out.push_back(e);
     }
     std::erase_if(out, [&](const TimelineEvent& e) {
       return e.kind == EventKind::Wait && e.end_ms - e.start_ms < shortest;

@@ -10,45 +10,66 @@ namespace dhp {
 
 const char* to_string(DataType t) noexcept {
   switch (t) {
-    case DataType::F32: return "f32";
-    case DataType::F64: return "f64";
-    case DataType::BF16: return "bf16";
-    case DataType::F16: return "f16";
-    case DataType::I32: return "i32";
-    case DataType::I64: return "i64";
-    case DataType::U8: return "u8";
+    case DataType::F32:
+      return "f32";
+    case DataType::F64:
+      return "f64";
+    case DataType::BF16:
+      return "bf16";
+    case DataType::F16:
+      return "f16";
+    case DataType::I32:
+      return "i32";
+    case DataType::I64:
+      return "i64";
+    case DataType::U8:
+      return "u8";
   }
   return "?";
 }
 
 const char* to_string(ReduceOp op) noexcept {
   switch (op) {
-    case ReduceOp::Sum: return "sum";
-    case ReduceOp::Max: return "max";
-    case ReduceOp::Min: return "min";
+    case ReduceOp::Sum:
+      return "sum";
+    case ReduceOp::Max:
+      return "max";
+    case ReduceOp::Min:
+      return "min";
   }
   return "?";
 }
 
 int data_type_size(DataType t) noexcept {
   switch (t) {
-    case DataType::F32: return 4;
-    case DataType::F64: return 8;
-    case DataType::BF16: return 2;
-    case DataType::F16: return 2;
-    case DataType::I32: return 4;
-    case DataType::I64: return 8;
-    case DataType::U8: return 1;
+    case DataType::F32:
+      return 4;
+    case DataType::F64:
+      return 8;
+    case DataType::BF16:
+      return 2;
+    case DataType::F16:
+      return 2;
+    case DataType::I32:
+      return 4;
+    case DataType::I64:
+      return 8;
+    case DataType::U8:
+      return 1;
   }
   return 0;
 }
 
 DataType data_type(kernels::DType t) noexcept {
   switch (t) {
-    case kernels::DType::F32: return DataType::F32;
-    case kernels::DType::F64: return DataType::F64;
-    case kernels::DType::BF16: return DataType::BF16;
-    case kernels::DType::F16: return DataType::F16;
+    case kernels::DType::F32:
+      return DataType::F32;
+    case kernels::DType::F64:
+      return DataType::F64;
+    case kernels::DType::BF16:
+      return DataType::BF16;
+    case kernels::DType::F16:
+      return DataType::F16;
   }
   return DataType::U8;
 }

@@ -21,7 +21,9 @@ constexpr int kTagK = 11, kTagV = 12, kTagDK = 13, kTagDV = 14;
 void check_kernel(Status status, const char* kernel, const WaveLayout& layout) {
   if (status == Status::Ok) return;
   DHP_THROW(InvalidArgument, "{} failed on world rank {} (group {}, member {}/{}): {}: {}", kernel,
-            layout.group_world_ranks.empty() ? -1 : layout.group_world_ranks[static_cast<std::size_t>(layout.member)],
+            layout.group_world_ranks.empty()
+                ? -1
+                : layout.group_world_ranks[static_cast<std::size_t>(layout.member)],
             layout.group, layout.member, layout.degree(), kernels::status_string(status),
             kernels::last_error());
 }
@@ -77,8 +79,10 @@ struct RingBlock {
 // Appends the rows of group member `member`'s two chunks of a Zigzag sequence.
 void add_chunks(RingBlock& block, std::int64_t length, int degree, int member) {
   const ZigzagChunks c = zigzag_chunks(length, degree, member);
-  for (std::int64_t r = c.begin0; r < c.end0; ++r) block.k_positions.push_back(static_cast<std::int32_t>(r));
-  for (std::int64_t r = c.begin1; r < c.end1; ++r) block.k_positions.push_back(static_cast<std::int32_t>(r));
+  for (std::int64_t r = c.begin0; r < c.end0; ++r)
+    block.k_positions.push_back(static_cast<std::int32_t>(r));
+  for (std::int64_t r = c.begin1; r < c.end1; ++r)
+    block.k_positions.push_back(static_cast<std::int32_t>(r));
   block.rows += c.rows();
 }
 
@@ -88,7 +92,8 @@ RingBlock ring_block(const WaveLayout& layout, int member) {
   RingBlock block;
   block.cu_seqlens_k.push_back(0);
   for (std::size_t p = 0; p < layout.pieces.size(); ++p) {
-    if (p < layout.zigzag_lengths.size()) add_chunks(block, layout.zigzag_lengths[p], layout.degree(), member);
+    if (p < layout.zigzag_lengths.size())
+      add_chunks(block, layout.zigzag_lengths[p], layout.degree(), member);
     block.cu_seqlens_k.push_back(static_cast<std::int32_t>(block.rows));
   }
   return block;
@@ -110,13 +115,13 @@ RingBlock node_block(const WaveLayout& layout, int u, int node) {
 // What one ring runs, independent of where the rows come from (the Zigzag pieces of a
 // plain ring, or the Ulysses-packed rows of a node in UlyssesRing).
 struct RingSpec {
-  std::vector<int> peers;  // world ranks in ring order
-  int index = 0;           // this rank's place in `peers`
+  std::vector<int> peers;                // world ranks in ring order
+  int index = 0;                         // this rank's place in `peers`
   std::vector<std::int32_t> cu_seqlens;  // local sequences (queries and local keys)
   std::vector<std::int32_t> positions;   // [rows]
   std::int64_t rows = 0;
-  std::int64_t block_rows = 0;  // local rows [0, block_rows) are the travelling KV block
-  bool travels = false;         // the same on every ring member: whether KV moves at all
+  std::int64_t block_rows = 0;          // local rows [0, block_rows) are the travelling KV block
+  bool travels = false;                 // the same on every ring member: whether KV moves at all
   std::function<RingBlock(int)> block;  // the block of ring member m, against the local sequences
   kernels::AttentionShape shape;
   BufferAllocator* allocator = nullptr;
@@ -149,20 +154,24 @@ bool is_accumulator_type(DType dtype) { return dtype == DType::F32 || dtype == D
 void check_context(const CpAttentionContext& ctx, const char* op) {
   DHP_CHECK(ctx.layout != nullptr && ctx.world != nullptr, InvalidArgument,
             "{}: the context needs a layout and a world communicator", op);
-  DHP_CHECK(ctx.ranks_per_node >= 0, InvalidArgument, "{}: ranks_per_node={} < 0", op, ctx.ranks_per_node);
+  DHP_CHECK(ctx.ranks_per_node >= 0, InvalidArgument, "{}: ranks_per_node={} < 0", op,
+            ctx.ranks_per_node);
   // The CPU kernels compute in f32/f64 only; refusing here, before any message is posted,
   // fails every rank of the group the same way instead of leaving exchanges in flight.
   DHP_CHECK(ctx.world->device() != Device::CPU || is_accumulator_type(ctx.dtype), InvalidArgument,
             "{}: dtype {} on CPU buffers: the CPU attention kernels support f32 and f64 only "
-            "(bf16/f16 CP attention runs on CUDA buffers; convert to f32 on the CPU)", op,
-            kernels::to_string(ctx.dtype));
+            "(bf16/f16 CP attention runs on CUDA buffers; convert to f32 on the CPU)",
+            op, kernels::to_string(ctx.dtype));
   const WaveLayout& L = *ctx.layout;
   // The ring addresses peers by world rank: a communicator whose ranks are not the
   // layout's (a sub-communicator, another world) would exchange with the wrong processes.
-  DHP_CHECK(L.group < 0 || ctx.world->rank() == L.group_world_ranks[static_cast<std::size_t>(L.member)],
-            InvalidArgument, "{}: {} is rank {} but the layout is world rank {}'s (member {} of group {})",
-            op, ctx.world->describe(), ctx.world->rank(),
-            L.group < 0 ? -1 : L.group_world_ranks[static_cast<std::size_t>(L.member)], L.member, L.group);
+  DHP_CHECK(
+      L.group < 0 || ctx.world->rank() == L.group_world_ranks[static_cast<std::size_t>(L.member)],
+      InvalidArgument,
+      "{}: {} is rank {} but the layout is world rank {}'s (member {} of group {})", op,
+      ctx.world->describe(), ctx.world->rank(),
+      L.group < 0 ? -1 : L.group_world_ranks[static_cast<std::size_t>(L.member)], L.member,
+      L.group);
   DHP_CHECK(L.group < 0 || L.num_zigzag == static_cast<int>(L.zigzag_lengths.size()), Internal,
             "{}: layout holds {} zigzag pieces of the group's {} zigzag sequences", op,
             L.num_zigzag, L.zigzag_lengths.size());
@@ -197,7 +206,8 @@ CommRequestPtr ring_exchange(Communicator& world, const RingSpec& s, DType dtype
   std::vector<P2POp> ops;
   auto tag = tags.begin();
   for (const auto& [buffer, count] : sends) {
-    ops.push_back({P2POp::Kind::Send, next, const_cast<void*>(buffer), count, data_type(dtype), *tag++});
+    ops.push_back(
+        {P2POp::Kind::Send, next, const_cast<void*>(buffer), count, data_type(dtype), *tag++});
   }
   tag = tags.begin();
   for (const auto& [buffer, count] : recvs) {
@@ -206,9 +216,9 @@ CommRequestPtr ring_exchange(Communicator& world, const RingSpec& s, DType dtype
   return world.exchange(ops);
 }
 
-kernels::PackedSeqs packed(const std::int32_t* cu_q, const std::int32_t* cu_k, const std::int32_t* q_pos,
-                           const std::int32_t* k_pos, int num_seqs, std::int64_t total_q,
-                           std::int64_t total_k) {
+kernels::PackedSeqs packed(const std::int32_t* cu_q, const std::int32_t* cu_k,
+                           const std::int32_t* q_pos, const std::int32_t* k_pos, int num_seqs,
+                           std::int64_t total_q, std::int64_t total_k) {
   kernels::PackedSeqs seqs;
   seqs.cu_seqlens_q = cu_q;
   seqs.cu_seqlens_k = cu_k;
@@ -295,8 +305,9 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
     if (step + 1 < d) {
       const std::int64_t sending = block.rows * sz.kv_row;
       const std::int64_t incoming = s.block((source + d - 1) % d).rows * sz.kv_row;
-      pending = ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], sending}, {vbuf[cur], sending}},
-                              {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
+      pending =
+          ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], sending}, {vbuf[cur], sending}},
+                        {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
     }
     args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
                        scratch.index(block.k_positions), s.num_seqs(), s.rows, block.rows);
@@ -319,7 +330,8 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
     merge.stream = args.stream;
     check_kernel(kernels::merge_attention_partial(merge), "merge_attention_partial", L);
   }
-  if (out_acc != out) convert(DType::F32, ctx.dtype, device, out_elems, out_acc, out, args.stream, L);
+  if (out_acc != out)
+    convert(DType::F32, ctx.dtype, device, out_elems, out_acc, out, args.stream, L);
 }
 
 // Ring backward over `s`: KV travels ahead (overlapped), the dK/dV accumulators follow
@@ -379,9 +391,9 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
                     scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem)};
   const std::int64_t own = s.block_rows * sz.kv_row;
   std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
-  CommRequestPtr grad_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{dk, own}, {dv, own}},
-                                              {{dkbuf[0], incoming}, {dvbuf[0], incoming}},
-                                              {kTagDK, kTagDV});
+  CommRequestPtr grad_pending =
+      ring_exchange(*ctx.world, s, ctx.dtype, {{dk, own}, {dv, own}},
+                    {{dkbuf[0], incoming}, {dvbuf[0], incoming}}, {kTagDK, kTagDV});
   args.accumulate = true;
   for (int step = 1; step < d; ++step) {
     kv_pending->wait();
@@ -391,8 +403,9 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
     const std::int64_t holding = block.rows * sz.kv_row;
     if (step + 1 < d) {
       incoming = s.block((source + d - 1) % d).rows * sz.kv_row;
-      kv_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], holding}, {vbuf[cur], holding}},
-                                 {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
+      kv_pending =
+          ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], holding}, {vbuf[cur], holding}},
+                        {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
     }
     grad_pending->wait();
     args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
@@ -408,8 +421,9 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
     void* next_dk = last ? dk : dkbuf[1 - cur];
     void* next_dv = last ? dv : dvbuf[1 - cur];
     incoming = last ? own : s.block((source + d - 1) % d).rows * sz.kv_row;
-    grad_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{dkbuf[cur], holding}, {dvbuf[cur], holding}},
-                                 {{next_dk, incoming}, {next_dv, incoming}}, {kTagDK, kTagDV});
+    grad_pending =
+        ring_exchange(*ctx.world, s, ctx.dtype, {{dkbuf[cur], holding}, {dvbuf[cur], holding}},
+                      {{next_dk, incoming}, {next_dv, incoming}}, {kTagDK, kTagDV});
   }
   grad_pending->wait();
 }
@@ -423,7 +437,11 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
 class UlyssesLayout {
  public:
   UlyssesLayout(const CpAttentionContext& ctx, int base, int u)
-      : ctx_(ctx), L_(*ctx.layout), d_(L_.degree()), base_(base), u_(u),
+      : ctx_(ctx),
+        L_(*ctx.layout),
+        d_(L_.degree()),
+        base_(base),
+        u_(u),
         group_(ctx.pool->get(L_.group_world_ranks)) {
     DHP_CHECK(ctx.world->device() == Device::CPU, InvalidArgument,
               "Ulysses attention reshapes lse on the host and needs CPU buffers (got {})",
@@ -465,7 +483,8 @@ class UlyssesLayout {
     exchange(scattered.data(), own_counts(heads), received.data(), member_counts(heads));
     std::vector<std::byte> packed(received.size());
     for (std::size_t p = 0; p < packed_from_.size(); ++p)
-      std::memcpy(packed.data() + p * row_bytes, received.data() + packed_from_[p] * row_bytes, row_bytes);
+      std::memcpy(packed.data() + p * row_bytes, received.data() + packed_from_[p] * row_bytes,
+                  row_bytes);
     return packed;
   }
 
@@ -474,7 +493,8 @@ class UlyssesLayout {
     const std::size_t row_bytes = block_row_bytes(heads);
     std::vector<std::byte> by_member(packed.size());
     for (std::size_t p = 0; p < packed_from_.size(); ++p)
-      std::memcpy(by_member.data() + packed_from_[p] * row_bytes, packed.data() + p * row_bytes, row_bytes);
+      std::memcpy(by_member.data() + packed_from_[p] * row_bytes, packed.data() + p * row_bytes,
+                  row_bytes);
     std::vector<std::byte> scattered(static_cast<std::size_t>(L_.zigzag_rows) * row_bytes * u_);
     exchange(by_member.data(), member_counts(heads), scattered.data(), own_counts(heads));
     head_move(kernels::ulysses_head_gather, scattered.data(), local, heads);
@@ -492,8 +512,8 @@ class UlyssesLayout {
           rows_major[static_cast<std::size_t>((j * L_.zigzag_rows + r) * hb + h)] =
               lse[static_cast<std::size_t>((j * hb + h) * L_.rows + r)];
     std::vector<Acc> received(static_cast<std::size_t>(rows() * hb));
-    exchange(rows_major.data(), scale(own_rows_counts(), hb * static_cast<int>(sizeof(Acc))), received.data(),
-             scale(member_rows_, hb * static_cast<int>(sizeof(Acc))));
+    exchange(rows_major.data(), scale(own_rows_counts(), hb * static_cast<int>(sizeof(Acc))),
+             received.data(), scale(member_rows_, hb * static_cast<int>(sizeof(Acc))));
     std::vector<Acc> packed(received.size());
     for (std::size_t p = 0; p < packed_from_.size(); ++p)
       for (int h = 0; h < hb; ++h)
@@ -511,8 +531,8 @@ class UlyssesLayout {
         by_member[static_cast<std::size_t>(packed_from_[p] * hb + h)] =
             packed[static_cast<std::size_t>(h) * packed_from_.size() + p];
     std::vector<Acc> rows_major(static_cast<std::size_t>(L_.zigzag_rows * ctx_.shape.heads_q));
-    exchange(by_member.data(), scale(member_rows_, hb * static_cast<int>(sizeof(Acc))), rows_major.data(),
-             scale(own_rows_counts(), hb * static_cast<int>(sizeof(Acc))));
+    exchange(by_member.data(), scale(member_rows_, hb * static_cast<int>(sizeof(Acc))),
+             rows_major.data(), scale(own_rows_counts(), hb * static_cast<int>(sizeof(Acc))));
     for (int j = 0; j < u_; ++j)
       for (std::int64_t r = 0; r < L_.zigzag_rows; ++r)
         for (int h = 0; h < hb; ++h)
@@ -547,10 +567,13 @@ class UlyssesLayout {
   // node's members and zero elsewhere; packed (displacement = prefix sum) layouts.
   void exchange(const void* send, const std::vector<std::int64_t>& node_send_bytes, void* recv,
                 const std::vector<std::int64_t>& node_recv_bytes) const {
-    std::vector<std::int64_t> send_bytes(static_cast<std::size_t>(d_)), recv_bytes(static_cast<std::size_t>(d_));
+    std::vector<std::int64_t> send_bytes(static_cast<std::size_t>(d_)),
+        recv_bytes(static_cast<std::size_t>(d_));
     for (int m = 0; m < u_; ++m) {
-      send_bytes[static_cast<std::size_t>(base_ + m)] = node_send_bytes[static_cast<std::size_t>(m)];
-      recv_bytes[static_cast<std::size_t>(base_ + m)] = node_recv_bytes[static_cast<std::size_t>(m)];
+      send_bytes[static_cast<std::size_t>(base_ + m)] =
+          node_send_bytes[static_cast<std::size_t>(m)];
+      recv_bytes[static_cast<std::size_t>(base_ + m)] =
+          node_recv_bytes[static_cast<std::size_t>(m)];
     }
     std::vector<std::int64_t> sd(send_bytes.size()), rd(recv_bytes.size());
     for (std::size_t i = 1; i < sd.size(); ++i) {
@@ -559,8 +582,8 @@ class UlyssesLayout {
     }
     group_.all_to_all_v(send, send_bytes, sd, recv, recv_bytes, rd, DataType::U8);
   }
-  void head_move(kernels::Status (*move)(const kernels::HeadScatterArgs&), const void* src, void* dst,
-                 int heads) const {
+  void head_move(kernels::Status (*move)(const kernels::HeadScatterArgs&), const void* src,
+                 void* dst, int heads) const {
     kernels::HeadScatterArgs args;
     args.dtype = ctx_.dtype;
     args.device = Device::CPU;
@@ -575,14 +598,14 @@ class UlyssesLayout {
 
   const CpAttentionContext& ctx_;
   const WaveLayout& L_;
-  int d_;      // group degree (the Zigzag chunking)
-  int base_;   // first group member of this node
-  int u_;      // Ulysses degree: members of this node
+  int d_;     // group degree (the Zigzag chunking)
+  int base_;  // first group member of this node
+  int u_;     // Ulysses degree: members of this node
   Communicator& group_;
-  std::vector<std::int64_t> member_rows_;   // zigzag rows of each node member
-  std::vector<std::int64_t> packed_from_;   // received row of each packed row
-  std::vector<std::int32_t> positions_;     // position of each packed row
-  std::vector<std::int32_t> cu_;            // per Zigzag sequence
+  std::vector<std::int64_t> member_rows_;  // zigzag rows of each node member
+  std::vector<std::int64_t> packed_from_;  // received row of each packed row
+  std::vector<std::int32_t> positions_;    // position of each packed row
+  std::vector<std::int32_t> cu_;           // per Zigzag sequence
 };
 
 // The ring across nodes of UlyssesRing, in the packed space of `u`: ranks with the same
@@ -593,7 +616,8 @@ RingSpec node_ring(const CpAttentionContext& ctx, const UlyssesLayout& packed_la
   const int nodes = L.degree() / u;
   const int node = L.member / u, index_in_node = L.member % u;
   RingSpec s;
-  for (int n = 0; n < nodes; ++n) s.peers.push_back(L.group_world_ranks[static_cast<std::size_t>(n * u + index_in_node)]);
+  for (int n = 0; n < nodes; ++n)
+    s.peers.push_back(L.group_world_ranks[static_cast<std::size_t>(n * u + index_in_node)]);
   s.index = node;
   s.cu_seqlens = packed_layout.cu_seqlens();
   s.positions = packed_layout.positions();
@@ -618,8 +642,8 @@ void ulysses_forward_typed(const CpAttentionContext& ctx, int u, const void* q, 
   args.dtype = ctx.dtype;
   args.device = Device::CPU;
   args.shape = ctx.shape;
-  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(), L.positions.data(),
-                     static_cast<int>(L.pieces.size()), L.rows, L.rows);
+  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(),
+                     L.positions.data(), static_cast<int>(L.pieces.size()), L.rows, L.rows);
   args.q = q;
   args.k = k;
   args.v = v;
@@ -633,7 +657,8 @@ void ulysses_forward_typed(const CpAttentionContext& ctx, int u, const void* q, 
   const auto uv = layout.to_packed(v, ctx.shape.heads_kv);
   std::vector<std::byte> uout(uq.size());
   std::vector<Acc> ulse(static_cast<std::size_t>(layout.rows() * (ctx.shape.heads_q / u)));
-  ring_forward(ctx, node_ring(ctx, layout, u), uq.data(), uk.data(), uv.data(), uout.data(), ulse.data());
+  ring_forward(ctx, node_ring(ctx, layout, u), uq.data(), uk.data(), uv.data(), uout.data(),
+               ulse.data());
   layout.from_packed(uout, out, ctx.shape.heads_q);
   layout.lse_from_packed(ulse, lse);
 }
@@ -647,8 +672,8 @@ void ulysses_backward_typed(const CpAttentionContext& ctx, int u, const void* q,
   args.dtype = ctx.dtype;
   args.device = Device::CPU;
   args.shape = ctx.shape;
-  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(), L.positions.data(),
-                     static_cast<int>(L.pieces.size()), L.rows, L.rows);
+  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(),
+                     L.positions.data(), static_cast<int>(L.pieces.size()), L.rows, L.rows);
   args.q = q;
   args.k = k;
   args.v = v;
@@ -662,7 +687,8 @@ void ulysses_backward_typed(const CpAttentionContext& ctx, int u, const void* q,
 
   const UlyssesLayout layout(ctx, L.member / u * u, u);
   const int hq = ctx.shape.heads_q, hkv = ctx.shape.heads_kv;
-  const auto uq = layout.to_packed(q, hq), uk = layout.to_packed(k, hkv), uv = layout.to_packed(v, hkv);
+  const auto uq = layout.to_packed(q, hq), uk = layout.to_packed(k, hkv),
+             uv = layout.to_packed(v, hkv);
   const auto uout = layout.to_packed(out, hq), udout = layout.to_packed(dout, hq);
   const auto ulse = layout.lse_to_packed(lse);
   std::vector<std::byte> udq(uq.size()), udk(uk.size()), udv(uv.size());
@@ -682,12 +708,13 @@ int chosen_ulysses_degree(const CpAttentionContext& ctx) {
   const bool usable = u > 1 && ctx.pool != nullptr && ctx.world->device() == Device::CPU &&
                       is_accumulator_type(ctx.dtype);
   if (!usable) {
-    DHP_LOG_INFO("world rank {}: group {} of degree {} asked for {} (heads_q={}, heads_kv={}, "
-                 "Ulysses degree {}, ranks_per_node={}, {}, {} buffers, {}): running the ring",
-                 L.group_world_ranks[static_cast<std::size_t>(L.member)], L.group, L.degree(),
-                 to_string(L.attention), ctx.shape.heads_q, ctx.shape.heads_kv, u, ctx.ranks_per_node,
-                 ctx.pool == nullptr ? "no group pool" : "pool given",
-                 ctx.world->device() == Device::CPU ? "CPU" : "CUDA", kernels::to_string(ctx.dtype));
+    DHP_LOG_INFO(
+        "world rank {}: group {} of degree {} asked for {} (heads_q={}, heads_kv={}, "
+        "Ulysses degree {}, ranks_per_node={}, {}, {} buffers, {}): running the ring",
+        L.group_world_ranks[static_cast<std::size_t>(L.member)], L.group, L.degree(),
+        to_string(L.attention), ctx.shape.heads_q, ctx.shape.heads_kv, u, ctx.ranks_per_node,
+        ctx.pool == nullptr ? "no group pool" : "pool given",
+        ctx.world->device() == Device::CPU ? "CPU" : "CUDA", kernels::to_string(ctx.dtype));
     return 1;
   }
   return u;
@@ -695,18 +722,21 @@ int chosen_ulysses_degree(const CpAttentionContext& ctx) {
 
 }  // namespace
 
-int ulysses_degree(const WaveLayout& layout, const kernels::AttentionShape& shape, int ranks_per_node) {
+int ulysses_degree(const WaveLayout& layout, const kernels::AttentionShape& shape,
+                   int ranks_per_node) {
   const int d = layout.degree();
   if (layout.attention == CpAttention::Ring || d <= 1 || layout.zigzag_lengths.empty()) return 1;
   int u = d;
   if (layout.attention == CpAttention::UlyssesRing && ranks_per_node > 0) {
     // Node-major ring order: every node holds the same number u of consecutive members.
-    const auto node_of = [&](int m) { return layout.group_world_ranks[static_cast<std::size_t>(m)] / ranks_per_node; };
+    const auto node_of = [&](int m) {
+      return layout.group_world_ranks[static_cast<std::size_t>(m)] / ranks_per_node;
+    };
     u = 1;
     while (u < d && node_of(u) == node_of(0)) ++u;
     if (d % u != 0) return 1;
     for (int m = 0; m < d; ++m) {
-      if (node_of(m) != node_of(m / u * u)) return 1;                    // a node split across runs
+      if (node_of(m) != node_of(m / u * u)) return 1;  // a node split across runs
       if (m % u == 0 && m > 0 && node_of(m) == node_of(m - 1)) return 1;  // a run longer than u
     }
   }

@@ -28,7 +28,8 @@ std::vector<RowRange> rows_on(const WavePlan& wave, const SequencePlan& seq, std
   return {};
 }
 
-std::vector<std::int64_t> displacements(const std::vector<std::int64_t>& counts, std::int64_t scale) {
+std::vector<std::int64_t> displacements(const std::vector<std::int64_t>& counts,
+                                        std::int64_t scale) {
   std::vector<std::int64_t> displs(counts.size());
   std::int64_t offset = 0;
   for (std::size_t i = 0; i < counts.size(); ++i) {
@@ -53,7 +54,8 @@ void move_rows(Communicator& world, const char* what, const void* src, void* dst
                const std::vector<std::int64_t>& recv_rows) {
   DHP_CHECK(world.device() == Device::CPU, InvalidArgument,
             "{}: {} moves host rows and needs a CPU communicator (token ids and labels are "
-            "dispatched on the host, then copied to the device)", world.describe(), what);
+            "dispatched on the host, then copied to the device)",
+            world.describe(), what);
   DHP_CHECK(row_bytes > 0, InvalidArgument, "{}: row_bytes={} must be > 0", what, row_bytes);
   const auto* src_bytes = static_cast<const std::uint8_t*>(src);
   auto* dst_bytes = static_cast<std::uint8_t*>(dst);
@@ -92,14 +94,18 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
   DHP_CHECK(world_rank >= 0 && world_rank < world_size, InvalidArgument,
             "dispatch: world rank {} outside [0, {})", world_rank, world_size);
   const ModuleLayout& llm = plan.llm;
-  DHP_CHECK(llm.tp >= 1 && llm.first_device >= 0 && llm.first_device + llm.num_devices() <= world_size,
-            InvalidArgument, "dispatch: LLM layout (first device {}, {} ranks x tp {}) does not fit "
-            "in a world of {}", llm.first_device, llm.ranks, llm.tp, world_size);
+  DHP_CHECK(
+      llm.tp >= 1 && llm.first_device >= 0 && llm.first_device + llm.num_devices() <= world_size,
+      InvalidArgument,
+      "dispatch: LLM layout (first device {}, {} ranks x tp {}) does not fit "
+      "in a world of {}",
+      llm.first_device, llm.ranks, llm.tp, world_size);
   const WavePlan& wave = plan.waves[static_cast<std::size_t>(wave_index)];
   const std::size_t num_samples = sample_lengths.size();
   for (std::size_t s = 0; s < num_samples; ++s) {
     DHP_CHECK(sample_owners[s] >= 0 && sample_owners[s] < world_size, InvalidArgument,
-              "dispatch: sample {} owned by rank {} outside [0, {})", s, sample_owners[s], world_size);
+              "dispatch: sample {} owned by rank {} outside [0, {})", s, sample_owners[s],
+              world_size);
     DHP_CHECK(sample_lengths[s] >= 0, InvalidArgument, "dispatch: sample {} has length {}", s,
               sample_lengths[s]);
   }
@@ -108,20 +114,23 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
   std::vector<int> group_of_rank(static_cast<std::size_t>(llm.ranks), -1);
   for (std::size_t g = 0; g < wave.groups.size(); ++g) {
     const GroupPlan& group = wave.groups[g];
-    DHP_CHECK(group.degree() > 0, InvalidArgument, "dispatch: group {} of wave {} has no ranks", g, wave_index);
+    DHP_CHECK(group.degree() > 0, InvalidArgument, "dispatch: group {} of wave {} has no ranks", g,
+              wave_index);
     for (int r : group.ranks) {
       DHP_CHECK(r >= 0 && r < llm.ranks, InvalidArgument,
                 "dispatch: group {} of wave {} holds plan rank {} outside the LLM's [0, {})", g,
                 wave_index, r, llm.ranks);
       int& owner = group_of_rank[static_cast<std::size_t>(r)];
-      DHP_CHECK(owner < 0, InvalidArgument, "dispatch: plan rank {} is in groups {} and {} of wave {}", r,
-                owner, g, wave_index);
+      DHP_CHECK(owner < 0, InvalidArgument,
+                "dispatch: plan rank {} is in groups {} and {} of wave {}", r, owner, g,
+                wave_index);
       owner = static_cast<int>(g);
     }
   }
   for (const SequencePlan& seq : wave.sequences) {
-    DHP_CHECK(seq.sample >= 0 && static_cast<std::size_t>(seq.sample) < num_samples, InvalidArgument,
-              "dispatch: wave {} runs sample {} but the batch has {}", wave_index, seq.sample, num_samples);
+    DHP_CHECK(seq.sample >= 0 && static_cast<std::size_t>(seq.sample) < num_samples,
+              InvalidArgument, "dispatch: wave {} runs sample {} but the batch has {}", wave_index,
+              seq.sample, num_samples);
     DHP_CHECK(seq.group >= 0 && seq.group < static_cast<int>(wave.groups.size()), InvalidArgument,
               "dispatch: sample {} in group {} of a wave with {} groups", seq.sample, seq.group,
               wave.groups.size());
@@ -150,8 +159,9 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
     const GroupPlan& group = wave.groups[g];
     for (int m = 0; m < group.degree(); ++m) {
       if (group.ranks[static_cast<std::size_t>(m)] != L.plan_rank) continue;
-      DHP_CHECK(L.group < 0, InvalidArgument, "dispatch: plan rank {} is in groups {} and {} of wave {}",
-                L.plan_rank, L.group, g, wave_index);
+      DHP_CHECK(L.group < 0, InvalidArgument,
+                "dispatch: plan rank {} is in groups {} and {} of wave {}", L.plan_rank, L.group, g,
+                wave_index);
       L.group = static_cast<int>(g);
       L.member = m;
       L.attention = group.attention;
@@ -175,7 +185,8 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
       if (ranges.empty()) continue;
       LocalPiece piece{static_cast<int>(i), seq.sample, seq.sharding, length_of(seq), L.rows, 0};
       for (const RowRange& r : ranges) {
-        for (std::int64_t p = r.begin; p < r.end; ++p) L.positions.push_back(static_cast<std::int32_t>(p));
+        for (std::int64_t p = r.begin; p < r.end; ++p)
+          L.positions.push_back(static_cast<std::int32_t>(p));
         piece.rows += r.end - r.begin;
       }
       piece_offset[i] = L.rows;
@@ -188,9 +199,11 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
       }
     }
   }
-  DHP_CHECK(L.rows <= INT32_MAX, InvalidArgument, "dispatch: {} local rows exceed int32 cu_seqlens", L.rows);
+  DHP_CHECK(L.rows <= INT32_MAX, InvalidArgument, "dispatch: {} local rows exceed int32 cu_seqlens",
+            L.rows);
   L.cu_seqlens.push_back(0);
-  for (const LocalPiece& p : L.pieces) L.cu_seqlens.push_back(static_cast<std::int32_t>(p.offset + p.rows));
+  for (const LocalPiece& p : L.pieces)
+    L.cu_seqlens.push_back(static_cast<std::int32_t>(p.offset + p.rows));
 
   // Forward traffic. Sender order = receiver order: destination (source) rank, then the
   // wave's sequences in plan order, then the piece's rows.
@@ -210,7 +223,8 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
         for (std::int64_t p = r.begin; p < r.end; ++p) send_rows_.push_back(owned_offset[s] + p);
         send_counts_[static_cast<std::size_t>(dest)] += r.end - r.begin;
         if (dest_index % llm.tp != 0) continue;  // only tp index 0 returns rows
-        for (std::int64_t p = r.begin; p < r.end; ++p) back_recv_rows_.push_back(owned_offset[s] + p);
+        for (std::int64_t p = r.begin; p < r.end; ++p)
+          back_recv_rows_.push_back(owned_offset[s] + p);
         back_recv_counts_[static_cast<std::size_t>(dest)] += r.end - r.begin;
       }
     }
@@ -218,7 +232,8 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
   for (int source = 0; source < world_size && L.plan_rank >= 0; ++source) {
     for (std::size_t i = 0; i < wave.sequences.size(); ++i) {
       const SequencePlan& seq = wave.sequences[i];
-      if (sample_owners[static_cast<std::size_t>(seq.sample)] != source || piece_offset[i] < 0) continue;
+      if (sample_owners[static_cast<std::size_t>(seq.sample)] != source || piece_offset[i] < 0)
+        continue;
       const std::int64_t rows = piece_rows[i];
       for (std::int64_t k = 0; k < rows; ++k) recv_to_local_.push_back(piece_offset[i] + k);
       recv_counts_[static_cast<std::size_t>(source)] += rows;
@@ -227,9 +242,11 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
       back_send_counts_[static_cast<std::size_t>(source)] += rows;
     }
   }
-  DHP_LOG_DEBUG("dispatch wave {}: world rank {} plan rank {} group {} member {}/{}: {} local rows "
-                "in {} pieces ({} zigzag)", wave_index, world_rank, L.plan_rank, L.group, L.member,
-                L.degree(), L.rows, L.pieces.size(), L.num_zigzag);
+  DHP_LOG_DEBUG(
+      "dispatch wave {}: world rank {} plan rank {} group {} member {}/{}: {} local rows "
+      "in {} pieces ({} zigzag)",
+      wave_index, world_rank, L.plan_rank, L.group, L.member, L.degree(), L.rows, L.pieces.size(),
+      L.num_zigzag);
 }
 
 void WaveDispatch::forward(Communicator& world, const void* owned, void* local,

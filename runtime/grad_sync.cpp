@@ -5,7 +5,8 @@
 namespace dhp {
 
 void sync_gradients(Communicator& replicas, void* grads, std::int64_t count, DataType type) {
-  DHP_CHECK(count >= 0, InvalidArgument, "{}: sync_gradients count {} < 0", replicas.describe(), count);
+  DHP_CHECK(count >= 0, InvalidArgument, "{}: sync_gradients count {} < 0", replicas.describe(),
+            count);
   if (replicas.size() == 1 || count == 0) return;
   replicas.all_reduce(grads, grads, count, type, ReduceOp::Sum);
 }

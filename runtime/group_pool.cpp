@@ -19,10 +19,12 @@ GroupPool::~GroupPool() = default;
 void GroupPool::acquire(const std::vector<std::vector<int>>& partition) {
   std::set<int> seen;
   for (const auto& group : partition) {
-    DHP_CHECK(!group.empty(), InvalidArgument, "{}: group pool asked for an empty group", parent_.describe());
+    DHP_CHECK(!group.empty(), InvalidArgument, "{}: group pool asked for an empty group",
+              parent_.describe());
     for (int r : group) {
       DHP_CHECK(r >= 0 && r < parent_.size(), InvalidArgument,
-                "{}: group {} has rank {} outside the parent", parent_.describe(), group_name(group), r);
+                "{}: group {} has rank {} outside the parent", parent_.describe(),
+                group_name(group), r);
       DHP_CHECK(seen.insert(r).second, InvalidArgument,
                 "{}: rank {} is in two groups of one partition (group {})", parent_.describe(), r,
                 group_name(group));
@@ -127,12 +129,15 @@ void check_same_plan(Communicator& world, std::uint64_t plan_hash) {
     const std::string message = fmt::format(
         "{}: ranks hold different plans: local plan hash {:016x}, min {:016x}, max {:016x} over "
         "the world (the planner's input or version differs between ranks)",
-        world.describe(), plan_hash, std::bit_cast<std::uint64_t>(low), std::bit_cast<std::uint64_t>(high));
+        world.describe(), plan_hash, std::bit_cast<std::uint64_t>(low),
+        std::bit_cast<std::uint64_t>(high));
     DHP_LOG_ERROR("{}", message);
     throw Error(ErrorKind::Communication, message);
   }
 }
 
-void check_same_plan(Communicator& world, const Plan& plan) { check_same_plan(world, plan_hash(plan)); }
+void check_same_plan(Communicator& world, const Plan& plan) {
+  check_same_plan(world, plan_hash(plan));
+}
 
 }  // namespace dhp

@@ -61,12 +61,11 @@ ClusterSpec cluster_preset(std::string_view name) {
 void validate(const ClusterSpec& c) {
   DHP_CHECK(c.num_nodes >= 1, InvalidInput, "cluster '{}': num_nodes={} must be >= 1", c.name,
             c.num_nodes);
-  DHP_CHECK(c.devices_per_node >= 1, InvalidInput,
-            "cluster '{}': devices_per_node={} must be >= 1", c.name, c.devices_per_node);
+  DHP_CHECK(c.devices_per_node >= 1, InvalidInput, "cluster '{}': devices_per_node={} must be >= 1",
+            c.name, c.devices_per_node);
   DHP_CHECK(c.peak_tflops > 0, InvalidInput, "cluster '{}': peak_tflops={} must be > 0", c.name,
             c.peak_tflops);
-  DHP_CHECK(c.hbm_gbs > 0, InvalidInput, "cluster '{}': hbm_gbs={} must be > 0", c.name,
-            c.hbm_gbs);
+  DHP_CHECK(c.hbm_gbs > 0, InvalidInput, "cluster '{}': hbm_gbs={} must be > 0", c.name, c.hbm_gbs);
   DHP_CHECK(c.mem_capacity_gib > 0, InvalidInput, "cluster '{}': mem_capacity_gib={} must be > 0",
             c.name, c.mem_capacity_gib);
   DHP_CHECK(c.mem_reserved_gib >= 0 && c.mem_reserved_gib < c.mem_capacity_gib, InvalidInput,
@@ -79,11 +78,9 @@ void validate(const ClusterSpec& c) {
             "cluster '{}': inter_node.bandwidth_gbs={} must be > 0", c.name,
             c.inter_node.bandwidth_gbs);
   DHP_CHECK(c.intra_node.latency_us >= 0, InvalidInput,
-            "cluster '{}': intra_node.latency_us={} must be >= 0", c.name,
-            c.intra_node.latency_us);
+            "cluster '{}': intra_node.latency_us={} must be >= 0", c.name, c.intra_node.latency_us);
   DHP_CHECK(c.inter_node.latency_us >= 0, InvalidInput,
-            "cluster '{}': inter_node.latency_us={} must be >= 0", c.name,
-            c.inter_node.latency_us);
+            "cluster '{}': inter_node.latency_us={} must be >= 0", c.name, c.inter_node.latency_us);
 }
 
 }  // namespace dhp

@@ -4,11 +4,16 @@ namespace dhp {
 
 const char* to_string(ErrorKind kind) noexcept {
   switch (kind) {
-    case ErrorKind::InvalidArgument: return "invalid argument";
-    case ErrorKind::InvalidInput: return "invalid input";
-    case ErrorKind::DoesNotFit: return "does not fit";
-    case ErrorKind::Communication: return "communication error";
-    case ErrorKind::Internal: return "internal error";
+    case ErrorKind::InvalidArgument:
+      return "invalid argument";
+    case ErrorKind::InvalidInput:
+      return "invalid input";
+    case ErrorKind::DoesNotFit:
+      return "does not fit";
+    case ErrorKind::Communication:
+      return "communication error";
+    case ErrorKind::Internal:
+      return "internal error";
   }
   return "unknown error";
 }

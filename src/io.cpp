@@ -118,8 +118,8 @@ std::int64_t as_int(const json& value, const std::string& path, std::int64_t min
     DHP_THROW(InvalidInput, "{}: expected an integer, got {} {}", path, value.type_name(),
               show(value));
   }
-  DHP_CHECK(result >= min && result <= max, InvalidInput, "{}={} must be in [{}, {}]", path,
-            result, min, max);
+  DHP_CHECK(result >= min && result <= max, InvalidInput, "{}={} must be in [{}, {}]", path, result,
+            min, max);
   return result;
 }
 
@@ -157,8 +157,8 @@ std::string as_string(const json& value, const std::string& path) {
 
 // Optional field readers: leave `out` (the struct default or the preset's value) alone
 // when the key is absent. `required` turns a missing key into an error.
-void read_int(const json& obj, const std::string& path, const char* key, int& out,
-              std::int64_t min, bool required = false) {
+void read_int(const json& obj, const std::string& path, const char* key, int& out, std::int64_t min,
+              bool required = false) {
   const json* v = required ? &require(obj, path, key) : find(obj, key);
   if (v != nullptr) out = static_cast<int>(as_int(*v, field_path(path, key), min));
 }
@@ -198,9 +198,12 @@ void validate_at(const std::string& path, Fn&& fn) {
 
 const char* to_string(Recompute r) {
   switch (r) {
-    case Recompute::None: return "none";
-    case Recompute::Selective: return "selective";
-    case Recompute::Full: return "full";
+    case Recompute::None:
+      return "none";
+    case Recompute::Selective:
+      return "selective";
+    case Recompute::Full:
+      return "full";
   }
   return "unknown";
 }
@@ -271,8 +274,8 @@ ClusterSpec cluster_from(const json& obj, const std::string& path) {
 // ---------------------------------------------------------------------------------------
 // Model
 
-void read_transformer(const json& obj, const std::string& path, TransformerSpec& t,
-                      bool required, bool has_vocab) {
+void read_transformer(const json& obj, const std::string& path, TransformerSpec& t, bool required,
+                      bool has_vocab) {
   read_int(obj, path, "layers", t.layers, 1, required);
   read_int(obj, path, "hidden", t.hidden, 1, required);
   read_int(obj, path, "heads", t.heads, 1, required);
@@ -304,8 +307,8 @@ ModelSpec model_from(const json& obj, const std::string& path) {
   if (llm != nullptr) {
     const std::string p = field_path(path, "llm");
     expect_object(*llm, p);
-    expect_keys(*llm, p, {"layers", "hidden", "heads", "kv_heads", "ffn_hidden", "gated_mlp",
-                          "vocab"});
+    expect_keys(*llm, p,
+                {"layers", "hidden", "heads", "kv_heads", "ffn_hidden", "gated_mlp", "vocab"});
     read_transformer(*llm, p, m.llm, required, /*has_vocab=*/true);
   }
 
@@ -316,8 +319,9 @@ ModelSpec model_from(const json& obj, const std::string& path) {
       m.encoder.reset();
     } else {
       expect_object(*enc, p);
-      expect_keys(*enc, p, {"layers", "hidden", "heads", "kv_heads", "ffn_hidden", "gated_mlp",
-                            "patch_size", "tokens_per_llm_token", "projector_parameters"});
+      expect_keys(*enc, p,
+                  {"layers", "hidden", "heads", "kv_heads", "ffn_hidden", "gated_mlp", "patch_size",
+                   "tokens_per_llm_token", "projector_parameters"});
       const bool new_encoder = !m.encoder.has_value();
       EncoderSpec e = m.encoder.value_or(EncoderSpec{});
       if (new_encoder) e.arch.gated_mlp = false;  // ViTs use a plain GELU MLP
@@ -332,8 +336,9 @@ ModelSpec model_from(const json& obj, const std::string& path) {
   if (const json* tr = find(obj, "training")) {
     const std::string p = field_path(path, "training");
     expect_object(*tr, p);
-    expect_keys(*tr, p, {"recompute", "encoder_recompute", "zero_stage", "bytes_per_param", "bytes_per_grad",
-                         "bytes_optimizer_state", "bytes_per_activation"});
+    expect_keys(*tr, p,
+                {"recompute", "encoder_recompute", "zero_stage", "bytes_per_param",
+                 "bytes_per_grad", "bytes_optimizer_state", "bytes_per_activation"});
     TrainingSetup& t = m.training;
     if (const json* r = find(*tr, "recompute"))
       t.recompute = enum_from(*r, field_path(p, "recompute"), kRecomputes);
@@ -430,7 +435,8 @@ PlanEstimate estimate_from(const json& obj, const std::string& path) {
   read_non_negative(obj, path, "encoder_ms", e.encoder_ms);
   read_non_negative(obj, path, "llm_ms", e.llm_ms);
   read_non_negative(obj, path, "grad_sync_ms", e.grad_sync_ms);
-  if (const json* w = find(obj, "wave_ms")) e.wave_ms = doubles_from(*w, field_path(path, "wave_ms"));
+  if (const json* w = find(obj, "wave_ms"))
+    e.wave_ms = doubles_from(*w, field_path(path, "wave_ms"));
   if (const json* m = find(obj, "peak_mem_gib"))
     e.peak_mem_gib = doubles_from(*m, field_path(path, "peak_mem_gib"));
   read_non_negative(obj, path, "mem_capacity_gib", e.mem_capacity_gib);
@@ -652,7 +658,8 @@ std::string to_json(const Plan& plan, int indent) {
   j["waves"] = std::move(waves);
   ordered_json tasks = ordered_json::array();
   for (const EncoderTask& t : plan.encoder_tasks)
-    tasks.push_back({{"sample", t.sample}, {"visual", t.visual}, {"wave", t.wave}, {"rank", t.rank}});
+    tasks.push_back(
+        {{"sample", t.sample}, {"visual", t.visual}, {"wave", t.wave}, {"rank", t.rank}});
   j["encoder_tasks"] = std::move(tasks);
   const PlanEstimate& e = plan.estimate;
   j["estimate"] = {{"step_ms", e.step_ms},
@@ -686,7 +693,8 @@ Spec load_spec(const std::string& preset_or_path, const std::vector<std::string>
 
 ClusterSpec load_cluster(const std::string& preset_or_path) {
   return load_spec<ClusterSpec>(
-      preset_or_path, cluster_preset_names(), [](const std::string& n) { return cluster_preset(n); },
+      preset_or_path, cluster_preset_names(),
+      [](const std::string& n) { return cluster_preset(n); },
       [](const std::string& t) { return cluster_from_json(t); }, "cluster");
 }
 

@@ -12,7 +12,7 @@ double TransformerSpec::parameters() const {
   // q and o are h x h; k and v are h x (kv_heads * head_dim) under grouped-query attention.
   const double attention = 2.0 * h * h + 2.0 * h * kv_width;
   const double mlp = (gated_mlp ? 3.0 : 2.0) * h * ffn_hidden;
-  const double norms = 2.0 * h;  // one before attention, one before the MLP
+  const double norms = 2.0 * h;               // one before attention, one before the MLP
   const double embeddings = 2.0 * vocab * h;  // input embedding + untied output layer
   // Biases are left out: they are below 0.1% of any preset.
   return layers * (attention + mlp + norms) + h /* final norm */ + embeddings;
@@ -24,8 +24,13 @@ namespace {
 // QuickGELU (two matrices), 14x14 patches, 2x2 patch merge into one LLM token.
 EncoderSpec qwen2_vl_vit(int llm_hidden) {
   EncoderSpec e;
-  e.arch = {.layers = 32, .hidden = 1280, .heads = 16, .kv_heads = 16, .ffn_hidden = 5120,
-            .gated_mlp = false, .vocab = 0};
+  e.arch = {.layers = 32,
+            .hidden = 1280,
+            .heads = 16,
+            .kv_heads = 16,
+            .ffn_hidden = 5120,
+            .gated_mlp = false,
+            .vocab = 0};
   e.patch_size = 14;
   e.tokens_per_llm_token = 4;
   // PatchMerger: LayerNorm(1280) + Linear(5120, 5120) + GELU + Linear(5120, llm_hidden).
@@ -36,8 +41,13 @@ EncoderSpec qwen2_vl_vit(int llm_hidden) {
 ModelSpec qwen2_vl_7b() {
   ModelSpec m;
   m.name = "qwen2-vl-7b";
-  m.llm = {.layers = 28, .hidden = 3584, .heads = 28, .kv_heads = 4, .ffn_hidden = 18944,
-           .gated_mlp = true, .vocab = 152064};
+  m.llm = {.layers = 28,
+           .hidden = 3584,
+           .heads = 28,
+           .kv_heads = 4,
+           .ffn_hidden = 18944,
+           .gated_mlp = true,
+           .vocab = 152064};
   m.encoder = qwen2_vl_vit(3584);
   return m;
 }
@@ -45,8 +55,13 @@ ModelSpec qwen2_vl_7b() {
 ModelSpec qwen2_vl_2b() {
   ModelSpec m;
   m.name = "qwen2-vl-2b";
-  m.llm = {.layers = 28, .hidden = 1536, .heads = 12, .kv_heads = 2, .ffn_hidden = 8960,
-           .gated_mlp = true, .vocab = 151936};
+  m.llm = {.layers = 28,
+           .hidden = 1536,
+           .heads = 12,
+           .kv_heads = 2,
+           .ffn_hidden = 8960,
+           .gated_mlp = true,
+           .vocab = 151936};
   m.encoder = qwen2_vl_vit(1536);
   return m;
 }
@@ -55,11 +70,21 @@ ModelSpec qwen2_vl_2b() {
 ModelSpec internvl2_8b() {
   ModelSpec m;
   m.name = "internvl2-8b";
-  m.llm = {.layers = 32, .hidden = 4096, .heads = 32, .kv_heads = 8, .ffn_hidden = 14336,
-           .gated_mlp = true, .vocab = 92553};
+  m.llm = {.layers = 32,
+           .hidden = 4096,
+           .heads = 32,
+           .kv_heads = 8,
+           .ffn_hidden = 14336,
+           .gated_mlp = true,
+           .vocab = 92553};
   EncoderSpec e;
-  e.arch = {.layers = 24, .hidden = 1024, .heads = 16, .kv_heads = 16, .ffn_hidden = 4096,
-            .gated_mlp = false, .vocab = 0};
+  e.arch = {.layers = 24,
+            .hidden = 1024,
+            .heads = 16,
+            .kv_heads = 16,
+            .ffn_hidden = 4096,
+            .gated_mlp = false,
+            .vocab = 0};
   e.patch_size = 14;
   e.tokens_per_llm_token = 4;  // pixel shuffle 0.5: 2x2 patches -> one token
   // mlp1: LayerNorm(4096) + Linear(4096, 4096) + GELU + Linear(4096, 4096).
@@ -71,8 +96,13 @@ ModelSpec internvl2_8b() {
 ModelSpec llama3_70b() {
   ModelSpec m;
   m.name = "llama3-70b";
-  m.llm = {.layers = 80, .hidden = 8192, .heads = 64, .kv_heads = 8, .ffn_hidden = 28672,
-           .gated_mlp = true, .vocab = 128256};
+  m.llm = {.layers = 80,
+           .hidden = 8192,
+           .heads = 64,
+           .kv_heads = 8,
+           .ffn_hidden = 28672,
+           .gated_mlp = true,
+           .vocab = 128256};
   return m;
 }
 
@@ -82,8 +112,13 @@ ModelSpec llama3_70b() {
 ModelSpec megatron_dcp_1b() {
   ModelSpec m;
   m.name = "megatron-dcp-1b";
-  m.llm = {.layers = 12, .hidden = 2048, .heads = 16, .kv_heads = 16, .ffn_hidden = 8192,
-           .gated_mlp = false, .vocab = 32000};
+  m.llm = {.layers = 12,
+           .hidden = 2048,
+           .heads = 16,
+           .kv_heads = 16,
+           .ffn_hidden = 8192,
+           .gated_mlp = false,
+           .vocab = 32000};
   return m;
 }
 

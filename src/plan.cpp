@@ -8,25 +8,32 @@ namespace dhp {
 
 const char* to_string(EncoderPlacement p) noexcept {
   switch (p) {
-    case EncoderPlacement::Colocated: return "colocated";
-    case EncoderPlacement::Disjoint: return "disjoint";
+    case EncoderPlacement::Colocated:
+      return "colocated";
+    case EncoderPlacement::Disjoint:
+      return "disjoint";
   }
   return "unknown";
 }
 
 const char* to_string(Sharding s) noexcept {
   switch (s) {
-    case Sharding::Whole: return "whole";
-    case Sharding::Zigzag: return "zigzag";
+    case Sharding::Whole:
+      return "whole";
+    case Sharding::Zigzag:
+      return "zigzag";
   }
   return "unknown";
 }
 
 const char* to_string(CpAttention a) noexcept {
   switch (a) {
-    case CpAttention::Ring: return "ring";
-    case CpAttention::Ulysses: return "ulysses";
-    case CpAttention::UlyssesRing: return "ulysses_ring";
+    case CpAttention::Ring:
+      return "ring";
+    case CpAttention::Ulysses:
+      return "ulysses";
+    case CpAttention::UlyssesRing:
+      return "ulysses_ring";
   }
   return "unknown";
 }
@@ -145,8 +152,8 @@ void validate(const Plan& plan, const Batch& batch) {
                 plan.strategy, plan.step, w, g);
       for (int rank : group.ranks) {
         DHP_CHECK(rank >= 0 && rank < plan.llm.ranks, Internal,
-                  "plan '{}' step {}: wave {} group {} has rank {} outside [0, {})",
-                  plan.strategy, plan.step, w, g, rank, plan.llm.ranks);
+                  "plan '{}' step {}: wave {} group {} has rank {} outside [0, {})", plan.strategy,
+                  plan.step, w, g, rank, plan.llm.ranks);
         DHP_CHECK(group_of_rank[rank] == -1, Internal,
                   "plan '{}' step {}: wave {} rank {} is in group {} and group {}", plan.strategy,
                   plan.step, w, rank, group_of_rank[rank], g);
@@ -162,8 +169,8 @@ void validate(const Plan& plan, const Batch& batch) {
                 plan.step, seq.sample, wave_of_sample[seq.sample], w);
       wave_of_sample[seq.sample] = w;
       DHP_CHECK(seq.group >= 0 && seq.group < static_cast<int>(wave.groups.size()), Internal,
-                "plan '{}' step {}: wave {} sample {} in group {} outside [0, {})",
-                plan.strategy, plan.step, w, seq.sample, seq.group, wave.groups.size());
+                "plan '{}' step {}: wave {} sample {} in group {} outside [0, {})", plan.strategy,
+                plan.step, w, seq.sample, seq.group, wave.groups.size());
       const int degree = wave.groups[seq.group].degree();
       if (seq.sharding == Sharding::Whole) {
         DHP_CHECK(seq.member >= 0 && seq.member < degree, Internal,

@@ -52,7 +52,8 @@ Options parse(int argc, char** argv) {
     };
     if (arg == "--format") {
       const std::string f = value();
-      if (f != "json" && f != "table") usage(("--format " + f + ": expected table or json").c_str());
+      if (f != "json" && f != "table")
+        usage(("--format " + f + ": expected table or json").c_str());
       o.json = f == "json";
     } else if (arg == "--runs") {
       o.runs = std::atoi(value().c_str());
@@ -74,13 +75,13 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-#define CUDA_CHECK(expr)                                                              \
-  do {                                                                                \
-    const cudaError_t err_ = (expr);                                                  \
-    if (err_ != cudaSuccess) {                                                        \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(err_));       \
-      std::exit(1);                                                                   \
-    }                                                                                 \
+#define CUDA_CHECK(expr)                                                        \
+  do {                                                                          \
+    const cudaError_t err_ = (expr);                                            \
+    if (err_ != cudaSuccess) {                                                  \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(err_)); \
+      std::exit(1);                                                             \
+    }                                                                           \
   } while (0)
 
 void check(dk::Status s, const char* what) {
@@ -136,12 +137,14 @@ struct Row {
 
 Row bench_shape(const Options& o, const std::string& layout, int tokens, int head_dim) {
   const int heads = 2048 / head_dim;  // model width 2048 for both head sizes
-  const std::vector<int> lens = layout == "packed" ? packed_lengths(tokens) : std::vector<int>{tokens};
+  const std::vector<int> lens =
+      layout == "packed" ? packed_lengths(tokens) : std::vector<int>{tokens};
   std::vector<std::int32_t> cu(lens.size() + 1, 0);
   double work = 0;  // multiply-adds of QK^T and PV counted once: 2 * L^2 * H * D (x 1/2 causal)
   for (std::size_t i = 0; i < lens.size(); ++i) {
     cu[i + 1] = cu[i] + lens[i];
-    work += 4.0 * lens[i] * static_cast<double>(lens[i]) * heads * head_dim * (o.causal ? 0.5 : 1.0);
+    work +=
+        4.0 * lens[i] * static_cast<double>(lens[i]) * heads * head_dim * (o.causal ? 0.5 : 1.0);
   }
   const std::size_t elems = static_cast<std::size_t>(tokens) * heads * head_dim;
   std::vector<std::uint16_t> host(elems);
@@ -169,8 +172,8 @@ Row bench_shape(const Options& o, const std::string& layout, int tokens, int hea
   CUDA_CHECK(cudaMemcpy(d_cu, cu.data(), cu.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
 
   const int max_len = *std::max_element(lens.begin(), lens.end());
-  dk::PackedSeqs seqs{d_cu, d_cu, nullptr, nullptr, static_cast<int>(lens.size()), tokens, tokens,
-                      max_len, max_len};
+  dk::PackedSeqs seqs{d_cu,   d_cu,   nullptr, nullptr, static_cast<int>(lens.size()),
+                      tokens, tokens, max_len, max_len};
   dk::AttentionShape shape{heads, heads, head_dim, 0.0, o.causal};
   dk::AttentionForwardArgs fwd;
   fwd.dtype = o.dtype;
@@ -221,15 +224,16 @@ int main(int argc, char** argv) {
   const char* dtype = o.dtype == dk::DType::BF16 ? "bf16" : "f16";
   if (!o.json)
     std::printf("# %s, %s, %s, median of %d runs\n%-8s %7s %5s %4s %5s %9s %9s %9s %9s\n",
-                prop.name, dtype, o.causal ? "causal" : "full", o.runs, "layout", "tokens",
-                "seqs", "hd", "heads", "fwd_ms", "fwd_TF/s", "bwd_ms", "bwd_TF/s");
+                prop.name, dtype, o.causal ? "causal" : "full", o.runs, "layout", "tokens", "seqs",
+                "hd", "heads", "fwd_ms", "fwd_TF/s", "bwd_ms", "bwd_TF/s");
   for (int head_dim : {64, 128})
     for (const char* layout : {"unpacked", "packed"})
       for (int tokens = 512; tokens <= o.max_tokens; tokens *= 2) {
         const Row r = bench_shape(o, layout, tokens, head_dim);
         if (o.json)
           std::printf(
-              "{\"impl\":\"dhp\",\"device\":\"%s\",\"dtype\":\"%s\",\"causal\":%s,\"layout\":\"%s\","
+              "{\"impl\":\"dhp\",\"device\":\"%s\",\"dtype\":\"%s\",\"causal\":%s,\"layout\":\"%"
+              "s\","
               "\"tokens\":%d,\"seqs\":%d,\"head_dim\":%d,\"heads\":%d,\"fwd_ms\":%.4f,"
               "\"fwd_tflops\":%.2f,\"bwd_ms\":%.4f,\"bwd_tflops\":%.2f}\n",
               prop.name, dtype, o.causal ? "true" : "false", r.layout.c_str(), r.tokens, r.seqs,

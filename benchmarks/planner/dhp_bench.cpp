@@ -41,7 +41,7 @@ struct Options {
 // One (scenario, strategy) result. Per-batch vectors hold NaN where the batch failed.
 struct Row {
   std::string scenario;
-  int ranks = 0;      // devices; the largest cluster when instances differ (small-exact)
+  int ranks = 0;  // devices; the largest cluster when instances differ (small-exact)
   int ranks_min = 0;
   int sequences = 0;  // per batch (the largest batch when they differ)
   std::string strategy;
@@ -49,16 +49,16 @@ struct Row {
   int failed_batches = 0;
   std::string error;  // first failure, "" when every batch planned
   std::string static_layout;
-  std::string layout;  // module layout of the first plan: "tp=2 etp=4 colocated"
+  std::string layout;     // module layout of the first plan: "tp=2 etp=4 colocated"
   double step_ms = kNaN;  // median simulated step over the planned batches
   double planner_ms_p50 = kNaN;
   double planner_ms_p99 = kNaN;
   double peak_mem_gib = kNaN;
   double mem_capacity_gib = kNaN;
   double speedup_vs_static_best = kNaN;
-  double waves = kNaN;          // median
-  double idle_fraction = kNaN;  // mean over batches of the mean device idle fraction
-  bool deterministic = true;    // repeated plans of a batch hashed the same
+  double waves = kNaN;                    // median
+  double idle_fraction = kNaN;            // mean over batches of the mean device idle fraction
+  bool deterministic = true;              // repeated plans of a batch hashed the same
   std::vector<double> batch_step_ms;      // simulated
   std::vector<double> batch_estimate_ms;  // the planner's own estimate
 };
@@ -93,8 +93,8 @@ bool uses_static_layout(Strategy s) {
 dhp::Simulator simulator_for(const dhp::Planner& planner, const dhp::Plan& plan) {
   const dhp::CostModel& cost = planner.cost_model();
   const int encoder_tp = plan.encoder.ranks > 0 ? plan.encoder.tp : cost.encoder_tp();
-  return dhp::Simulator(dhp::CostModel(cost.cluster(), cost.model(), plan.llm.tp, encoder_tp,
-                                       cost.coefficients()));
+  return dhp::Simulator(
+      dhp::CostModel(cost.cluster(), cost.model(), plan.llm.tp, encoder_tp, cost.coefficients()));
 }
 
 std::string plan_layout(const dhp::Plan& plan) {
@@ -241,8 +241,8 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
   // cluster; without one (--dhp-layout default, a scenario that opts out, or no layout
   // fits) dhp plans with the planner's default layout.
   std::vector<std::optional<dhp::PlannerOptions>> dhp_options(data.clusters.size());
-  const bool runs_dhp = std::find(strategies.begin(), strategies.end(), Strategy::Dhp) !=
-                        strategies.end();
+  const bool runs_dhp =
+      std::find(strategies.begin(), strategies.end(), Strategy::Dhp) != strategies.end();
   const bool search = runs_dhp && options.search_dhp_layout && data.search_dhp_layout;
   for (std::size_t c = 0; c < data.clusters.size() && search; ++c) {
     std::vector<dhp::Batch> batches;
@@ -273,14 +273,15 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
   for (const Row& r : rows)
     if (r.strategy == dhp::to_string(Strategy::StaticBest) && r.failed_batches == 0)
       static_best_ms = r.step_ms;
-  if (!static_best_ms && std::find(strategies.begin(), strategies.end(),
-                                   Strategy::StaticBest) == strategies.end()) {
+  if (!static_best_ms &&
+      std::find(strategies.begin(), strategies.end(), Strategy::StaticBest) == strategies.end()) {
     Row ref =
         run_strategy(scenario, data, Strategy::StaticBest, layouts, layout_errors, dhp_options);
     if (ref.failed_batches == 0) static_best_ms = ref.step_ms;
   }
   for (Row& r : rows)
-    if (static_best_ms && r.failed_batches == 0) r.speedup_vs_static_best = *static_best_ms / r.step_ms;
+    if (static_best_ms && r.failed_batches == 0)
+      r.speedup_vs_static_best = *static_best_ms / r.step_ms;
 
   std::cerr << fmt::format(
       "[{}/{}] {}: done in {:.1f} s\n", index, count, scenario.name,
@@ -334,14 +335,13 @@ void print_table(const std::vector<Row>& rows) {
     last = r.scenario;
     std::string ranks = r.ranks_min != r.ranks ? fmt::format("{}-{}", r.ranks_min, r.ranks)
                                                : std::to_string(r.ranks);
-    fmt::print("{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
-               r.scenario, ranks, r.sequences, r.strategy, cell(r.step_ms, 1),
-               cell(r.planner_ms_p50, 2), cell(r.planner_ms_p99, 2), cell(r.peak_mem_gib, 1),
-               cell(r.mem_capacity_gib, 1),
-               std::isnan(r.speedup_vs_static_best)
-                   ? std::string("-")
-                   : fmt::format("{:.3f}x", r.speedup_vs_static_best),
-               cell(r.waves, 0), cell(r.idle_fraction, 2), r.layout.empty() ? "-" : r.layout);
+    fmt::print(
+        "{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
+        r.scenario, ranks, r.sequences, r.strategy, cell(r.step_ms, 1), cell(r.planner_ms_p50, 2),
+        cell(r.planner_ms_p99, 2), cell(r.peak_mem_gib, 1), cell(r.mem_capacity_gib, 1),
+        std::isnan(r.speedup_vs_static_best) ? std::string("-")
+                                             : fmt::format("{:.3f}x", r.speedup_vs_static_best),
+        cell(r.waves, 0), cell(r.idle_fraction, 2), r.layout.empty() ? "-" : r.layout);
     if (!r.error.empty()) {
       std::string e = r.error;
       if (e.size() > 110) e.replace(107, std::string::npos, "...");
@@ -376,8 +376,8 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
     const Row* dhp_row = find_row(rows, sc, Strategy::Dhp);
     if (!dhp_row) continue;
     if (dhp_row->failed_batches > 0) {
-      fmt::print(out, "    {:<22} FAIL dhp failed on {}/{} batches\n", sc,
-                 dhp_row->failed_batches, dhp_row->batches);
+      fmt::print(out, "    {:<22} FAIL dhp failed on {}/{} batches\n", sc, dhp_row->failed_batches,
+                 dhp_row->batches);
       continue;
     }
     std::string best_name = "-";
@@ -417,9 +417,9 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
 
   if (const Row* r = find_row(rows, "video-longtail", Strategy::Dhp);
       r && !std::isnan(r->speedup_vs_static_best)) {
-    fmt::print(out, "- video-longtail at {} GPUs: dhp vs static_best {:.3f}x (target >= 1.3x): {}\n",
-               r->ranks, r->speedup_vs_static_best,
-               verdict(r->speedup_vs_static_best >= 1.3));
+    fmt::print(out,
+               "- video-longtail at {} GPUs: dhp vs static_best {:.3f}x (target >= 1.3x): {}\n",
+               r->ranks, r->speedup_vs_static_best, verdict(r->speedup_vs_static_best >= 1.3));
   } else if (r) {
     fmt::print(out, "- video-longtail: no dhp vs static_best speedup (one of them failed): FAIL\n");
   }
@@ -464,7 +464,8 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
     const Row* ours = find_row(rows, sc, Strategy::Dhp);
     if (!dcp || !bal || std::isnan(dcp->step_ms) || std::isnan(bal->step_ms)) continue;
     if (!repro_header) {
-      fmt::print(out, "- Megatron repro: megatron_dcp over static_balanced (published 1.21-1.50x):\n");
+      fmt::print(out,
+                 "- Megatron repro: megatron_dcp over static_balanced (published 1.21-1.50x):\n");
       repro_header = true;
     }
     const double ratio = bal->step_ms / dcp->step_ms;
@@ -477,7 +478,8 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
 
   auto planner_target = [&](const char* scenario, double limit_ms) {
     if (const Row* r = find_row(rows, scenario, Strategy::Dhp); r && !std::isnan(r->planner_ms_p50))
-      fmt::print(out, "- dhp planner p50 on {} ({} GPUs, {} seqs): {:.2f} ms (target <= {} ms): {}\n",
+      fmt::print(out,
+                 "- dhp planner p50 on {} ({} GPUs, {} seqs): {:.2f} ms (target <= {} ms): {}\n",
                  scenario, r->ranks, r->sequences, r->planner_ms_p50, limit_ms,
                  verdict(r->planner_ms_p50 <= limit_ms));
   };

@@ -18,7 +18,8 @@ int main() {
   c.layer_overhead_us = 30;
   c.ring_step_overhead_us = 15;
   c.comm_efficiency = 0.75;
-  const dhp::CostModel cost(dhp::cluster_preset("h100-64"), dhp::model_preset("qwen2-vl-7b"), 1, 1, c);
+  const dhp::CostModel cost(dhp::cluster_preset("h100-64"), dhp::model_preset("qwen2-vl-7b"), 1, 1,
+                            c);
   std::mt19937 rng(7);
   std::normal_distribution<double> noise(0, 0.02);
   auto measured = [&](double ms) { return std::round(ms * (1 + noise(rng)) * 1000) / 1000; };
@@ -40,16 +41,22 @@ int main() {
     for (int degree : {1, 2, 4, 8})
       for (bool cross : {false, true}) {
         if (degree == 1 && cross) continue;
-        rows.push_back({{"kind", "llm_sequence"}, {"tokens", tokens}, {"degree", degree},
+        rows.push_back({{"kind", "llm_sequence"},
+                        {"tokens", tokens},
+                        {"degree", degree},
                         {"crosses_nodes", cross},
                         {"measured_ms", measured(cost.llm_sequence_ms(tokens, {degree, cross}))}});
       }
   for (long patches : {1024, 4096, 16384, 65536})
-    rows.push_back({{"kind", "encoder_item"}, {"patches", patches}, {"llm_tokens", patches / 4},
+    rows.push_back({{"kind", "encoder_item"},
+                    {"patches", patches},
+                    {"llm_tokens", patches / 4},
                     {"measured_ms", measured(cost.encoder_item_ms({patches, patches / 4, 1}))}});
   for (double bytes : {1e6, 1e7, 1e8})
     for (bool cross : {false, true})
-      rows.push_back({{"kind", "p2p"}, {"bytes", bytes}, {"crosses_nodes", cross},
+      rows.push_back({{"kind", "p2p"},
+                      {"bytes", bytes},
+                      {"crosses_nodes", cross},
                       {"measured_ms", measured(cost.p2p_ms(bytes, cross))}});
   std::printf("%s\n", doc.dump(1).c_str());
 }

@@ -40,8 +40,7 @@ ClusterSpec h100_cluster(int gpus) {
     cluster.num_nodes = 1;
   } else {
     DHP_CHECK(gpus % cluster.devices_per_node == 0, InvalidArgument,
-              "h100 cluster of {} GPUs is not whole nodes of {}", gpus,
-              cluster.devices_per_node);
+              "h100 cluster of {} GPUs is not whole nodes of {}", gpus, cluster.devices_per_node);
     cluster.num_nodes = gpus / cluster.devices_per_node;
   }
   cluster.name = "h100-" + std::to_string(gpus);
@@ -57,8 +56,7 @@ ScenarioData build_video_longtail(const ScenarioConfig& config, int) {
   a.video_tokens_per_frame = 144;
   auto pool = load_activitynet(default_data_path("activitynet"), a);
   auto batches = make_batches(pool, batches_or(config, 12, 3), 128, config.seed);
-  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"),
-                        std::move(batches));
+  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), std::move(batches));
 }
 
 // One sample per caption event (clip of the event's span): ~5k tokens median, much
@@ -70,8 +68,7 @@ ScenarioData build_video_uniform(const ScenarioConfig& config, int) {
   a.activitynet_per_event = true;
   auto pool = load_activitynet(default_data_path("activitynet"), a);
   auto batches = make_batches(pool, batches_or(config, 12, 3), 256, config.seed);
-  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"),
-                        std::move(batches));
+  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), std::move(batches));
 }
 
 // LLaVA recaption chats, one 576-token image each: short and uniform. 512 samples on 64
@@ -80,8 +77,7 @@ ScenarioData build_image_instruct(const ScenarioConfig& config, int) {
   DatasetAssumptions a;
   auto pool = load_llava_cc3m(default_data_path("llava_cc3m"), a);
   auto batches = make_batches(pool, batches_or(config, 12, 3), 512, config.seed);
-  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"),
-                        std::move(batches));
+  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), std::move(batches));
 }
 
 // MathVista at native resolutions through Qwen2-VL's resize rule: 6 to 16k visual tokens
@@ -90,8 +86,7 @@ ScenarioData build_image_mathvista(const ScenarioConfig& config, int) {
   DatasetAssumptions a;
   auto pool = load_mathvista(default_data_path("mathvista"), a);
   auto batches = make_batches(pool, batches_or(config, 8, 2), 128, config.seed);
-  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"),
-                        std::move(batches));
+  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), std::move(batches));
 }
 
 // NarrativeQA whole documents (up to ~570k tokens) on a 70B text model. A 570k-token
@@ -115,8 +110,8 @@ ScenarioData build_megatron_dcp_repro(const ScenarioConfig& config, int gpus) {
   auto pool = lognormal_samples(num_batches * per_batch, 1024.0, 1.5, 128, 8192,
                                 config.seed * 7919 + static_cast<std::uint64_t>(gpus));
   auto batches = make_batches(pool, num_batches, per_batch, config.seed);
-  ScenarioData data = single_cluster(h100_cluster(gpus), model_preset("megatron-dcp-1b"),
-                                     std::move(batches));
+  ScenarioData data =
+      single_cluster(h100_cluster(gpus), model_preset("megatron-dcp-1b"), std::move(batches));
   data.options.llm_tp = 1;  // their runs: TP 1, the 1B model fits on one GPU
   data.options.max_tokens_per_rank = 2048;
   // Their static baseline: one CP degree for the run, the power of two that brings the
@@ -140,8 +135,8 @@ ScenarioData build_scale_4096(const ScenarioConfig& config, int) {
   auto math = load_mathvista(default_data_path("mathvista"), a);
   pool.insert(pool.end(), math.begin(), math.end());
   auto batches = make_batches(pool, batches_or(config, 3, 1), 16384, config.seed);
-  ScenarioData data = single_cluster(cluster_preset("h100-4096"), model_preset("qwen2-vl-7b"),
-                                     std::move(batches));
+  ScenarioData data =
+      single_cluster(cluster_preset("h100-4096"), model_preset("qwen2-vl-7b"), std::move(batches));
   // Searching the layout would plan a 16k-sequence batch for each of ~60 layouts.
   data.search_dhp_layout = false;
   return data;

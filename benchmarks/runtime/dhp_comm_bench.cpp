@@ -75,17 +75,25 @@ Options parse(int argc, char** argv) {
       DHP_CHECK(i + 1 < argc, InvalidArgument, "{} needs a value", arg);
       return argv[++i];
     };
-    if (arg == "--backend") o.backend = value();
-    else if (arg == "--format") o.format = value();
-    else if (arg == "--tests") o.tests = split_list(value());
-    else if (arg == "--min-bytes") o.min_bytes = std::stoll(value());
-    else if (arg == "--max-bytes") o.max_bytes = std::stoll(value());
-    else if (arg == "--iters") o.iters = std::stoi(value());
-    else if (arg == "--warmup") o.warmup = std::stoi(value());
+    if (arg == "--backend")
+      o.backend = value();
+    else if (arg == "--format")
+      o.format = value();
+    else if (arg == "--tests")
+      o.tests = split_list(value());
+    else if (arg == "--min-bytes")
+      o.min_bytes = std::stoll(value());
+    else if (arg == "--max-bytes")
+      o.max_bytes = std::stoll(value());
+    else if (arg == "--iters")
+      o.iters = std::stoi(value());
+    else if (arg == "--warmup")
+      o.warmup = std::stoi(value());
     else if (arg == "--help" || arg == "-h") {
-      std::printf("usage: mpirun -np N dhp_comm_bench [--backend mpi|nccl] [--format table|json]\n"
-                  "  [--tests create,pool,ring,alltoall,allreduce] [--min-bytes B] [--max-bytes B]\n"
-                  "  [--iters N] [--warmup N]\n");
+      std::printf(
+          "usage: mpirun -np N dhp_comm_bench [--backend mpi|nccl] [--format table|json]\n"
+          "  [--tests create,pool,ring,alltoall,allreduce] [--min-bytes B] [--max-bytes B]\n"
+          "  [--iters N] [--warmup N]\n");
       std::exit(0);
     } else {
       DHP_THROW(InvalidArgument, "unknown argument '{}' (see --help)", arg);
@@ -138,12 +146,18 @@ class Bench {
 
   void run() {
     for (const std::string& test : o_.tests) {
-      if (test == "create") create();
-      else if (test == "pool") pool();
-      else if (test == "ring") sized(test, 1.0, [&](std::int64_t b) { ring(b); });
-      else if (test == "alltoall") alltoall();
-      else if (test == "allreduce") allreduce();
-      else DHP_THROW(InvalidArgument, "unknown test '{}'", test);
+      if (test == "create")
+        create();
+      else if (test == "pool")
+        pool();
+      else if (test == "ring")
+        sized(test, 1.0, [&](std::int64_t b) { ring(b); });
+      else if (test == "alltoall")
+        alltoall();
+      else if (test == "allreduce")
+        allreduce();
+      else
+        DHP_THROW(InvalidArgument, "unknown test '{}'", test);
     }
   }
 
@@ -161,8 +175,8 @@ class Bench {
     return seconds;
   }
 
-  void add(const std::string& test, int group_size, std::int64_t bytes, int iters,
-           double seconds, double bus_factor) {
+  void add(const std::string& test, int group_size, std::int64_t bytes, int iters, double seconds,
+           double bus_factor) {
     Row r{o_.backend, test, world_.size(), group_size, bytes, iters, seconds * 1e6, 0, 0};
     if (bytes > 0) {
       r.algbw_gbps = static_cast<double>(bytes) / seconds / 1e9;
@@ -184,25 +198,29 @@ class Bench {
     const int iters = std::max(1, o_.iters / 4);
     for (int g : group_sizes()) {
       const int color = world_.rank() / g;
-      const double split = time_it([&] {
-        auto group = world_.split(color, world_.rank());
-        group->barrier();  // includes the (possibly lazy) initialisation
-      }, iters, 1);
+      const double split = time_it(
+          [&] {
+            auto group = world_.split(color, world_.rank());
+            group->barrier();  // includes the (possibly lazy) initialisation
+          },
+          iters, 1);
       add("create_split", g, 0, iters, split, 0);
 #ifdef DHP_HAVE_NCCL
       if (o_.backend == "nccl") {
         // Fresh init: each group leader makes a unique id, shared over the MPI bootstrap.
-        const double fresh = time_it([&] {
-          dhp::NcclUniqueId id;
-          if (world_.rank() % g == 0) id = dhp::nccl_unique_id();
-          std::vector<dhp::NcclUniqueId> ids(static_cast<std::size_t>(world_.size()));
-          bootstrap_.all_gather(&id, ids.data(), sizeof(id), DataType::U8);
-          int device = 0;
-          cudaGetDevice(&device);
-          auto group = dhp::nccl_world(ids[static_cast<std::size_t>(color * g)],
-                                       world_.rank() % g, g, device, world_.timeout());
-          group->barrier();
-        }, iters, 1);
+        const double fresh = time_it(
+            [&] {
+              dhp::NcclUniqueId id;
+              if (world_.rank() % g == 0) id = dhp::nccl_unique_id();
+              std::vector<dhp::NcclUniqueId> ids(static_cast<std::size_t>(world_.size()));
+              bootstrap_.all_gather(&id, ids.data(), sizeof(id), DataType::U8);
+              int device = 0;
+              cudaGetDevice(&device);
+              auto group = dhp::nccl_world(ids[static_cast<std::size_t>(color * g)],
+                                           world_.rank() % g, g, device, world_.timeout());
+              group->barrier();
+            },
+            iters, 1);
         add("create_fresh", g, 0, iters, fresh, 0);
       }
 #endif
@@ -218,10 +236,12 @@ class Bench {
         partition.emplace_back();
         for (int r = first; r < first + g; ++r) partition.back().push_back(r);
       }
-      const double miss = time_it([&] {
-        dhp::GroupPool pool(world_);
-        pool.acquire(partition);
-      }, iters, 1);
+      const double miss = time_it(
+          [&] {
+            dhp::GroupPool pool(world_);
+            pool.acquire(partition);
+          },
+          iters, 1);
       add("pool_miss", g, 0, iters, miss, 0);
       dhp::GroupPool pool(world_);
       pool.acquire(partition);
@@ -250,7 +270,8 @@ class Bench {
     const int n = world_.size();
     const dhp::P2POp ops[] = {
         {dhp::P2POp::Kind::Send, (world_.rank() + 1) % n, send_->get(), bytes, DataType::U8, 0},
-        {dhp::P2POp::Kind::Recv, (world_.rank() + n - 1) % n, recv_->get(), bytes, DataType::U8, 0}};
+        {dhp::P2POp::Kind::Recv, (world_.rank() + n - 1) % n, recv_->get(), bytes, DataType::U8,
+         0}};
     world_.exchange(ops)->wait();
   }
 
@@ -293,16 +314,21 @@ void print(const std::vector<Row>& rows, const std::string& format) {
   if (format == "json") {
     nlohmann::ordered_json out = nlohmann::ordered_json::array();  // keys in schema order
     for (const Row& r : rows) {
-      out.push_back({{"backend", r.backend}, {"test", r.test}, {"world_size", r.world_size},
-                     {"group_size", r.group_size}, {"bytes", r.bytes}, {"iters", r.iters},
-                     {"time_us", r.time_us}, {"algbw_gbps", r.algbw_gbps},
+      out.push_back({{"backend", r.backend},
+                     {"test", r.test},
+                     {"world_size", r.world_size},
+                     {"group_size", r.group_size},
+                     {"bytes", r.bytes},
+                     {"iters", r.iters},
+                     {"time_us", r.time_us},
+                     {"algbw_gbps", r.algbw_gbps},
                      {"busbw_gbps", r.busbw_gbps}});
     }
     std::printf("%s\n", out.dump(2).c_str());
     return;
   }
-  std::printf("%-8s %-13s %5s %5s %12s %6s %14s %10s %10s\n", "backend", "test", "world",
-              "group", "bytes", "iters", "time_us", "algbw_GB/s", "busbw_GB/s");
+  std::printf("%-8s %-13s %5s %5s %12s %6s %14s %10s %10s\n", "backend", "test", "world", "group",
+              "bytes", "iters", "time_us", "algbw_GB/s", "busbw_GB/s");
   for (const Row& r : rows) {
     std::printf("%-8s %-13s %5d %5d %12lld %6d %14.1f %10.3f %10.3f\n", r.backend.c_str(),
                 r.test.c_str(), r.world_size, r.group_size, static_cast<long long>(r.bytes),

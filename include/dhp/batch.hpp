@@ -19,8 +19,8 @@ struct Sample {
   std::int64_t text_tokens = 0;
   std::vector<VisualItem> visuals;
 
-  std::int64_t llm_tokens() const;      // text + every visual item's LLM tokens
-  std::int64_t encoder_patches() const; // sum of patches
+  std::int64_t llm_tokens() const;       // text + every visual item's LLM tokens
+  std::int64_t encoder_patches() const;  // sum of patches
 };
 
 struct Batch {

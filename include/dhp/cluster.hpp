@@ -18,12 +18,12 @@ struct ClusterSpec {
   std::string device = "H100";  // selects the cost model's analytic defaults
   int num_nodes = 1;
   int devices_per_node = 8;
-  double peak_tflops = 989;        // dense bf16/fp16 per device
-  double hbm_gbs = 3350;           // device memory bandwidth, GB/s
-  double mem_capacity_gib = 80;    // device memory
-  double mem_reserved_gib = 6;     // runtime, allocator fragmentation, NCCL buffers
-  LinkSpec intra_node{450, 3};     // NVLink
-  LinkSpec inter_node{50, 8};      // one 400 Gb/s NIC per device
+  double peak_tflops = 989;      // dense bf16/fp16 per device
+  double hbm_gbs = 3350;         // device memory bandwidth, GB/s
+  double mem_capacity_gib = 80;  // device memory
+  double mem_reserved_gib = 6;   // runtime, allocator fragmentation, NCCL buffers
+  LinkSpec intra_node{450, 3};   // NVLink
+  LinkSpec inter_node{50, 8};    // one 400 Gb/s NIC per device
 
   int world_size() const { return num_nodes * devices_per_node; }
   int node_of(int device) const { return device / devices_per_node; }

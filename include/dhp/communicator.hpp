@@ -44,12 +44,30 @@ DataType data_type(kernels::DType t) noexcept;
 // DataType of a C++ element type (for the typed helpers below).
 template <typename T>
 constexpr DataType data_type_of();
-template <> constexpr DataType data_type_of<float>() { return DataType::F32; }
-template <> constexpr DataType data_type_of<double>() { return DataType::F64; }
-template <> constexpr DataType data_type_of<std::int32_t>() { return DataType::I32; }
-template <> constexpr DataType data_type_of<std::int64_t>() { return DataType::I64; }
-template <> constexpr DataType data_type_of<std::uint8_t>() { return DataType::U8; }
-template <> constexpr DataType data_type_of<std::uint64_t>() { return DataType::I64; }  // bit-moves only
+template <>
+constexpr DataType data_type_of<float>() {
+  return DataType::F32;
+}
+template <>
+constexpr DataType data_type_of<double>() {
+  return DataType::F64;
+}
+template <>
+constexpr DataType data_type_of<std::int32_t>() {
+  return DataType::I32;
+}
+template <>
+constexpr DataType data_type_of<std::int64_t>() {
+  return DataType::I64;
+}
+template <>
+constexpr DataType data_type_of<std::uint8_t>() {
+  return DataType::U8;
+}
+template <>
+constexpr DataType data_type_of<std::uint64_t>() {
+  return DataType::I64;
+}  // bit-moves only
 
 // A pending non-blocking operation. Destroying an incomplete request cancels it where the
 // backend can (MPI_Cancel) and otherwise abandons it; the buffers must outlive the wait,
@@ -74,7 +92,7 @@ using CommRequestPtr = std::unique_ptr<CommRequest>;
 struct P2POp {
   enum class Kind { Send, Recv };
   Kind kind = Kind::Send;
-  int peer = 0;  // rank in this communicator
+  int peer = 0;            // rank in this communicator
   void* buffer = nullptr;  // const for Send
   std::int64_t count = 0;
   DataType type = DataType::F32;
@@ -105,11 +123,10 @@ class Communicator {
   virtual void all_reduce(const void* send, void* recv, std::int64_t count, DataType type,
                           ReduceOp op) = 0;
   // send holds size() blocks of recv_count elements; rank i receives the reduced block i.
-  virtual void reduce_scatter(const void* send, void* recv, std::int64_t recv_count,
-                              DataType type, ReduceOp op) = 0;
+  virtual void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
+                              ReduceOp op) = 0;
   // recv holds size() blocks of send_count elements, block i from rank i.
-  virtual void all_gather(const void* send, void* recv, std::int64_t send_count,
-                          DataType type) = 0;
+  virtual void all_gather(const void* send, void* recv, std::int64_t send_count, DataType type) = 0;
   // Counts and displacements in elements, one per rank of this communicator.
   virtual void all_to_all_v(const void* send, std::span<const std::int64_t> send_counts,
                             std::span<const std::int64_t> send_displs, void* recv,

@@ -16,15 +16,15 @@ namespace dhp {
 
 // Calibratable coefficients. Analytic defaults per device kind (defaults_for()).
 struct CostCoefficients {
-  double gemm_efficiency = 0.62;       // fraction of peak reached by large linear layers
-  double attention_efficiency = 0.55;  // fraction of peak reached by long attention tiles
-  double half_efficiency_tokens = 384; // a piece of this many tokens runs at half efficiency
-  double layer_overhead_us = 25;       // launches, norms, rotary, per layer and pass
-  double ring_step_overhead_us = 12;   // per ring step: stream sync, buffer swap
-  double comm_efficiency = 0.8;        // achieved fraction of link bandwidth
-  double overlap_efficiency = 0.9;     // fraction of a ring transfer hidden under compute
+  double gemm_efficiency = 0.62;        // fraction of peak reached by large linear layers
+  double attention_efficiency = 0.55;   // fraction of peak reached by long attention tiles
+  double half_efficiency_tokens = 384;  // a piece of this many tokens runs at half efficiency
+  double layer_overhead_us = 25;        // launches, norms, rotary, per layer and pass
+  double ring_step_overhead_us = 12;    // per ring step: stream sync, buffer swap
+  double comm_efficiency = 0.8;         // achieved fraction of link bandwidth
+  double overlap_efficiency = 0.9;      // fraction of a ring transfer hidden under compute
   double activation_bytes_per_token_layer = 0;  // 0: derived from the architecture
-  double grad_sync_overlap = 0.5;      // fraction of gradient sync hidden under backward
+  double grad_sync_overlap = 0.5;               // fraction of gradient sync hidden under backward
 };
 
 CostCoefficients defaults_for(const ClusterSpec& cluster);

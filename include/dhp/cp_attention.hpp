@@ -59,8 +59,8 @@ struct CpAttentionContext {
   kernels::DType dtype = kernels::DType::F32;
   kernels::AttentionShape shape;
   const WaveLayout* layout = nullptr;
-  Communicator* world = nullptr;       // ring P2P, global ranks
-  GroupPool* pool = nullptr;           // Ulysses sub-communicators; null: Ulysses runs as Ring
+  Communicator* world = nullptr;         // ring P2P, global ranks
+  GroupPool* pool = nullptr;             // Ulysses sub-communicators; null: Ulysses runs as Ring
   BufferAllocator* allocator = nullptr;  // null: host buffers
   // UlyssesRing: world ranks a and b share a node iff a / ranks_per_node == b / ranks_per_node
   // (processes per node, TP included). 0: the whole group is on one node (plain Ulysses).
@@ -81,6 +81,7 @@ bool uses_ulysses(const WaveLayout& layout, const kernels::AttentionShape& shape
 // The Ulysses degree of the group of `layout`: d for Ulysses, u (members per node, the
 // same on every node, consecutive in ring order) for UlyssesRing, 1 where the group runs
 // the plain ring (Ring groups, heads not divisible, irregular nodes, degree 1).
-int ulysses_degree(const WaveLayout& layout, const kernels::AttentionShape& shape, int ranks_per_node);
+int ulysses_degree(const WaveLayout& layout, const kernels::AttentionShape& shape,
+                   int ranks_per_node);
 
 }  // namespace dhp

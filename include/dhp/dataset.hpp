@@ -13,16 +13,16 @@
 namespace dhp {
 
 struct DatasetAssumptions {
-  double text_token_scale = 1.15;    // the files' GPT-4 BPE counts -> Llama/Qwen tokenizers
-  double tokens_per_word = 1.3;      // narrativeqa: words -> tokens
-  int chat_template_tokens = 24;     // system prompt + role tags per sample
-  double video_fps = 1.0;            // sampled frames per second of video
-  int video_tokens_per_frame = 144;  // LLM tokens per sampled frame (frame-pooled video LLM)
-  int video_frames_per_item = 16;    // a video is encoded as clips of at most this many frames
-  int image_tokens_llava = 576;      // llava: CLIP-L/336 tokens per image
-  int llava_patches_per_token = 1;   // llava: CLIP-L/336 has no merge (576 patches -> 576)
-  int encoder_patches_per_token = 4; // ViT patches per LLM token (2x2 merge)
-  int qwen_min_pixels = 56 * 56;     // Qwen2-VL image resize bounds
+  double text_token_scale = 1.15;     // the files' GPT-4 BPE counts -> Llama/Qwen tokenizers
+  double tokens_per_word = 1.3;       // narrativeqa: words -> tokens
+  int chat_template_tokens = 24;      // system prompt + role tags per sample
+  double video_fps = 1.0;             // sampled frames per second of video
+  int video_tokens_per_frame = 144;   // LLM tokens per sampled frame (frame-pooled video LLM)
+  int video_frames_per_item = 16;     // a video is encoded as clips of at most this many frames
+  int image_tokens_llava = 576;       // llava: CLIP-L/336 tokens per image
+  int llava_patches_per_token = 1;    // llava: CLIP-L/336 has no merge (576 patches -> 576)
+  int encoder_patches_per_token = 4;  // ViT patches per LLM token (2x2 merge)
+  int qwen_min_pixels = 56 * 56;      // Qwen2-VL image resize bounds
   int qwen_max_pixels = 28 * 28 * 16384;
   bool activitynet_per_event = false;  // one sample per caption event instead of per video
   std::int64_t max_text_tokens = 0;    // 0: no cap (narrativeqa documents are kept whole)

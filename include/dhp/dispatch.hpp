@@ -41,14 +41,14 @@ struct LocalPiece {
 struct WaveLayout {
   int plan_rank = -1;  // -1: this process is not an LLM rank
   int tp_index = 0;
-  int group = -1;      // index into WavePlan::groups; -1: idle in this wave
+  int group = -1;                      // index into WavePlan::groups; -1: idle in this wave
   std::vector<int> group_world_ranks;  // ring order, processes with this tp_index
-  int member = 0;      // index of this rank in group_world_ranks
+  int member = 0;                      // index of this rank in group_world_ranks
   CpAttention attention = CpAttention::Ring;
 
   std::vector<LocalPiece> pieces;  // Zigzag pieces first (prefix), then Whole
   int num_zigzag = 0;
-  std::int64_t zigzag_rows = 0;    // local rows [0, zigzag_rows) are the Zigzag pieces
+  std::int64_t zigzag_rows = 0;              // local rows [0, zigzag_rows) are the Zigzag pieces
   std::vector<std::int64_t> zigzag_lengths;  // the group's Zigzag sequence lengths, in order
   std::vector<std::int32_t> cu_seqlens;      // [pieces + 1]
   std::vector<std::int32_t> positions;       // [rows], true position in the sequence

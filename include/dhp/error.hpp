@@ -38,8 +38,8 @@ template <typename... Args>
 }
 
 #define DHP_THROW(kind, ...) ::dhp::throw_error(::dhp::ErrorKind::kind, __VA_ARGS__)
-#define DHP_CHECK(cond, kind, ...) \
-  do {                             \
+#define DHP_CHECK(cond, kind, ...)             \
+  do {                                         \
     if (!(cond)) DHP_THROW(kind, __VA_ARGS__); \
   } while (0)
 

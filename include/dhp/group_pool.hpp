@@ -25,12 +25,12 @@
 namespace dhp {
 
 struct GroupPoolStats {
-  std::int64_t hits = 0;        // groups requested and found
-  std::int64_t misses = 0;      // groups requested and created
-  std::int64_t creations = 0;   // groups created (== misses; prewarm counts too)
-  std::int64_t splits = 0;      // split calls on the parent (one per partition with a miss)
-  std::int64_t destroyed = 0;   // groups evicted past the capacity
-  double creation_ms = 0;       // wall time spent in splits on this rank
+  std::int64_t hits = 0;       // groups requested and found
+  std::int64_t misses = 0;     // groups requested and created
+  std::int64_t creations = 0;  // groups created (== misses; prewarm counts too)
+  std::int64_t splits = 0;     // split calls on the parent (one per partition with a miss)
+  std::int64_t destroyed = 0;  // groups evicted past the capacity
+  double creation_ms = 0;      // wall time spent in splits on this rank
 };
 
 class GroupPool {

@@ -123,10 +123,10 @@ struct MergeArgs {
   std::int64_t rows = 0;
   int heads = 0;
   int head_dim = 0;
-  void* out_acc = nullptr;        // [rows, heads, head_dim], accumulator type
-  void* lse_acc = nullptr;        // [heads, rows]
-  const void* out_part = nullptr; // [rows, heads, head_dim], dtype
-  const void* lse_part = nullptr; // [heads, rows]
+  void* out_acc = nullptr;         // [rows, heads, head_dim], accumulator type
+  void* lse_acc = nullptr;         // [heads, rows]
+  const void* out_part = nullptr;  // [rows, heads, head_dim], dtype
+  const void* lse_part = nullptr;  // [heads, rows]
   void* stream = nullptr;
 };
 Status merge_attention_partial(const MergeArgs& args);
@@ -155,8 +155,7 @@ Status zigzag_layout(const std::int32_t* cu_seqlens, int num_seqs, int degree, i
                      std::int32_t* cu_local, std::int32_t* src_rows, std::int32_t* positions);
 // Number of local rows of `rank` (to size the buffers above); -1 on invalid arguments
 // (last_error() says which).
-std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree,
-                               int rank);
+std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank);
 
 // Row gather / scatter used by the layout moves: dst[i] = src[rows[i]] (gather) or
 // dst[rows[i]] = src[i] (scatter), rows of `row_bytes` bytes.

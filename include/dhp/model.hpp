@@ -14,7 +14,7 @@ struct TransformerSpec {
   int layers = 0;
   int hidden = 0;
   int heads = 0;
-  int kv_heads = 0;       // grouped-query attention: heads % kv_heads == 0
+  int kv_heads = 0;  // grouped-query attention: heads % kv_heads == 0
   int ffn_hidden = 0;
   bool gated_mlp = true;  // SwiGLU: three ffn matrices instead of two
   int vocab = 0;          // 0 for an encoder (no embedding / output layer)
@@ -41,10 +41,10 @@ struct TrainingSetup {
   // 0: every rank holds full fp32 optimizer state; 1: optimizer state sharded over the
   // data-parallel (DP x CP) ranks (Megatron's distributed optimizer); 2: grads as well.
   int zero_stage = 1;
-  double bytes_per_param = 2;        // bf16 weights
-  double bytes_per_grad = 4;         // fp32 gradient accumulation
-  double bytes_optimizer_state = 12; // fp32 master weights + Adam m and v
-  double bytes_per_activation = 2;   // bf16 activations
+  double bytes_per_param = 2;         // bf16 weights
+  double bytes_per_grad = 4;          // fp32 gradient accumulation
+  double bytes_optimizer_state = 12;  // fp32 master weights + Adam m and v
+  double bytes_per_activation = 2;    // bf16 activations
 };
 
 struct ModelSpec {

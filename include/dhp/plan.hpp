@@ -72,8 +72,8 @@ struct PlanEstimate {
   double encoder_ms = 0;
   double llm_ms = 0;
   double grad_sync_ms = 0;
-  std::vector<double> wave_ms;          // per wave, LLM part
-  std::vector<double> peak_mem_gib;     // per LLM rank, highest over the waves
+  std::vector<double> wave_ms;       // per wave, LLM part
+  std::vector<double> peak_mem_gib;  // per LLM rank, highest over the waves
   double mem_capacity_gib = 0;
 };
 

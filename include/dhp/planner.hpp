@@ -50,7 +50,7 @@ struct PlannerOptions {
   EncoderPlacement placement = EncoderPlacement::Colocated;
   int encoder_devices = 0;  // Disjoint only: devices given to the encoder (multiple of its tp)
   std::optional<StaticLayout> static_layout;  // StaticBest/StaticBalanced; else chosen per batch
-  std::int64_t max_tokens_per_rank = 0;        // MegatronDcp; 0: derived from memory
+  std::int64_t max_tokens_per_rank = 0;       // MegatronDcp; 0: derived from memory
   int max_waves = 256;
   CostCoefficients coefficients;  // defaults_for(cluster) unless set with calibrated ones
   bool coefficients_set = false;

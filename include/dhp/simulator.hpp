@@ -15,9 +15,9 @@ enum class EventKind { Encoder, Boundary, Compute, RingComm, Wait, GradSync };
 const char* to_string(EventKind k) noexcept;
 
 struct TimelineEvent {
-  int device = 0;   // the first device of the rank the event runs on
+  int device = 0;  // the first device of the rank the event runs on
   int wave = -1;
-  int group = -1;   // LLM group within the wave, -1 for encoder / grad sync
+  int group = -1;  // LLM group within the wave, -1 for encoder / grad sync
   EventKind kind = EventKind::Compute;
   double start_ms = 0;
   double end_ms = 0;
@@ -25,13 +25,13 @@ struct TimelineEvent {
 
 struct SimulationResult {
   double step_ms = 0;
-  std::vector<double> device_busy_ms;     // per device: compute + exposed communication
+  std::vector<double> device_busy_ms;  // per device: compute + exposed communication
   std::vector<double> device_idle_fraction;
   double mean_idle_fraction = 0;
   std::vector<double> device_peak_mem_gib;
   double max_peak_mem_gib = 0;
   double mem_capacity_gib = 0;
-  std::vector<TimelineEvent> timeline;     // only when asked for
+  std::vector<TimelineEvent> timeline;  // only when asked for
 };
 
 class Simulator {

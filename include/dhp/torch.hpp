@@ -12,8 +12,8 @@
 // (c10d::TCPStore(host, TCPStoreOptions), Store::set/get/wait, autograd::Function).
 #pragma once
 
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
 #include <cstdint>

@@ -9,7 +9,9 @@
 namespace dhp::kernels::cpu {
 namespace {
 
-float bf16_to_float(std::uint16_t h) { return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16); }
+float bf16_to_float(std::uint16_t h) {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
+}
 
 std::uint16_t float_to_bf16(float f) {
   const auto x = std::bit_cast<std::uint32_t>(f);
@@ -34,7 +36,8 @@ std::uint16_t float_to_f16(float f) {
   std::uint32_t x = std::bit_cast<std::uint32_t>(f);
   const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000);
   x &= 0x7fffffffu;
-  if (x >= 0x7f800000u) return static_cast<std::uint16_t>(sign | (x > 0x7f800000u ? 0x7e00 : 0x7c00));
+  if (x >= 0x7f800000u)
+    return static_cast<std::uint16_t>(sign | (x > 0x7f800000u ? 0x7e00 : 0x7c00));
   if (x >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00);  // >= 65520 rounds to inf
   if (x < 0x38800000u) {
     // Below 2^-14: a subnormal half, round(|f| * 2^24) (exact scaling, nearbyint rounds to
@@ -50,10 +53,14 @@ std::uint16_t float_to_f16(float f) {
 
 double load(DType dtype, const void* src, std::int64_t i) {
   switch (dtype) {
-    case DType::F32: return static_cast<const float*>(src)[i];
-    case DType::F64: return static_cast<const double*>(src)[i];
-    case DType::BF16: return bf16_to_float(static_cast<const std::uint16_t*>(src)[i]);
-    case DType::F16: return f16_to_float(static_cast<const std::uint16_t*>(src)[i]);
+    case DType::F32:
+      return static_cast<const float*>(src)[i];
+    case DType::F64:
+      return static_cast<const double*>(src)[i];
+    case DType::BF16:
+      return bf16_to_float(static_cast<const std::uint16_t*>(src)[i]);
+    case DType::F16:
+      return f16_to_float(static_cast<const std::uint16_t*>(src)[i]);
   }
   return 0;
 }
@@ -63,10 +70,18 @@ double load(DType dtype, const void* src, std::int64_t i) {
 // (harmless for the accumulator conversions this serves).
 void store(DType dtype, void* dst, std::int64_t i, double value) {
   switch (dtype) {
-    case DType::F32: static_cast<float*>(dst)[i] = static_cast<float>(value); break;
-    case DType::F64: static_cast<double*>(dst)[i] = value; break;
-    case DType::BF16: static_cast<std::uint16_t*>(dst)[i] = float_to_bf16(static_cast<float>(value)); break;
-    case DType::F16: static_cast<std::uint16_t*>(dst)[i] = float_to_f16(static_cast<float>(value)); break;
+    case DType::F32:
+      static_cast<float*>(dst)[i] = static_cast<float>(value);
+      break;
+    case DType::F64:
+      static_cast<double*>(dst)[i] = value;
+      break;
+    case DType::BF16:
+      static_cast<std::uint16_t*>(dst)[i] = float_to_bf16(static_cast<float>(value));
+      break;
+    case DType::F16:
+      static_cast<std::uint16_t*>(dst)[i] = float_to_f16(static_cast<float>(value));
+      break;
   }
 }
 
@@ -75,10 +90,12 @@ void store(DType dtype, void* dst, std::int64_t i, double value) {
 void convert_dtype(const ConvertArgs& args) {
   if (args.src_dtype == args.dst_dtype) {
     if (args.src != args.dst)
-      std::memmove(args.dst, args.src, static_cast<std::size_t>(args.count * dtype_size(args.src_dtype)));
+      std::memmove(args.dst, args.src,
+                   static_cast<std::size_t>(args.count * dtype_size(args.src_dtype)));
     return;
   }
-  for (std::int64_t i = 0; i < args.count; ++i) store(args.dst_dtype, args.dst, i, load(args.src_dtype, args.src, i));
+  for (std::int64_t i = 0; i < args.count; ++i)
+    store(args.dst_dtype, args.dst, i, load(args.src_dtype, args.src, i));
 }
 
 }  // namespace dhp::kernels::cpu

@@ -19,8 +19,7 @@ void merge_attention_partial(const MergeArgs& args);
 
 void zigzag_layout(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank,
                    std::int32_t* cu_local, std::int32_t* src_rows, std::int32_t* positions);
-std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree,
-                               int rank);
+std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank);
 
 void gather_rows(const RowCopyArgs& args);
 void scatter_rows(const RowCopyArgs& args);

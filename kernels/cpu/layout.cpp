@@ -16,8 +16,7 @@ std::int64_t chunk_begin(std::int64_t c, std::int64_t length, std::int64_t chunk
 
 }  // namespace
 
-std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree,
-                               int rank) {
+std::int64_t zigzag_local_rows(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank) {
   const std::int64_t chunks = 2 * static_cast<std::int64_t>(degree);
   std::int64_t rows = 0;
   for (int s = 0; s < num_seqs; ++s) {
@@ -38,8 +37,8 @@ void zigzag_layout(const std::int32_t* cu_seqlens, int num_seqs, int degree, int
     // Rank r holds chunk r (early, cheap under a causal mask) and chunk 2d-1-r (late,
     // expensive): every rank gets the same causal work up to rounding.
     for (const std::int64_t c : {static_cast<std::int64_t>(rank), chunks - 1 - rank}) {
-      for (std::int64_t p = chunk_begin(c, length, chunks);
-           p < chunk_begin(c + 1, length, chunks); ++p, ++local) {
+      for (std::int64_t p = chunk_begin(c, length, chunks); p < chunk_begin(c + 1, length, chunks);
+           ++p, ++local) {
         src_rows[local] = static_cast<std::int32_t>(cu_seqlens[s] + p);
         positions[local] = static_cast<std::int32_t>(p);
       }
@@ -70,8 +69,8 @@ namespace {
 template <bool kToBlocks>
 void ulysses_copy(const HeadScatterArgs& args) {
   const std::int64_t elem = dtype_size(args.dtype);
-  const std::int64_t run = static_cast<std::int64_t>(args.heads / args.degree) *
-                           args.head_dim * elem;  // bytes per (block, token)
+  const std::int64_t run = static_cast<std::int64_t>(args.heads / args.degree) * args.head_dim *
+                           elem;  // bytes per (block, token)
   const std::int64_t token_bytes = static_cast<std::int64_t>(args.heads) * args.head_dim * elem;
   auto* dst = static_cast<unsigned char*>(args.dst);
   const auto* src = static_cast<const unsigned char*>(args.src);

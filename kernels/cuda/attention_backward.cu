@@ -52,7 +52,8 @@ __global__ void attention_delta_kernel(const T* out, const T* dout, float* delta
   const T* o = out + warp_id * head_dim;
   const T* d = dout + warp_id * head_dim;
   float sum = 0.f;
-  for (int i = lane; i < head_dim; i += 32) sum += Elem<T>::to_float(o[i]) * Elem<T>::to_float(d[i]);
+  for (int i = lane; i < head_dim; i += 32)
+    sum += Elem<T>::to_float(o[i]) * Elem<T>::to_float(d[i]);
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   if (lane == 0) delta[static_cast<std::int64_t>(head) * total_q + row] = sum;
@@ -61,8 +62,8 @@ __global__ void attention_delta_kernel(const T* out, const T* dout, float* delta
 template <typename T>
 __global__ void attention_dq_convert_kernel(const float* dq_accum, T* dq, std::int64_t count,
                                             float scale, bool accumulate) {
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < count; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     float value = dq_accum[i] * scale;
     if (accumulate) value += Elem<T>::to_float(dq[i]);
     dq[i] = Elem<T>::from_float(value);
@@ -318,7 +319,8 @@ Status launch_backward(const AttentionBackwardArgs& args, int max_seqlen_k, std:
   const std::int64_t q_elems = total_q * heads_q * D;
   // Workspace: delta [heads_q, total_q] and the fp32 dQ accumulator, stream-ordered.
   float* workspace = nullptr;
-  const std::size_t ws_bytes = static_cast<std::size_t>(total_q * heads_q + q_elems) * sizeof(float);
+  const std::size_t ws_bytes =
+      static_cast<std::size_t>(total_q * heads_q + q_elems) * sizeof(float);
   Status s = check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&workspace), ws_bytes, stream),
                         "cudaMallocAsync(attention_backward workspace)", error);
   if (s != Status::Ok) return s;
@@ -336,9 +338,9 @@ Status launch_backward(const AttentionBackwardArgs& args, int max_seqlen_k, std:
     const std::int64_t warps = total_q * heads_q;
     const int threads = 256;
     const auto blocks = static_cast<unsigned>((warps * 32 + threads - 1) / threads);
-    attention_delta_kernel<T><<<blocks, threads, 0, stream>>>(
-        static_cast<const T*>(args.out), static_cast<const T*>(args.dout), delta, total_q,
-        heads_q, D);
+    attention_delta_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<const T*>(args.out),
+                                                              static_cast<const T*>(args.dout),
+                                                              delta, total_q, heads_q, D);
     s = check_launch("attention_delta_kernel", error);
     if (s != Status::Ok) return release(s);
   }
@@ -367,8 +369,8 @@ Status launch_backward(const AttentionBackwardArgs& args, int max_seqlen_k, std:
     const auto blocks = static_cast<unsigned>(
         std::min<std::int64_t>((q_elems + threads - 1) / threads, 65535LL * 8));
     attention_dq_convert_kernel<T><<<blocks, threads, 0, stream>>>(
-        dq_accum, static_cast<T*>(args.dq), q_elems, static_cast<float>(effective_softmax_scale(args.shape)),
-        args.accumulate);
+        dq_accum, static_cast<T*>(args.dq), q_elems,
+        static_cast<float>(effective_softmax_scale(args.shape)), args.accumulate);
     s = check_launch("attention_dq_convert_kernel", error);
   }
   return release(s);
@@ -384,11 +386,12 @@ Status attention_backward(const AttentionBackwardArgs& args, std::string& error)
   if (args.seqs.num_seqs == 0 || args.seqs.total_q == 0) {
     // No query rows: dK and dV of the keys are zero (or unchanged when accumulating).
     if (args.accumulate || args.seqs.total_k == 0) return Status::Ok;
-    const std::size_t bytes = static_cast<std::size_t>(args.seqs.total_k) * args.shape.heads_kv *
-                              args.shape.head_dim * 2;
+    const std::size_t bytes =
+        static_cast<std::size_t>(args.seqs.total_k) * args.shape.heads_kv * args.shape.head_dim * 2;
     s = check_cuda(cudaMemsetAsync(args.dk, 0, bytes, as_stream(args.stream)), "memset dk", error);
     if (s != Status::Ok) return s;
-    return check_cuda(cudaMemsetAsync(args.dv, 0, bytes, as_stream(args.stream)), "memset dv", error);
+    return check_cuda(cudaMemsetAsync(args.dv, 0, bytes, as_stream(args.stream)), "memset dv",
+                      error);
   }
   int max_seqlen_k = 0;
   s = resolve_max_seqlen(args.seqs.cu_seqlens_k, args.seqs.num_seqs, args.seqs.max_seqlen_k,

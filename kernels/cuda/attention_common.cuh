@@ -77,9 +77,9 @@ inline Status check_attention_support(DType dtype, const AttentionShape& shape, 
                 std::string("CUDA attention supports bf16 and f16 only, got ") +
                     (dtype == DType::F32 ? "f32" : "f64"));
   if (shape.head_dim != 64 && shape.head_dim != 128)
-    return fail(Status::Unsupported, error,
-                "CUDA attention supports head_dim 64 and 128 only, got " +
-                    std::to_string(shape.head_dim));
+    return fail(
+        Status::Unsupported, error,
+        "CUDA attention supports head_dim 64 and 128 only, got " + std::to_string(shape.head_dim));
   if (num_seqs > 65535)
     return fail(Status::Unsupported, error,
                 "CUDA attention launches one grid row per sequence: num_seqs=" +

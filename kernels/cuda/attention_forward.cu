@@ -254,8 +254,7 @@ __global__ void __launch_bounds__(kFwdThreads)
     T* out_row = out_tile + row * q_row_stride;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      const std::uint32_t packed =
-          Elem<T>::pack(o_acc[n][2 * r] * inv, o_acc[n][2 * r + 1] * inv);
+      const std::uint32_t packed = Elem<T>::pack(o_acc[n][2 * r] * inv, o_acc[n][2 * r + 1] * inv);
       *reinterpret_cast<std::uint32_t*>(out_row + n * 8 + 2 * t) = packed;
     }
     if (t == 0)
@@ -270,9 +269,9 @@ Status launch_forward(const AttentionForwardArgs& args, int max_seqlen_q, std::s
                        static_cast<float*>(args.lse)};
   constexpr int smem = fwd_smem_bytes<D>();
   auto kernel = attention_forward_kernel<T, D>;
-  Status s = check_cuda(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-      "cudaFuncSetAttribute(attention_forward)", error);
+  Status s =
+      check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                 "cudaFuncSetAttribute(attention_forward)", error);
   if (s != Status::Ok) return s;
   const dim3 grid(args.shape.heads_q, args.seqs.num_seqs,
                   (max_seqlen_q + kFwdBlockQ - 1) / kFwdBlockQ);

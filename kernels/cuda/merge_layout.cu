@@ -22,7 +22,7 @@ __global__ void merge_kernel(float* out_acc, float* lse_acc, const T* out_part,
   const float a = lse_acc[stat];
   const float b = lse_part[stat];
   const float hi = fmaxf(a, b);
-  if (hi == -INFINITY) return;  // both empty: out stays 0, lse stays -inf
+  if (hi == -INFINITY) return;    // both empty: out stays 0, lse stays -inf
   const float wa = expf(a - hi);  // exp(-inf) = 0 for an empty side
   const float wb = expf(b - hi);
   const float sum = wa + wb;
@@ -47,15 +47,15 @@ struct CopyPlan {
   std::int64_t words;  // per chunk
   // Ulysses: chunk (j, t) of degree x tokens; offsets in words.
   std::int64_t tokens;
-  std::int64_t heads_words;      // heads * head_dim in words (one token row of [t,h,d])
-  std::int64_t block_words;      // heads/degree * head_dim in words
+  std::int64_t heads_words;  // heads * head_dim in words (one token row of [t,h,d])
+  std::int64_t block_words;  // heads/degree * head_dim in words
 };
 
 template <typename Word>
 __global__ void chunk_copy_kernel(const Word* src, Word* dst, const CopyPlan plan) {
   const std::int64_t total = plan.chunks * plan.words;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < total; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t c = i / plan.words;
     const std::int64_t w = i % plan.words;
     std::int64_t s = 0, d = 0;
@@ -91,14 +91,15 @@ Status launch_copy(const void* src, void* dst, CopyPlan plan, cudaStream_t strea
   const std::int64_t total = plan.chunks * plan.words;
   if (total == 0) return Status::Ok;
   const int threads = 256;
-  const auto blocks = static_cast<unsigned>(
-      std::min<std::int64_t>((total + threads - 1) / threads, 65535LL * 16));
+  const auto blocks =
+      static_cast<unsigned>(std::min<std::int64_t>((total + threads - 1) / threads, 65535LL * 16));
   chunk_copy_kernel<Word><<<blocks, threads, 0, stream>>>(static_cast<const Word*>(src),
                                                           static_cast<Word*>(dst), plan);
   return check_launch("chunk_copy_kernel", error);
 }
 
-// Widest word (16/8/4/2/1 bytes) dividing the chunk size (bytes) and the alignment of both pointers.
+// Widest word (16/8/4/2/1 bytes) dividing the chunk size (bytes) and the alignment of both
+// pointers.
 Status copy_chunks(const void* src, void* dst, CopyPlan plan, std::int64_t chunk_bytes,
                    cudaStream_t stream, std::string& error) {
   const auto align = reinterpret_cast<std::uintptr_t>(src) | reinterpret_cast<std::uintptr_t>(dst) |
@@ -125,10 +126,13 @@ Status row_copy(const RowCopyArgs& args, CopyKind kind, std::string& error) {
 
 int element_bytes(DType d) {
   switch (d) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
+    case DType::F32:
+      return 4;
+    case DType::F64:
+      return 8;
     case DType::BF16:
-    case DType::F16: return 2;
+    case DType::F16:
+      return 2;
   }
   return 0;
 }
@@ -136,11 +140,14 @@ int element_bytes(DType d) {
 Status head_copy(const HeadScatterArgs& args, CopyKind kind, std::string& error) {
   if (args.tokens == 0 || args.heads == 0 || args.head_dim == 0) return Status::Ok;
   const std::int64_t elem = element_bytes(args.dtype);
-  const std::int64_t block_bytes = static_cast<std::int64_t>(args.heads / args.degree) * args.head_dim * elem;
+  const std::int64_t block_bytes =
+      static_cast<std::int64_t>(args.heads / args.degree) * args.head_dim * elem;
   // Offsets are scaled by the word size: the row of all heads must be a multiple too,
   // which it is since it is degree * block_bytes.
-  CopyPlan plan{kind, nullptr, args.degree * args.tokens, 0, args.tokens,
-                static_cast<std::int64_t>(args.heads) * args.head_dim * elem, block_bytes};
+  CopyPlan plan{
+      kind,       nullptr,     args.degree * args.tokens,
+      0,          args.tokens, static_cast<std::int64_t>(args.heads) * args.head_dim * elem,
+      block_bytes};
   return copy_chunks(args.src, args.dst, plan, block_bytes, as_stream(args.stream), error);
 }
 
@@ -154,7 +161,8 @@ __global__ void convert_kernel(const Src* src, Dst* dst, std::int64_t count) {
 template <typename Src, typename Dst>
 void launch_convert(const ConvertArgs& args, cudaStream_t stream) {
   const int threads = 256;
-  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((args.count + threads - 1) / threads, 65535));
+  const auto blocks =
+      static_cast<unsigned>(std::min<std::int64_t>((args.count + threads - 1) / threads, 65535));
   convert_kernel<Src, Dst><<<blocks, threads, 0, stream>>>(static_cast<const Src*>(args.src),
                                                            static_cast<Dst*>(args.dst), args.count);
 }
@@ -177,8 +185,8 @@ Status convert_dtype(const ConvertArgs& args, std::string& error) {
     launch_convert<__half, float>(args, stream);
   } else {
     return fail(Status::Unsupported, error,
-                std::string("CUDA convert_dtype supports f32 <-> f32/bf16/f16, got ") + to_string(from) +
-                    " -> " + to_string(to));
+                std::string("CUDA convert_dtype supports f32 <-> f32/bf16/f16, got ") +
+                    to_string(from) + " -> " + to_string(to));
   }
   return check_launch("convert_kernel", error);
 }
@@ -202,8 +210,8 @@ Status merge_attention_partial(const MergeArgs& args, std::string& error) {
       break;
     case DType::BF16:
       merge_kernel<__nv_bfloat16><<<blocks, threads, 0, stream>>>(
-          out_acc, lse_acc, static_cast<const __nv_bfloat16*>(args.out_part), lse_part,
-          args.rows, args.heads, args.head_dim);
+          out_acc, lse_acc, static_cast<const __nv_bfloat16*>(args.out_part), lse_part, args.rows,
+          args.heads, args.head_dim);
       break;
     default:
       merge_kernel<__half><<<blocks, threads, 0, stream>>>(

@@ -132,11 +132,10 @@ class Args {
 dhp::Batch load_batch(const std::string& path, long long index) {
   const std::string text = dhp::read_text_file(path);
   const auto parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  const bool stream =
-      parsed.is_array() || (parsed.is_object() && parsed.contains("batches"));
+  const bool stream = parsed.is_array() || (parsed.is_object() && parsed.contains("batches"));
   if (!stream) {
-    DHP_CHECK(index == 0, InvalidArgument, "--batch-index {} but {} holds a single batch",
-              index, path);
+    DHP_CHECK(index == 0, InvalidArgument, "--batch-index {} but {} holds a single batch", index,
+              path);
     return dhp::batch_from_json(text);  // also reports malformed JSON with its position
   }
   std::vector<dhp::Batch> batches = dhp::batches_from_json(text);
@@ -180,9 +179,8 @@ int run_plan(const Args& args) {
     const dhp::Planner probe(cluster, model, options);
     const auto measurements =
         dhp::measurements_from_json(dhp::read_text_file(args.get("--calibration")));
-    const dhp::CalibrationReport report =
-        dhp::calibrate(cluster, model, probe.cost_model().llm_tp(),
-                       probe.cost_model().encoder_tp(), measurements);
+    const dhp::CalibrationReport report = dhp::calibrate(
+        cluster, model, probe.cost_model().llm_tp(), probe.cost_model().encoder_tp(), measurements);
     fmt::print(stderr,
                "calibration: {} measurements, mean |rel. error| {:.1f}% -> {:.1f}% (max {:.1f}%)\n",
                report.measurements, 100 * report.mean_abs_rel_error_before,
@@ -227,11 +225,13 @@ int run_convert(const Args& args) {
   const int num_batches = static_cast<int>(args.integer("--batches", 8));
   const int batch_size = static_cast<int>(args.integer("--batch-size", 64));
   const auto seed = static_cast<std::uint64_t>(args.integer("--seed", 1));
-  if (num_batches < 1 || batch_size < 1) throw UsageError{"--batches and --batch-size must be >= 1"};
+  if (num_batches < 1 || batch_size < 1)
+    throw UsageError{"--batches and --batch-size must be >= 1"};
 
   dhp::DatasetAssumptions a;
   a.video_fps = args.real("--fps", a.video_fps);
-  a.video_tokens_per_frame = static_cast<int>(args.integer("--tokens-per-frame", a.video_tokens_per_frame));
+  a.video_tokens_per_frame =
+      static_cast<int>(args.integer("--tokens-per-frame", a.video_tokens_per_frame));
   a.activitynet_per_event = args.has("--per-event");
   a.tokens_per_word = args.real("--tokens-per-word", a.tokens_per_word);
   a.text_token_scale = args.real("--text-token-scale", a.text_token_scale);

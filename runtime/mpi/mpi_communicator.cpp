@@ -3,13 +3,13 @@
 // MPI_ERRORS_RETURN: MPI errors come back as codes and are turned into messages.
 #include <mpi.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <cmath>
 #include <climits>
+#include <cmath>
 #include <thread>
-#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -28,29 +28,40 @@ std::string mpi_error_string(int code) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
   MPI_Error_string(code, text, &length);
-  return fmt::format("{} (MPI error {})", std::string(text, static_cast<std::size_t>(length)), code);
+  return fmt::format("{} (MPI error {})", std::string(text, static_cast<std::size_t>(length)),
+                     code);
 }
 
 MPI_Datatype mpi_type(DataType t) {
   switch (t) {
-    case DataType::F32: return MPI_FLOAT;
-    case DataType::F64: return MPI_DOUBLE;
-    case DataType::BF16: return MPI_UINT16_T;  // bits; reductions through user ops below
-    case DataType::F16: return MPI_UINT16_T;
-    case DataType::I32: return MPI_INT32_T;
-    case DataType::I64: return MPI_INT64_T;
-    case DataType::U8: return MPI_UINT8_T;
+    case DataType::F32:
+      return MPI_FLOAT;
+    case DataType::F64:
+      return MPI_DOUBLE;
+    case DataType::BF16:
+      return MPI_UINT16_T;  // bits; reductions through user ops below
+    case DataType::F16:
+      return MPI_UINT16_T;
+    case DataType::I32:
+      return MPI_INT32_T;
+    case DataType::I64:
+      return MPI_INT64_T;
+    case DataType::U8:
+      return MPI_UINT8_T;
   }
   return MPI_BYTE;
 }
 
 // --- 16-bit floating reductions: MPI has no bf16/f16 types, so they travel as uint16
 // and user-defined ops reduce them through float (round to nearest even on the way back).
-float bf16_to_float(std::uint16_t bits) { return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16); }
+float bf16_to_float(std::uint16_t bits) {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+}
 
 std::uint16_t float_to_bf16(float value) {
   const auto bits = std::bit_cast<std::uint32_t>(value);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // NaN stays NaN
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // NaN stays NaN
   return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
@@ -63,7 +74,8 @@ float f16_to_float(std::uint16_t h) {
     const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
     return sign ? -magnitude : magnitude;
   }
-  return std::bit_cast<float>(sign | static_cast<std::uint32_t>(exponent - 15 + 127) << 23 | (mantissa << 13));
+  return std::bit_cast<float>(sign | static_cast<std::uint32_t>(exponent - 15 + 127) << 23 |
+                              (mantissa << 13));
 }
 
 std::uint16_t float_to_f16(float value) {
@@ -73,11 +85,14 @@ std::uint16_t float_to_f16(float value) {
   if (std::isnan(value)) return static_cast<std::uint16_t>(sign | 0x7e00u);
   if (magnitude >= 65520.0f) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to inf
   if (magnitude < 6.103515625e-05f) {  // subnormal: units of 2^-24, nearest even
-    return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(std::nearbyint(std::ldexp(magnitude, 24))));
+    return static_cast<std::uint16_t>(
+        sign | static_cast<std::uint16_t>(std::nearbyint(std::ldexp(magnitude, 24))));
   }
   int exponent = 0;
-  const float fraction = std::frexp(magnitude, &exponent);  // magnitude = fraction * 2^exponent, fraction in [0.5, 1)
-  auto mantissa = static_cast<std::uint32_t>(std::nearbyint(std::ldexp(fraction, 11)));  // 11 significant bits
+  const float fraction =
+      std::frexp(magnitude, &exponent);  // magnitude = fraction * 2^exponent, fraction in [0.5, 1)
+  auto mantissa =
+      static_cast<std::uint32_t>(std::nearbyint(std::ldexp(fraction, 11)));  // 11 significant bits
   if (mantissa == 2048u) {  // rounded up to the next power of two
     mantissa = 1024u;
     ++exponent;
@@ -93,7 +108,9 @@ void reduce_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
   auto* b = static_cast<std::uint16_t*>(inout);
   for (int i = 0; i < *len; ++i) {
     const float x = ToFloat(a[i]), y = ToFloat(b[i]);
-    const float r = Op == ReduceOp::Sum ? x + y : Op == ReduceOp::Max ? std::max(x, y) : std::min(x, y);
+    const float r = Op == ReduceOp::Sum   ? x + y
+                    : Op == ReduceOp::Max ? std::max(x, y)
+                                          : std::min(x, y);
     b[i] = FromFloat(r);
   }
 }
@@ -102,14 +119,14 @@ void reduce_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
 MPI_Op user_op(DataType type, ReduceOp op) {
   static const auto ops = [] {
     std::array<MPI_Op, 6> created{};
-    MPI_User_function* functions[6] = {
-        reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Sum>,
-        reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Max>,
-        reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Min>,
-        reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Sum>,
-        reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Max>,
-        reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Min>};
-    for (int i = 0; i < 6; ++i) MPI_Op_create(functions[i], /*commute=*/1, &created[static_cast<std::size_t>(i)]);
+    MPI_User_function* functions[6] = {reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Sum>,
+                                       reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Max>,
+                                       reduce_16bit<bf16_to_float, float_to_bf16, ReduceOp::Min>,
+                                       reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Sum>,
+                                       reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Max>,
+                                       reduce_16bit<f16_to_float, float_to_f16, ReduceOp::Min>};
+    for (int i = 0; i < 6; ++i)
+      MPI_Op_create(functions[i], /*commute=*/1, &created[static_cast<std::size_t>(i)]);
     return created;
   }();
   const std::size_t base = type == DataType::BF16 ? 0 : 3;
@@ -119,9 +136,12 @@ MPI_Op user_op(DataType type, ReduceOp op) {
 MPI_Op mpi_op(DataType type, ReduceOp op) {
   if (type == DataType::BF16 || type == DataType::F16) return user_op(type, op);
   switch (op) {
-    case ReduceOp::Sum: return MPI_SUM;
-    case ReduceOp::Max: return MPI_MAX;
-    case ReduceOp::Min: return MPI_MIN;
+    case ReduceOp::Sum:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
   }
   return MPI_SUM;
 }
@@ -159,8 +179,8 @@ class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, std::vector<int> world_ranks, std::chrono::milliseconds timeout,
                   std::string name)
-      : Communicator(comm_rank(comm), comm_size(comm), Device::CPU, std::move(world_ranks),
-                     timeout, std::move(name)),
+      : Communicator(comm_rank(comm), comm_size(comm), Device::CPU, std::move(world_ranks), timeout,
+                     std::move(name)),
         comm_(comm) {}
 
   ~MpiCommunicator() override {
@@ -298,7 +318,8 @@ class MpiCommunicator final : public Communicator {
       int done = 0;
       check(op, MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE));
       if (done) return;
-      const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+      const auto elapsed =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
       if (elapsed >= limit) fail_timeout(op, elapsed, limit);
       poll_pause(polls);
     }
@@ -352,8 +373,9 @@ class MpiCommunicator final : public Communicator {
           MPI_Cancel(&requests[j]);
           MPI_Request_free(&requests[j]);
         }
-        fail(op, fmt::format("{} peer {}: {}", p.kind == P2POp::Kind::Send ? "send to" : "recv from",
-                             p.peer, mpi_error_string(code)));
+        fail(op,
+             fmt::format("{} peer {}: {}", p.kind == P2POp::Kind::Send ? "send to" : "recv from",
+                         p.peer, mpi_error_string(code)));
       }
     }
     return std::make_unique<MpiRequest>(*this, op, std::move(requests));
@@ -452,8 +474,10 @@ MpiRuntime::MpiRuntime() {
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   if (thread_level_ < MPI_THREAD_SERIALIZED) {
-    DHP_LOG_WARN("MPI provides thread level {} < MPI_THREAD_SERIALIZED: call dhp's runtime from "
-                 "the main thread only", thread_level_);
+    DHP_LOG_WARN(
+        "MPI provides thread level {} < MPI_THREAD_SERIALIZED: call dhp's runtime from "
+        "the main thread only",
+        thread_level_);
   }
   process_ = mpi_process_info();
 }

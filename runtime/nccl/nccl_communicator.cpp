@@ -28,22 +28,32 @@ static_assert(sizeof(ncclUniqueId) == sizeof(NcclUniqueId::bytes),
 
 ncclDataType_t nccl_type(DataType t) {
   switch (t) {
-    case DataType::F32: return ncclFloat32;
-    case DataType::F64: return ncclFloat64;
-    case DataType::BF16: return ncclBfloat16;
-    case DataType::F16: return ncclFloat16;
-    case DataType::I32: return ncclInt32;
-    case DataType::I64: return ncclInt64;
-    case DataType::U8: return ncclUint8;
+    case DataType::F32:
+      return ncclFloat32;
+    case DataType::F64:
+      return ncclFloat64;
+    case DataType::BF16:
+      return ncclBfloat16;
+    case DataType::F16:
+      return ncclFloat16;
+    case DataType::I32:
+      return ncclInt32;
+    case DataType::I64:
+      return ncclInt64;
+    case DataType::U8:
+      return ncclUint8;
   }
   return ncclUint8;
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return ncclSum;
-    case ReduceOp::Max: return ncclMax;
-    case ReduceOp::Min: return ncclMin;
+    case ReduceOp::Sum:
+      return ncclSum;
+    case ReduceOp::Max:
+      return ncclMax;
+    case ReduceOp::Min:
+      return ncclMin;
   }
   return ncclSum;
 }
@@ -77,8 +87,7 @@ const char* nccl_hint(ncclResult_t r) {
 std::string nccl_message(ncclResult_t r, ncclComm_t comm) {
   const char* last = ncclGetLastError(comm);
   return fmt::format("{} (ncclResult {}); NCCL says: {}; {}", ncclGetErrorString(r),
-                     static_cast<int>(r), (last && *last) ? last : "nothing more",
-                     nccl_hint(r));
+                     static_cast<int>(r), (last && *last) ? last : "nothing more", nccl_hint(r));
 }
 
 std::string cuda_message(cudaError_t e) {
@@ -142,8 +151,7 @@ class NcclCommunicator final : public Communicator {
     wait_stream("reduce_scatter");
   }
 
-  void all_gather(const void* send, void* recv, std::int64_t send_count,
-                  DataType type) override {
+  void all_gather(const void* send, void* recv, std::int64_t send_count, DataType type) override {
     enqueue("all_gather", [&] {
       return ncclAllGather(send, recv, static_cast<size_t>(send_count), nccl_type(type), comm_,
                            stream_);
@@ -185,8 +193,8 @@ class NcclCommunicator final : public Communicator {
   void broadcast(void* buffer, std::int64_t count, DataType type, int root) override {
     check_peer("broadcast", root);
     enqueue("broadcast", [&] {
-      return ncclBroadcast(buffer, buffer, static_cast<size_t>(count), nccl_type(type), root,
-                           comm_, stream_);
+      return ncclBroadcast(buffer, buffer, static_cast<size_t>(count), nccl_type(type), root, comm_,
+                           stream_);
     });
     wait_stream("broadcast");
   }
@@ -239,14 +247,14 @@ class NcclCommunicator final : public Communicator {
     // The parent takes part in the split: its next operation checks it has finished.
     ready_ = false;
     if (color < 0) return nullptr;
-    const int child_rank = static_cast<int>(
-        std::find(member_world_ranks.begin(), member_world_ranks.end(),
-                  world_ranks()[static_cast<std::size_t>(rank())]) -
-        member_world_ranks.begin());
+    const int child_rank =
+        static_cast<int>(std::find(member_world_ranks.begin(), member_world_ranks.end(),
+                                   world_ranks()[static_cast<std::size_t>(rank())]) -
+                         member_world_ranks.begin());
     const int child_size = static_cast<int>(member_world_ranks.size());
-    auto out = std::make_unique<NcclCommunicator>(child, cuda_device_, child_rank, child_size,
-                                                  std::move(member_world_ranks), timeout(),
-                                                  std::string{});
+    auto out =
+        std::make_unique<NcclCommunicator>(child, cuda_device_, child_rank, child_size,
+                                           std::move(member_world_ranks), timeout(), std::string{});
     DHP_LOG_DEBUG("{}: split started (non-blocking, splitShare=1)", out->describe());
     return out;
   }
@@ -310,7 +318,9 @@ class NcclCommunicator final : public Communicator {
         : comm_(comm), event_(event), op_(op) {}
     ~Request() override { cudaEventDestroy(event_); }
     bool test() override { return comm_.poll_event(event_, op_); }
-    void wait(std::chrono::milliseconds timeout) override { comm_.wait_event(event_, op_, timeout); }
+    void wait(std::chrono::milliseconds timeout) override {
+      comm_.wait_event(event_, op_, timeout);
+    }
     void wait() override { wait(comm_.timeout()); }
 
    private:
@@ -325,7 +335,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   void check_deadline(const char* op, Clock::time_point start, std::chrono::milliseconds limit) {
-    const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    const auto elapsed =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
     if (elapsed > limit) {
       abort();
       fail_timeout(op, elapsed, limit);
@@ -356,11 +367,10 @@ class NcclCommunicator final : public Communicator {
       ncclResult_t r = ncclGroupStart();
       if (r != ncclSuccess) return r;
       for (const P2POp& p : ops) {
-        r = p.kind == P2POp::Kind::Send
-                ? ncclSend(p.buffer, static_cast<size_t>(p.count), nccl_type(p.type), p.peer,
-                           comm_, stream_)
-                : ncclRecv(p.buffer, static_cast<size_t>(p.count), nccl_type(p.type), p.peer,
-                           comm_, stream_);
+        r = p.kind == P2POp::Kind::Send ? ncclSend(p.buffer, static_cast<size_t>(p.count),
+                                                   nccl_type(p.type), p.peer, comm_, stream_)
+                                        : ncclRecv(p.buffer, static_cast<size_t>(p.count),
+                                                   nccl_type(p.type), p.peer, comm_, stream_);
         if (r != ncclSuccess && r != ncclInProgress) {
           ncclGroupEnd();
           return r;
@@ -404,11 +414,13 @@ class NcclCommunicator final : public Communicator {
     if (e != cudaSuccess) fail("split", cuda_message(e));
     all_gather(device, device + 3, 3, DataType::I32);
     std::vector<std::int32_t> all(3 * n);
-    e = cudaMemcpy(all.data(), device + 3, sizeof(std::int32_t) * all.size(), cudaMemcpyDeviceToHost);
+    e = cudaMemcpy(all.data(), device + 3, sizeof(std::int32_t) * all.size(),
+                   cudaMemcpyDeviceToHost);
     if (e != cudaSuccess) fail("split", cuda_message(e));
     std::vector<std::tuple<int, int, int>> members;  // (key, parent rank, world rank)
     for (std::size_t r = 0; r < n; ++r) {
-      if (all[3 * r] == color) members.emplace_back(all[3 * r + 1], static_cast<int>(r), all[3 * r + 2]);
+      if (all[3 * r] == color)
+        members.emplace_back(all[3 * r + 1], static_cast<int>(r), all[3 * r + 2]);
     }
     std::sort(members.begin(), members.end());
     std::vector<int> out;
@@ -475,8 +487,8 @@ std::unique_ptr<Communicator> nccl_world(const NcclUniqueId& id, int rank, int s
   const ncclResult_t r = ncclCommInitRankConfig(&comm, size, nccl_id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
     if (comm != nullptr) ncclCommAbort(comm);
-    DHP_THROW(Communication, "nccl world rank {}/{}: ncclCommInitRankConfig failed: {}", rank,
-              size, nccl_message(r, nullptr));
+    DHP_THROW(Communication, "nccl world rank {}/{}: ncclCommInitRankConfig failed: {}", rank, size,
+              nccl_message(r, nullptr));
   }
   std::vector<int> world_ranks(static_cast<std::size_t>(size));
   for (int i = 0; i < size; ++i) world_ranks[static_cast<std::size_t>(i)] = i;

@@ -75,10 +75,10 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
     const auto* options = reinterpret_cast<const CpAttentionOptions*>(
         static_cast<std::intptr_t>(autograd->saved_data["options"].toInt()));
     // Every rank must run the backward collectively, even with no gradient flowing here.
-    at::Tensor dout = grad_outputs[0].defined() ? grad_outputs[0].contiguous()
-                                                : at::zeros_like(out);
-    check_tensor(dout, "grad of cp_attention output", kernel_dtype(q, "q"),
-                 kernel_device(q, "q"), {q.size(0), q.size(1), q.size(2)});
+    at::Tensor dout =
+        grad_outputs[0].defined() ? grad_outputs[0].contiguous() : at::zeros_like(out);
+    check_tensor(dout, "grad of cp_attention output", kernel_dtype(q, "q"), kernel_device(q, "q"),
+                 {q.size(0), q.size(1), q.size(2)});
     TorchBufferAllocator allocator(q.device());
     const CpAttentionContext ctx = context(q, k, *options, &allocator);
     at::Tensor dq = at::empty_like(q);
@@ -96,13 +96,19 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
 kernels::DType kernel_dtype(const at::Tensor& t, const char* name) {
   DHP_CHECK(t.defined(), InvalidArgument, "tensor {} is undefined", name);
   switch (t.scalar_type()) {
-    case at::kFloat: return kernels::DType::F32;
-    case at::kDouble: return kernels::DType::F64;
-    case at::kBFloat16: return kernels::DType::BF16;
-    case at::kHalf: return kernels::DType::F16;
+    case at::kFloat:
+      return kernels::DType::F32;
+    case at::kDouble:
+      return kernels::DType::F64;
+    case at::kBFloat16:
+      return kernels::DType::BF16;
+    case at::kHalf:
+      return kernels::DType::F16;
     default:
-      DHP_THROW(InvalidArgument, "tensor {} has dtype {}; expected float32, float64, bfloat16 or "
-                "float16", name, std::string(c10::toString(t.scalar_type())));
+      DHP_THROW(InvalidArgument,
+                "tensor {} has dtype {}; expected float32, float64, bfloat16 or "
+                "float16",
+                name, std::string(c10::toString(t.scalar_type())));
   }
 }
 
@@ -116,10 +122,14 @@ kernels::Device kernel_device(const at::Tensor& t, const char* name) {
 
 at::ScalarType scalar_type(kernels::DType dtype) {
   switch (dtype) {
-    case kernels::DType::F32: return at::kFloat;
-    case kernels::DType::F64: return at::kDouble;
-    case kernels::DType::BF16: return at::kBFloat16;
-    case kernels::DType::F16: return at::kHalf;
+    case kernels::DType::F32:
+      return at::kFloat;
+    case kernels::DType::F64:
+      return at::kDouble;
+    case kernels::DType::BF16:
+      return at::kBFloat16;
+    case kernels::DType::F16:
+      return at::kHalf;
   }
   return at::kFloat;
 }
@@ -157,8 +167,8 @@ void TorchBufferAllocator::copy_from_host(void* device_dst, const void* host_src
                                           std::size_t bytes) {
   const auto n = static_cast<std::int64_t>(bytes);
   at::Tensor host = at::from_blob(const_cast<void*>(host_src), {n}, at::kByte);
-  at::Tensor device = at::from_blob(device_dst, {n},
-                                    at::TensorOptions().dtype(at::kByte).device(device_));
+  at::Tensor device =
+      at::from_blob(device_dst, {n}, at::TensorOptions().dtype(at::kByte).device(device_));
   device.copy_(host);
 }
 
@@ -172,8 +182,10 @@ at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tens
             kernels::to_string(dtype));
   const kernels::Device device = kernel_device(q, "q");
   const std::int64_t rows = options.layout->rows;
-  DHP_CHECK(q.dim() == 3, InvalidArgument, "tensor q has shape {}, expected [rows, heads_q, "
-            "head_dim]", sizes_string(q));
+  DHP_CHECK(q.dim() == 3, InvalidArgument,
+            "tensor q has shape {}, expected [rows, heads_q, "
+            "head_dim]",
+            sizes_string(q));
   check_tensor(q, "q", dtype, device, {rows, -1, -1});
   check_tensor(k, "k", dtype, device, {rows, -1, q.size(2)});
   check_tensor(v, "v", dtype, device, {rows, k.size(1), q.size(2)});

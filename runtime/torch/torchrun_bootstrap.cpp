@@ -82,8 +82,8 @@ TorchrunBootstrap::TorchrunBootstrap(const TorchrunEnv& env, std::chrono::millis
               env_.rank, env_.world_size, env_.master_addr, env_.master_port,
               timeout_.count() / 1000.0, e.what());
   }
-  DHP_LOG_DEBUG("torchrun bootstrap rank {}/{}: store at {}:{} ready", env_.rank,
-                env_.world_size, env_.master_addr, env_.master_port);
+  DHP_LOG_DEBUG("torchrun bootstrap rank {}/{}: store at {}:{} ready", env_.rank, env_.world_size,
+                env_.master_addr, env_.master_port);
 }
 
 TorchrunBootstrap::~TorchrunBootstrap() {

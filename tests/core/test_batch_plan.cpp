@@ -28,11 +28,13 @@ bool same(const Batch& a, const Batch& b) {
 Batch small_batch() {
   Batch b;
   b.step = 7;
-  b.samples = {{.id = 10, .text_tokens = 100, .visuals = {}},
-               {.id = 11, .text_tokens = 20, .visuals = {{.patches = 1024, .llm_tokens = 256, .frames = 1}}},
-               {.id = 12, .text_tokens = 50,
-                .visuals = {{.patches = 4000, .llm_tokens = 1000, .frames = 8},
-                            {.patches = 64, .llm_tokens = 16, .frames = 1}}}};
+  b.samples = {
+      {.id = 10, .text_tokens = 100, .visuals = {}},
+      {.id = 11, .text_tokens = 20, .visuals = {{.patches = 1024, .llm_tokens = 256, .frames = 1}}},
+      {.id = 12,
+       .text_tokens = 50,
+       .visuals = {{.patches = 4000, .llm_tokens = 1000, .frames = 8},
+                   {.patches = 64, .llm_tokens = 16, .frames = 1}}}};
   return b;
 }
 
@@ -45,7 +47,8 @@ Plan small_plan() {
   p.llm = {.tp = 2, .first_device = 0, .ranks = 4};
   p.encoder = {.tp = 1, .first_device = 0, .ranks = 8};
   WavePlan w0;
-  w0.groups = {{.ranks = {0, 1, 2}, .attention = CpAttention::Ring}, {.ranks = {3}, .attention = CpAttention::Ring}};
+  w0.groups = {{.ranks = {0, 1, 2}, .attention = CpAttention::Ring},
+               {.ranks = {3}, .attention = CpAttention::Ring}};
   w0.sequences = {{.sample = 2, .group = 0, .sharding = Sharding::Zigzag, .member = -1},
                   {.sample = 0, .group = 1, .sharding = Sharding::Whole, .member = 0}};
   WavePlan w1;
@@ -55,8 +58,13 @@ Plan small_plan() {
   p.encoder_tasks = {{.sample = 2, .visual = 0, .wave = 0, .rank = 5},
                      {.sample = 2, .visual = 1, .wave = 0, .rank = 6},
                      {.sample = 1, .visual = 0, .wave = 1, .rank = 7}};
-  p.estimate = {.step_ms = 12.5, .encoder_ms = 1.25, .llm_ms = 10, .grad_sync_ms = 1.25,
-                .wave_ms = {6, 4}, .peak_mem_gib = {40.5, 41, 39.25, 12}, .mem_capacity_gib = 74};
+  p.estimate = {.step_ms = 12.5,
+                .encoder_ms = 1.25,
+                .llm_ms = 10,
+                .grad_sync_ms = 1.25,
+                .wave_ms = {6, 4},
+                .peak_mem_gib = {40.5, 41, 39.25, 12},
+                .mem_capacity_gib = 74};
   return p;
 }
 
@@ -81,7 +89,8 @@ TEST(Batch, ValidateNamesTheSample) {
   expect_error([&] { validate(b); }, ErrorKind::InvalidInput, {"sample 0", "id 10", "no tokens"});
   b = small_batch();
   b.samples[2].visuals[1].llm_tokens = 0;
-  expect_error([&] { validate(b); }, ErrorKind::InvalidInput, {"sample 2", "visual 1", "llm_tokens=0"});
+  expect_error([&] { validate(b); }, ErrorKind::InvalidInput,
+               {"sample 2", "visual 1", "llm_tokens=0"});
 }
 
 TEST(BatchJson, RoundTripsAndReadsTheCompactForm) {
@@ -123,7 +132,10 @@ TEST(BatchJson, BadInputsNameThePath) {
   expect_error([] { batch_from_json(R"({"samples": [{"text": 0}]})"); }, ErrorKind::InvalidInput,
                {"sample 0", "no tokens"});
   expect_error(
-      [] { batch_from_json(R"({"samples": [{"text": 1, "visuals": [{"patches": 4, "tokens": "many"}]}]})"); },
+      [] {
+        batch_from_json(
+            R"({"samples": [{"text": 1, "visuals": [{"patches": 4, "tokens": "many"}]}]})");
+      },
       ErrorKind::InvalidInput, {"samples[0].visuals[0].tokens", "\"many\""});
 }
 
@@ -190,11 +202,7 @@ TEST(PlanValidate, CatchesEachViolation) {
   violates([](Plan& p) { p.encoder.ranks = 9; }, {"colocated", "[0, 9)", "[0, 8)"});
   violates([](Plan& p) { p.placement = EncoderPlacement::Disjoint; }, {"disjoint", "overlap"});
   violates([](Plan& p) { p.llm.ranks = 0; }, {"llm layout ranks=0"});
-  violates(
-      [](Plan& p) {
-        p.encoder.ranks = 0;
-      },
-      {"3 encoder tasks", "no ranks"});
+  violates([](Plan& p) { p.encoder.ranks = 0; }, {"3 encoder tasks", "no ranks"});
 }
 
 TEST(PlanValidate, DisjointEncoderAndTextOnly) {
@@ -212,7 +220,10 @@ TEST(PlanValidate, DisjointEncoderAndTextOnly) {
 
 TEST(Json, WrongShapesAreInputErrorsNotCrashes) {
   // Each of these reaches a different reader branch with the wrong JSON type or range.
-  const char* batches[] = {"[]x", "\"x\"", "{\"samples\": {}}", "{\"samples\": [1]}",
+  const char* batches[] = {"[]x",
+                           "\"x\"",
+                           "{\"samples\": {}}",
+                           "{\"samples\": [1]}",
                            "{\"samples\": [{\"text\": 1, \"visuals\": {}}]}",
                            "{\"samples\": [{\"text\": 1, \"visuals\": [7]}]}",
                            "{\"samples\": [{\"text\": 1e300}]}",
@@ -231,8 +242,9 @@ TEST(Json, WrongShapesAreInputErrorsNotCrashes) {
   };
   expect_error([&] { plan_from_json(with("\"ranks\": 4", "\"ranks\": 2000000000")); },
                ErrorKind::InvalidInput, {"llm.ranks=2000000000"});
-  expect_error([&] { plan_from_json(with("\"sharding\": \"zigzag\"", "\"sharding\": \"spiral\"")); },
-               ErrorKind::InvalidInput, {"waves[0].sequences[0].sharding", "spiral"});
+  expect_error(
+      [&] { plan_from_json(with("\"sharding\": \"zigzag\"", "\"sharding\": \"spiral\"")); },
+      ErrorKind::InvalidInput, {"waves[0].sequences[0].sharding", "spiral"});
   expect_error([&] { plan_from_json(with("\"member\": -1", "\"member\": -2")); },
                ErrorKind::InvalidInput, {"waves[0].sequences[0].member=-2"});
   expect_error([&] { plan_from_json(with("\"wave_ms\": [", "\"wave_ms\": [\"a\", ")); },

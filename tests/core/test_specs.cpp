@@ -63,8 +63,7 @@ TEST(ClusterPresets, EveryPresetValidatesAndRoundTrips) {
   EXPECT_EQ(ascend.world_size(), 64);
   EXPECT_EQ(ascend.mem_capacity_gib, 64);
   EXPECT_EQ(ascend.node_of(17), 2);
-  expect_error([] { cluster_preset("h100-7"); }, ErrorKind::InvalidArgument,
-               {"h100-7", "h100-64"});
+  expect_error([] { cluster_preset("h100-7"); }, ErrorKind::InvalidArgument, {"h100-7", "h100-64"});
 }
 
 TEST(ModelPresets, ParameterCountsMatchThePublishedSizes) {
@@ -132,8 +131,9 @@ TEST(ClusterJson, BadInputsNameThePath) {
                ErrorKind::InvalidInput, {"num_nodes", "\"two\""});
   expect_error([] { cluster_from_json(R"({"preset": "h100-8", "num_nodes": 0})"); },
                ErrorKind::InvalidInput, {"num_nodes=0"});
-  expect_error([] { cluster_from_json(R"({"preset": "h100-8", "intra_node": {"latency_us": -1}})"); },
-               ErrorKind::InvalidInput, {"intra_node.latency_us=-1"});
+  expect_error(
+      [] { cluster_from_json(R"({"preset": "h100-8", "intra_node": {"latency_us": -1}})"); },
+      ErrorKind::InvalidInput, {"intra_node.latency_us=-1"});
   expect_error([] { cluster_from_json(R"({"preset": "h100-8", "num_node": 3})"); },
                ErrorKind::InvalidInput, {"num_node", "unknown"});
 }
@@ -150,7 +150,8 @@ TEST(ModelJson, CustomModelAndPresetOverrides) {
   const ModelSpec text_only = model_from_json(R"({"preset": "qwen2-vl-7b", "encoder": null})");
   EXPECT_FALSE(text_only.encoder.has_value());
   EXPECT_EQ(text_only.llm.layers, 28);
-  const ModelSpec shallow = model_from_json(R"({"preset": "qwen2-vl-7b", "encoder": {"layers": 8}})");
+  const ModelSpec shallow =
+      model_from_json(R"({"preset": "qwen2-vl-7b", "encoder": {"layers": 8}})");
   EXPECT_EQ(shallow.encoder->arch.layers, 8);
   EXPECT_EQ(shallow.encoder->arch.hidden, 1280);
 }
@@ -158,8 +159,9 @@ TEST(ModelJson, CustomModelAndPresetOverrides) {
 TEST(ModelJson, BadInputsNameThePath) {
   expect_error([] { model_from_json(R"({"name": "x", "llm": {"layers": 2}})"); },
                ErrorKind::InvalidInput, {"llm.hidden"});
-  expect_error([] { model_from_json(R"({"preset": "qwen2-vl-7b", "training": {"recompute": "some"}})"); },
-               ErrorKind::InvalidInput, {"training.recompute", "some", "none|selective|full"});
+  expect_error(
+      [] { model_from_json(R"({"preset": "qwen2-vl-7b", "training": {"recompute": "some"}})"); },
+      ErrorKind::InvalidInput, {"training.recompute", "some", "none|selective|full"});
   expect_error([] { model_from_json(R"({"preset": "qwen2-vl-7b", "llm": {"kv_heads": 3}})"); },
                ErrorKind::InvalidInput, {"kv_heads=3"});
   expect_error([] { model_from_json(R"({"preset": "qwen2-vl-7b", "llm": {"layers": 2.5}})"); },

@@ -91,8 +91,8 @@ std::vector<double> to_double(const std::vector<T>& v) {
 }
 
 struct Reference {
-  std::vector<double> out, lse;        // forward
-  std::vector<double> dq, dk, dv;      // backward (when dout given)
+  std::vector<double> out, lse;    // forward
+  std::vector<double> dq, dk, dv;  // backward (when dout given)
 };
 
 // Naive attention in fp64: for each sequence and query head, the full [Lq, Lk] score
@@ -126,8 +126,8 @@ inline Reference reference_attention(const Batch& batch, const AttentionShape& s
       for (std::int64_t i = 0; i < lq; ++i) {
         double row_max = -kInf;
         for (std::int64_t j = 0; j < lk; ++j) {
-          const bool vis = !shape.causal ||
-                           batch.k_position(k0 + j, b) <= batch.q_position(q0 + i, b);
+          const bool vis =
+              !shape.causal || batch.k_position(k0 + j, b) <= batch.q_position(q0 + i, b);
           if (!vis) continue;
           double s = 0;
           for (int c = 0; c < d; ++c) s += q[qi(q0 + i, h, c)] * k[ki(k0 + j, g, c)];
@@ -176,7 +176,8 @@ template <typename T>
 ::testing::AssertionResult all_close(const std::vector<T>& got, const std::vector<double>& want,
                                      double tol, const std::string& what) {
   if (got.size() != want.size())
-    return ::testing::AssertionFailure() << what << ": size " << got.size() << " vs " << want.size();
+    return ::testing::AssertionFailure()
+           << what << ": size " << got.size() << " vs " << want.size();
   double worst = 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
     const double g = static_cast<double>(got[i]), w = want[i];
@@ -231,11 +232,10 @@ struct Gradients {
 // Backward from the final out/lse. Without `initial`, gradients are poisoned and
 // overwritten (accumulate=false); with it, they start from `initial` and accumulate.
 template <typename T>
-Gradients<T> run_backward(const Batch& batch, const AttentionShape& shape,
-                          const std::vector<T>& q, const std::vector<T>& k,
-                          const std::vector<T>& v, const std::vector<T>& out,
-                          const std::vector<T>& dout, const std::vector<T>& lse,
-                          const Gradients<T>* initial = nullptr) {
+Gradients<T> run_backward(const Batch& batch, const AttentionShape& shape, const std::vector<T>& q,
+                          const std::vector<T>& k, const std::vector<T>& v,
+                          const std::vector<T>& out, const std::vector<T>& dout,
+                          const std::vector<T>& lse, const Gradients<T>* initial = nullptr) {
   Gradients<T> g;
   if (initial) {
     g = *initial;

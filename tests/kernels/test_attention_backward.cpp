@@ -125,8 +125,8 @@ TEST(AttentionBackward, MatchesFiniteDifferences) {
       std::vector<double> plus[3] = {in.q, in.k, in.v}, minus[3] = {in.q, in.k, in.v};
       plus[which][i] += kStep;
       minus[which][i] -= kStep;
-      const double numeric = (loss(plus[0], plus[1], plus[2]) - loss(minus[0], minus[1], minus[2])) /
-                             (2 * kStep);
+      const double numeric =
+          (loss(plus[0], plus[1], plus[2]) - loss(minus[0], minus[1], minus[2])) / (2 * kStep);
       EXPECT_NEAR(analytic[i], numeric, 1e-7 * (1 + std::abs(numeric))) << name << "[" << i << "]";
     }
   };

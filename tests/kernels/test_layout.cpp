@@ -27,9 +27,9 @@ TEST(Zigzag, CoversEveryRowOnceWithBalancedChunks) {
       ASSERT_GE(rows, 0) << last_error();
       std::vector<std::int32_t> cu_local(cu.size(), -1), src(static_cast<std::size_t>(rows), -1),
           pos(static_cast<std::size_t>(rows), -1);
-      ASSERT_EQ(zigzag_layout(cu.data(), num_seqs, degree, rank, cu_local.data(), src.data(),
-                              pos.data()),
-                Status::Ok)
+      ASSERT_EQ(
+          zigzag_layout(cu.data(), num_seqs, degree, rank, cu_local.data(), src.data(), pos.data()),
+          Status::Ok)
           << last_error();
       ASSERT_EQ(cu_local.front(), 0);
       ASSERT_EQ(cu_local.back(), rows);
@@ -39,8 +39,10 @@ TEST(Zigzag, CoversEveryRowOnceWithBalancedChunks) {
         auto begin = [&](std::int64_t c) { return c * length / chunks; };
         std::vector<std::int32_t> want;
         for (const std::int64_t c : {first_chunk, second_chunk})
-          for (std::int64_t p = begin(c); p < begin(c + 1); ++p) want.push_back(static_cast<std::int32_t>(p));
-        const std::vector<std::int32_t> got(pos.begin() + cu_local[s], pos.begin() + cu_local[s + 1]);
+          for (std::int64_t p = begin(c); p < begin(c + 1); ++p)
+            want.push_back(static_cast<std::int32_t>(p));
+        const std::vector<std::int32_t> got(pos.begin() + cu_local[s],
+                                            pos.begin() + cu_local[s + 1]);
         EXPECT_EQ(got, want) << "sequence of length " << length << " rank " << rank;
         for (std::int32_t i = cu_local[s]; i < cu_local[s + 1]; ++i) {
           EXPECT_EQ(src[i], cu[s] + pos[i]);
@@ -117,9 +119,12 @@ TEST(Ulysses, ScatterLayoutAndGatherInverse) {
       for (int j = 0; j < degree; ++j)
         for (int t = 0; t < tokens; ++t)
           for (int hh = 0; hh < local_heads; ++hh) {
-            const auto* b = &blocks[static_cast<std::size_t>(((j * tokens + t) * local_heads + hh) * vec)];
-            const auto* s = &src[static_cast<std::size_t>((t * heads + j * local_heads + hh) * vec)];
-            ASSERT_TRUE(std::equal(b, b + vec, s)) << "block " << j << " token " << t << " head " << hh;
+            const auto* b =
+                &blocks[static_cast<std::size_t>(((j * tokens + t) * local_heads + hh) * vec)];
+            const auto* s =
+                &src[static_cast<std::size_t>((t * heads + j * local_heads + hh) * vec)];
+            ASSERT_TRUE(std::equal(b, b + vec, s))
+                << "block " << j << " token " << t << " head " << hh;
           }
       args.src = blocks.data();
       args.dst = back.data();

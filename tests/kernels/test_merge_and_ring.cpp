@@ -26,7 +26,8 @@ Status merge(std::vector<T>& out_acc, std::vector<T>& lse_acc, const std::vector
 TEST(Merge, MinusInfinityOnEitherSideNeverGivesNaN) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  // Four rows, one head, head_dim 2: (acc, part) lse = (-inf,-inf), (1,-inf), (-inf,2), (1000,1000.5).
+  // Four rows, one head, head_dim 2: (acc, part) lse = (-inf,-inf), (1,-inf), (-inf,2),
+  // (1000,1000.5).
   std::vector<float> out_acc = {nan, nan, 3, 4, nan, nan, 1, 2};
   std::vector<float> lse_acc = {kNegInf, 1, kNegInf, 1000};
   const std::vector<float> out_part = {nan, nan, nan, nan, 5, 6, 3, 4};
@@ -101,7 +102,8 @@ void check_ring(const std::vector<int>& lengths, const AttentionShape& shape, in
   const auto v = cast<T>(random_vector(total * hkv * d, rng));
   const auto dout = cast<T>(random_vector(total * hq * d, rng));
   const auto dout64 = to_double(dout);
-  const Reference ref = reference_attention(full, shape, to_double(q), to_double(k), to_double(v), &dout64);
+  const Reference ref =
+      reference_attention(full, shape, to_double(q), to_double(k), to_double(v), &dout64);
 
   std::vector<RankLayout> layouts;
   std::vector<std::vector<T>> lq, lk, lv, ldout;
@@ -127,11 +129,13 @@ void check_ring(const std::vector<int>& lengths, const AttentionShape& shape, in
     const auto rows = static_cast<std::int64_t>(layouts[r].src_rows.size());
     // Poisoned accumulator: lse -inf means "empty", whatever out holds.
     std::vector<T> out_acc(lq[r].size(), std::numeric_limits<T>::quiet_NaN());
-    std::vector<T> lse_acc(static_cast<std::size_t>(rows * hq), -std::numeric_limits<T>::infinity());
+    std::vector<T> lse_acc(static_cast<std::size_t>(rows * hq),
+                           -std::numeric_limits<T>::infinity());
     for (int step = 0; step < degree; ++step) {
       const int j = (r - step + degree) % degree;  // the KV piece that arrives at this step
       const auto part = run_forward(piece(r, j), shape, lq[r], lk[j], lv[j]);
-      ASSERT_EQ(merge(out_acc, lse_acc, part.out, part.lse, rows, hq, d), Status::Ok) << last_error();
+      ASSERT_EQ(merge(out_acc, lse_acc, part.out, part.lse, rows, hq, d), Status::Ok)
+          << last_error();
     }
     final_out[r] = out_acc;
     final_lse[r] = lse_acc;

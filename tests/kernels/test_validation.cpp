@@ -13,19 +13,20 @@ namespace {
 
 ::testing::AssertionResult fails_with(Status got, Status want, const std::string& fragment) {
   if (got != want)
-    return ::testing::AssertionFailure()
-           << "status " << status_string(got) << ", want " << status_string(want) << " ("
-           << last_error() << ")";
+    return ::testing::AssertionFailure() << "status " << status_string(got) << ", want "
+                                         << status_string(want) << " (" << last_error() << ")";
   if (std::string(last_error()).find(fragment) == std::string::npos)
-    return ::testing::AssertionFailure() << "last_error '" << last_error() << "' lacks '" << fragment << "'";
+    return ::testing::AssertionFailure()
+           << "last_error '" << last_error() << "' lacks '" << fragment << "'";
   return ::testing::AssertionSuccess();
 }
 
 // A valid 2-sequence forward call that each case breaks in one place.
 struct ForwardFixture {
   std::vector<std::int32_t> cu_q = {0, 3, 5}, cu_k = {0, 3, 5};
-  std::vector<float> q = std::vector<float>(5 * 4 * 8, 0.5f), k = std::vector<float>(5 * 2 * 8, 0.25f),
-                     v = k, out = q, lse = std::vector<float>(5 * 4, 0.f);
+  std::vector<float> q = std::vector<float>(5 * 4 * 8, 0.5f),
+                     k = std::vector<float>(5 * 2 * 8, 0.25f), v = k, out = q,
+                     lse = std::vector<float>(5 * 4, 0.f);
   AttentionForwardArgs args() {
     AttentionForwardArgs a;
     a.shape = {4, 2, 8, 0, true};
@@ -79,14 +80,16 @@ TEST(Validation, ForwardArguments) {
   EXPECT_TRUE(fails_with(attention_forward(a), Status::InvalidArgument,
                          "cu_seqlens_k[2]=3 < cu_seqlens_k[1]=4"));
   f.cu_k = {1, 3, 5};
-  EXPECT_TRUE(fails_with(attention_forward(f.args()), Status::InvalidArgument, "cu_seqlens_k[0]=1"));
+  EXPECT_TRUE(
+      fails_with(attention_forward(f.args()), Status::InvalidArgument, "cu_seqlens_k[0]=1"));
 }
 
 TEST(Validation, CpuRejectsHalfPrecisionAttention) {
   ForwardFixture f;
   auto a = f.args();
   a.dtype = DType::BF16;
-  EXPECT_TRUE(fails_with(attention_forward(a), Status::Unsupported, "dtype=BF16 is not supported on the CPU"));
+  EXPECT_TRUE(fails_with(attention_forward(a), Status::Unsupported,
+                         "dtype=BF16 is not supported on the CPU"));
 }
 
 TEST(Validation, BackwardArguments) {
@@ -171,16 +174,19 @@ TEST(Validation, LayoutCopyArguments) {
   EXPECT_TRUE(fails_with(ulysses_head_gather(h), Status::InvalidArgument, "degree=0"));
   h.degree = 2;
   h.dst = buf.data();
-  EXPECT_TRUE(fails_with(ulysses_head_gather(h), Status::InvalidArgument, "src and dst are the same"));
+  EXPECT_TRUE(
+      fails_with(ulysses_head_gather(h), Status::InvalidArgument, "src and dst are the same"));
 }
 
 // DHP_ATTENTION_IMPL forces an implementation; one that cannot read the buffers is refused.
 TEST(Validation, ForcedImplementation) {
   ForwardFixture f;
   ::setenv("DHP_ATTENTION_IMPL", "cuda", 1);
-  EXPECT_TRUE(fails_with(attention_forward(f.args()), Status::Unsupported, "DHP_ATTENTION_IMPL=cuda"));
+  EXPECT_TRUE(
+      fails_with(attention_forward(f.args()), Status::Unsupported, "DHP_ATTENTION_IMPL=cuda"));
   ::setenv("DHP_ATTENTION_IMPL", "gpu", 1);
-  EXPECT_TRUE(fails_with(attention_forward(f.args()), Status::InvalidArgument, "DHP_ATTENTION_IMPL='gpu'"));
+  EXPECT_TRUE(
+      fails_with(attention_forward(f.args()), Status::InvalidArgument, "DHP_ATTENTION_IMPL='gpu'"));
   ::setenv("DHP_ATTENTION_IMPL", "cpu", 1);
   EXPECT_EQ(attention_forward(f.args()), Status::Ok) << last_error();
   ::unsetenv("DHP_ATTENTION_IMPL");

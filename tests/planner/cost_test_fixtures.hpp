@@ -27,11 +27,21 @@ inline ClusterSpec h100_cluster(int nodes) {
 inline ModelSpec qwen2_vl_7b_by_hand() {
   ModelSpec m;
   m.name = "qwen2-vl-7b";
-  m.llm = {.layers = 28, .hidden = 3584, .heads = 28, .kv_heads = 4, .ffn_hidden = 18944,
-           .gated_mlp = true, .vocab = 152064};
+  m.llm = {.layers = 28,
+           .hidden = 3584,
+           .heads = 28,
+           .kv_heads = 4,
+           .ffn_hidden = 18944,
+           .gated_mlp = true,
+           .vocab = 152064};
   EncoderSpec e;
-  e.arch = {.layers = 32, .hidden = 1280, .heads = 16, .kv_heads = 16, .ffn_hidden = 5120,
-            .gated_mlp = false, .vocab = 0};
+  e.arch = {.layers = 32,
+            .hidden = 1280,
+            .heads = 16,
+            .kv_heads = 16,
+            .ffn_hidden = 5120,
+            .gated_mlp = false,
+            .vocab = 0};
   e.patch_size = 14;
   e.tokens_per_llm_token = 4;
   e.projector_parameters = 5120.0 * 5120 + 5120.0 * 3584;
@@ -43,8 +53,13 @@ inline ModelSpec qwen2_vl_7b_by_hand() {
 inline ModelSpec tiny_model() {
   ModelSpec m;
   m.name = "tiny";
-  m.llm = {.layers = 2, .hidden = 8, .heads = 2, .kv_heads = 1, .ffn_hidden = 16,
-           .gated_mlp = true, .vocab = 10};
+  m.llm = {.layers = 2,
+           .hidden = 8,
+           .heads = 2,
+           .kv_heads = 1,
+           .ffn_hidden = 16,
+           .gated_mlp = true,
+           .vocab = 10};
   return m;
 }
 

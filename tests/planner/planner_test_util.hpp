@@ -29,7 +29,8 @@ inline Batch random_text_batch(std::uint32_t seed, int n, double mean_log, doubl
   for (int i = 0; i < n; ++i) {
     Sample s;
     s.id = 1000 + i;
-    s.text_tokens = std::clamp<std::int64_t>(static_cast<std::int64_t>(len(rng)), min_tokens, max_tokens);
+    s.text_tokens =
+        std::clamp<std::int64_t>(static_cast<std::int64_t>(len(rng)), min_tokens, max_tokens);
     b.samples.push_back(s);
   }
   return b;
@@ -41,7 +42,8 @@ inline Batch random_text_batch(std::uint32_t seed, int n, double mean_log, doubl
 inline Batch random_multimodal_batch(std::uint32_t seed, int n, std::int64_t max_long_tokens) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> text(20, 800), images(0, 3), tenth(0, 9);
-  std::uniform_int_distribution<std::int64_t> video_tokens(500, 3000), long_tokens(2000, max_long_tokens);
+  std::uniform_int_distribution<std::int64_t> video_tokens(500, 3000),
+      long_tokens(2000, max_long_tokens);
   Batch b;
   b.step = seed;
   for (int i = 0; i < n; ++i) {

@@ -36,7 +36,8 @@ TEST(AsyncPlanner, DestructorDrainsQueuedWork) {
   std::vector<std::future<Plan>> futures;
   {
     AsyncPlanner async(Planner(cluster_preset("h100-8"), model_preset("qwen2-vl-7b")));
-    for (std::uint32_t i = 0; i < 3; ++i) futures.push_back(async.submit(test::random_multimodal_batch(i + 7, 30, 6000)));
+    for (std::uint32_t i = 0; i < 3; ++i)
+      futures.push_back(async.submit(test::random_multimodal_batch(i + 7, 30, 6000)));
   }
   for (auto& f : futures) EXPECT_NO_THROW(f.get());
 }

@@ -43,8 +43,13 @@ ClusterSpec small_cluster(int nodes, int devices_per_node) {
 ModelSpec small_model() {
   ModelSpec m;
   m.name = "test-llm";
-  m.llm = {.layers = 4, .hidden = 1024, .heads = 8, .kv_heads = 8, .ffn_hidden = 2816,
-           .gated_mlp = true, .vocab = 32000};
+  m.llm = {.layers = 4,
+           .hidden = 1024,
+           .heads = 8,
+           .kv_heads = 8,
+           .ffn_hidden = 2816,
+           .gated_mlp = true,
+           .vocab = 32000};
   return m;
 }
 
@@ -53,8 +58,8 @@ struct Testbed {
   ModelSpec model;
   Layout layout;
   CostModel cost;
-  double budget;           // activation bytes per device (text only: batch independent)
-  std::int64_t one_rank;   // longest sequence one rank holds
+  double budget;          // activation bytes per device (text only: batch independent)
+  std::int64_t one_rank;  // longest sequence one rank holds
 };
 
 // TP 1 unless asked: one LLM rank per device, so the tests can count ranks by hand.
@@ -122,15 +127,17 @@ void expect_plan_invariants(const Plan& plan, const Batch& batch, const Testbed&
     for (const SequencePlan& sp : wave.sequences) {
       ++seen[sp.sample];
       const std::int64_t tokens = batch.samples[sp.sample].llm_tokens();
-      if (sp.sharding == Sharding::Zigzag) split[sp.group].push_back(tokens);
-      else whole[{sp.group, sp.member}].push_back(tokens);
+      if (sp.sharding == Sharding::Zigzag)
+        split[sp.group].push_back(tokens);
+      else
+        whole[{sp.group, sp.member}].push_back(tokens);
     }
     for (std::size_t g = 0; g < wave.groups.size(); ++g) {
       for (int m = 0; m < wave.groups[g].degree(); ++m) {
         const auto it = whole.find({static_cast<int>(g), m});
-        const double bytes = rank_activation_bytes(
-            cost, split[g], wave.groups[g].degree(),
-            it == whole.end() ? std::vector<std::int64_t>{} : it->second);
+        const double bytes =
+            rank_activation_bytes(cost, split[g], wave.groups[g].degree(),
+                                  it == whole.end() ? std::vector<std::int64_t>{} : it->second);
         EXPECT_LE(bytes, budget * (1 + 1e-12)) << "group " << g << " member " << m;
       }
     }

@@ -64,10 +64,13 @@ TEST(Calibration, RecoversKnownCoefficients) {
       calibrate(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1, measurements);
   const CostCoefficients& fit = report.coefficients;
   EXPECT_NEAR(fit.gemm_efficiency, truth.gemm_efficiency, 0.03 * truth.gemm_efficiency);
-  EXPECT_NEAR(fit.attention_efficiency, truth.attention_efficiency, 0.03 * truth.attention_efficiency);
-  EXPECT_NEAR(fit.half_efficiency_tokens, truth.half_efficiency_tokens, 0.05 * truth.half_efficiency_tokens);
+  EXPECT_NEAR(fit.attention_efficiency, truth.attention_efficiency,
+              0.03 * truth.attention_efficiency);
+  EXPECT_NEAR(fit.half_efficiency_tokens, truth.half_efficiency_tokens,
+              0.05 * truth.half_efficiency_tokens);
   EXPECT_NEAR(fit.layer_overhead_us, truth.layer_overhead_us, 0.05 * truth.layer_overhead_us);
-  EXPECT_NEAR(fit.ring_step_overhead_us, truth.ring_step_overhead_us, 0.10 * truth.ring_step_overhead_us);
+  EXPECT_NEAR(fit.ring_step_overhead_us, truth.ring_step_overhead_us,
+              0.10 * truth.ring_step_overhead_us);
   EXPECT_NEAR(fit.comm_efficiency, truth.comm_efficiency, 0.03 * truth.comm_efficiency);
   EXPECT_EQ(report.measurements, static_cast<int>(measurements.size()));
   EXPECT_GT(report.mean_abs_rel_error_before, 0.05);
@@ -80,11 +83,14 @@ TEST(Calibration, OnlyP2pMeasurementsLeaveComputeAtDefaults) {
   const CostCoefficients truth = hidden_truth();
   const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1, truth);
   for (double bytes : {1e6, 1e7, 1e8})
-    ms.push_back({.kind = "p2p", .crosses_nodes = true, .bytes = bytes,
+    ms.push_back({.kind = "p2p",
+                  .crosses_nodes = true,
+                  .bytes = bytes,
                   .measured_ms = cost.p2p_ms(bytes, true)});
   const CalibrationReport report = calibrate(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1, ms);
   EXPECT_NEAR(report.coefficients.comm_efficiency, truth.comm_efficiency, 1e-6);
-  EXPECT_DOUBLE_EQ(report.coefficients.gemm_efficiency, defaults_for(h100_cluster(2)).gemm_efficiency);
+  EXPECT_DOUBLE_EQ(report.coefficients.gemm_efficiency,
+                   defaults_for(h100_cluster(2)).gemm_efficiency);
 }
 
 TEST(Calibration, ParsesTheDocumentedSchema) {
@@ -108,9 +114,14 @@ TEST(Calibration, ParsesTheDocumentedSchema) {
 TEST(Calibration, BadProfilesAreErrors) {
   EXPECT_THROW(measurements_from_json("{not json"), Error);
   EXPECT_THROW(measurements_from_json(R"({"measurements": 3})"), Error);
-  EXPECT_THROW(measurements_from_json(R"({"measurements": [{"kind": "gemm", "measured_ms": 1}]})"), Error);
-  EXPECT_THROW(measurements_from_json(R"({"measurements": [{"kind": "p2p", "bytes": 10, "measured_ms": 0}]})"), Error);
-  EXPECT_THROW(measurements_from_json(R"({"measurements": [{"kind": "llm_sequence", "measured_ms": 1}]})"), Error);
+  EXPECT_THROW(measurements_from_json(R"({"measurements": [{"kind": "gemm", "measured_ms": 1}]})"),
+               Error);
+  EXPECT_THROW(measurements_from_json(
+                   R"({"measurements": [{"kind": "p2p", "bytes": 10, "measured_ms": 0}]})"),
+               Error);
+  EXPECT_THROW(
+      measurements_from_json(R"({"measurements": [{"kind": "llm_sequence", "measured_ms": 1}]})"),
+      Error);
   EXPECT_THROW(calibrate(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1, {}), Error);
 }
 

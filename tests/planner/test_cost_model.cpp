@@ -68,8 +68,9 @@ TEST(CostModel, WholeSequenceTimeMatchesHandFormula) {
   const double flops_per_ms = 989e9;
   const double gemm = 3 * cost.llm_linear_flops(4096) /
                       (flops_per_ms * c.gemm_efficiency * n / (n + c.half_efficiency_tokens));
-  const double attention = 3 * cost.llm_attention_flops(4096) /
-                           (flops_per_ms * c.attention_efficiency * n / (n + c.half_efficiency_tokens));
+  const double attention =
+      3 * cost.llm_attention_flops(4096) /
+      (flops_per_ms * c.attention_efficiency * n / (n + c.half_efficiency_tokens));
   const double overhead = 28 * 2 * c.layer_overhead_us / 1e3;  // selective: fwd + bwd launches
   EXPECT_NEAR(cost.llm_sequence_ms(4096, {1, false}), gemm + attention + overhead, 1e-9);
 }
@@ -90,8 +91,8 @@ TEST(CostModel, PackedRankMatchesHandFormula) {
   };
   const double overhead = 28 * 2 * c.layer_overhead_us / 1e3;
   const std::int64_t whole[] = {a, b};
-  EXPECT_NEAR(cost.llm_rank_ms({}, {1, false}, whole), gemm + attention(a) + attention(b) + overhead,
-              1e-9);
+  EXPECT_NEAR(cost.llm_rank_ms({}, {1, false}, whole),
+              gemm + attention(a) + attention(b) + overhead, 1e-9);
 }
 
 TEST(CostModel, PackingPaysTheFixedPartOnce) {
@@ -111,7 +112,8 @@ TEST(CostModel, SinglePieceRankIsTheSequenceTime) {
   const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1);
   for (std::int64_t tokens : {100, 5000, 70000}) {
     const std::int64_t one[] = {tokens};
-    EXPECT_DOUBLE_EQ(cost.llm_rank_ms({}, {1, false}, one), cost.llm_sequence_ms(tokens, {1, false}));
+    EXPECT_DOUBLE_EQ(cost.llm_rank_ms({}, {1, false}, one),
+                     cost.llm_sequence_ms(tokens, {1, false}));
     for (RingSpan ring : {RingSpan{2, false}, RingSpan{12, true}})
       EXPECT_DOUBLE_EQ(cost.llm_rank_ms(one, ring, {}), cost.llm_sequence_ms(tokens, ring));
   }
@@ -147,7 +149,8 @@ TEST(CostModel, MemoryByHand) {
   model.training.recompute = Recompute::None;
   const CostModel no_recompute(h100_cluster(1), model, 1, 1);
   const double per_layer = 1000 * (34 * h + 5 * 28 * 1000.0);
-  EXPECT_DOUBLE_EQ(no_recompute.llm_activation_bytes(1000, 1), per_layer * 28 + 1000 * 152064 * 4.0);
+  EXPECT_DOUBLE_EQ(no_recompute.llm_activation_bytes(1000, 1),
+                   per_layer * 28 + 1000 * 152064 * 4.0);
 }
 
 TEST(CostModel, GradSyncShrinksWithOverlapAndGrowsAcrossNodes) {

@@ -48,20 +48,22 @@ TEST(Exact, DhpIsWithinAFewPercentOfTheOptimum) {
   double gap_sum = 0;
   int instances = 0;
   for (std::uint32_t seed = 0; seed < 12; ++seed) {
-    const Batch batch = test::random_text_batch(200 + seed, 8 + static_cast<int>(seed % 3), 8.0, 1.2,
-                                                256, 60000);
+    const Batch batch =
+        test::random_text_batch(200 + seed, 8 + static_cast<int>(seed % 3), 8.0, 1.2, 256, 60000);
     const Plan dhp = detail::plan_dhp(batch, s.cost, s.layout, SmallInstance::options());
     const Plan exact = detail::plan_exact(batch, s.cost, s.layout, SmallInstance::options());
     EXPECT_NO_THROW(validate(exact, batch));
     ASSERT_EQ(exact.waves.size(), 1u);
     // Exact is optimal among single-wave plans: never worse than dhp's single-wave plan.
-    if (dhp.waves.size() == 1) EXPECT_LE(exact.estimate.wave_ms[0], dhp.estimate.wave_ms[0] * (1 + 1e-9));
+    if (dhp.waves.size() == 1)
+      EXPECT_LE(exact.estimate.wave_ms[0], dhp.estimate.wave_ms[0] * (1 + 1e-9));
     const double gap = dhp.estimate.llm_ms / exact.estimate.llm_ms - 1;
     gap_sum += gap;
     ++instances;
   }
   const double mean_gap = gap_sum / instances;
-  std::printf("dhp vs exact: mean LLM-time gap %.2f%% over %d instances\n", 100 * mean_gap, instances);
+  std::printf("dhp vs exact: mean LLM-time gap %.2f%% over %d instances\n", 100 * mean_gap,
+              instances);
   // The target of issue 2 is 3% (docs/algorithm.md); with the packed per-rank cost model the
   // search reaches 3.7% here, so 5% is what it guarantees for now.
   EXPECT_LT(mean_gap, 0.05);

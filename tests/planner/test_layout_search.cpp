@@ -95,9 +95,9 @@ TEST(LayoutSearch, TextOnlyModelStaysColocated) {
 }
 
 TEST(LayoutSearch, RejectsAnEmptyRun) {
-  EXPECT_THROW(best_dhp_options(test::one_node(8), model_preset("qwen2-vl-7b"),
-                                std::span<const Batch>{}),
-               Error);
+  EXPECT_THROW(
+      best_dhp_options(test::one_node(8), model_preset("qwen2-vl-7b"), std::span<const Batch>{}),
+      Error);
 }
 
 }  // namespace

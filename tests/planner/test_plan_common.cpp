@@ -86,8 +86,9 @@ TEST(ResolveLayout, DisjointPlacesEncoderFirst) {
   EXPECT_EQ(layout.llm.first_device, 8);
   EXPECT_EQ(layout.llm.num_devices(), 56);
   options.encoder_devices = 12;  // not a node multiple
-  EXPECT_THROW(detail::resolve_layout(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), options),
-               Error);
+  EXPECT_THROW(
+      detail::resolve_layout(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), options),
+      Error);
 }
 
 TEST(CheckBatchFits, NamesTheSampleThatCannotFit) {
@@ -140,8 +141,9 @@ TEST(BuildPlan, DraftBecomesAValidPlanWithEstimates) {
   for (const Sample& s : batch.samples) visuals += static_cast<int>(s.visuals.size());
   EXPECT_EQ(static_cast<int>(plan.encoder_tasks.size()), visuals);
   // The ring's time is shared: both members carry the split work plus their own whole one.
-  const double r0 = detail::rank_llm_ms(cost, {batch.samples[0].llm_tokens(), batch.samples[1].llm_tokens()},
-                                        RingSpan{2, false}, {batch.samples[2].llm_tokens()});
+  const double r0 =
+      detail::rank_llm_ms(cost, {batch.samples[0].llm_tokens(), batch.samples[1].llm_tokens()},
+                          RingSpan{2, false}, {batch.samples[2].llm_tokens()});
   EXPECT_GE(plan.estimate.wave_ms[0], r0);
 }
 

@@ -95,8 +95,8 @@ TEST(PlanSvg, IsWellFormedAndShowsEveryEvent) {
   EXPECT_EQ(count(svg, "<title>"), static_cast<int>(result.timeline.size()));
   EXPECT_NE(svg.find("dhp &lt;test&gt;"), std::string::npos);  // escaped strategy in the title
   EXPECT_NE(svg.find("simulated time (ms)"), std::string::npos);
-  EXPECT_NE(svg.find("url(#hatch)"), std::string::npos);   // encoder work
-  EXPECT_NE(svg.find("ring_comm"), std::string::npos);      // ring overlay
+  EXPECT_NE(svg.find("url(#hatch)"), std::string::npos);  // encoder work
+  EXPECT_NE(svg.find("ring_comm"), std::string::npos);    // ring overlay
   EXPECT_EQ(svg.find("showing the first"), std::string::npos);
 }
 

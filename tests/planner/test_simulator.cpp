@@ -89,8 +89,9 @@ TEST(Simulator, ZigzagRingIsCloseToTheCostModelAndFasterThanWhole) {
   plan.waves[0].sequences = {{.sample = 0, .group = 0, .sharding = Sharding::Zigzag, .member = -1}};
   const SimulationResult ring = Simulator(cost).run(plan, batch);
   expect_sane(ring);
-  const double modelled = cost.llm_sequence_ms(65536, {4, false}) + cost.wave_overhead_ms() +
-                          cost.llm_grad_sync_full_ms(4) * (1 - cost.coefficients().grad_sync_overlap);
+  const double modelled =
+      cost.llm_sequence_ms(65536, {4, false}) + cost.wave_overhead_ms() +
+      cost.llm_grad_sync_full_ms(4) * (1 - cost.coefficients().grad_sync_overlap);
   EXPECT_NEAR(ring.step_ms, modelled, 0.15 * modelled);
   EXPECT_LT(ring.step_ms, cost.llm_sequence_ms(65536, {1, false}));
 }
@@ -101,12 +102,14 @@ TEST(Simulator, ExtraWorkOnOneRingMemberDelaysEveryMember) {
   batch.samples = {text_sample(1, 32768), text_sample(2, 16384)};
   Plan balanced = one_wave_plan(4);
   balanced.waves[0].groups = {{.ranks = {0, 1, 2, 3}}};
-  balanced.waves[0].sequences = {{.sample = 0, .group = 0, .sharding = Sharding::Zigzag, .member = -1}};
+  balanced.waves[0].sequences = {
+      {.sample = 0, .group = 0, .sharding = Sharding::Zigzag, .member = -1}};
   Batch balanced_batch;
   balanced_batch.samples = {batch.samples[0]};
 
   Plan loaded = balanced;
-  loaded.waves[0].sequences.push_back({.sample = 1, .group = 0, .sharding = Sharding::Whole, .member = 1});
+  loaded.waves[0].sequences.push_back(
+      {.sample = 1, .group = 0, .sharding = Sharding::Whole, .member = 1});
 
   const auto before = compute_end(Simulator(cost).run(balanced, balanced_batch, true));
   const SimulationResult after_result = Simulator(cost).run(loaded, batch, true);
@@ -132,7 +135,8 @@ TEST(Simulator, RingAcrossNodesIsSlowerThanInsideANode) {
   batch.samples = {text_sample(1, 4099)};  // 2d does not divide it: uneven chunks
   Plan inside = one_wave_plan(16);
   inside.waves[0].groups = {{.ranks = {0, 1, 2, 3}}};
-  inside.waves[0].sequences = {{.sample = 0, .group = 0, .sharding = Sharding::Zigzag, .member = -1}};
+  inside.waves[0].sequences = {
+      {.sample = 0, .group = 0, .sharding = Sharding::Zigzag, .member = -1}};
   Plan across = inside;
   across.waves[0].groups = {{.ranks = {0, 1, 8, 9}}};
   const double t_inside = Simulator(cost).run(inside, batch).step_ms;
@@ -246,14 +250,17 @@ TEST(Simulator, SixtyFourRanksFiveHundredSequencesIsFast) {
     batch.samples.push_back(text_sample(i, 256 + (i * 7919) % 8192));
     const int g = i % groups;
     const bool split = plan.waves[0].groups[static_cast<size_t>(g)].degree() > 1 && i % 3 == 0;
-    plan.waves[0].sequences.push_back({.sample = i, .group = g,
-                                       .sharding = split ? Sharding::Zigzag : Sharding::Whole,
-                                       .member = split ? -1 : i % plan.waves[0].groups[static_cast<size_t>(g)].degree()});
+    plan.waves[0].sequences.push_back(
+        {.sample = i,
+         .group = g,
+         .sharding = split ? Sharding::Zigzag : Sharding::Whole,
+         .member = split ? -1 : i % plan.waves[0].groups[static_cast<size_t>(g)].degree()});
   }
   const Simulator sim(cost);
   const auto start = std::chrono::steady_clock::now();
   const SimulationResult r = sim.run(plan, batch, true);
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   expect_sane(r);
   RecordProperty("simulate_ms", std::to_string(ms));
   std::printf("64 ranks, 512 sequences: simulated in %.2f ms (step %.1f ms, %zu events)\n", ms,
@@ -289,13 +296,15 @@ TEST(Simulator, FourThousandRanksStaysInSeconds) {
     const int degree = wave.groups[static_cast<size_t>(g)].degree();
     const bool split = degree > 1 && (i / 2) % 5 == 0;
     batch.samples.push_back(text_sample(i, 128 + (i * 7919) % 16384));
-    wave.sequences.push_back({.sample = i, .group = g,
+    wave.sequences.push_back({.sample = i,
+                              .group = g,
                               .sharding = split ? Sharding::Zigzag : Sharding::Whole,
                               .member = split ? -1 : (i / 2) % degree});
   }
   const auto start = std::chrono::steady_clock::now();
   const SimulationResult r = Simulator(cost).run(plan, batch);
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   expect_sane(r);
   std::printf("4096 ranks, 16384 sequences: simulated in %.1f ms (step %.1f ms)\n", ms, r.step_ms);
   EXPECT_LT(ms, 10000.0);  // target: a couple of seconds at most

@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     dhp::abort_job(1, e.what());
   }
-  if (world->rank() == 0) std::printf("world size %d: %s\n", world->size(), failed ? "FAILED" : "passed");
+  if (world->rank() == 0)
+    std::printf("world size %d: %s\n", world->size(), failed ? "FAILED" : "passed");
   g_world = nullptr;
   world.reset();
   return failed;

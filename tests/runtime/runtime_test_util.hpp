@@ -65,7 +65,8 @@ Plan one_wave_plan(int world_size, const std::vector<int>& group_sizes, int num_
 
 // Random plan: `waves` waves, each a random partition of `ranks` plan ranks into groups,
 // samples spread over waves and groups, Zigzag or Whole at random. Same on every rank.
-inline Plan random_plan(int ranks, int tp, int first_device, int num_samples, int waves, std::uint64_t seed) {
+inline Plan random_plan(int ranks, int tp, int first_device, int num_samples, int waves,
+                        std::uint64_t seed) {
   std::mt19937_64 gen(seed);
   Plan plan;
   plan.llm = {tp, first_device, ranks};
@@ -108,7 +109,8 @@ struct Reference {
 
 inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq, int hkv, int hd,
                                      const std::vector<double>& q, const std::vector<double>& k,
-                                     const std::vector<double>& v, const std::vector<double>& dout) {
+                                     const std::vector<double>& v,
+                                     const std::vector<double>& dout) {
   const std::int64_t total = cu.back();
   Reference r;
   r.out.assign(static_cast<std::size_t>(total * hq * hd), 0.0);
@@ -117,8 +119,12 @@ inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq
   r.dv.assign(r.dk.size(), 0.0);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   const int group = hq / hkv;
-  auto qi = [&](std::int64_t row, int h, int c) { return static_cast<std::size_t>((row * hq + h) * hd + c); };
-  auto ki = [&](std::int64_t row, int h, int c) { return static_cast<std::size_t>((row * hkv + h) * hd + c); };
+  auto qi = [&](std::int64_t row, int h, int c) {
+    return static_cast<std::size_t>((row * hq + h) * hd + c);
+  };
+  auto ki = [&](std::int64_t row, int h, int c) {
+    return static_cast<std::size_t>((row * hkv + h) * hd + c);
+  };
   for (std::size_t s = 0; s + 1 < cu.size(); ++s) {
     const std::int64_t b = cu[s], n = cu[s + 1] - cu[s];
     for (int h = 0; h < hq; ++h) {
@@ -136,7 +142,8 @@ inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq
         for (auto& x : p) sum += (x = std::exp(x - mx));
         for (auto& x : p) x /= sum;
         for (std::int64_t j = 0; j <= i; ++j)
-          for (int c = 0; c < hd; ++c) r.out[qi(b + i, h, c)] += p[static_cast<std::size_t>(j)] * v[ki(b + j, kh, c)];
+          for (int c = 0; c < hd; ++c)
+            r.out[qi(b + i, h, c)] += p[static_cast<std::size_t>(j)] * v[ki(b + j, kh, c)];
         // Backward: dP = dO V^T, dS = P (dP - rowsum(dO * O)).
         double delta = 0;
         for (int c = 0; c < hd; ++c) delta += dout[qi(b + i, h, c)] * r.out[qi(b + i, h, c)];

@@ -89,7 +89,8 @@ TEST(Comm, AllToAllVWithUnevenAndEmptyCounts) {
   std::vector<std::int64_t> recv(static_cast<std::size_t>(rd[n - 1] + rc[n - 1]) + 1, -1);
   c.all_to_all_v(send.data(), sc, sd, recv.data(), rc, rd, DataType::I64);
   for (int s = 0; s < n; ++s)
-    for (int i = 0; i < rc[s]; ++i) EXPECT_EQ(recv[static_cast<std::size_t>(rd[s] + i)], 1000 * s + r);
+    for (int i = 0; i < rc[s]; ++i)
+      EXPECT_EQ(recv[static_cast<std::size_t>(rd[s] + i)], 1000 * s + r);
 }
 
 TEST(Comm, RingExchangeOverlapsAndSendRecv) {
@@ -184,7 +185,8 @@ TEST(Comm, PlanHashMismatchIsDetected) {
     EXPECT_EQ(e.kind(), ErrorKind::Communication);
     EXPECT_NE(std::string(e.what()).find("different plans"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find(c.rank() == 1 ? "000000000000002a" : "000000000000002b"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <string>
 #include <map>
+#include <string>
 
 #include "dhp/cp_attention.hpp"
 #include "dhp/dispatch.hpp"
@@ -22,8 +22,9 @@ using testing::world;
 // Partitions of the world tried besides the single group of every rank: several groups
 // of different degrees coexisting in one wave.
 std::vector<int> mixed_partition(int w) {
-  static const std::map<int, std::vector<int>> table = {
-      {1, {1}}, {2, {1, 1}}, {3, {2, 1}}, {4, {3, 1}}, {5, {3, 2}}, {6, {5, 1}}, {7, {3, 2, 1, 1}}, {8, {5, 3}}};
+  static const std::map<int, std::vector<int>> table = {{1, {1}},          {2, {1, 1}}, {3, {2, 1}},
+                                                        {4, {3, 1}},       {5, {3, 2}}, {6, {5, 1}},
+                                                        {7, {3, 2, 1, 1}}, {8, {5, 3}}};
   auto it = table.find(w);
   return it != table.end() ? it->second : std::vector<int>{w};
 }
@@ -40,7 +41,7 @@ struct CaseOptions {
   int ranks_per_node = 0;
   std::vector<std::int64_t> lengths;  // empty: random odd lengths
   bool all_zigzag = false;
-  int expected_ulysses_degree = 0;    // > 0: checked against ulysses_degree() of this rank's group
+  int expected_ulysses_degree = 0;  // > 0: checked against ulysses_degree() of this rank's group
 };
 
 template <typename T>
@@ -53,14 +54,16 @@ Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_
   std::vector<std::int64_t> lengths = options.lengths;
   if (lengths.empty()) {
     const int n = 2 * static_cast<int>(groups.size()) + 3;
-    for (int i = 0; i < n; ++i) lengths.push_back(i == 0 ? 1 : static_cast<std::int64_t>(gen() % 37) + 2);
+    for (int i = 0; i < n; ++i)
+      lengths.push_back(i == 0 ? 1 : static_cast<std::int64_t>(gen() % 37) + 2);
   }
   const int num_seqs = static_cast<int>(lengths.size());
   std::vector<int> owners;
   for (int i = 0; i < num_seqs; ++i) owners.push_back(i % comm.size());
   const bool all_zigzag = options.all_zigzag;
-  const Plan plan = testing::one_wave_plan(comm.size(), groups, num_seqs,
-                                           [all_zigzag](int i) { return all_zigzag || i % 4 != 3; }, attention);
+  const Plan plan = testing::one_wave_plan(
+      comm.size(), groups, num_seqs, [all_zigzag](int i) { return all_zigzag || i % 4 != 3; },
+      attention);
   const WaveDispatch dispatch(plan, 0, lengths, owners, comm.rank(), comm.size());
   const WaveLayout& layout = dispatch.layout();
 
@@ -101,7 +104,8 @@ Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_
   ctx.world = &comm;
   ctx.ranks_per_node = options.ranks_per_node;
   if (options.expected_ulysses_degree > 0 && layout.group >= 0) {
-    EXPECT_EQ(ulysses_degree(layout, ctx.shape, options.ranks_per_node), options.expected_ulysses_degree)
+    EXPECT_EQ(ulysses_degree(layout, ctx.shape, options.ranks_per_node),
+              options.expected_ulysses_degree)
         << "rank " << comm.rank() << " ranks_per_node " << options.ranks_per_node;
   }
   if (use_pool) {
@@ -148,8 +152,10 @@ TEST(CpAttention, RingMatchesReferenceF64) {
                     ::testing::PrintToString(groups).c_str(), static_cast<unsigned long long>(seed),
                     static_cast<long long>(rows), r.max_err_out, r.max_err_grad);
       }
-      EXPECT_LE(r.max_err_out, 1e-10) << "groups of " << ::testing::PrintToString(groups) << " seed " << seed;
-      EXPECT_LE(r.max_err_grad, 1e-10) << "groups of " << ::testing::PrintToString(groups) << " seed " << seed;
+      EXPECT_LE(r.max_err_out, 1e-10)
+          << "groups of " << ::testing::PrintToString(groups) << " seed " << seed;
+      EXPECT_LE(r.max_err_grad, 1e-10)
+          << "groups of " << ::testing::PrintToString(groups) << " seed " << seed;
     }
   }
 }
@@ -160,7 +166,8 @@ TEST(CpAttention, RingMatchesReferenceF32) {
     const double scale = std::max(1.0, r.max_ref);
     if (world().rank() == 0) {
       std::printf("ring f32 groups %s: max error out %.3g grad %.3g (max |ref| %.3g)\n",
-                  ::testing::PrintToString(groups).c_str(), r.max_err_out, r.max_err_grad, r.max_ref);
+                  ::testing::PrintToString(groups).c_str(), r.max_err_out, r.max_err_grad,
+                  r.max_ref);
     }
     EXPECT_LE(r.max_err_out, 1e-5 * scale) << ::testing::PrintToString(groups);
     EXPECT_LE(r.max_err_grad, 1e-5 * scale) << ::testing::PrintToString(groups);
@@ -205,8 +212,8 @@ TEST(CpAttention, UlyssesRingMatchesReference) {
     for (std::uint64_t seed : {41u, 42u}) {
       const auto r = run_case<double>({w}, seed, true, CpAttention::UlyssesRing, 2 * u, u, options);
       if (world().rank() == 0) {
-        std::printf("UlyssesRing f64 %d nodes x %d (seed %llu): max error out %.3g grad %.3g\n", w / u, u,
-                    static_cast<unsigned long long>(seed), r.max_err_out, r.max_err_grad);
+        std::printf("UlyssesRing f64 %d nodes x %d (seed %llu): max error out %.3g grad %.3g\n",
+                    w / u, u, static_cast<unsigned long long>(seed), r.max_err_out, r.max_err_grad);
       }
       EXPECT_LE(r.max_err_out, 1e-10) << "u " << u << " seed " << seed;
       EXPECT_LE(r.max_err_grad, 1e-10) << "u " << u << " seed " << seed;
@@ -214,8 +221,8 @@ TEST(CpAttention, UlyssesRingMatchesReference) {
     const auto r = run_case<float>({w}, 43, true, CpAttention::UlyssesRing, 2 * u, u, options);
     const double scale = std::max(1.0, r.max_ref);
     if (world().rank() == 0) {
-      std::printf("UlyssesRing f32 %d nodes x %d: max error out %.3g grad %.3g (max |ref| %.3g)\n", w / u, u,
-                  r.max_err_out, r.max_err_grad, r.max_ref);
+      std::printf("UlyssesRing f32 %d nodes x %d: max error out %.3g grad %.3g (max |ref| %.3g)\n",
+                  w / u, u, r.max_err_out, r.max_err_grad, r.max_ref);
     }
     EXPECT_LE(r.max_err_out, 1e-5 * scale) << "u " << u;
     EXPECT_LE(r.max_err_grad, 1e-5 * scale) << "u " << u;
@@ -258,8 +265,10 @@ TEST(CpAttention, TinySequencesAndIdleRanks) {
       options.lengths = lengths;
       options.all_zigzag = true;
       const auto r = run_case<double>(groups, 61, false, CpAttention::Ring, 4, 2, options);
-      EXPECT_LE(r.max_err_out, 1e-10) << ::testing::PrintToString(groups) << ::testing::PrintToString(lengths);
-      EXPECT_LE(r.max_err_grad, 1e-10) << ::testing::PrintToString(groups) << ::testing::PrintToString(lengths);
+      EXPECT_LE(r.max_err_out, 1e-10)
+          << ::testing::PrintToString(groups) << ::testing::PrintToString(lengths);
+      EXPECT_LE(r.max_err_grad, 1e-10)
+          << ::testing::PrintToString(groups) << ::testing::PrintToString(lengths);
       const auto u = run_case<double>(groups, 62, true, CpAttention::Ulysses, 4, 4, options);
       EXPECT_LE(u.max_err_out, 1e-10) << "Ulysses " << ::testing::PrintToString(groups);
       EXPECT_LE(u.max_err_grad, 1e-10) << "Ulysses " << ::testing::PrintToString(groups);
@@ -283,18 +292,29 @@ TEST(CpAttention, HalfPrecisionOnCpuIsRefusedClearly) {
   ctx.layout = &dispatch.layout();
   ctx.world = &comm;
   try {
-    cp_attention_forward(ctx, buffer.data(), buffer.data(), buffer.data(), buffer.data(), lse.data());
+    cp_attention_forward(ctx, buffer.data(), buffer.data(), buffer.data(), buffer.data(),
+                         lse.data());
     ADD_FAILURE() << "bf16 on CPU buffers was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("dtype BF16 on CPU buffers"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("dtype BF16 on CPU buffers"), std::string::npos)
+        << e.what();
   }
 }
 
 // The conversion launcher behind bf16/f16 outputs: exact where representable, round to
 // nearest even otherwise, specials kept.
 TEST(CpAttention, ConvertAccumulatorToHalfPrecision) {
-  const std::vector<float> values{0.0f, -0.0f, 1.0f, -2.5f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 512, 65504.0f,
-                                  65520.0f, 1e-7f, 6.1035156e-05f, std::numeric_limits<float>::infinity()};
+  const std::vector<float> values{0.0f,
+                                  -0.0f,
+                                  1.0f,
+                                  -2.5f,
+                                  1.0f + 1.0f / 256,
+                                  1.0f + 3.0f / 512,
+                                  65504.0f,
+                                  65520.0f,
+                                  1e-7f,
+                                  6.1035156e-05f,
+                                  std::numeric_limits<float>::infinity()};
   auto round_trip = [&](kernels::DType dtype) {
     std::vector<std::uint16_t> half(values.size());
     std::vector<float> back(values.size());
@@ -313,21 +333,21 @@ TEST(CpAttention, ConvertAccumulatorToHalfPrecision) {
     return std::make_pair(half, back);
   };
   const auto [bf16, bf16_back] = round_trip(kernels::DType::BF16);
-  EXPECT_EQ(bf16[2], 0x3f80);  // 1.0
-  EXPECT_EQ(bf16[3], 0xc020);  // -2.5
-  EXPECT_EQ(bf16_back[4], 1.0f);                // 1 + 2^-8: a tie, rounds to even (1.0)
-  EXPECT_EQ(bf16_back[5], 1.0f + 1.0f / 128);   // 1 + 0.75 ulp (2^-7) rounds up to 1 + 2^-7
+  EXPECT_EQ(bf16[2], 0x3f80);                  // 1.0
+  EXPECT_EQ(bf16[3], 0xc020);                  // -2.5
+  EXPECT_EQ(bf16_back[4], 1.0f);               // 1 + 2^-8: a tie, rounds to even (1.0)
+  EXPECT_EQ(bf16_back[5], 1.0f + 1.0f / 128);  // 1 + 0.75 ulp (2^-7) rounds up to 1 + 2^-7
   EXPECT_EQ(bf16_back[1], -0.0f);
   EXPECT_TRUE(std::signbit(bf16_back[1]));
   const auto [f16, f16_back] = round_trip(kernels::DType::F16);
-  EXPECT_EQ(f16[2], 0x3c00);  // 1.0
-  EXPECT_EQ(f16[3], 0xc100);  // -2.5
-  EXPECT_EQ(f16_back[4], 1.0f + 1.0f / 256);    // exact in f16 (10 mantissa bits)
-  EXPECT_EQ(f16_back[5], 1.0f + 3.0f / 512);    // exact too
-  EXPECT_EQ(f16[6], 0x7bff);                    // 65504, the largest half
-  EXPECT_EQ(f16[7], 0x7c00);                    // 65520 ties to even: infinity
-  EXPECT_EQ(f16[8], 0x0002);                    // 1e-7 = 1.68 x 2^-24: subnormal 2
-  EXPECT_EQ(f16[9], 0x0400);                    // 2^-14, the smallest normal
+  EXPECT_EQ(f16[2], 0x3c00);                  // 1.0
+  EXPECT_EQ(f16[3], 0xc100);                  // -2.5
+  EXPECT_EQ(f16_back[4], 1.0f + 1.0f / 256);  // exact in f16 (10 mantissa bits)
+  EXPECT_EQ(f16_back[5], 1.0f + 3.0f / 512);  // exact too
+  EXPECT_EQ(f16[6], 0x7bff);                  // 65504, the largest half
+  EXPECT_EQ(f16[7], 0x7c00);                  // 65520 ties to even: infinity
+  EXPECT_EQ(f16[8], 0x0002);                  // 1e-7 = 1.68 x 2^-24: subnormal 2
+  EXPECT_EQ(f16[9], 0x0400);                  // 2^-14, the smallest normal
   EXPECT_EQ(f16[10], 0x7c00);
 }
 

@@ -30,7 +30,8 @@ void check_round_trip(const Plan& plan, int num_samples, std::uint64_t seed) {
     std::vector<std::int64_t> owned;
     for (int s = 0; s < num_samples; ++s)
       if (owners[static_cast<std::size_t>(s)] == me)
-        for (std::int64_t p = 0; p < lengths[static_cast<std::size_t>(s)]; ++p) owned.push_back(s * kTokenBase + p);
+        for (std::int64_t p = 0; p < lengths[static_cast<std::size_t>(s)]; ++p)
+          owned.push_back(s * kTokenBase + p);
     ASSERT_EQ(static_cast<std::int64_t>(owned.size()), dispatch.owned_rows());
 
     std::vector<std::int64_t> local(static_cast<std::size_t>(dispatch.local_rows()), -1);
@@ -38,7 +39,8 @@ void check_round_trip(const Plan& plan, int num_samples, std::uint64_t seed) {
     const WaveLayout& layout = dispatch.layout();
     ASSERT_EQ(layout.cu_seqlens.size(), layout.pieces.size() + 1);
     for (const LocalPiece& piece : layout.pieces) {
-      EXPECT_EQ(layout.cu_seqlens[static_cast<std::size_t>(&piece - layout.pieces.data()) + 1], piece.offset + piece.rows);
+      EXPECT_EQ(layout.cu_seqlens[static_cast<std::size_t>(&piece - layout.pieces.data()) + 1],
+                piece.offset + piece.rows);
       for (std::int64_t r = piece.offset; r < piece.offset + piece.rows; ++r) {
         const auto i = static_cast<std::size_t>(r);
         EXPECT_EQ(local[i], piece.sample * kTokenBase + layout.positions[i])
@@ -50,7 +52,8 @@ void check_round_trip(const Plan& plan, int num_samples, std::uint64_t seed) {
     }
     // Every token of the wave is held exactly once per TP index.
     std::int64_t held = layout.plan_rank >= 0 ? dispatch.local_rows() : 0, expected = 0;
-    for (const SequencePlan& seq : plan.waves[w].sequences) expected += lengths[static_cast<std::size_t>(seq.sample)];
+    for (const SequencePlan& seq : plan.waves[w].sequences)
+      expected += lengths[static_cast<std::size_t>(seq.sample)];
     EXPECT_EQ(global_count(comm, held), expected * plan.llm.tp);
 
     // Inverse: negated tokens come back to exactly this wave's rows of the owner.
@@ -59,7 +62,8 @@ void check_round_trip(const Plan& plan, int num_samples, std::uint64_t seed) {
     dispatch.inverse(comm, local.data(), back.data(), sizeof(std::int64_t));
     std::size_t row = 0;
     std::vector<bool> in_wave(static_cast<std::size_t>(num_samples), false);
-    for (const SequencePlan& seq : plan.waves[w].sequences) in_wave[static_cast<std::size_t>(seq.sample)] = true;
+    for (const SequencePlan& seq : plan.waves[w].sequences)
+      in_wave[static_cast<std::size_t>(seq.sample)] = true;
     for (int s = 0; s < num_samples; ++s) {
       if (owners[static_cast<std::size_t>(s)] != me) continue;
       for (std::int64_t p = 0; p < lengths[static_cast<std::size_t>(s)]; ++p, ++row) {
@@ -77,7 +81,8 @@ void check_round_trip(const Plan& plan, int num_samples, std::uint64_t seed) {
 TEST(Dispatch, RoundTripOverRandomPlans) {
   const int n = world().size();
   for (std::uint64_t seed = 1; seed <= 6; ++seed) {
-    check_round_trip(testing::random_plan(n, 1, 0, 11, 1 + static_cast<int>(seed % 3), seed), 11, seed + 100);
+    check_round_trip(testing::random_plan(n, 1, 0, 11, 1 + static_cast<int>(seed % 3), seed), 11,
+                     seed + 100);
   }
 }
 
@@ -100,8 +105,10 @@ TEST(Dispatch, ZigzagChunksMatchTheKernelLayout) {
       std::int64_t covered = 0;
       for (int r = 0; r < degree; ++r) {
         const auto rows = kernels::zigzag_local_rows(cu, 1, degree, r);
-        std::vector<std::int32_t> cu_local(2), src(static_cast<std::size_t>(rows) + 1), pos(static_cast<std::size_t>(rows) + 1);
-        ASSERT_EQ(kernels::zigzag_layout(cu, 1, degree, r, cu_local.data(), src.data(), pos.data()), kernels::Status::Ok);
+        std::vector<std::int32_t> cu_local(2), src(static_cast<std::size_t>(rows) + 1),
+            pos(static_cast<std::size_t>(rows) + 1);
+        ASSERT_EQ(kernels::zigzag_layout(cu, 1, degree, r, cu_local.data(), src.data(), pos.data()),
+                  kernels::Status::Ok);
         const ZigzagChunks c = zigzag_chunks(length, degree, r);
         ASSERT_EQ(c.rows(), rows) << "L=" << length << " d=" << degree << " r=" << r;
         std::vector<std::int32_t> mine;

@@ -21,10 +21,12 @@ Plan pattern_plan(int n, int pattern) {
   std::vector<int> sizes;
   for (int s : choices[static_cast<std::size_t>(pattern) % choices.size()])
     if (s > 0) sizes.push_back(s);
-  Plan plan = testing::one_wave_plan(n, sizes, 6, [](int) { return true; }, CpAttention::Ulysses);
+  Plan plan = testing::one_wave_plan(
+      n, sizes, 6, [](int) { return true; }, CpAttention::Ulysses);
   // A second wave with the groups in the opposite order: different keys (ring order differs).
-  Plan second = testing::one_wave_plan(n, std::vector<int>(sizes.rbegin(), sizes.rend()), 6,
-                                       [](int) { return true; }, CpAttention::Ulysses);
+  Plan second = testing::one_wave_plan(
+      n, std::vector<int>(sizes.rbegin(), sizes.rend()), 6, [](int) { return true; },
+      CpAttention::Ulysses);
   plan.waves.push_back(second.waves[0]);
   return plan;
 }
@@ -64,17 +66,20 @@ TEST(GroupPool, NoCreationOnTheStepPathOnceWarm) {
   }
   const GroupPoolStats& s = pool.stats();
   EXPECT_EQ(step_path_creations, 0);
-  EXPECT_EQ(s.creations, creations_after_warmup) << "creations must stop once every pattern was seen";
+  EXPECT_EQ(s.creations, creations_after_warmup)
+      << "creations must stop once every pattern was seen";
   EXPECT_GT(s.creations, 0);
   EXPECT_GT(s.hits, s.misses);
   EXPECT_EQ(s.misses, s.creations);
   EXPECT_LE(s.splits, s.creations);
   EXPECT_EQ(s.destroyed, 0);
   if (comm.rank() == 0) {
-    std::printf("pool over %zu plans: hits %lld misses %lld creations %lld splits %lld destroyed %lld, "
-                "%.2f ms creating\n", stream.size(), static_cast<long long>(s.hits),
-                static_cast<long long>(s.misses), static_cast<long long>(s.creations),
-                static_cast<long long>(s.splits), static_cast<long long>(s.destroyed), s.creation_ms);
+    std::printf(
+        "pool over %zu plans: hits %lld misses %lld creations %lld splits %lld destroyed %lld, "
+        "%.2f ms creating\n",
+        stream.size(), static_cast<long long>(s.hits), static_cast<long long>(s.misses),
+        static_cast<long long>(s.creations), static_cast<long long>(s.splits),
+        static_cast<long long>(s.destroyed), s.creation_ms);
   }
 }
 

@@ -55,9 +55,11 @@ TEST(PlanChecks, CpAttentionRefusesAnotherRanksLayout) {
   const std::vector<int> owners{0};
   const Plan plan = testing::one_wave_plan(comm.size(), {comm.size()}, 1, [](int) { return true; });
   // The layout of the next rank: its ring neighbours are not this rank's.
-  const WaveDispatch dispatch(plan, 0, lengths, owners, (comm.rank() + 1) % comm.size(), comm.size());
+  const WaveDispatch dispatch(plan, 0, lengths, owners, (comm.rank() + 1) % comm.size(),
+                              comm.size());
   const WaveLayout& layout = dispatch.layout();
-  std::vector<double> rows(static_cast<std::size_t>(layout.rows * 8 + 1)), lse(static_cast<std::size_t>(layout.rows + 1));
+  std::vector<double> rows(static_cast<std::size_t>(layout.rows * 8 + 1)),
+      lse(static_cast<std::size_t>(layout.rows + 1));
   CpAttentionContext ctx;
   ctx.dtype = kernels::DType::F64;
   ctx.shape = {1, 1, 8, 0.0, true};
@@ -67,7 +69,8 @@ TEST(PlanChecks, CpAttentionRefusesAnotherRanksLayout) {
     cp_attention_forward(ctx, rows.data(), rows.data(), rows.data(), rows.data(), lse.data());
     ADD_FAILURE() << "a layout of another rank was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("but the layout is world rank"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("but the layout is world rank"), std::string::npos)
+        << e.what();
   }
 }
 

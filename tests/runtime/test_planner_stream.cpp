@@ -71,11 +71,12 @@ TEST(PlannerStream, NoCreationOnTheStepPathOnceWarm) {
   EXPECT_EQ(step_path_creations, 0);
   EXPECT_GE(s.hits, groups_used) << "every group used on the step path is a hit";
   if (comm.rank() == 0) {
-    std::printf("planner stream of %zu plans on %d ranks: %lld groups used, hits %lld misses %lld "
-                "creations %lld in %lld splits (%.2f ms), destroyed %lld\n", plans.size(), n,
-                static_cast<long long>(groups_used), static_cast<long long>(s.hits),
-                static_cast<long long>(s.misses), static_cast<long long>(s.creations),
-                static_cast<long long>(s.splits), s.creation_ms, static_cast<long long>(s.destroyed));
+    std::printf(
+        "planner stream of %zu plans on %d ranks: %lld groups used, hits %lld misses %lld "
+        "creations %lld in %lld splits (%.2f ms), destroyed %lld\n",
+        plans.size(), n, static_cast<long long>(groups_used), static_cast<long long>(s.hits),
+        static_cast<long long>(s.misses), static_cast<long long>(s.creations),
+        static_cast<long long>(s.splits), s.creation_ms, static_cast<long long>(s.destroyed));
   }
 }
 

@@ -21,9 +21,11 @@ constexpr int kSamples = 9;
 // Parameters, flattened in one buffer so that one all_reduce syncs them.
 struct Params {
   std::vector<double> all;
-  double* embed() { return all.data(); }                               // [vocab, hidden]
+  double* embed() { return all.data(); }  // [vocab, hidden]
   double* w(int i) { return all.data() + kVocab * kHidden + i * kHidden * kHidden; }  // q, k, v
-  double* unembed() { return all.data() + kVocab * kHidden + 3 * kHidden * kHidden; }  // [vocab, hidden]
+  double* unembed() {
+    return all.data() + kVocab * kHidden + 3 * kHidden * kHidden;
+  }  // [vocab, hidden]
   static std::size_t size() { return 2 * kVocab * kHidden + 3 * kHidden * kHidden; }
 };
 
@@ -38,7 +40,8 @@ void matmul(const std::vector<double>& x, const double* w, std::vector<double>& 
   y.assign(x.size(), 0.0);
   for (std::size_t r = 0; r < rows; ++r)
     for (int i = 0; i < kHidden; ++i)
-      for (int j = 0; j < kHidden; ++j) y[r * kHidden + j] += x[r * kHidden + i] * w[i * kHidden + j];
+      for (int j = 0; j < kHidden; ++j)
+        y[r * kHidden + j] += x[r * kHidden + i] * w[i * kHidden + j];
 }
 
 StepResult train_step(const Plan& plan, bool with_pool) {
@@ -64,7 +67,8 @@ StepResult train_step(const Plan& plan, bool with_pool) {
     }
   }
   // Loss normalisation: every token is a loss token here; one all_reduce per step.
-  const double global_tokens = static_cast<double>(global_count(comm, static_cast<std::int64_t>(tokens.size())));
+  const double global_tokens =
+      static_cast<double>(global_count(comm, static_cast<std::int64_t>(tokens.size())));
 
   GroupPool pool(comm);
   if (with_pool) pool.prewarm(plan);
@@ -132,7 +136,8 @@ void expect_same(const StepResult& a, const StepResult& b, const char* what) {
   }
   EXPECT_LE(worst, 1e-12) << what;
   EXPECT_GT(largest, 1e-6) << what << ": gradients are all zero, the comparison proves nothing";
-  if (world().rank() == 0) std::printf("%s: loss %.15f, max gradient difference %.3g\n", what, a.loss, worst);
+  if (world().rank() == 0)
+    std::printf("%s: loss %.15f, max gradient difference %.3g\n", what, a.loss, worst);
 }
 
 TEST(TrainingStep, SameLossAndGradientsUnderDifferentPlans) {
@@ -142,8 +147,8 @@ TEST(TrainingStep, SameLossAndGradientsUnderDifferentPlans) {
   // B: three waves of random partitions, mixing Whole and Zigzag.
   Plan mixed = testing::random_plan(n, 1, 0, kSamples, 3, 77);
   // C: Ulysses over the whole world where the heads divide (else it runs as the ring).
-  const Plan ulysses = testing::one_wave_plan(n, {n}, kSamples, [](int i) { return i % 2 == 0; },
-                                              CpAttention::Ulysses);
+  const Plan ulysses = testing::one_wave_plan(
+      n, {n}, kSamples, [](int i) { return i % 2 == 0; }, CpAttention::Ulysses);
   const StepResult a = train_step(ring, false);
   const StepResult b = train_step(mixed, false);
   const StepResult c = train_step(ulysses, true);

@@ -28,12 +28,12 @@ bool have_gpu() {
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 }
 
-#define SKIP_WITHOUT_GPU()                         \
-  do {                                             \
-    if (!have_gpu()) {                             \
-      std::printf("SKIPPED: no CUDA device\n");    \
-      GTEST_SKIP() << "SKIPPED: no CUDA device";   \
-    }                                              \
+#define SKIP_WITHOUT_GPU()                       \
+  do {                                           \
+    if (!have_gpu()) {                           \
+      std::printf("SKIPPED: no CUDA device\n");  \
+      GTEST_SKIP() << "SKIPPED: no CUDA device"; \
+    }                                            \
   } while (0)
 
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
@@ -113,8 +113,8 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
       worst_at = i;
     }
   }
-  EXPECT_LE(worst, tol * ref_max) << what << ": worst at " << worst_at << " got "
-                                  << got[worst_at] << " want " << want[worst_at];
+  EXPECT_LE(worst, tol * ref_max) << what << ": worst at " << worst_at << " got " << got[worst_at]
+                                  << " want " << want[worst_at];
 }
 
 // lse: -inf rows must match exactly, finite rows within tol (absolute, natural log units).
@@ -184,8 +184,13 @@ void run_case(const Case& c, std::uint32_t seed) {
        v = random_tensor(nk, c.dtype, rng), dout = random_tensor(nq, c.dtype, rng);
 
   // CPU reference forward (fp32 on the rounded values).
-  dk::PackedSeqs cpu_seqs{cu_q.data(), cu_k.data(), q_pos.empty() ? nullptr : q_pos.data(),
-                          k_pos.empty() ? nullptr : k_pos.data(), num_seqs, total_q, total_k};
+  dk::PackedSeqs cpu_seqs{cu_q.data(),
+                          cu_k.data(),
+                          q_pos.empty() ? nullptr : q_pos.data(),
+                          k_pos.empty() ? nullptr : k_pos.data(),
+                          num_seqs,
+                          total_q,
+                          total_k};
   dk::AttentionShape shape{hq, hkv, hd, 0.0, c.causal};
   std::vector<float> ref_out(nq), ref_lse(static_cast<std::size_t>(hq) * total_q);
   dk::AttentionForwardArgs cf;
@@ -306,7 +311,14 @@ TEST_F(CudaAttention, ForwardBackwardMatchCpuAcrossShapes) {
     for (int hd : {64, 128})
       for (int gqa : {1, 2, 4, 8})
         for (bool causal : {true, false}) {
-          Case c{dtype, hd, 8, 8 / gqa, causal, kOddLengths, kOddLengths, false,
+          Case c{dtype,
+                 hd,
+                 8,
+                 8 / gqa,
+                 causal,
+                 kOddLengths,
+                 kOddLengths,
+                 false,
                  std::string(dk::to_string(dtype)) + " hd" + std::to_string(hd) + " gqa" +
                      std::to_string(gqa) + (causal ? " causal" : " full")};
           SCOPED_TRACE(c.name);
@@ -374,16 +386,23 @@ TEST_F(CudaAttention, MergeMatchesCpuWithEmptyRows) {
     std::vector<float> part = part16.values;
 
     std::vector<float> ref_acc = acc, ref_lse = lse_acc;
-    dk::MergeArgs cm{dk::DType::F32, dk::Device::CPU, rows, heads, hd, ref_acc.data(),
-                     ref_lse.data(), part.data(), lse_part.data(), nullptr};
+    dk::MergeArgs cm{dk::DType::F32, dk::Device::CPU, rows,        heads,           hd,
+                     ref_acc.data(), ref_lse.data(),  part.data(), lse_part.data(), nullptr};
     KERNEL_OK(dk::merge_attention_partial(cm));
 
     DeviceBuffer<float> d_acc(acc), d_lse(lse_acc), d_lse_part(lse_part), d_part_f(part);
     DeviceBuffer<std::uint16_t> d_part16(part16.bits);
-    dk::MergeArgs gm{dtype, dk::Device::CUDA, rows, heads, hd, d_acc.ptr, d_lse.ptr,
+    dk::MergeArgs gm{dtype,
+                     dk::Device::CUDA,
+                     rows,
+                     heads,
+                     hd,
+                     d_acc.ptr,
+                     d_lse.ptr,
                      dtype == dk::DType::F32 ? static_cast<const void*>(d_part_f.ptr)
                                              : static_cast<const void*>(d_part16.ptr),
-                     d_lse_part.ptr, nullptr};
+                     d_lse_part.ptr,
+                     nullptr};
     KERNEL_OK(dk::merge_attention_partial(gm));
     CUDA_OK(cudaDeviceSynchronize());
     expect_close(d_acc.download(), ref_acc, 1e-5, "merge out");
@@ -405,15 +424,19 @@ TEST_F(CudaAttention, GatherScatterRowsMatchCpu) {
     for (int i = 0; i < n; ++i) rows[i] = perm[i];  // distinct, so scatter is well defined
 
     std::vector<unsigned char> ref_gather(n * row_bytes), ref_scatter(src_rows * row_bytes, 0);
-    KERNEL_OK(dk::gather_rows({dk::Device::CPU, n, row_bytes, rows.data(), src.data(), ref_gather.data()}));
-    KERNEL_OK(dk::scatter_rows({dk::Device::CPU, n, row_bytes, rows.data(), ref_gather.data(), ref_scatter.data()}));
+    KERNEL_OK(dk::gather_rows(
+        {dk::Device::CPU, n, row_bytes, rows.data(), src.data(), ref_gather.data()}));
+    KERNEL_OK(dk::scatter_rows(
+        {dk::Device::CPU, n, row_bytes, rows.data(), ref_gather.data(), ref_scatter.data()}));
 
     DeviceBuffer<unsigned char> d_src(src), d_gather(n * row_bytes),
         d_scatter(std::vector<unsigned char>(src_rows * row_bytes, 0));
     DeviceBuffer<std::int32_t> d_rows(rows);
     d_gather.poison();
-    KERNEL_OK(dk::gather_rows({dk::Device::CUDA, n, row_bytes, d_rows.ptr, d_src.ptr, d_gather.ptr}));
-    KERNEL_OK(dk::scatter_rows({dk::Device::CUDA, n, row_bytes, d_rows.ptr, d_gather.ptr, d_scatter.ptr}));
+    KERNEL_OK(
+        dk::gather_rows({dk::Device::CUDA, n, row_bytes, d_rows.ptr, d_src.ptr, d_gather.ptr}));
+    KERNEL_OK(dk::scatter_rows(
+        {dk::Device::CUDA, n, row_bytes, d_rows.ptr, d_gather.ptr, d_scatter.ptr}));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_EQ(d_gather.download(), ref_gather) << "row_bytes=" << row_bytes;
     EXPECT_EQ(d_scatter.download(), ref_scatter) << "row_bytes=" << row_bytes;
@@ -433,8 +456,8 @@ TEST_F(CudaAttention, UlyssesHeadScatterGatherMatchCpu) {
     std::vector<unsigned char> src(bytes);
     for (auto& b : src) b = static_cast<unsigned char>(rng());
     std::vector<unsigned char> ref_scatter(bytes), ref_back(bytes);
-    dk::HeadScatterArgs a{s.dtype, dk::Device::CPU, s.tokens, s.heads, s.hd, s.degree,
-                          src.data(), ref_scatter.data(), nullptr};
+    dk::HeadScatterArgs a{s.dtype,  dk::Device::CPU, s.tokens,           s.heads, s.hd,
+                          s.degree, src.data(),      ref_scatter.data(), nullptr};
     KERNEL_OK(dk::ulysses_head_scatter(a));
     DeviceBuffer<unsigned char> d_src(src), d_scatter(bytes), d_back(bytes);
     d_scatter.poison();

@@ -20,8 +20,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-#define SKIP_WITHOUT_GPU()                                                         \
-  do {                                                                             \
+#define SKIP_WITHOUT_GPU()                                                              \
+  do {                                                                                  \
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: NCCL tests skipped"; \
   } while (0)
 

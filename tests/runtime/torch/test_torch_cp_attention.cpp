@@ -54,8 +54,9 @@ void check_matches_reference(at::ScalarType dtype, double tolerance, std::uint64
   for (auto l : lengths) cu.push_back(cu.back() + l);
   const std::int64_t total = cu.back();
   auto global = [&](int heads, std::uint64_t s) {
-    return at::tensor(testing::random_values<double>(static_cast<std::size_t>(total * heads * hd), s),
-                      at::kDouble)
+    return at::tensor(
+               testing::random_values<double>(static_cast<std::size_t>(total * heads * hd), s),
+               at::kDouble)
         .reshape({total, heads, hd});
   };
   const at::Tensor q = global(hq, seed + 1).requires_grad_();
