@@ -243,6 +243,30 @@ void convert(DType from, DType to, Device device, std::int64_t count, const void
   check_kernel(kernels::convert_dtype(args), "convert_dtype", L);
 }
 
+// The two KV blocks each ring step alternates between (one in use, one arriving), sized for
+// the largest block of the ring.
+struct KvBlocks {
+  void* k[2] = {nullptr, nullptr};
+  void* v[2] = {nullptr, nullptr};
+  std::size_t bytes = 0;
+};
+
+// Allocates the KV blocks and posts the first exchange (own K/V to the next rank, the
+// previous rank's into block 0), so that it overlaps the local attention.
+CommRequestPtr start_kv_ring(const CpAttentionContext& ctx, const RingSpec& s, const Sizes& sz,
+                             Scratch& scratch, const void* k, const void* v, KvBlocks& blocks) {
+  const int d = s.degree();
+  blocks.bytes = static_cast<std::size_t>(s.max_block_rows() * sz.kv_row) * sz.elem;
+  for (int b = 0; b < 2; ++b) {
+    blocks.k[b] = scratch.bytes(blocks.bytes);
+    blocks.v[b] = scratch.bytes(blocks.bytes);
+  }
+  const std::int64_t own = s.block_rows * sz.kv_row;
+  const std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
+  return ring_exchange(*ctx.world, s, ctx.dtype, {{k, own}, {v, own}},
+                       {{blocks.k[0], incoming}, {blocks.v[0], incoming}}, {kTagK, kTagV});
+}
+
 // Ring forward over `s`: local attention at step 0, then d-1 steps of KV passing and
 // merging. bf16/f16 outputs are merged in an fp32 accumulator, converted at the end.
 void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* q, const void* k,
@@ -263,20 +287,11 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
   // The first exchange goes out before the local attention so that it overlaps it.
   const int d = s.degree();
   const bool ring = s.travels && d > 1;
-  void* kbuf[2] = {nullptr, nullptr};
-  void* vbuf[2] = {nullptr, nullptr};
+  KvBlocks blocks;
   CommRequestPtr pending;
-  if (ring) {
-    const std::int64_t block_elems = s.max_block_rows() * sz.kv_row;
-    for (int b = 0; b < 2; ++b) {
-      kbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
-      vbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
-    }
-    const std::int64_t own = s.block_rows * sz.kv_row;
-    const std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
-    pending = ring_exchange(*ctx.world, s, ctx.dtype, {{k, own}, {v, own}},
-                            {{kbuf[0], incoming}, {vbuf[0], incoming}}, {kTagK, kTagV});
-  }
+  if (ring) pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
+  void* const* kbuf = blocks.k;
+  void* const* vbuf = blocks.v;
 
   args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
   args.q = q;
@@ -359,21 +374,11 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
   args.lse = lse;
   args.dq = dq;
 
-  std::int64_t block_elems = 0;
-  void* kbuf[2] = {nullptr, nullptr};
-  void* vbuf[2] = {nullptr, nullptr};
+  KvBlocks blocks;
   CommRequestPtr kv_pending;
-  if (ring) {
-    block_elems = s.max_block_rows() * sz.kv_row;
-    for (int b = 0; b < 2; ++b) {
-      kbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
-      vbuf[b] = scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem);
-    }
-    const std::int64_t own = s.block_rows * sz.kv_row;
-    const std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
-    kv_pending = ring_exchange(*ctx.world, s, ctx.dtype, {{k, own}, {v, own}},
-                               {{kbuf[0], incoming}, {vbuf[0], incoming}}, {kTagK, kTagV});
-  }
+  if (ring) kv_pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
+  void* const* kbuf = blocks.k;
+  void* const* vbuf = blocks.v;
 
   args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
   args.k = k;
@@ -385,10 +390,8 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
   if (!ring) return;
 
   // dK/dV of the block held at each step; the own block's accumulator is the prefix of dk/dv.
-  void* dkbuf[2] = {scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem),
-                    scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem)};
-  void* dvbuf[2] = {scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem),
-                    scratch.bytes(static_cast<std::size_t>(block_elems) * sz.elem)};
+  void* dkbuf[2] = {scratch.bytes(blocks.bytes), scratch.bytes(blocks.bytes)};
+  void* dvbuf[2] = {scratch.bytes(blocks.bytes), scratch.bytes(blocks.bytes)};
   const std::int64_t own = s.block_rows * sz.kv_row;
   std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
   CommRequestPtr grad_pending =

@@ -12,7 +12,7 @@ namespace dhp {
 namespace {
 
 using testing::h100_cluster;
-using testing::qwen2_vl_7b_by_hand;
+using testing::qwen2_vl_7b;
 
 // Coefficients far from the H100 defaults, to be recovered by the fit.
 CostCoefficients hidden_truth() {
@@ -28,7 +28,7 @@ CostCoefficients hidden_truth() {
 
 // Times a CostModel with the hidden coefficients predicts, with 0.5% seeded noise.
 std::vector<Measurement> synthetic_measurements(const CostCoefficients& truth) {
-  const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1, truth);
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b(), 1, 1, truth);
   std::mt19937 rng(20260521);
   std::normal_distribution<double> noise(0.0, 0.005);
   std::vector<Measurement> out;
@@ -61,7 +61,7 @@ TEST(Calibration, RecoversKnownCoefficients) {
   const CostCoefficients truth = hidden_truth();
   const auto measurements = synthetic_measurements(truth);
   const CalibrationReport report =
-      calibrate(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1, measurements);
+      calibrate(h100_cluster(2), qwen2_vl_7b(), 1, 1, measurements);
   const CostCoefficients& fit = report.coefficients;
   EXPECT_NEAR(fit.gemm_efficiency, truth.gemm_efficiency, 0.03 * truth.gemm_efficiency);
   EXPECT_NEAR(fit.attention_efficiency, truth.attention_efficiency,
@@ -81,13 +81,13 @@ TEST(Calibration, RecoversKnownCoefficients) {
 TEST(Calibration, OnlyP2pMeasurementsLeaveComputeAtDefaults) {
   std::vector<Measurement> ms;
   const CostCoefficients truth = hidden_truth();
-  const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1, truth);
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b(), 1, 1, truth);
   for (double bytes : {1e6, 1e7, 1e8})
     ms.push_back({.kind = "p2p",
                   .crosses_nodes = true,
                   .bytes = bytes,
                   .measured_ms = cost.p2p_ms(bytes, true)});
-  const CalibrationReport report = calibrate(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1, ms);
+  const CalibrationReport report = calibrate(h100_cluster(2), qwen2_vl_7b(), 1, 1, ms);
   EXPECT_NEAR(report.coefficients.comm_efficiency, truth.comm_efficiency, 1e-6);
   EXPECT_DOUBLE_EQ(report.coefficients.gemm_efficiency,
                    defaults_for(h100_cluster(2)).gemm_efficiency);
@@ -122,7 +122,7 @@ TEST(Calibration, BadProfilesAreErrors) {
   EXPECT_THROW(
       measurements_from_json(R"({"measurements": [{"kind": "llm_sequence", "measured_ms": 1}]})"),
       Error);
-  EXPECT_THROW(calibrate(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1, {}), Error);
+  EXPECT_THROW(calibrate(h100_cluster(1), qwen2_vl_7b(), 1, 1, {}), Error);
 }
 
 TEST(Calibration, ShippedExampleProfileFits) {

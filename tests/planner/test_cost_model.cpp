@@ -9,7 +9,7 @@ namespace dhp {
 namespace {
 
 using testing::h100_cluster;
-using testing::qwen2_vl_7b_by_hand;
+using testing::qwen2_vl_7b;
 using testing::tiny_model;
 
 TEST(CostModel, FlopsOfTinyModelByHand) {
@@ -23,7 +23,7 @@ TEST(CostModel, FlopsOfTinyModelByHand) {
 }
 
 TEST(CostModel, EfficiencyRisesWithPieceSize) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const auto& c = cost.coefficients();
   EXPECT_NEAR(cost.gemm_efficiency(c.half_efficiency_tokens), c.gemm_efficiency / 2, 1e-12);
   double previous = 0;
@@ -36,7 +36,7 @@ TEST(CostModel, EfficiencyRisesWithPieceSize) {
 }
 
 TEST(CostModel, LongSequencesGetFasterWithRingDegree) {
-  const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b(), 1, 1);
   const std::int64_t tokens = 64 * 1024;
   double previous = cost.llm_sequence_ms(tokens, {1, false});
   for (int d = 2; d <= 16; ++d) {
@@ -47,13 +47,13 @@ TEST(CostModel, LongSequencesGetFasterWithRingDegree) {
 }
 
 TEST(CostModel, ShortSequencesAreSlowerSplit) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const double whole = cost.llm_sequence_ms(32, {1, false});
   for (int d : {2, 3, 4, 8}) EXPECT_GT(cost.llm_sequence_ms(32, {d, false}), whole) << d;
 }
 
 TEST(CostModel, CrossingNodesIsSlower) {
-  const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b(), 1, 1);
   EXPECT_GT(cost.p2p_ms(1e6, true), cost.p2p_ms(1e6, false));
   EXPECT_GT(cost.allreduce_ms(1e8, 16, true), cost.allreduce_ms(1e8, 16, false));
   EXPECT_GT(cost.llm_sequence_ms(8192, {4, true}), cost.llm_sequence_ms(8192, {4, false}));
@@ -62,7 +62,7 @@ TEST(CostModel, CrossingNodesIsSlower) {
 }
 
 TEST(CostModel, WholeSequenceTimeMatchesHandFormula) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const auto& c = cost.coefficients();
   const double n = 4096;
   const double flops_per_ms = 989e9;
@@ -78,7 +78,7 @@ TEST(CostModel, WholeSequenceTimeMatchesHandFormula) {
 // A rank runs all its local tokens packed through each linear layer once: one efficiency
 // for the pack, one launch per layer and pass; attention stays per sequence.
 TEST(CostModel, PackedRankMatchesHandFormula) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const auto& c = cost.coefficients();
   const double flops_per_ms = 989e9;
   const std::int64_t a = 1000, b = 3000;
@@ -96,7 +96,7 @@ TEST(CostModel, PackedRankMatchesHandFormula) {
 }
 
 TEST(CostModel, PackingPaysTheFixedPartOnce) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 2, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 2, 1);
   const std::int64_t whole[] = {300, 2000, 9000};
   double separate = 0;
   for (std::int64_t t : whole) separate += cost.llm_sequence_ms(t, {1, false});
@@ -109,7 +109,7 @@ TEST(CostModel, PackingPaysTheFixedPartOnce) {
 }
 
 TEST(CostModel, SinglePieceRankIsTheSequenceTime) {
-  const CostModel cost(h100_cluster(2), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b(), 1, 1);
   for (std::int64_t tokens : {100, 5000, 70000}) {
     const std::int64_t one[] = {tokens};
     EXPECT_DOUBLE_EQ(cost.llm_rank_ms({}, {1, false}, one),
@@ -122,7 +122,7 @@ TEST(CostModel, SinglePieceRankIsTheSequenceTime) {
 TEST(CostModel, RingMemberWithWholePiecesPacksThemToo) {
   // A ring member that also holds a short sequence whole: the short one rides in the same
   // linear-layer pack (no second launch), so it costs less than alone.
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const std::int64_t split[] = {60000};
   const std::int64_t whole[] = {500};
   const RingSpan ring{4, false};
@@ -132,7 +132,7 @@ TEST(CostModel, RingMemberWithWholePiecesPacksThemToo) {
 }
 
 TEST(CostModel, MemoryByHand) {
-  ModelSpec model = qwen2_vl_7b_by_hand();
+  ModelSpec model = qwen2_vl_7b();
   const CostModel cost(h100_cluster(1), model, 2, 1);
   const double params = model.llm.parameters();
   // ZeRO-1 over 8 replicas, TP 2: params/2 * (2 + 4 + 12/8).
@@ -154,7 +154,7 @@ TEST(CostModel, MemoryByHand) {
 }
 
 TEST(CostModel, GradSyncShrinksWithOverlapAndGrowsAcrossNodes) {
-  const CostModel cost(h100_cluster(8), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(8), qwen2_vl_7b(), 1, 1);
   EXPECT_EQ(cost.grad_sync_ms(1, 1), 0.0);
   EXPECT_GT(cost.grad_sync_ms(64, 64), cost.grad_sync_ms(8, 8));
   EXPECT_NEAR(cost.grad_sync_ms(8, 0),
@@ -162,7 +162,7 @@ TEST(CostModel, GradSyncShrinksWithOverlapAndGrowsAcrossNodes) {
 }
 
 TEST(CostModel, EncoderItemGrowsQuadraticallyForLongVideos) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const double small = cost.encoder_item_ms({4096, 1024, 1});
   const double large = cost.encoder_item_ms({65536, 16384, 16});
   EXPECT_GT(large, 16 * small);  // superlinear: attention within the item

@@ -12,7 +12,7 @@ namespace dhp {
 namespace {
 
 using testing::h100_cluster;
-using testing::qwen2_vl_7b_by_hand;
+using testing::qwen2_vl_7b;
 
 // Tags must nest: every <x ...> closed by </x>, self-closing <x .../> allowed.
 bool tags_balanced(const std::string& svg, std::string* why) {
@@ -83,7 +83,7 @@ Scenario scenario(int llm_ranks) {
 }
 
 TEST(PlanSvg, IsWellFormedAndShowsEveryEvent) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const Scenario s = scenario(5);
   const SimulationResult result = Simulator(cost).run(s.plan, s.batch, true);
   ASSERT_FALSE(result.timeline.empty());
@@ -101,7 +101,7 @@ TEST(PlanSvg, IsWellFormedAndShowsEveryEvent) {
 }
 
 TEST(PlanSvg, CapsRowsForLargeClusters) {
-  const CostModel cost(h100_cluster(32), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(32), qwen2_vl_7b(), 1, 1);
   Scenario s = scenario(200);
   for (int r = 5; r < 200; ++r) s.plan.waves[0].groups.push_back({.ranks = {r}});
   for (int i = 0; i < 195; ++i) {

@@ -13,12 +13,12 @@ namespace dhp {
 namespace {
 
 using testing::h100_cluster;
-using testing::qwen2_vl_7b_by_hand;
+using testing::qwen2_vl_7b;
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 ModelSpec text_model() {
-  ModelSpec m = qwen2_vl_7b_by_hand();
+  ModelSpec m = qwen2_vl_7b();
   m.encoder.reset();
   return m;
 }
@@ -183,7 +183,7 @@ VisualSetup visual_setup(EncoderPlacement placement) {
 }
 
 TEST(Simulator, DisjointEncoderOverlapsTheLlm) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const VisualSetup s = visual_setup(EncoderPlacement::Disjoint);
   const SimulationResult r = Simulator(cost).run(s.plan, s.batch, true);
   expect_sane(r);
@@ -203,7 +203,7 @@ TEST(Simulator, DisjointEncoderOverlapsTheLlm) {
 }
 
 TEST(Simulator, ColocatedEncoderRunsBeforeItsWaveOnTheSameDevices) {
-  const CostModel cost(h100_cluster(1), qwen2_vl_7b_by_hand(), 1, 1);
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
   const VisualSetup s = visual_setup(EncoderPlacement::Colocated);
   const SimulationResult r = Simulator(cost).run(s.plan, s.batch, true);
   expect_sane(r);
