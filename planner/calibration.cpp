@@ -30,6 +30,7 @@ detail::CostTerms terms_of(const CostModel& cost, const Measurement& m) {
     VisualItem item;
     item.patches = m.patches;
     item.llm_tokens = m.tokens;
+    item.frames = m.frames;
     return detail::encoder_item_terms(cost, item);
   }
   if (m.kind == "p2p") return detail::p2p_terms(cost, m.bytes, m.crosses_nodes);
@@ -169,7 +170,9 @@ std::vector<Measurement> measurements_from_json(const std::string& text) {
       } else if (m.kind == "encoder_item") {
         m.patches = j.at("patches").get<std::int64_t>();
         m.tokens = j.value("llm_tokens", std::int64_t{0});
-        DHP_CHECK(m.patches >= 1, InvalidInput, "patches={} must be >= 1", m.patches);
+        m.frames = j.value("frames", 1);
+        DHP_CHECK(m.patches >= 1 && m.frames >= 1, InvalidInput,
+                  "patches={} and frames={} must be >= 1", m.patches, m.frames);
       } else if (m.kind == "p2p") {
         m.bytes = j.at("bytes").get<double>();
         m.crosses_nodes = j.value("crosses_nodes", false);

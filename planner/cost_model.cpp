@@ -198,13 +198,17 @@ CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> sp
   if (ring.degree == 1 || split_tokens.empty()) return t;
 
   // Ring: every layer and pass runs d steps over the KV blocks of all split sequences at once
-  // (equal attention work per step under zigzag); d - 1 of them wait for a block from the
-  // predecessor, hidden under the step's attention up to overlap_efficiency. Backward moves
-  // KV and dK/dV: twice the bytes, twice the compute.
+  // (equal attention work per step under zigzag). The block for step s + 1 leaves the
+  // predecessor as step s starts, so each of the d - 1 steps that wait for one takes
+  // max(compute + overhead + interference, transfer): the transfer slows the step it streams
+  // under by (1 - overlap_efficiency) of the overlapped time, and once it is longer than the
+  // step it sets the pace alone. Backward moves KV and dK/dV: twice the bytes, twice the compute.
   const double step_attention_work = split_attention_fwd / a.layers / d;
   const double step_attention_ms =
       step_attention_work / (cost.cluster().peak_tflops * 1e9 * coef.attention_efficiency);
   const double block_bytes = cost.kv_block_bytes(split_local);
+  const double overhead_ms = coef.ring_step_overhead_us / 1e3;
+  const double interference = 1.0 - coef.overlap_efficiency;
   struct Pass {
     double compute_scale, bytes_scale;
   };
@@ -217,12 +221,18 @@ CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> sp
     step.ring_steps = d;
     const CostTerms comm = p2p_terms(cost, block_bytes * pass.bytes_scale, ring.crosses_nodes);
     const double comm_ms = evaluate_ms(comm, coef, cost.cluster().peak_tflops);
-    const double hidden_ms = coef.overlap_efficiency * pass.compute_scale * step_attention_ms;
-    if (comm_ms > hidden_ms) {
-      CostTerms exposed = comm;
-      exposed.attention_work = -coef.overlap_efficiency * pass.compute_scale * step_attention_work;
-      step += exposed.scaled(d - 1);
+    const double compute_ms = pass.compute_scale * step_attention_ms;
+    CostTerms exposed;  // per waiting step, beyond its compute and overhead
+    if (comm_ms - compute_ms - overhead_ms > interference * std::min(comm_ms, compute_ms)) {
+      exposed = comm;  // the transfer sets the pace
+      exposed.attention_work = -pass.compute_scale * step_attention_work;
+      exposed.ring_steps = -1;
+    } else if (comm_ms <= compute_ms) {
+      exposed = comm.scaled(interference);
+    } else {
+      exposed.attention_work = interference * pass.compute_scale * step_attention_work;
     }
+    step += exposed.scaled(d - 1);
     t += step.scaled(a.layers);
   }
   return t;
@@ -236,6 +246,19 @@ CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpa
   const std::int64_t one[] = {tokens};
   if (ring.degree == 1) return llm_rank_terms(cost, {}, ring, one);
   return llm_rank_terms(cost, one, ring, {});
+}
+
+double encoder_attention_pairs(const EncoderSpec& enc, const VisualItem& item) {
+  const double frames = std::max(1, item.frames);
+  const double slices =
+      enc.temporal_patch_size > 0 ? std::ceil(frames / enc.temporal_patch_size) : 1.0;
+  const double per_slice = static_cast<double>(item.patches) / slices;
+  const double tiles =
+      enc.attention_tile_patches > 0
+          ? std::ceil(per_slice / static_cast<double>(enc.attention_tile_patches))
+          : 1.0;
+  const double span = per_slice / tiles;
+  return slices * tiles * span * span;
 }
 
 CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
@@ -260,9 +283,10 @@ CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
       a.layers * (qkv_flops_per_token(a) + post_flops_per_token(a)) * patches +
       2.0 * enc.projector_parameters * static_cast<double>(item.llm_tokens);
   t.gemm_work = passes * linear_fwd / tp * factor;
-  // Full (non-causal) attention over every patch of the item: Qwen2-VL's ViT attends
-  // across the whole image, and across all frames of a video clip.
-  const double attention_fwd = a.layers * 2.0 * 2.0 * a.hidden * patches * patches;
+  // Full (non-causal) attention within each span the ViT attends over (a temporal slice of
+  // a video, a tile of an image; EncoderSpec), every span an equal share of the patches.
+  const double attention_fwd =
+      a.layers * 2.0 * 2.0 * a.hidden * encoder_attention_pairs(enc, item);
   t.attention_work = passes * attention_fwd / tp * factor;
   t.layer_passes = a.layers * launches;
   t += tp_comm_terms(cost.cluster(), cost.encoder_tp(), patches, a.hidden,

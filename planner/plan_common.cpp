@@ -364,6 +364,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> rank_ms(R);
   std::vector<double> rank_bytes(R);
   std::vector<int> rank_group(R);
+  std::vector<double> rank_ready(R, 0.0);    // LLM-only plans: when each rank is free
+  std::vector<double> rank_last_ms(R, 0.0);  // its last group's time (hides the grad sync)
   std::vector<double> enc_load(E);
   std::vector<double> enc_bytes(E);
   std::vector<std::int64_t> enc_sent(E);
@@ -436,6 +438,20 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     double wave_ms = 0;
     for (int r = 0; r < R; ++r) wave_ms = std::max(wave_ms, rank_ms[r]);
     plan.estimate.wave_ms.push_back(wave_ms + cost.wave_overhead_ms());
+    // No barrier between waves: a group starts once all its members are free, and its ring
+    // steps keep the members together until the slowest is done.
+    for (const GroupPlan& gp : wave.groups) {
+      double start = 0, longest = 0;
+      for (int r : gp.ranks) {
+        start = std::max(start, rank_ready[r]);
+        longest = std::max(longest, rank_ms[r]);
+      }
+      if (longest <= 0) continue;
+      for (int r : gp.ranks) {
+        rank_ready[r] = start + longest + cost.wave_overhead_ms();
+        rank_last_ms[r] = longest;
+      }
+    }
 
     // Encoder work of the wave: longest item first onto the least-loaded encoder rank; on a
     // tie prefer a rank on the devices of the consuming group (no boundary traffic); never
@@ -552,18 +568,41 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   PlanEstimate& est = plan.estimate;
   est.llm_ms = std::accumulate(est.wave_ms.begin(), est.wave_ms.end(), 0.0);
   est.encoder_ms = std::accumulate(enc_wave_ms.begin(), enc_wave_ms.end(), 0.0);
-  est.grad_sync_ms = cost.grad_sync_ms(R, E);
+  const double overlap = cost.coefficients().grad_sync_overlap;
+  const double llm_sync = cost.llm_grad_sync_full_ms(R);
+  const double backward_share = (cost.compute_passes() - 1) / cost.compute_passes();
   double step = 0;
-  if (colocated) {
-    // Encoder forward, boundary, LLM, in turn on the same devices for every wave.
-    for (std::size_t w = 0; w < waves.size(); ++w)
-      step += enc_wave_ms[w] + boundary_wave_ms[w] + est.wave_ms[w];
-  } else if (!waves.empty()) {
-    // The encoder runs one wave ahead of the LLM on its own devices.
-    step = enc_wave_ms[0];
-    for (std::size_t w = 0; w < waves.size(); ++w) {
-      const double next_encoder = w + 1 < waves.size() ? enc_wave_ms[w + 1] : 0.0;
-      step += std::max(est.wave_ms[w] + boundary_wave_ms[w], next_encoder);
+  bool has_visuals = false;
+  for (const Sample& s : batch.samples) has_visuals = has_visuals || !s.visuals.empty();
+  if (E == 0 || !has_visuals) {
+    // LLM only: ranks run their waves back to back and meet only in the gradient sync, whose
+    // buckets leave under each rank's last backward as far as it lasts.
+    double sync_end = 0;
+    for (int r = 0; r < R; ++r) {
+      if (rank_ready[r] <= 0) continue;
+      step = std::max(step, rank_ready[r]);
+      const double hidden = std::min(overlap * llm_sync, rank_last_ms[r] * backward_share);
+      sync_end = std::max(sync_end, rank_ready[r] + llm_sync - hidden);
+    }
+    est.grad_sync_ms = std::max(0.0, sync_end - step) +
+                       cost.encoder_grad_sync_full_ms(E) * (1.0 - overlap);
+    est.llm_ms = step;
+  } else {
+    // The encoder's items go to any LLM rank, so each wave's encoder phase meets all ranks.
+    const double last_backward = est.wave_ms.empty() ? 0.0 : est.wave_ms.back() * backward_share;
+    est.grad_sync_ms = llm_sync - std::min(overlap * llm_sync, last_backward) +
+                       cost.encoder_grad_sync_full_ms(E) * (1.0 - overlap);
+    if (colocated) {
+      // Encoder forward, boundary, LLM, in turn on the same devices for every wave.
+      for (std::size_t w = 0; w < waves.size(); ++w)
+        step += enc_wave_ms[w] + boundary_wave_ms[w] + est.wave_ms[w];
+    } else {
+      // The encoder runs one wave ahead of the LLM on its own devices.
+      step = enc_wave_ms[0];
+      for (std::size_t w = 0; w < waves.size(); ++w) {
+        const double next_encoder = w + 1 < waves.size() ? enc_wave_ms[w + 1] : 0.0;
+        step += std::max(est.wave_ms[w] + boundary_wave_ms[w], next_encoder);
+      }
     }
   }
   est.step_ms = step + est.grad_sync_ms;

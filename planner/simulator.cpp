@@ -63,10 +63,15 @@ struct RankWork {
 
 // One LLM rank's per-layer forward times (ms, one TP rank), ring excluded.
 struct LayerTimes {
-  double qkv = 0;        // q/k/v projection + half of the TP collectives
+  double qkv = 0;        // q/k/v projection
   double attention = 0;  // sequences held whole
-  double post = 0;       // output projection + MLP + the other half + launch overhead
+  double post = 0;       // output projection + MLP
   double output = 0;     // vocabulary projection, once per pass
+  // Per layer and pass whatever the pass's compute: the TP collectives (half before the
+  // attention, half after) and the launch overhead. The backward's extra all-gathers hide
+  // under its weight-gradient GEMMs, so it exposes as many collectives as the forward.
+  double tp_comm = 0;
+  double overhead = 0;
 };
 
 class Run {
@@ -236,9 +241,10 @@ class Run {
     const double n = work.local_tokens;
     if (n <= 0) return t;
     const double tp_comm = cost_.llm_tp_comm_ms(n);
-    t.qkv = cost_.gemm_ms(cost_.llm_layer_qkv_flops(n) / tp, n) + tp_comm / 2;
-    t.post = cost_.gemm_ms(cost_.llm_layer_post_flops(n) / tp, n) + tp_comm / 2 +
-             cost_.layer_overhead_ms();
+    t.qkv = cost_.gemm_ms(cost_.llm_layer_qkv_flops(n) / tp, n);
+    t.post = cost_.gemm_ms(cost_.llm_layer_post_flops(n) / tp, n);
+    t.tp_comm = tp_comm;
+    t.overhead = cost_.layer_overhead_ms();
     for (std::int64_t len : work.whole) {
       const double l = static_cast<double>(len);
       t.attention += cost_.attention_ms(cost_.llm_attention_pair_flops(l * (l + 1) / 2) / tp, l);
@@ -508,7 +514,10 @@ class Run {
 
     // One layer of one pass: compute scaled by `scale`, ring bytes by `bytes_scale`.
     void layer(double scale, double bytes_scale) {
-      for (int m = 0; m < d_; ++m) compute(m, times_[rank_index(m)].qkv * scale);
+      for (int m = 0; m < d_; ++m) {
+        const LayerTimes& t = times_[rank_index(m)];
+        compute(m, t.qkv * scale + t.tp_comm / 2);
+      }
       if (ring_) {
         if (ulysses_)
           ulysses(scale, bytes_scale);
@@ -517,7 +526,7 @@ class Run {
       }
       for (int m = 0; m < d_; ++m) {
         const LayerTimes& t = times_[rank_index(m)];
-        compute(m, t.attention * scale + t.post * scale);
+        compute(m, (t.attention + t.post) * scale + t.tp_comm / 2 + t.overhead);
       }
     }
 
@@ -640,18 +649,20 @@ class Run {
     const int world = cost_.cluster().world_size();
     const auto& coef = cost_.coefficients();
     const bool colocated = plan_.placement == EncoderPlacement::Colocated;
-    // Gradient buckets are reduced while the last wave's backward still runs; what is not
-    // hidden (or cannot be, for lack of backward to hide under) follows the slowest rank.
+    // Gradient buckets are reduced while the last backward still runs: a bucket leaves once
+    // every rank has produced it, so each rank lets the sync end no earlier than its own end
+    // plus what its last backward could not hide; the latest of those ends the sync.
     const double llm_sync = cost_.llm_grad_sync_full_ms(plan_.llm.ranks);
-    double llm_done = 0, shortest_backward = 1e300;
+    double llm_done = 0, llm_sync_done = 0;
     for (int r = 0; r < plan_.llm.ranks; ++r) {
-      llm_done = std::max(llm_done, llm_end_[static_cast<size_t>(r)]);
-      if (llm_end_[static_cast<size_t>(r)] > 0)
-        shortest_backward = std::min(shortest_backward, last_backward_ms_[static_cast<size_t>(r)]);
+      const double end = llm_end_[static_cast<size_t>(r)];
+      if (end <= 0) continue;
+      llm_done = std::max(llm_done, end);
+      const double hidden =
+          std::min(coef.grad_sync_overlap * llm_sync, last_backward_ms_[static_cast<size_t>(r)]);
+      llm_sync_done = std::max(llm_sync_done, end + llm_sync - hidden);
     }
-    if (shortest_backward > 1e299) shortest_backward = 0;
-    const double llm_exposed =
-        llm_sync - std::min(coef.grad_sync_overlap * llm_sync, shortest_backward);
+    const double llm_exposed = std::max(0.0, llm_sync_done - llm_done);
     const double enc_sync = cost_.encoder_grad_sync_full_ms(plan_.encoder.ranks);
     const double enc_exposed = enc_sync * (1.0 - coef.grad_sync_overlap);
     double enc_done = 0;

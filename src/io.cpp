@@ -97,6 +97,9 @@ const json* find(const json& obj, const char* key) {
   return it == obj.end() ? nullptr : &*it;
 }
 
+// Upper bound of token / patch counts in the readers: catches garbage, allows any real batch.
+constexpr std::int64_t kMaxCount = std::int64_t{1} << 40;
+
 std::int64_t as_int(const json& value, const std::string& path, std::int64_t min,
                     std::int64_t max = std::numeric_limits<int>::max()) {
   std::int64_t result = 0;
@@ -321,7 +324,8 @@ ModelSpec model_from(const json& obj, const std::string& path) {
       expect_object(*enc, p);
       expect_keys(*enc, p,
                   {"layers", "hidden", "heads", "kv_heads", "ffn_hidden", "gated_mlp", "patch_size",
-                   "tokens_per_llm_token", "projector_parameters"});
+                   "tokens_per_llm_token", "projector_parameters", "temporal_patch_size",
+                   "attention_tile_patches"});
       const bool new_encoder = !m.encoder.has_value();
       EncoderSpec e = m.encoder.value_or(EncoderSpec{});
       if (new_encoder) e.arch.gated_mlp = false;  // ViTs use a plain GELU MLP
@@ -329,6 +333,10 @@ ModelSpec model_from(const json& obj, const std::string& path) {
       read_int(*enc, p, "patch_size", e.patch_size, 1);
       read_int(*enc, p, "tokens_per_llm_token", e.tokens_per_llm_token, 1);
       read_non_negative(*enc, p, "projector_parameters", e.projector_parameters);
+      read_int(*enc, p, "temporal_patch_size", e.temporal_patch_size, 0);
+      if (const json* tile = find(*enc, "attention_tile_patches"))
+        e.attention_tile_patches =
+            as_int(*tile, field_path(p, "attention_tile_patches"), 0, kMaxCount);
       m.encoder = e;
     }
   }
@@ -360,7 +368,6 @@ ModelSpec model_from(const json& obj, const std::string& path) {
 
 // Per-field bound (2^40 tokens): far beyond any real sample, and low enough that sums over
 // a batch cannot overflow.
-constexpr std::int64_t kMaxCount = std::int64_t{1} << 40;
 
 Sample sample_from(const json& obj, const std::string& path, std::size_t index) {
   expect_object(obj, path);
@@ -610,6 +617,8 @@ std::string to_json(const ModelSpec& m, int indent) {
     enc["patch_size"] = m.encoder->patch_size;
     enc["tokens_per_llm_token"] = m.encoder->tokens_per_llm_token;
     enc["projector_parameters"] = m.encoder->projector_parameters;
+    enc["temporal_patch_size"] = m.encoder->temporal_patch_size;
+    enc["attention_tile_patches"] = m.encoder->attention_tile_patches;
     j["encoder"] = std::move(enc);
   } else {
     j["encoder"] = nullptr;

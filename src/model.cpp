@@ -87,6 +87,8 @@ ModelSpec internvl2_8b() {
             .vocab = 0};
   e.patch_size = 14;
   e.tokens_per_llm_token = 4;  // pixel shuffle 0.5: 2x2 patches -> one token
+  e.temporal_patch_size = 1;   // every video frame is its own image
+  e.attention_tile_patches = 1024;  // (448 / 14)^2 patches per tile
   // mlp1: LayerNorm(4096) + Linear(4096, 4096) + GELU + Linear(4096, 4096).
   e.projector_parameters = 2.0 * 4096 + 2.0 * (4096.0 * 4096 + 4096);
   m.encoder = e;
@@ -173,6 +175,10 @@ void validate(const ModelSpec& model) {
     DHP_CHECK(e.tokens_per_llm_token >= 1, InvalidInput,
               "model '{}': encoder.tokens_per_llm_token={} must be >= 1", model.name,
               e.tokens_per_llm_token);
+    DHP_CHECK(e.temporal_patch_size >= 0 && e.attention_tile_patches >= 0, InvalidInput,
+              "model '{}': encoder.temporal_patch_size={} and attention_tile_patches={} must be "
+              ">= 0",
+              model.name, e.temporal_patch_size, e.attention_tile_patches);
     DHP_CHECK(e.projector_parameters >= 0, InvalidInput,
               "model '{}': encoder.projector_parameters={} must be >= 0", model.name,
               e.projector_parameters);

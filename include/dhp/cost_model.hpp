@@ -134,6 +134,7 @@ struct Measurement {
   int degree = 1;
   bool crosses_nodes = false;
   std::int64_t patches = 0;  // encoder_item
+  int frames = 1;            // encoder_item: video frames of the item (1 for an image)
   double bytes = 0;          // p2p
   double measured_ms = 0;
 };

@@ -29,6 +29,11 @@ struct EncoderSpec {
   int patch_size = 14;
   int tokens_per_llm_token = 4;  // patches merged into one LLM token (Qwen2-VL: 2x2 = 4)
   double projector_parameters = 0;
+  // What the ViT's attention spans. Qwen2-VL packs 2 frames into one 3-D patch and attends
+  // within each such temporal slice of a video (cu_seqlens per slice), across a whole image;
+  // InternViT encodes 448 px tiles (1024 patches) one by one.
+  int temporal_patch_size = 2;              // frames per attention span; 0: all frames at once
+  std::int64_t attention_tile_patches = 0;  // 0: a frame/image attends across all its patches
 };
 
 enum class Recompute { None, Selective, Full };
