@@ -1,5 +1,5 @@
-// Plain-SVG picture of a simulated plan: one row per rank (its first device), simulated time
-// along x. LLM work in the colour of its group (distinct hues within a wave), encoder work
+// Plain-SVG picture of a simulated plan: one row per device, simulated time along x; a
+// rank's events (recorded on its first device) are drawn on all of its TP devices. LLM work in the colour of its group (distinct hues within a wave), encoder work
 // grey and hatched, ring communication as a thin dark bar under the work, waits white on the
 // light-grey idle background, gradient sync at the end.
 #include "dhp/plan_svg.hpp"
@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace dhp {
 namespace {
@@ -84,12 +85,40 @@ double tick_step(double span, int target) {
   return 10 * power;
 }
 
+// The devices an event occupies. The simulator records a rank's events on the rank's first
+// device only, but a TP group works (and waits) together. Encoder work and encoder waits
+// (no LLM group) belong to the encoder layout; gradient sync may be either module's, so it
+// spans both where the device starts a rank of each (colocated placement).
+std::vector<int> devices_of(const Plan& plan, const TimelineEvent& e) {
+  std::vector<int> devices;
+  auto add_rank_devices = [&](const ModuleLayout& module) {
+    const int offset = e.device - module.first_device;
+    if (module.tp < 1 || offset < 0 || offset >= module.num_devices() || offset % module.tp != 0)
+      return;
+    for (int t = 0; t < module.tp; ++t) devices.push_back(module.device_of(offset / module.tp, t));
+  };
+  const bool encoder = e.kind == EventKind::Encoder || (e.kind == EventKind::Wait && e.group < 0);
+  if (!encoder || e.kind == EventKind::GradSync) add_rank_devices(plan.llm);
+  if (encoder || e.kind == EventKind::GradSync) add_rank_devices(plan.encoder);
+  std::sort(devices.begin(), devices.end());
+  devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
+  if (devices.empty()) devices.push_back(e.device);  // not a rank's first device: as recorded
+  return devices;
+}
+
 }  // namespace
 
 std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationResult& result) {
-  // Rows: every device that has an event, ascending (LLM ranks and encoder ranks).
+  // Every event once per device it occupies; rows: every such device, ascending.
+  std::vector<TimelineEvent> events;
+  for (const TimelineEvent& e : result.timeline) {
+    for (int device : devices_of(plan, e)) {
+      events.push_back(e);
+      events.back().device = device;
+    }
+  }
   std::set<int> devices;
-  for (const TimelineEvent& e : result.timeline) devices.insert(e.device);
+  for (const TimelineEvent& e : events) devices.insert(e.device);
   const int total_rows = static_cast<int>(devices.size());
   std::map<int, int> row_of;
   for (int d : devices) {
@@ -164,7 +193,7 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
         to_string(e.kind), e.start_ms, e.end_ms);
   };
   for (int pass = 0; pass < 3; ++pass) {
-    for (const TimelineEvent& e : result.timeline) {
+    for (const TimelineEvent& e : events) {
       const auto it = row_of.find(e.device);
       if (it == row_of.end()) continue;
       const double y = kTop + it->second * row_h + 0.5;
@@ -195,7 +224,7 @@ std::string plan_to_svg(const Plan& plan, const Batch& batch, const SimulationRe
 
   // Wave boundaries: waves are not globally synchronised (a rank starts its next wave as
   // soon as its devices and inputs are ready), so each row marks where its wave starts.
-  for (const TimelineEvent& e : result.timeline) {
+  for (const TimelineEvent& e : events) {
     if (e.kind != EventKind::Compute || e.wave < 0) continue;
     const auto it = row_of.find(e.device);
     if (it == row_of.end()) continue;

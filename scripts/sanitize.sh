@@ -29,7 +29,14 @@ echo "== ASan + UBSan: every test ($asan_dir)"
 cmake -S . -B "$asan_dir" "${common[@]}" -DDHP_SANITIZE="address;undefined" \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g -DNDEBUG" >/dev/null
 cmake --build "$asan_dir" -j"$jobs"
-ctest --test-dir "$asan_dir" --output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600
+ctest --test-dir "$asan_dir" --output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600 -LE mpi
+check_log "$asan_dir"
+# MPI tests without LeakSanitizer: OpenMPI's plugins (mca_*.so) are dlopen'ed and unloaded
+# again at MPI_Finalize, so the leaks they keep are reported with "<unknown module>" frames
+# that no lsan.supp entry can name. ASan's other checks and UBSan stay on for them, and
+# every non-MPI test above keeps leak detection.
+ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
+  ctest --test-dir "$asan_dir" --output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600 -L mpi
 check_log "$asan_dir"
 
 # Only the asynchronous planner runs threads (the runtime's tests are single-threaded ranks).

@@ -1,6 +1,7 @@
 #include "dhp/env.hpp"
 
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <filesystem>
 
@@ -54,6 +55,13 @@ int group_pool_size() {
   const auto n = get_int("DHP_GROUP_POOL_SIZE", 64);
   DHP_CHECK(n >= 1, InvalidArgument, "DHP_GROUP_POOL_SIZE={} must be >= 1", n);
   return static_cast<int>(n);
+}
+
+std::int64_t mpi_max_count() {
+  const auto n = get_int("DHP_MPI_MAX_COUNT", INT_MAX);
+  DHP_CHECK(n >= 1 && n <= INT_MAX, InvalidArgument, "DHP_MPI_MAX_COUNT={} must be in [1, {}]",
+            n, INT_MAX);
+  return n;
 }
 
 std::string data_dir() {

@@ -118,6 +118,9 @@ struct CpAttentionOptions {
   BufferAllocator* allocator = nullptr;  // null: host buffers, or LibTorch's for CUDA tensors
   double softmax_scale = 0;              // 0: 1/sqrt(head_dim)
   bool causal = true;
+  // UlyssesRing groups: processes per node, TP included (CpAttentionContext::ranks_per_node).
+  // 0: the whole group is on one node (plain Ulysses).
+  int ranks_per_node = 0;
 };
 
 // q [rows, heads_q, head_dim], k/v [rows, heads_kv, head_dim] (rows = layout->rows), F32

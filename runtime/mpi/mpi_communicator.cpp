@@ -1,6 +1,12 @@
 // MPI backend: non-blocking MPI calls polled with MPI_Test against a deadline, so that a
 // hung or dead peer ends in dhp::Error(Communication) instead of a hang. Communicators use
 // MPI_ERRORS_RETURN: MPI errors come back as codes and are turned into messages.
+//
+// Counts above INT_MAX (MPI-3 counts are int; OpenMPI 4.1 has no MPI-4 `_c` calls): moves
+// (send/recv, broadcast, all-gather, all-to-all-v) describe a large buffer as one derived
+// datatype, blocks of max_count elements plus a remainder; reductions, whose predefined
+// ops do not apply to derived datatypes, are split into calls of at most max_count
+// elements. max_count is DHP_MPI_MAX_COUNT (default INT_MAX; tests set it small).
 #include <mpi.h>
 
 #include <unistd.h>
@@ -146,6 +152,41 @@ MPI_Op mpi_op(DataType type, ReduceOp op) {
   return MPI_SUM;
 }
 
+// `count` elements of `base` starting `offset` elements into the buffer, for buffers
+// whose count or offset exceeds `max_count`: q blocks of max_count elements then r
+// elements, displacements in bytes (MPI_Aint), extent (offset + count) elements so that
+// all-gather places rank i's data at i * count. Passed with a count of 1.
+class LargeType {
+ public:
+  LargeType(MPI_Datatype base, int element_size, std::int64_t count, std::int64_t offset,
+            std::int64_t max_count) {
+    const std::int64_t blocks = count / max_count, rest = count % max_count;
+    DHP_CHECK(blocks <= INT_MAX, InvalidArgument,
+              "{} elements in blocks of DHP_MPI_MAX_COUNT={}: {} blocks exceed INT_MAX", count,
+              max_count, blocks);
+    MPI_Datatype block = MPI_DATATYPE_NULL;
+    MPI_Type_contiguous(static_cast<int>(max_count), base, &block);
+    const int lengths[2] = {static_cast<int>(blocks), static_cast<int>(rest)};
+    const MPI_Aint displacements[2] = {offset * element_size,
+                                       (offset + blocks * max_count) * element_size};
+    const MPI_Datatype types[2] = {block, base};
+    MPI_Datatype layout = MPI_DATATYPE_NULL;
+    MPI_Type_create_struct(2, lengths, displacements, types, &layout);
+    MPI_Type_create_resized(layout, 0, (offset + count) * element_size, &type_);
+    MPI_Type_commit(&type_);
+    MPI_Type_free(&layout);
+    MPI_Type_free(&block);
+  }
+  // Freeing right after posting is allowed: pending operations keep the type alive.
+  ~LargeType() { MPI_Type_free(&type_); }
+  LargeType(const LargeType&) = delete;
+  LargeType& operator=(const LargeType&) = delete;
+  MPI_Datatype type() const { return type_; }
+
+ private:
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
+};
+
 // Sleeps a little between polls once an operation is clearly not immediate: with more
 // processes than cores (mpirun --oversubscribe) spinning would starve the peers we wait for.
 void poll_pause(int polls) {
@@ -181,7 +222,8 @@ class MpiCommunicator final : public Communicator {
                   std::string name)
       : Communicator(comm_rank(comm), comm_size(comm), Device::CPU, std::move(world_ranks), timeout,
                      std::move(name)),
-        comm_(comm) {}
+        comm_(comm),
+        max_count_(env::mpi_max_count()) {}
 
   ~MpiCommunicator() override {
     // MPI_Comm_free is collective in spirit but local in practice (deferred until pending
@@ -198,10 +240,18 @@ class MpiCommunicator final : public Communicator {
     const char* name = "all_reduce";
     begin(name);
     check_reducible(name, type);
-    MPI_Request request;
-    check(name, MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv, to_int(name, count),
-                               mpi_type(type), mpi_op(type, op), comm_, &request));
-    wait_all(name, &request, 1, timeout());
+    check_count(name, count);
+    // Chunks of at most max_count elements, all posted before waiting (MPI matches
+    // collectives on one communicator in issue order).
+    std::vector<MPI_Request> requests;
+    for (std::int64_t offset = 0; offset < count || requests.empty(); offset += max_count_) {
+      const int n = static_cast<int>(std::min(count - offset, max_count_));
+      requests.emplace_back();
+      check(name, MPI_Iallreduce(send == recv ? MPI_IN_PLACE : at(send, offset, type),
+                                 at(recv, offset, type), n, mpi_type(type), mpi_op(type, op),
+                                 comm_, &requests.back()));
+    }
+    wait_all(name, requests.data(), static_cast<int>(requests.size()), timeout());
   }
 
   void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
@@ -209,19 +259,41 @@ class MpiCommunicator final : public Communicator {
     const char* name = "reduce_scatter";
     begin(name);
     check_reducible(name, type);
+    check_count(name, recv_count);
     MPI_Request request;
-    check(name, MPI_Ireduce_scatter_block(send, recv, to_int(name, recv_count), mpi_type(type),
-                                          mpi_op(type, op), comm_, &request));
-    wait_all(name, &request, 1, timeout());
+    if (recv_count <= max_count_) {
+      check(name, MPI_Ireduce_scatter_block(send, recv, static_cast<int>(recv_count),
+                                            mpi_type(type), mpi_op(type, op), comm_, &request));
+      wait_all(name, &request, 1, timeout());
+      return;
+    }
+    // Block i reduced onto rank i, in chunks of at most max_count elements.
+    std::vector<MPI_Request> requests;
+    for (int root = 0; root < size(); ++root) {
+      for (std::int64_t offset = 0; offset < recv_count; offset += max_count_) {
+        const int n = static_cast<int>(std::min(recv_count - offset, max_count_));
+        requests.emplace_back();
+        check(name, MPI_Ireduce(at(send, root * recv_count + offset, type),
+                                at(recv, offset, type), n, mpi_type(type), mpi_op(type, op), root,
+                                comm_, &requests.back()));
+      }
+    }
+    wait_all(name, requests.data(), static_cast<int>(requests.size()), timeout());
   }
 
   void all_gather(const void* send, void* recv, std::int64_t send_count, DataType type) override {
     const char* name = "all_gather";
     begin(name);
-    const int count = to_int(name, send_count);
+    check_count(name, send_count);
     MPI_Request request;
-    check(name, MPI_Iallgather(send, count, mpi_type(type), recv, count, mpi_type(type), comm_,
-                               &request));
+    if (send_count <= max_count_) {
+      const int count = static_cast<int>(send_count);
+      check(name, MPI_Iallgather(send, count, mpi_type(type), recv, count, mpi_type(type), comm_,
+                                 &request));
+    } else {
+      const LargeType block(mpi_type(type), data_type_size(type), send_count, 0, max_count_);
+      check(name, MPI_Iallgather(send, 1, block.type(), recv, 1, block.type(), comm_, &request));
+    }
     wait_all(name, &request, 1, timeout());
   }
 
@@ -238,16 +310,43 @@ class MpiCommunicator final : public Communicator {
                              send_counts.size(), send_displs.size(), recv_counts.size(),
                              recv_displs.size(), n));
     }
-    std::vector<int> sc(n), sd(n), rc(n), rd(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      sc[i] = to_int(name, send_counts[i]);
-      sd[i] = to_int(name, send_displs[i]);
-      rc[i] = to_int(name, recv_counts[i]);
-      rd[i] = to_int(name, recv_displs[i]);
+    bool fits = true;
+    for (auto counts : {send_counts, send_displs, recv_counts, recv_displs}) {
+      for (std::int64_t value : counts) {
+        check_count(name, value);
+        fits = fits && value <= max_count_;
+      }
     }
     MPI_Request request;
-    check(name, MPI_Ialltoallv(send, sc.data(), sd.data(), mpi_type(type), recv, rc.data(),
-                               rd.data(), mpi_type(type), comm_, &request));
+    if (fits) {
+      const std::vector<int> sc(send_counts.begin(), send_counts.end()),
+          sd(send_displs.begin(), send_displs.end()), rc(recv_counts.begin(), recv_counts.end()),
+          rd(recv_displs.begin(), recv_displs.end());
+      check(name, MPI_Ialltoallv(send, sc.data(), sd.data(), mpi_type(type), recv, rc.data(),
+                                 rd.data(), mpi_type(type), comm_, &request));
+      wait_all(name, &request, 1, timeout());
+      return;
+    }
+    // One derived datatype per peer and direction carrying its count and displacement
+    // (MPI_Alltoallw's own displacements are int bytes), each passed with a count of 1.
+    std::vector<std::unique_ptr<LargeType>> blocks;
+    std::vector<int> sc(n), rc(n), zero(n, 0);
+    std::vector<MPI_Datatype> st(n), rt(n);
+    auto describe_block = [&](std::int64_t count, std::int64_t displ, int& c, MPI_Datatype& t) {
+      c = count > 0 ? 1 : 0;
+      t = mpi_type(type);
+      if (count == 0) return;
+      blocks.push_back(std::make_unique<LargeType>(mpi_type(type), data_type_size(type), count,
+                                                   displ, max_count_));
+      t = blocks.back()->type();
+    };
+    for (std::size_t i = 0; i < n; ++i) {
+      describe_block(send_counts[i], send_displs[i], sc[i], st[i]);
+      describe_block(recv_counts[i], recv_displs[i], rc[i], rt[i]);
+    }
+    check(name, MPI_Ialltoallw(send, sc.data(), zero.data(), st.data(), recv, rc.data(),
+                               zero.data(), rt.data(), comm_, &request));
+    blocks.clear();
     wait_all(name, &request, 1, timeout());
   }
 
@@ -255,8 +354,15 @@ class MpiCommunicator final : public Communicator {
     const char* name = "broadcast";
     begin(name);
     check_peer(name, root);
+    check_count(name, count);
     MPI_Request request;
-    check(name, MPI_Ibcast(buffer, to_int(name, count), mpi_type(type), root, comm_, &request));
+    if (count <= max_count_) {
+      check(name,
+            MPI_Ibcast(buffer, static_cast<int>(count), mpi_type(type), root, comm_, &request));
+    } else {
+      const LargeType block(mpi_type(type), data_type_size(type), count, 0, max_count_);
+      check(name, MPI_Ibcast(buffer, 1, block.type(), root, comm_, &request));
+    }
     wait_all(name, &request, 1, timeout());
   }
 
@@ -350,11 +456,12 @@ class MpiCommunicator final : public Communicator {
     if (type == DataType::U8) fail(op, "u8 buffers are moved, not reduced (reduce i32)");
   }
 
-  int to_int(const char* op, std::int64_t value) const {
-    if (value < 0 || value > INT_MAX) {
-      fail(op, fmt::format("count/displacement {} outside MPI's int range", value));
-    }
-    return static_cast<int>(value);
+  void check_count(const char* op, std::int64_t value) const {
+    if (value < 0) fail(op, fmt::format("negative count/displacement {}", value));
+  }
+
+  static void* at(const void* buffer, std::int64_t offset, DataType type) {
+    return static_cast<char*>(const_cast<void*>(buffer)) + offset * data_type_size(type);
   }
 
   CommRequestPtr post(const char* op, std::span<const P2POp> ops) {
@@ -363,11 +470,22 @@ class MpiCommunicator final : public Communicator {
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const P2POp& p = ops[i];
       check_peer(op, p.peer);
-      const int count = to_int(op, p.count);
+      check_count(op, p.count);
+      // Above max_count the message is one element of a derived datatype; both sides
+      // describe the same element sequence, which is all MPI matches.
+      std::unique_ptr<LargeType> block;
+      int count = static_cast<int>(p.count);
+      MPI_Datatype datatype = mpi_type(p.type);
+      if (p.count > max_count_) {
+        block = std::make_unique<LargeType>(datatype, data_type_size(p.type), p.count, 0,
+                                            max_count_);
+        count = 1;
+        datatype = block->type();
+      }
       const int code =
           p.kind == P2POp::Kind::Send
-              ? MPI_Isend(p.buffer, count, mpi_type(p.type), p.peer, p.tag, comm_, &requests[i])
-              : MPI_Irecv(p.buffer, count, mpi_type(p.type), p.peer, p.tag, comm_, &requests[i]);
+              ? MPI_Isend(p.buffer, count, datatype, p.peer, p.tag, comm_, &requests[i])
+              : MPI_Irecv(p.buffer, count, datatype, p.peer, p.tag, comm_, &requests[i]);
       if (code != MPI_SUCCESS) {
         for (std::size_t j = 0; j < i; ++j) {
           MPI_Cancel(&requests[j]);
@@ -396,6 +514,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   MPI_Comm comm_;
+  std::int64_t max_count_;  // most elements one MPI call or datatype block carries
 };
 
 MpiRequest::~MpiRequest() {

@@ -40,6 +40,7 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
     ctx.layout = options.layout;
     ctx.world = options.world;
     ctx.pool = options.pool;
+    ctx.ranks_per_node = options.ranks_per_node;
     ctx.allocator = options.allocator;
     if (ctx.allocator == nullptr && q.is_cuda()) ctx.allocator = fallback_allocator;
     return ctx;

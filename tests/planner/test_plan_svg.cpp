@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -98,6 +101,41 @@ TEST(PlanSvg, IsWellFormedAndShowsEveryEvent) {
   EXPECT_NE(svg.find("url(#hatch)"), std::string::npos);  // encoder work
   EXPECT_NE(svg.find("ring_comm"), std::string::npos);    // ring overlay
   EXPECT_EQ(svg.find("showing the first"), std::string::npos);
+}
+
+// "<title>dev D ...</title>" of every drawn event, the rest of the title per device.
+std::map<int, std::multiset<std::string>> titles_by_device(const std::string& svg) {
+  std::map<int, std::multiset<std::string>> out;
+  const std::regex title("<title>dev ([0-9]+) ([^<]*)</title>");
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), title); it != std::sregex_iterator();
+       ++it)
+    out[std::stoi((*it)[1].str())].insert((*it)[2].str());
+  return out;
+}
+
+// The simulator records a rank's events on its first device; the picture must show the
+// TP partners busy too: with LLM tp 2 and encoder tp 2, device 2r+1 draws exactly the
+// events of device 2r (LLM ranks 0..4 on devices 0..9, encoder ranks on 10..13).
+TEST(PlanSvg, DrawsEachRankOnAllItsTpDevices) {
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b(), 2, 2);
+  Scenario s = scenario(5);
+  s.plan.llm.tp = 2;
+  s.plan.encoder = {.tp = 2, .first_device = 10, .ranks = 2};
+  const SimulationResult result = Simulator(cost).run(s.plan, s.batch, true);
+  const auto titles = titles_by_device(plan_to_svg(s.plan, s.batch, result));
+  ASSERT_EQ(titles.size(), 14u);  // every device of both modules has a row with events
+  for (int first = 0; first < 14; first += 2) {
+    ASSERT_TRUE(titles.count(first) && titles.count(first + 1)) << "device " << first;
+    EXPECT_FALSE(titles.at(first).empty());
+    EXPECT_EQ(titles.at(first + 1), titles.at(first)) << "devices " << first << ", " << first + 1;
+  }
+  std::size_t drawn = 0;
+  for (const auto& [device, events] : titles) drawn += events.size();
+  EXPECT_EQ(drawn, 2 * result.timeline.size());  // each event once per TP device
+  const auto& partner = titles.at(11);  // encoder rank 0's TP partner
+  EXPECT_TRUE(std::any_of(partner.begin(), partner.end(), [](const std::string& t) {
+    return t.find(": encoder ") != std::string::npos;
+  }));
 }
 
 TEST(PlanSvg, CapsRowsForLargeClusters) {

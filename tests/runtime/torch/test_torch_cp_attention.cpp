@@ -1,12 +1,14 @@
 // The LibTorch autograd function around CP attention: output and gradients equal those of
 // a plain LibTorch fp64 attention on the whole packed batch (odd lengths, GQA), on every
-// rank of a CP group spanning the world (degree = world size, under mpirun).
+// rank of a CP group spanning the world (degree = world size, under mpirun), for the ring
+// and for UlyssesRing with the adapter's ranks_per_node.
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "dhp/dispatch.hpp"
 #include "dhp/error.hpp"
+#include "dhp/group_pool.hpp"
 #include "dhp/torch.hpp"
 #include "runtime_test_util.hpp"
 
@@ -34,7 +36,16 @@ at::Tensor reference_attention(const at::Tensor& q, const at::Tensor& k, const a
   return at::cat(outs, 0);
 }
 
-void check_matches_reference(at::ScalarType dtype, double tolerance, std::uint64_t seed) {
+// The group's attention kind and, for UlyssesRing, the adapter options' node size and pool.
+struct AttentionSetup {
+  CpAttention attention = CpAttention::Ring;
+  int ranks_per_node = 0;
+  GroupPool* pool = nullptr;
+  bool prewarm = true;  // acquire the plan's groups in `pool` first
+};
+
+void check_matches_reference(at::ScalarType dtype, double tolerance, std::uint64_t seed,
+                             const AttentionSetup& setup = {}) {
   Communicator& comm = world();
   const int hq = 4, hkv = 2, hd = 8;
   std::mt19937_64 gen(seed);
@@ -46,7 +57,8 @@ void check_matches_reference(at::ScalarType dtype, double tolerance, std::uint64
   for (int i = 0; i < num_seqs; ++i) owners.push_back(i % comm.size());
   // One group over the whole world: sequences 0 and 3 Whole, the rest Zigzag.
   const Plan plan = testing::one_wave_plan(comm.size(), {comm.size()}, num_seqs,
-                                           [](int i) { return i % 3 != 0; });
+                                           [](int i) { return i % 3 != 0; }, setup.attention);
+  if (setup.pool != nullptr && setup.prewarm) setup.pool->prewarm(plan);
   const WaveDispatch dispatch(plan, 0, lengths, owners, comm.rank(), comm.size());
   const WaveLayout& layout = dispatch.layout();
 
@@ -84,6 +96,8 @@ void check_matches_reference(at::ScalarType dtype, double tolerance, std::uint64
   CpAttentionOptions options;
   options.layout = &layout;
   options.world = &comm;
+  options.pool = setup.pool;
+  options.ranks_per_node = setup.ranks_per_node;
   const at::Tensor out = cp_attention(lq, lk, lv, options);
   // A loss whose gradient w.r.t. out is the reference's dout rows.
   (out * local(dout)).sum().backward();
@@ -103,6 +117,34 @@ TEST(TorchCpAttention, MatchesLibTorchReferenceF64) {
 
 TEST(TorchCpAttention, MatchesLibTorchReferenceF32) {
   check_matches_reference(at::kFloat, 2e-5, 12);
+}
+
+// Two nodes of 2 ranks (world 4): Ulysses over heads inside each node, the ring across
+// nodes. heads_kv=2 is not divisible by 4, so only ranks_per_node=2 reaching the core
+// makes this group run Ulysses at all (with 0 it would fall back to the plain ring).
+TEST(TorchCpAttention, UlyssesRingWithRanksPerNodeMatchesReference) {
+  if (world().size() != 4) GTEST_SKIP() << "needs world 4 (2 nodes x 2), have " << world().size();
+  GroupPool pool(world());
+  const AttentionSetup setup{CpAttention::UlyssesRing, 2, &pool};
+  check_matches_reference(at::kDouble, 1e-10, 21, setup);
+  check_matches_reference(at::kFloat, 2e-5, 22, setup);
+}
+
+// ranks_per_node reaches the core: with it, the group's Ulysses step looks its
+// communicator up in the pool (before any message), so a pool that was not prewarmed is
+// named in the error on every rank; with 0 the group runs the ring, which needs none.
+TEST(TorchCpAttention, RanksPerNodeSelectsUlyssesRing) {
+  if (world().size() != 4) GTEST_SKIP() << "needs world 4 (2 nodes x 2), have " << world().size();
+  GroupPool pool(world());
+  AttentionSetup setup{CpAttention::UlyssesRing, 0, &pool, false};
+  check_matches_reference(at::kDouble, 1e-10, 23, setup);
+  setup.ranks_per_node = 2;
+  try {
+    check_matches_reference(at::kDouble, 1e-10, 23, setup);
+    FAIL() << "expected the Ulysses step to ask the pool for its group";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not in the pool"), std::string::npos) << e.what();
+  }
 }
 
 TEST(TorchCpAttention, RejectsBadTensorsNamingThem) {
