@@ -10,12 +10,14 @@
 #include <map>
 #include <numeric>
 #include <set>
+#include <unordered_map>
 #include <utility>
 
 #include "baselines.hpp"
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
 #include "internal.hpp"
+#include "load_index.hpp"
 
 namespace dhp::detail {
 namespace {
@@ -72,8 +74,18 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
   const int R = t.ranks;
   const int n = static_cast<int>(batch.samples.size());
   t.seqs.reserve(n);
+  // Sequences of equal length share their steps: real batches repeat lengths (fixed image
+  // token counts), and the cost-model calls are most of the tables' time.
+  std::unordered_map<std::int64_t, int> seq_of_length;
   for (int i = 0; i < n; ++i) {
     const std::int64_t tokens = batch.samples[i].llm_tokens();
+    if (const auto same = seq_of_length.find(tokens); same != seq_of_length.end()) {
+      SequenceInfo s = t.seqs[same->second];
+      s.sample = i;
+      t.seqs.push_back(s);
+      continue;
+    }
+    seq_of_length.emplace(tokens, static_cast<int>(t.seqs.size()));
     SequenceInfo s{i,
                    cost.llm_sequence_ms(tokens, RingSpan{1, false}) - t.fixed_ms,
                    cost.llm_activation_bytes(tokens, 1),
@@ -322,7 +334,7 @@ class Packer {
     for (int w = 0; w < waves_; ++w) {
       while (free_[w] > 0) {
         const int g = open_group(w, 1, 0.0, 0.0, 0);
-        by_load_.insert({0.0, groups_[g].first_bin});
+        by_load_.insert(LoadEntry{0.0, groups_[g].first_bin, 0.0, 0});
         --free_[w];
       }
     }
@@ -338,12 +350,12 @@ class Packer {
       gr.split_bytes += step.bytes;
       for (int m = 0; m < gr.degree; ++m) {
         Bin& b = bins_[gr.first_bin + m];
-        auto node = by_load_.extract({b.load, gr.first_bin + m});
+        const bool indexed = by_load_.erase(b.load, gr.first_bin + m);
         b.load += step.ms;
         b.bytes += step.bytes;
         b.tokens += step.tokens;
         ++b.pieces;
-        if (!node.empty()) reindex(gr.first_bin + m, k, std::move(node));
+        if (indexed) reindex(gr.first_bin + m, k);
       }
       candidates.insert({gr.split_load, g});
       seq_group_[k] = g;
@@ -374,26 +386,24 @@ class Packer {
     }
     const int g = open_group(w, step.degree, step.ms, step.bytes, step.tokens);
     candidates.insert({step.ms, g});
-    for (int m = 0; m < step.degree; ++m)
-      by_load_.insert({bins_[groups_[g].first_bin + m].load, groups_[g].first_bin + m});
+    for (int m = 0; m < step.degree; ++m) {
+      const int bin = groups_[g].first_bin + m;
+      by_load_.insert(LoadEntry{bins_[bin].load, bin, bins_[bin].bytes, bins_[bin].tokens});
+    }
     seq_group_[k] = g;
     return true;
   }
 
   // Back into the load index unless no later whole piece can fit on it any more (keeps
   // the memory scans short when memory or the token limit binds).
-  // The set node taken out of the index is reused: no allocation per placement.
-  using LoadIndex = std::set<std::pair<double, int>>;
-  void reindex(int bin, int k, LoadIndex::node_type node) {
+  void reindex(int bin, int k) {
     const Bin& b = bins_[bin];
     if (fits(b, t_.min_bytes_after[k],
              t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max()
                  ? 0
                  : t_.min_tokens_after[k]) ||
-        k + 1 >= static_cast<int>(t_.seqs.size())) {
-      node.value() = {b.load, bin};
-      by_load_.insert(std::move(node));
-    }
+        k + 1 >= static_cast<int>(t_.seqs.size()))
+      by_load_.insert(LoadEntry{b.load, bin, b.bytes, b.tokens});
   }
 
   bool fits(const Bin& b, double bytes, std::int64_t tokens) const {
@@ -409,13 +419,14 @@ class Packer {
 
   bool place_whole(int k, double ms, double bytes, std::int64_t tokens, double T, Fill fill) {
     int chosen = -1;
+    bool indexed = true;  // a newly opened rank enters the index only with its first piece
     if (fill == Fill::BestFit) {
       // Fullest rank that still finishes within T and has the memory.
-      auto it = by_load_.upper_bound({T - ms, std::numeric_limits<int>::max()});
+      auto it = by_load_.above(T - ms);
       for (int scanned = 0; it != by_load_.begin() && scanned < kMemoryScan; ++scanned) {
         --it;
-        if (fits(bins_[it->second], bytes, tokens)) {
-          chosen = it->second;
+        if (fits(bins_[it->bin], bytes, tokens)) {
+          chosen = it->bin;
           break;
         }
       }
@@ -423,18 +434,12 @@ class Packer {
         const int w = take_wave(1);
         if (w >= 0) {
           chosen = groups_[open_group(w, 1, 0.0, 0.0, 0)].first_bin;
-          by_load_.insert({0.0, chosen});
+          indexed = false;
         } else {
           // No free rank: under a tight memory or token limit the fullest ranks are often
-          // exhausted, so look further down before giving up on T (ranks that cannot take
-          // any later piece have left the index).
-          while (it != by_load_.begin()) {
-            --it;
-            if (fits(bins_[it->second], bytes, tokens)) {
-              chosen = it->second;
-              break;
-            }
-          }
+          // exhausted, so look further down before giving up on T: the fullest bin below
+          // that has the room, found through the index (what a scan down would find).
+          chosen = by_load_.fullest_fit(T - ms, bytes, tokens, t_.budget, t_.token_limit);
           if (chosen < 0) return false;
         }
       }
@@ -442,8 +447,8 @@ class Packer {
       // Least-loaded rank with the memory; the scan is bounded, then any rank that fits.
       int scanned = 0;
       for (auto it = by_load_.begin(); it != by_load_.end(); ++it, ++scanned) {
-        if (fits(bins_[it->second], bytes, tokens)) {
-          chosen = it->second;
+        if (fits(bins_[it->bin], bytes, tokens)) {
+          chosen = it->bin;
           break;
         }
         if (scanned > kMemoryScan * 64) break;
@@ -451,12 +456,12 @@ class Packer {
       if (chosen < 0) return false;
     }
     Bin& b = bins_[chosen];
-    auto node = by_load_.extract({b.load, chosen});
+    if (indexed) by_load_.erase(b.load, chosen);
     b.load += ms + (b.pieces == 0 ? t_.fixed_ms : 0.0);
     b.bytes += bytes;
     b.tokens += tokens;
     ++b.pieces;
-    reindex(chosen, k, std::move(node));
+    reindex(chosen, k);
     seq_group_[k] = b.group;
     seq_bin_[k] = chosen;
     return true;
@@ -466,7 +471,7 @@ class Packer {
   int waves_ = 0;
   std::vector<Bin> bins_;
   std::vector<Group> groups_;
-  std::set<std::pair<double, int>> by_load_;                      // (load, bin)
+  LoadIndex by_load_;                                             // open bins by load
   std::map<int, std::set<std::pair<double, int>>> split_groups_;  // degree -> (split load, group)
   std::vector<int> free_;
   std::set<std::pair<int, int>> most_free_;  // (-free ranks, wave)
@@ -520,13 +525,87 @@ struct Candidate {
   double step_ms = kInf;
 };
 
+// A lower bound on estimate_step_ms of `waves`, at a fraction of its cost, that assumes
+// little about how the estimate combines its parts: every rank runs its pieces one after
+// the other (so the step is at least the busiest rank's LLM time plus a wave overhead per
+// wave it works in), each wave's encoder time is at least max(its longest item, its items
+// spread evenly over the encoder ranks) and is not hidden on colocated devices, boundary
+// transfers cost >= 0, and gradient sync hides at most its overlap fraction. A candidate
+// whose bound is not below the best estimate so far cannot win, so its full estimate is
+// skipped. plan_dhp checks the bound against every estimate it does compute.
+double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
+                           const std::vector<WaveDraft>& waves, const SampleCosts& sample_costs) {
+  const int R = layout.llm.ranks;
+  const int rpn = std::max(1, layout.llm_ranks_per_node);
+  const int E = layout.encoder.ranks;
+  std::vector<int> degrees;
+  std::vector<std::int64_t> split_tokens;
+  std::vector<std::int64_t> whole_tokens;
+  std::vector<double> rank_busy_ms(R, 0.0);
+  double encoder_ms = 0;
+  double wave_sum_ms = 0;  // sum of the waves' slowest ranks
+  for (const WaveDraft& wave : waves) {
+    double slowest = 0;
+    degrees.clear();
+    for (const GroupDraft& g : wave.groups) degrees.push_back(g.degree);
+    const std::vector<std::vector<int>> placed = place_groups(degrees, R, rpn);
+    double encoder_total = 0;
+    double encoder_longest = 0;
+    auto add_encoder = [&](int sample) {
+      for (int v = sample_costs.visual_offset[sample]; v < sample_costs.visual_offset[sample + 1];
+           ++v) {
+        encoder_total += sample_costs.encoder_ms[v];
+        encoder_longest = std::max(encoder_longest, sample_costs.encoder_ms[v]);
+      }
+    };
+    for (std::size_t g = 0; g < wave.groups.size(); ++g) {
+      const GroupDraft& group = wave.groups[g];
+      const RingSpan ring{group.degree, crosses_nodes(placed[g], rpn)};
+      split_tokens.clear();
+      for (int s : group.split) {
+        split_tokens.push_back(batch.samples[s].llm_tokens());
+        add_encoder(s);
+      }
+      for (int m = 0; m < group.degree; ++m) {
+        whole_tokens.clear();
+        if (m < static_cast<int>(group.whole.size())) {
+          for (int s : group.whole[m]) {
+            whole_tokens.push_back(batch.samples[s].llm_tokens());
+            add_encoder(s);
+          }
+        }
+        const double ms = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
+        if (ms > 0) rank_busy_ms[placed[g][m]] += ms + cost.wave_overhead_ms();
+        slowest = std::max(slowest, ms);
+      }
+    }
+    wave_sum_ms += slowest + cost.wave_overhead_ms();
+    if (E > 0) encoder_ms += std::max(encoder_longest, encoder_total / E);
+  }
+  // At most the overlap fraction of each module's gradient sync hides under backward.
+  const double hidden = std::clamp(cost.coefficients().grad_sync_overlap, 0.0, 1.0);
+  const double sync_ms = (1 - hidden) * (cost.llm_grad_sync_full_ms(R) +
+                                         (E > 0 ? cost.encoder_grad_sync_full_ms(E) : 0.0));
+  const double llm_ms = *std::max_element(rank_busy_ms.begin(), rank_busy_ms.end());
+  if (layout.placement != EncoderPlacement::Colocated)
+    return std::max(llm_ms, encoder_ms) + sync_ms;
+  // Colocated with visual items: every wave's encoder phase runs on all devices, a barrier
+  // between waves, so the waves' slowest ranks add up.
+  return (encoder_ms > 0 ? wave_sum_ms : llm_ms) + encoder_ms + sync_ms;
+}
+
 }  // namespace
 
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               const PlannerOptions& options) {
   const Tables tables = make_tables(batch, cost, layout, options);
   const int R = tables.ranks;
-  Packer packer(tables);
+  // Two packers: the bisection packs into `packer` and swaps it with `kept` on success, so
+  // the packing at the final T is kept instead of being packed again.
+  Packer packer_a(tables);
+  Packer packer_b(tables);
+  Packer* packer = &packer_a;
+  Packer* kept = &packer_b;
 
   // Lower bounds on the per-wave makespan: the longest sequence at its fastest degree, and
   // the least rank-time each sequence can consume, spread over every rank of every wave.
@@ -549,10 +628,17 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   }
 
   // The fewest waves for which the memory permits a packing at all.
+  // The memory-only LPT packing at w_min is also that wave count's first candidate: keep it.
   int w_min = std::max(1, static_cast<int>(std::ceil(memory_ranks / R - 1e-9)));
-  while (w_min <= options.max_waves && !packer.pack(kInf, w_min, Fill::Lpt) &&
-         !packer.pack(kInf, w_min, Fill::BestFit))
+  std::vector<WaveDraft> w_min_lpt;
+  while (w_min <= options.max_waves) {
+    if (packer->pack(kInf, w_min, Fill::Lpt)) {
+      w_min_lpt = packer->drafts();
+      break;
+    }
+    if (packer->pack(kInf, w_min, Fill::BestFit)) break;
     ++w_min;
+  }
   DHP_CHECK(w_min <= options.max_waves, DoesNotFit,
             "dhp: the batch of {} samples needs more than max_waves={} waves to fit in memory",
             batch.samples.size(), options.max_waves);
@@ -562,7 +648,15 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   const bool has_encoder = layout.encoder.ranks > 0;
   auto consider = [&](std::vector<WaveDraft> waves) {
     if (waves.empty()) return;
+    // Rounding slack: the bound sums in another order than the estimate.
+    const double bound = step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
+    if (bound > best.step_ms * (1 + 1e-9)) return;
     double ms = estimate_step_ms(batch, cost, layout, waves, sample_costs);
+    // A bound above an estimate would have pruned candidates that win: the estimate changed
+    // in a way step_lower_bound_ms does not know about.
+    DHP_CHECK(!(bound > ms * (1 + 1e-9)), Internal,
+              "dhp: step lower bound {:.6f} ms above the estimate {:.6f} ms of {} waves", bound, ms,
+              waves.size());
     if (!std::isfinite(ms) && has_encoder) {
       // Over memory through the colocated encoder: defer visual items to later waves as
       // the baselines do, and price that.
@@ -577,13 +671,21 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     const double best_before = best.step_ms;
     const double lower = std::max(longest, rank_time / (static_cast<double>(W) * R));
     // Static-balanced-like: every sequence at its memory-minimal degree, LPT.
-    if (packer.pack(kInf, W, Fill::Lpt)) consider(packer.drafts());
+    if (W == w_min)
+      consider(std::move(w_min_lpt));
+    else if (packer->pack(kInf, W, Fill::Lpt))
+      consider(packer->drafts());
+    auto pack_best_fit = [&](double T) {
+      if (!packer->pack(T, W, Fill::BestFit)) return false;
+      std::swap(packer, kept);
+      return true;
+    };
     // Grow T from the lower bound until feasible, then bisect. Past all work on one rank,
     // a larger T changes nothing: BestFit cannot pack this W within memory.
     double lo = lower * (1 - 1e-9);
     double hi = std::max(lower, 1e-9);
     bool feasible = true;
-    while (!packer.pack(hi, W, Fill::BestFit)) {
+    while (!pack_best_fit(hi)) {
       lo = hi;
       hi *= 2;
       if (hi > 2 * all_work) {
@@ -594,19 +696,19 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     if (!feasible) continue;
     while (hi - lo > kRelTolerance * hi) {
       const double mid = 0.5 * (lo + hi);
-      if (packer.pack(mid, W, Fill::BestFit))
+      if (pack_best_fit(mid))
         hi = mid;
       else
         lo = mid;
     }
-    packer.pack(hi, W, Fill::BestFit);
-    packer.improve(4 * static_cast<int>(tables.seqs.size()));
-    consider(packer.drafts());
+    // `kept` holds the packing at hi: only a successful pack moves hi.
+    kept->improve(4 * static_cast<int>(tables.seqs.size()));
+    consider(kept->drafts());
     // The same ring groups with short sequences spread least-loaded first.
-    if (packer.pack(hi, W, Fill::Lpt)) {
-      consider(packer.drafts());
+    if (packer->pack(hi, W, Fill::Lpt)) {
+      consider(packer->drafts());
       // No move: the same drafts, already priced.
-      if (packer.improve(4 * static_cast<int>(tables.seqs.size())) > 0) consider(packer.drafts());
+      if (packer->improve(4 * static_cast<int>(tables.seqs.size())) > 0) consider(packer->drafts());
     }
     DHP_LOG_DEBUG("dhp: W={} T={:.3f} ms (lower bound {:.3f}) best step {:.3f} ms", W, hi, lower,
                   best.step_ms);
@@ -619,9 +721,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // memory-only packings over more waves, each priced (consider() also defers encoder
     // items), until one fits; only then does build_plan see it.
     for (int W = w_max + 1; W <= options.max_waves && !std::isfinite(best.step_ms); ++W) {
-      if (packer.pack(kInf, W, Fill::Lpt)) consider(packer.drafts());
-      if (!std::isfinite(best.step_ms) && packer.pack(kInf, W, Fill::BestFit))
-        consider(packer.drafts());
+      if (packer->pack(kInf, W, Fill::Lpt)) consider(packer->drafts());
+      if (!std::isfinite(best.step_ms) && packer->pack(kInf, W, Fill::BestFit))
+        consider(packer->drafts());
     }
     DHP_CHECK(std::isfinite(best.step_ms), DoesNotFit,
               "dhp: no packing of the {} samples into at most max_waves={} waves fits device "
