@@ -35,7 +35,9 @@ bool same(const ModelSpec& a, const ModelSpec& b) {
     const EncoderSpec &x = *a.encoder, &y = *b.encoder;
     if (!same(x.arch, y.arch) || x.patch_size != y.patch_size ||
         x.tokens_per_llm_token != y.tokens_per_llm_token ||
-        x.projector_parameters != y.projector_parameters)
+        x.projector_parameters != y.projector_parameters ||
+        x.temporal_patch_size != y.temporal_patch_size ||
+        x.attention_tile_patches != y.attention_tile_patches)
       return false;
   }
   const TrainingSetup &s = a.training, &t = b.training;
@@ -154,6 +156,14 @@ TEST(ModelJson, CustomModelAndPresetOverrides) {
       model_from_json(R"({"preset": "qwen2-vl-7b", "encoder": {"layers": 8}})");
   EXPECT_EQ(shallow.encoder->arch.layers, 8);
   EXPECT_EQ(shallow.encoder->arch.hidden, 1280);
+  // What the ViT's attention spans: Qwen2-VL 2-frame slices, InternViT 1024-patch tiles.
+  EXPECT_EQ(shallow.encoder->temporal_patch_size, 2);
+  EXPECT_EQ(shallow.encoder->attention_tile_patches, 0);
+  EXPECT_EQ(model_preset("internvl2-8b").encoder->attention_tile_patches, 1024);
+  const ModelSpec whole_clip = model_from_json(
+      R"({"preset": "qwen2-vl-7b", "encoder": {"temporal_patch_size": 0, "attention_tile_patches": 256}})");
+  EXPECT_EQ(whole_clip.encoder->temporal_patch_size, 0);
+  EXPECT_EQ(whole_clip.encoder->attention_tile_patches, 256);
 }
 
 TEST(ModelJson, BadInputsNameThePath) {

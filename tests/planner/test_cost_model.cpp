@@ -4,6 +4,7 @@
 
 #include "cost_test_fixtures.hpp"
 #include "dhp/error.hpp"
+#include "planner/cost_terms.hpp"
 
 namespace dhp {
 namespace {
@@ -167,6 +168,26 @@ TEST(CostModel, EncoderItemGrowsQuadraticallyForLongVideos) {
   const double large = cost.encoder_item_ms({65536, 16384, 16});
   EXPECT_GT(large, 16 * small);  // superlinear: attention within the item
   EXPECT_GT(cost.boundary_ms(1024, true), cost.boundary_ms(1024, false));
+}
+
+TEST(CostModel, EncoderAttentionSpansSlicesAndTiles) {
+  EncoderSpec qwen = *qwen2_vl_7b().encoder;  // temporal_patch_size 2, whole images
+  const VisualItem clip{9216, 2304, 16};     // 16 frames: 8 slices of 1152 patches
+  EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(qwen, clip), 8.0 * 1152 * 1152);
+  const VisualItem image{9216, 2304, 1};
+  EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(qwen, image), 9216.0 * 9216);
+  const VisualItem odd_frames{2100, 525, 3};  // 2 slices (2 + 1 frames) of 1050 patches
+  EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(qwen, odd_frames), 2.0 * 1050 * 1050);
+  qwen.temporal_patch_size = 0;  // the whole clip as one span
+  EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(qwen, clip), 9216.0 * 9216);
+  const EncoderSpec intern = *model_preset("internvl2-8b").encoder;  // 1024-patch tiles
+  EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(intern, VisualItem{4096, 1024, 1}),
+                   4.0 * 1024 * 1024);
+  EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(intern, VisualItem{3000, 750, 1}),
+                   3.0 * 1000 * 1000);
+  // A clip costs less than an image of as many patches: only its attention differs.
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
+  EXPECT_LT(cost.encoder_item_ms(clip), cost.encoder_item_ms(image));
 }
 
 TEST(CostModel, AscendDefaultsAreLower) {

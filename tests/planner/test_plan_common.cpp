@@ -4,6 +4,7 @@
 #include <set>
 
 #include "dhp/error.hpp"
+#include "dhp/simulator.hpp"
 #include "planner/internal.hpp"
 #include "planner_test_util.hpp"
 
@@ -108,6 +109,38 @@ TEST(CheckBatchFits, NamesTheSampleThatCannotFit) {
     EXPECT_NE(msg.find("424242"), std::string::npos) << msg;
     EXPECT_NE(msg.find("50000000"), std::string::npos) << msg;
   }
+}
+
+// LLM-only waves meet no barrier: a rank heavy in wave 0 and one heavy in wave 1 overlap,
+// so the step is below the sum of the waves' slowest ranks, as the simulator finds too.
+TEST(BuildPlan, LlmOnlyWavesRunBackToBackPerRank) {
+  const ClusterSpec cluster = cluster_preset("h100-8");
+  ModelSpec model = model_preset("qwen2-vl-7b");
+  model.encoder.reset();
+  PlannerOptions options;
+  options.llm_tp = 4;  // 2 ranks
+  const auto layout = detail::resolve_layout(cluster, model, options);
+  const CostModel cost = detail::make_cost_model(cluster, model, layout, options);
+  Batch batch;
+  for (std::int64_t tokens : {16000, 1000, 1000, 16000}) {
+    Sample s;
+    s.id = static_cast<std::int64_t>(batch.samples.size());
+    s.text_tokens = tokens;
+    batch.samples.push_back(s);
+  }
+  auto wave_of = [](int first, int second) {
+    detail::WaveDraft wave;
+    detail::GroupDraft a, b;
+    a.whole = {{first}};
+    b.whole = {{second}};
+    wave.groups = {a, b};
+    return wave;
+  };
+  const Plan plan = detail::build_plan("test", batch, cost, layout, {wave_of(0, 1), wave_of(2, 3)});
+  const double waves_sum = plan.estimate.wave_ms[0] + plan.estimate.wave_ms[1];
+  EXPECT_LT(plan.estimate.step_ms, 0.8 * waves_sum);
+  const double simulated = Simulator(cost).run(plan, batch).step_ms;
+  EXPECT_NEAR(plan.estimate.step_ms, simulated, 0.01 * simulated);
 }
 
 TEST(BuildPlan, DraftBecomesAValidPlanWithEstimates) {
