@@ -23,7 +23,8 @@ namespace dhp::detail {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kRelTolerance = 0.005;  // binary search on T stops at 0.5%
+constexpr double kRelTolerance = 0.002;  // binary search on T stops at 0.2%
+constexpr double kFirstGrowth = 0.016;   // first step above the lower bound on T: 1.6%
 constexpr int kExtraWaves = 3;           // wave counts tried beyond the memory minimum
 constexpr int kMemoryScan = 16;          // bins inspected for memory before opening a new one
 // The portfolio's baseline constructions (paper_bfd_dp's DP is O(K N^2)) are run only up
@@ -667,33 +668,57 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   };
 
   const int w_max = std::min(options.max_waves, w_min + kExtraWaves);
+  double last_growth = kFirstGrowth;  // how far above its lower bound the previous W's T was
   for (int W = w_min; W <= w_max; ++W) {
     const double best_before = best.step_ms;
-    const double lower = std::max(longest, rank_time / (static_cast<double>(W) * R));
-    // Static-balanced-like: every sequence at its memory-minimal degree, LPT.
-    if (W == w_min)
-      consider(std::move(w_min_lpt));
-    else if (packer->pack(kInf, W, Fill::Lpt))
-      consider(packer->drafts());
+    const double lower = std::max({longest, rank_time / (static_cast<double>(W) * R), 1e-9});
+    // Static-balanced-like: every sequence at its memory-minimal degree, LPT. Past w_min it
+    // is priced after the screen below, which usually makes it unnecessary.
+    auto consider_lpt = [&] {
+      if (W == w_min)
+        consider(std::move(w_min_lpt));
+      else if (packer->pack(kInf, W, Fill::Lpt))
+        consider(packer->drafts());
+    };
     auto pack_best_fit = [&](double T) {
       if (!packer->pack(T, W, Fill::BestFit)) return false;
       std::swap(packer, kept);
       return true;
     };
-    // Grow T from the lower bound until feasible, then bisect. Past all work on one rank,
-    // a larger T changes nothing: BestFit cannot pack this W within memory.
+    // Grow T from the lower bound in steps that double (the feasible T is usually a few %
+    // above it; past w_min the first step is where the previous W ended), then bisect.
+    // Past all work on one rank, a larger T changes nothing: BestFit cannot pack this W.
     double lo = lower * (1 - 1e-9);
-    double hi = std::max(lower, 1e-9);
+    double hi = lower;
+    double growth = kFirstGrowth;
+    if (W > w_min) {
+      growth = std::max(kFirstGrowth, last_growth);
+      hi = lower * (1 + growth);
+      growth *= 2;
+    }
     bool feasible = true;
     while (!pack_best_fit(hi)) {
       lo = hi;
-      hi *= 2;
+      hi = lower * (1 + growth);
+      growth *= 2;
       if (hi > 2 * all_work) {
         feasible = false;
         break;
       }
     }
-    if (!feasible) continue;
+    if (!feasible) {
+      consider_lpt();
+      continue;
+    }
+    if (W > w_min && std::isfinite(best.step_ms)) {
+      // More waves rarely pay once they cost more than the best so far: price this first
+      // feasible packing, optimistically as if every wave's slowest rank came down to the
+      // lower bound, and stop when even that is above the best. Not a proof, a screen that
+      // saves the bisection of a wave count that cannot win (scale-4096: half the packs).
+      const double bound = step_lower_bound_ms(batch, cost, layout, kept->drafts(), sample_costs);
+      if (bound - W * (hi - lower) > best.step_ms) break;
+    }
+    consider_lpt();
     while (hi - lo > kRelTolerance * hi) {
       const double mid = 0.5 * (lo + hi);
       if (pack_best_fit(mid))
@@ -701,6 +726,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       else
         lo = mid;
     }
+    last_growth = hi / lower - 1;
     // `kept` holds the packing at hi: only a successful pack moves hi.
     kept->improve(4 * static_cast<int>(tables.seqs.size()));
     consider(kept->drafts());
