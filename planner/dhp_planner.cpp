@@ -27,8 +27,9 @@ constexpr double kRelTolerance = 0.002;  // binary search on T stops at 0.2%
 constexpr double kFirstGrowth = 0.016;   // first step above the lower bound on T: 1.6%
 constexpr int kExtraWaves = 3;           // wave counts tried beyond the memory minimum
 constexpr int kMemoryScan = 16;          // bins inspected for memory before opening a new one
-// The portfolio's baseline constructions (paper_bfd_dp's DP is O(K N^2)) are run only up
-// to this ranks x sequences; above it they cost seconds and did not win (scale-4096).
+// The portfolio's baseline constructions (paper_bfd_dp's DP is O(K N^2)) and the LPT re-pack
+// of the best-fit groups are run only up to this ranks x sequences; above it they cost
+// seconds (the portfolio) or one more full pack per wave count, and did not win (scale-4096).
 constexpr long long kPortfolioMaxWork = 1LL << 22;
 
 // One useful degree of a sequence: the per-rank time falls strictly from step to step.
@@ -522,7 +523,7 @@ void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layo
 }
 
 struct Candidate {
-  std::vector<WaveDraft> waves;
+  Plan plan;  // assembled by the estimate: the winner is not assembled again
   double step_ms = kInf;
 };
 
@@ -564,14 +565,14 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
       const RingSpan ring{group.degree, crosses_nodes(placed[g], rpn)};
       split_tokens.clear();
       for (int s : group.split) {
-        split_tokens.push_back(batch.samples[s].llm_tokens());
+        split_tokens.push_back(sample_costs.tokens[s]);
         add_encoder(s);
       }
       for (int m = 0; m < group.degree; ++m) {
         whole_tokens.clear();
         if (m < static_cast<int>(group.whole.size())) {
           for (int s : group.whole[m]) {
-            whole_tokens.push_back(batch.samples[s].llm_tokens());
+            whole_tokens.push_back(sample_costs.tokens[s]);
             add_encoder(s);
           }
         }
@@ -652,7 +653,8 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // Rounding slack: the bound sums in another order than the estimate.
     const double bound = step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
     if (bound > best.step_ms * (1 + 1e-9)) return;
-    double ms = estimate_step_ms(batch, cost, layout, waves, sample_costs);
+    Plan plan = estimate_plan("dhp", batch, cost, layout, waves, sample_costs);
+    double ms = plan.estimate.step_ms;
     // A bound above an estimate would have pruned candidates that win: the estimate changed
     // in a way step_lower_bound_ms does not know about.
     DHP_CHECK(!(bound > ms * (1 + 1e-9)), Internal,
@@ -662,12 +664,15 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       // Over memory through the colocated encoder: defer visual items to later waves as
       // the baselines do, and price that.
       waves = limit_encoder_per_wave(batch, cost, layout, std::move(waves));
-      ms = estimate_step_ms(batch, cost, layout, waves, sample_costs);
+      plan = estimate_plan("dhp", batch, cost, layout, waves, sample_costs);
+      ms = plan.estimate.step_ms;
     }
-    if (ms < best.step_ms) best = Candidate{std::move(waves), ms};
+    if (ms < best.step_ms) best = Candidate{std::move(plan), ms};
   };
 
   const int w_max = std::min(options.max_waves, w_min + kExtraWaves);
+  const bool at_scale =
+      static_cast<long long>(R) * static_cast<long long>(tables.seqs.size()) > kPortfolioMaxWork;
   double last_growth = kFirstGrowth;  // how far above its lower bound the previous W's T was
   for (int W = w_min; W <= w_max; ++W) {
     const double best_before = best.step_ms;
@@ -730,8 +735,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // `kept` holds the packing at hi: only a successful pack moves hi.
     kept->improve(4 * static_cast<int>(tables.seqs.size()));
     consider(kept->drafts());
-    // The same ring groups with short sequences spread least-loaded first.
-    if (packer->pack(hi, W, Fill::Lpt)) {
+    // The same ring groups with short sequences spread least-loaded first (not at scale,
+    // where it is one more pack of every sequence and, like the portfolio, did not win).
+    if (!at_scale && packer->pack(hi, W, Fill::Lpt)) {
       consider(packer->drafts());
       // No move: the same drafts, already priced.
       if (packer->improve(4 * static_cast<int>(tables.seqs.size())) > 0) consider(packer->drafts());
@@ -740,8 +746,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
                   best.step_ms);
     if (W > w_min && !(best.step_ms < best_before)) break;  // more waves stopped paying
   }
-  if (static_cast<long long>(R) * static_cast<long long>(tables.seqs.size()) <= kPortfolioMaxWork)
-    add_portfolio(batch, cost, layout, options, tables, consider);
+  if (!at_scale) add_portfolio(batch, cost, layout, options, tables, consider);
   if (!std::isfinite(best.step_ms)) {
     // Every candidate broke memory in the full estimate (encoder reserve, fragmentation):
     // memory-only packings over more waves, each priced (consider() also defers encoder
@@ -756,7 +761,10 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               "memory (LLM activation budget {:.3f} GiB per rank)",
               batch.samples.size(), options.max_waves, tables.budget / (1024.0 * 1024 * 1024));
   }
-  return build_plan("dhp", batch, cost, layout, best.waves);
+  // A finite estimate means every rank fits (the estimate is infinite over capacity), so
+  // this is build_plan's plan for the winning drafts.
+  validate(best.plan, batch);
+  return std::move(best.plan);
 }
 
 }  // namespace dhp::detail

@@ -83,6 +83,7 @@ Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel
 
 // Per-sample figures every estimate of one batch needs, computed once per batch.
 struct SampleCosts {
+  std::vector<std::int64_t> tokens;   // [sample] llm_tokens()
   std::vector<double> whole_bytes;    // [sample] llm_activation_bytes(tokens, 1)
   std::vector<int> visual_offset;     // [sample] first index of its visuals below; size n + 1
   std::vector<double> encoder_ms;     // [visual] encoder_item_ms
@@ -98,6 +99,12 @@ double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout&
 // The same with the batch's SampleCosts computed once by the caller (searches).
 double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
                         const std::vector<WaveDraft>& waves, const SampleCosts& sample_costs);
+// The whole plan behind that estimate (not validated; step +infinity when over memory), so
+// that a search can keep its winner instead of assembling it again: validate() it, and it
+// is what build_plan(strategy, ...) returns for the same drafts.
+Plan estimate_plan(const std::string& strategy, const Batch& batch, const CostModel& cost,
+                   const Layout& layout, const std::vector<WaveDraft>& waves,
+                   const SampleCosts& sample_costs);
 
 // The exact solver's core (exact.cpp): the smallest single-wave LLM makespan (max rank time,
 // without the wave overhead) over every partition of the ranks into groups and every

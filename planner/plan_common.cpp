@@ -321,8 +321,10 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
   const bool has_encoder = layout.encoder.ranks > 0;
   sc.whole_bytes.reserve(batch.samples.size());
   sc.visual_offset.reserve(batch.samples.size() + 1);
+  sc.tokens.reserve(batch.samples.size());
   for (const Sample& s : batch.samples) {
-    sc.whole_bytes.push_back(cost.llm_activation_bytes(s.llm_tokens(), 1));
+    sc.tokens.push_back(s.llm_tokens());
+    sc.whole_bytes.push_back(cost.llm_activation_bytes(sc.tokens.back(), 1));
     sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
     if (!has_encoder) continue;
     for (const VisualItem& v : s.visuals) {
@@ -412,7 +414,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       for (int s : gd.split) {
         DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
                   "{}: sample index {} out of range", strategy, s);
-        split_tokens.push_back(batch.samples[s].llm_tokens());
+        split_tokens.push_back(sc.tokens[s]);
         split_bytes += gd.degree == 1 ? sc.whole_bytes[s]
                                       : cost.llm_activation_bytes(split_tokens.back(), gd.degree);
         wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Zigzag, -1});
@@ -424,7 +426,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           for (int s : gd.whole[m]) {
             DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
                       "{}: sample index {} out of range", strategy, s);
-            whole_tokens.push_back(batch.samples[s].llm_tokens());
+            whole_tokens.push_back(sc.tokens[s]);
             whole_bytes += sc.whole_bytes[s];
             wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Whole, m});
           }
@@ -640,6 +642,12 @@ Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel
 double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
                         const std::vector<WaveDraft>& waves) {
   return estimate_step_ms(batch, cost, layout, waves, make_sample_costs(batch, cost, layout));
+}
+
+Plan estimate_plan(const std::string& strategy, const Batch& batch, const CostModel& cost,
+                   const Layout& layout, const std::vector<WaveDraft>& waves,
+                   const SampleCosts& sample_costs) {
+  return assemble(strategy, batch, cost, layout, waves, /*check_memory=*/false, sample_costs);
 }
 
 double estimate_step_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
