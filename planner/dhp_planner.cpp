@@ -530,9 +530,10 @@ struct Candidate {
 // A lower bound on estimate_step_ms of `waves`, at a fraction of its cost, that assumes
 // little about how the estimate combines its parts: every rank runs its pieces one after
 // the other (so the step is at least the busiest rank's LLM time plus a wave overhead per
-// wave it works in), each wave's encoder time is at least max(its longest item, its items
-// spread evenly over the encoder ranks) and is not hidden on colocated devices, boundary
-// transfers cost >= 0, and gradient sync hides at most its overlap fraction. A candidate
+// wave it works in); a disjoint encoder's waves take at least max(longest item, items spread
+// evenly over its ranks) each; a colocated device runs its LLM and encoder work in turn (so
+// the step is at least the devices' mean of both); boundary transfers cost >= 0, and
+// gradient sync hides at most its overlap fraction. A candidate
 // whose bound is not below the best estimate so far cannot win, so its full estimate is
 // skipped. plan_dhp checks the bound against every estimate it does compute.
 double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layout& layout,
@@ -544,10 +545,9 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
   std::vector<std::int64_t> split_tokens;
   std::vector<std::int64_t> whole_tokens;
   std::vector<double> rank_busy_ms(R, 0.0);
-  double encoder_ms = 0;
-  double wave_sum_ms = 0;  // sum of the waves' slowest ranks
+  double encoder_ms = 0;       // per wave: its longest item or its items spread evenly
+  double encoder_work_ms = 0;  // every item's encoder time
   for (const WaveDraft& wave : waves) {
-    double slowest = 0;
     degrees.clear();
     for (const GroupDraft& g : wave.groups) degrees.push_back(g.degree);
     const std::vector<std::vector<int>> placed = place_groups(degrees, R, rpn);
@@ -578,11 +578,10 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
         }
         const double ms = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
         if (ms > 0) rank_busy_ms[placed[g][m]] += ms + cost.wave_overhead_ms();
-        slowest = std::max(slowest, ms);
       }
     }
-    wave_sum_ms += slowest + cost.wave_overhead_ms();
     if (E > 0) encoder_ms += std::max(encoder_longest, encoder_total / E);
+    encoder_work_ms += encoder_total;
   }
   // At most the overlap fraction of each module's gradient sync hides under backward.
   const double hidden = std::clamp(cost.coefficients().grad_sync_overlap, 0.0, 1.0);
@@ -591,9 +590,13 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
   const double llm_ms = *std::max_element(rank_busy_ms.begin(), rank_busy_ms.end());
   if (layout.placement != EncoderPlacement::Colocated)
     return std::max(llm_ms, encoder_ms) + sync_ms;
-  // Colocated with visual items: every wave's encoder phase runs on all devices, a barrier
-  // between waves, so the waves' slowest ranks add up.
-  return (encoder_ms > 0 ? wave_sum_ms : llm_ms) + encoder_ms + sync_ms;
+  // Colocated: a device runs its rank's LLM work and its encoder rank's items one after the
+  // other, so the step is at least the devices' average of both.
+  const double busy_sum = std::accumulate(rank_busy_ms.begin(), rank_busy_ms.end(), 0.0);
+  const double device_mean =
+      (busy_sum * layout.llm.tp + encoder_work_ms * layout.encoder.tp) /
+      cost.cluster().world_size();
+  return std::max(llm_ms, device_mean) + sync_ms;
 }
 
 }  // namespace
@@ -720,8 +723,10 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       // feasible packing, optimistically as if every wave's slowest rank came down to the
       // lower bound, and stop when even that is above the best. Not a proof, a screen that
       // saves the bisection of a wave count that cannot win (scale-4096: half the packs).
-      const double bound = step_lower_bound_ms(batch, cost, layout, kept->drafts(), sample_costs);
-      if (bound - W * (hi - lower) > best.step_ms) break;
+      // It needs the full estimate: colocated waves overlap across devices, so no cheap
+      // bound is tight enough.
+      const double first = estimate_step_ms(batch, cost, layout, kept->drafts(), sample_costs);
+      if (first - W * (hi - lower) > best.step_ms) break;
     }
     consider_lpt();
     while (hi - lo > kRelTolerance * hi) {

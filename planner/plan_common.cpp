@@ -366,8 +366,20 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> rank_ms(R);
   std::vector<double> rank_bytes(R);
   std::vector<int> rank_group(R);
-  std::vector<double> rank_ready(R, 0.0);    // LLM-only plans: when each rank is free
-  std::vector<double> rank_last_ms(R, 0.0);  // its last group's time (hides the grad sync)
+  // The devices' clocks (colocated encoder or none): see `chained` below.
+  bool has_visuals = false;
+  for (const Sample& s : batch.samples) has_visuals = has_visuals || !s.visuals.empty();
+  const bool chained = colocated || E == 0 || !has_visuals;
+  std::vector<double> device_free(chained ? world : 0, 0.0);
+  std::vector<double> rank_end(R, 0.0);      // when each LLM rank's last group ended
+  std::vector<double> rank_last_ms(R, 0.0);  // that group's time (hides the grad sync)
+  std::vector<double> rank_inputs(R, 0.0);   // this wave: when its last input item is encoded
+  std::vector<char> rank_remote(R, 0);       // this wave: some input comes from other devices
+  std::vector<double> encoder_clock(E, -1.0);
+  std::vector<double> encoder_backward(E, 0.0);
+  double encoder_end = 0;
+  std::vector<int> sample_group(chained ? batch.samples.size() : 0, -1);
+  std::vector<int> sample_member(chained ? batch.samples.size() : 0, -1);
   std::vector<double> enc_load(E);
   std::vector<double> enc_bytes(E);
   std::vector<std::int64_t> enc_sent(E);
@@ -440,21 +452,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     double wave_ms = 0;
     for (int r = 0; r < R; ++r) wave_ms = std::max(wave_ms, rank_ms[r]);
     plan.estimate.wave_ms.push_back(wave_ms + cost.wave_overhead_ms());
-    // No barrier between waves: a group starts once all its members are free, and its ring
-    // steps keep the members together until the slowest is done.
-    for (const GroupPlan& gp : wave.groups) {
-      double start = 0, longest = 0;
-      for (int r : gp.ranks) {
-        start = std::max(start, rank_ready[r]);
-        longest = std::max(longest, rank_ms[r]);
-      }
-      if (longest <= 0) continue;
-      for (int r : gp.ranks) {
-        rank_ready[r] = start + longest + cost.wave_overhead_ms();
-        rank_last_ms[r] = longest;
-      }
-    }
-
+    const std::size_t first_task = plan.encoder_tasks.size();
     // Encoder work of the wave: longest item first onto the least-loaded encoder rank; on a
     // tie prefer a rank on the devices of the consuming group (no boundary traffic); never
     // past the encoder reserve where any rank can take the item (else the fewest-bytes rank).
@@ -518,9 +516,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         if (chosen < 0)
           chosen = static_cast<int>(std::min_element(enc_bytes.begin(), enc_bytes.end()) -
                                     enc_bytes.begin());
-        by_load.erase({enc_load[chosen], chosen});
+        auto node = by_load.extract({enc_load[chosen], chosen});  // reused: no allocation
         enc_load[chosen] += it.ms;
-        by_load.insert({enc_load[chosen], chosen});
+        node.value().first = enc_load[chosen];
+        by_load.insert(std::move(node));
         enc_bytes[chosen] += b;
         if (!on_group_devices(chosen, it.group)) enc_sent[chosen] += v.llm_tokens;
         plan.encoder_tasks.push_back(
@@ -534,6 +533,84 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
               boundary, cost.boundary_ms(enc_sent[e], world > cost.cluster().devices_per_node));
       }
       boundary_wave_ms[w] = boundary;
+    }
+
+    if (chained) {
+      // The wave on the devices' clocks, no barrier between waves: each encoder rank encodes
+      // its items as soon as its devices are free; an LLM group starts once its members'
+      // devices are free and every item they consume is encoded (plus the wave's boundary
+      // transfer if any came from other devices); its ring steps keep the members together
+      // until the slowest is done; an item's backward follows its consumer's LLM.
+      auto devices_free = [&](const ModuleLayout& m, int rank) {
+        double t = 0;
+        for (int i = 0; i < m.tp; ++i) t = std::max(t, device_free[m.device_of(rank, i)]);
+        return t;
+      };
+      auto occupy = [&](const ModuleLayout& m, int rank, double until) {
+        for (int i = 0; i < m.tp; ++i) device_free[m.device_of(rank, i)] = until;
+      };
+      for (const SequencePlan& sp : wave.sequences) {
+        sample_group[sp.sample] = sp.group;
+        sample_member[sp.sample] = sp.sharding == Sharding::Whole ? sp.member : -1;
+      }
+      auto for_consumers = [&](int sample, auto&& visit) {
+        const GroupPlan& gp = wave.groups[sample_group[sample]];
+        if (sample_member[sample] >= 0)
+          visit(gp.ranks[sample_member[sample]]);
+        else
+          for (int r : gp.ranks) visit(r);
+      };
+      auto on_rank_devices = [&](int e, int r) {
+        const int device = layout.encoder.device_of(e);
+        return device >= layout.llm.device_of(r) && device < layout.llm.device_of(r) + layout.llm.tp;
+      };
+      const double forward_share = 1.0 / cost.compute_passes();  // as the simulator splits it
+      std::fill(rank_inputs.begin(), rank_inputs.end(), 0.0);
+      std::fill(rank_remote.begin(), rank_remote.end(), false);
+      std::fill(encoder_clock.begin(), encoder_clock.end(), -1.0);
+      for (std::size_t t = first_task; t < plan.encoder_tasks.size(); ++t) {
+        const EncoderTask& task = plan.encoder_tasks[t];
+        double& clock = encoder_clock[task.rank];
+        if (clock < 0) clock = devices_free(layout.encoder, task.rank);
+        clock += sc.encoder_ms[sc.visual_offset[task.sample] + task.visual] * forward_share;
+        for_consumers(task.sample, [&](int r) {
+          rank_inputs[r] = std::max(rank_inputs[r], clock);
+          if (!on_rank_devices(task.rank, r)) rank_remote[r] = true;
+        });
+      }
+      for (int e = 0; e < E; ++e)
+        if (encoder_clock[e] >= 0) occupy(layout.encoder, e, encoder_clock[e]);
+      for (const GroupPlan& gp : wave.groups) {
+        double start = 0, longest = 0;
+        for (int r : gp.ranks) {
+          const double inputs = rank_inputs[r] + (rank_remote[r] ? boundary_wave_ms[w] : 0.0);
+          start = std::max({start, devices_free(layout.llm, r), inputs});
+          longest = std::max(longest, rank_ms[r]);
+        }
+        if (longest <= 0) continue;
+        for (int r : gp.ranks) {
+          rank_end[r] = start + longest + cost.wave_overhead_ms();
+          rank_last_ms[r] = longest;
+          occupy(layout.llm, r, rank_end[r]);
+        }
+      }
+      std::fill(encoder_clock.begin(), encoder_clock.end(), -1.0);  // now: backward start
+      std::fill(encoder_backward.begin(), encoder_backward.end(), 0.0);
+      for (std::size_t t = first_task; t < plan.encoder_tasks.size(); ++t) {
+        const EncoderTask& task = plan.encoder_tasks[t];
+        double& start = encoder_clock[task.rank];
+        if (start < 0) start = devices_free(layout.encoder, task.rank);
+        for_consumers(task.sample, [&](int r) {
+          start = std::max(start, rank_end[r] + (on_rank_devices(task.rank, r) ? 0.0 : boundary_wave_ms[w]));
+        });
+        encoder_backward[task.rank] +=
+            sc.encoder_ms[sc.visual_offset[task.sample] + task.visual] * (1 - forward_share);
+      }
+      for (int e = 0; e < E; ++e)
+        if (encoder_clock[e] >= 0) {
+          occupy(layout.encoder, e, encoder_clock[e] + encoder_backward[e]);
+          encoder_end = std::max(encoder_end, encoder_clock[e] + encoder_backward[e]);
+        }
     }
 
     // Memory per device: LLM static + activations, plus the encoder's on shared devices.
@@ -574,37 +651,28 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   const double llm_sync = cost.llm_grad_sync_full_ms(R);
   const double backward_share = (cost.compute_passes() - 1) / cost.compute_passes();
   double step = 0;
-  bool has_visuals = false;
-  for (const Sample& s : batch.samples) has_visuals = has_visuals || !s.visuals.empty();
-  if (E == 0 || !has_visuals) {
-    // LLM only: ranks run their waves back to back and meet only in the gradient sync, whose
-    // buckets leave under each rank's last backward as far as it lasts.
-    double sync_end = 0;
+  if (chained) {
+    // Ranks and encoder ranks meet in the gradient sync: the LLM's buckets leave under each
+    // rank's last backward as far as it lasts; on shared devices the syncs follow the encoder.
+    double llm_done = 0, sync_end = 0;
     for (int r = 0; r < R; ++r) {
-      if (rank_ready[r] <= 0) continue;
-      step = std::max(step, rank_ready[r]);
+      if (rank_end[r] <= 0) continue;
+      llm_done = std::max(llm_done, rank_end[r]);
       const double hidden = std::min(overlap * llm_sync, rank_last_ms[r] * backward_share);
-      sync_end = std::max(sync_end, rank_ready[r] + llm_sync - hidden);
+      sync_end = std::max(sync_end, rank_end[r] + llm_sync - hidden);
     }
-    est.grad_sync_ms = std::max(0.0, sync_end - step) +
+    step = std::max(llm_done, encoder_end);
+    est.grad_sync_ms = std::max(0.0, sync_end - llm_done) +
                        cost.encoder_grad_sync_full_ms(E) * (1.0 - overlap);
-    est.llm_ms = step;
-  } else {
-    // The encoder's items go to any LLM rank, so each wave's encoder phase meets all ranks.
-    const double last_backward = est.wave_ms.empty() ? 0.0 : est.wave_ms.back() * backward_share;
+  } else if (!waves.empty()) {
+    // Disjoint encoder: it runs one wave ahead of the LLM on its own devices.
+    const double last_backward = est.wave_ms.back() * backward_share;
     est.grad_sync_ms = llm_sync - std::min(overlap * llm_sync, last_backward) +
                        cost.encoder_grad_sync_full_ms(E) * (1.0 - overlap);
-    if (colocated) {
-      // Encoder forward, boundary, LLM, in turn on the same devices for every wave.
-      for (std::size_t w = 0; w < waves.size(); ++w)
-        step += enc_wave_ms[w] + boundary_wave_ms[w] + est.wave_ms[w];
-    } else {
-      // The encoder runs one wave ahead of the LLM on its own devices.
-      step = enc_wave_ms[0];
-      for (std::size_t w = 0; w < waves.size(); ++w) {
-        const double next_encoder = w + 1 < waves.size() ? enc_wave_ms[w + 1] : 0.0;
-        step += std::max(est.wave_ms[w] + boundary_wave_ms[w], next_encoder);
-      }
+    step = enc_wave_ms[0];
+    for (std::size_t w = 0; w < waves.size(); ++w) {
+      const double next_encoder = w + 1 < waves.size() ? enc_wave_ms[w + 1] : 0.0;
+      step += std::max(est.wave_ms[w] + boundary_wave_ms[w], next_encoder);
     }
   }
   est.step_ms = step + est.grad_sync_ms;
