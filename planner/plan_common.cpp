@@ -366,10 +366,14 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> rank_ms(R);
   std::vector<double> rank_bytes(R);
   std::vector<int> rank_group(R);
-  // The devices' clocks (colocated encoder or none): see `chained` below.
-  bool has_visuals = false;
-  for (const Sample& s : batch.samples) has_visuals = has_visuals || !s.visuals.empty();
-  const bool chained = colocated || E == 0 || !has_visuals;
+  // The devices' clocks (colocated encoder, or no encoder work at all): see `chained` below.
+  const bool chained = colocated || sc.encoder_ms.empty();
+  // Colocated: the LLM rank on whose devices each encoder rank starts (-1: none).
+  std::vector<int> colocated_rank(E, -1);
+  for (int e = 0; e < E && colocated; ++e) {
+    const int r = (layout.encoder.device_of(e) - layout.llm.first_device) / layout.llm.tp;
+    if (r >= 0 && r < R) colocated_rank[e] = r;
+  }
   std::vector<double> device_free(chained ? world : 0, 0.0);
   std::vector<double> rank_end(R, 0.0);      // when each LLM rank's last group ended
   std::vector<double> rank_last_ms(R, 0.0);  // that group's time (hides the grad sync)
@@ -378,8 +382,6 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> encoder_clock(E, -1.0);
   std::vector<double> encoder_backward(E, 0.0);
   double encoder_end = 0;
-  std::vector<int> sample_group(chained ? batch.samples.size() : 0, -1);
-  std::vector<int> sample_member(chained ? batch.samples.size() : 0, -1);
   std::vector<double> enc_load(E);
   std::vector<double> enc_bytes(E);
   std::vector<std::int64_t> enc_sent(E);
@@ -395,9 +397,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
 
   struct Item {
     int sample, visual, group;
+    int member;  // the group member that holds the sample whole; -1 when it is split
     double ms;
   };
   std::vector<Item> items;
+  std::vector<std::pair<int, int>> task_consumer;  // (group, member) of each task of a wave
 
   for (std::size_t w = 0; w < waves.size(); ++w) {
     const WaveDraft& draft = waves[w];
@@ -453,6 +457,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     for (int r = 0; r < R; ++r) wave_ms = std::max(wave_ms, rank_ms[r]);
     plan.estimate.wave_ms.push_back(wave_ms + cost.wave_overhead_ms());
     const std::size_t first_task = plan.encoder_tasks.size();
+    task_consumer.clear();
     // Encoder work of the wave: longest item first onto the least-loaded encoder rank; on a
     // tie prefer a rank on the devices of the consuming group (no boundary traffic); never
     // past the encoder reserve where any rank can take the item (else the fewest-bytes rank).
@@ -464,6 +469,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         const Sample& s = batch.samples[sp.sample];
         for (std::size_t v = 0; v < s.visuals.size(); ++v)
           items.push_back(Item{sp.sample, static_cast<int>(v), sp.group,
+                               sp.sharding == Sharding::Whole ? sp.member : -1,
                                sc.encoder_ms[sc.visual_offset[sp.sample] + v]});
       }
       std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
@@ -472,10 +478,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         return a.visual < b.visual;
       });
       auto on_group_devices = [&](int e, int group) {
-        if (!colocated) return false;
-        const int device = layout.encoder.device_of(e);
-        const int llm_rank = (device - layout.llm.first_device) / layout.llm.tp;
-        return llm_rank >= 0 && llm_rank < R && rank_group[llm_rank] == group;
+        return colocated_rank[e] >= 0 && rank_group[colocated_rank[e]] == group;
       };
       // Encoder ranks on each group's devices (colocated), for the tie-break.
       std::vector<std::vector<int>> group_encoder_ranks(colocated ? wave.groups.size() : 0);
@@ -524,6 +527,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         if (!on_group_devices(chosen, it.group)) enc_sent[chosen] += v.llm_tokens;
         plan.encoder_tasks.push_back(
             EncoderTask{it.sample, it.visual, static_cast<int>(w), chosen});
+        task_consumer.emplace_back(it.group, it.member);
       }
       double boundary = 0;
       for (int e = 0; e < E; ++e) {
@@ -549,21 +553,16 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       auto occupy = [&](const ModuleLayout& m, int rank, double until) {
         for (int i = 0; i < m.tp; ++i) device_free[m.device_of(rank, i)] = until;
       };
-      for (const SequencePlan& sp : wave.sequences) {
-        sample_group[sp.sample] = sp.group;
-        sample_member[sp.sample] = sp.sharding == Sharding::Whole ? sp.member : -1;
-      }
-      auto for_consumers = [&](int sample, auto&& visit) {
-        const GroupPlan& gp = wave.groups[sample_group[sample]];
-        if (sample_member[sample] >= 0)
-          visit(gp.ranks[sample_member[sample]]);
+      // The LLM ranks that consume task t's item: its holder, or every member of its ring.
+      auto for_consumers = [&](std::size_t t, auto&& visit) {
+        const auto [group, member] = task_consumer[t - first_task];
+        const GroupPlan& gp = wave.groups[group];
+        if (member >= 0)
+          visit(gp.ranks[member]);
         else
           for (int r : gp.ranks) visit(r);
       };
-      auto on_rank_devices = [&](int e, int r) {
-        const int device = layout.encoder.device_of(e);
-        return device >= layout.llm.device_of(r) && device < layout.llm.device_of(r) + layout.llm.tp;
-      };
+      auto on_rank_devices = [&](int e, int r) { return colocated_rank[e] == r; };
       const double forward_share = 1.0 / cost.compute_passes();  // as the simulator splits it
       std::fill(rank_inputs.begin(), rank_inputs.end(), 0.0);
       std::fill(rank_remote.begin(), rank_remote.end(), false);
@@ -573,7 +572,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         double& clock = encoder_clock[task.rank];
         if (clock < 0) clock = devices_free(layout.encoder, task.rank);
         clock += sc.encoder_ms[sc.visual_offset[task.sample] + task.visual] * forward_share;
-        for_consumers(task.sample, [&](int r) {
+        for_consumers(t, [&](int r) {
           rank_inputs[r] = std::max(rank_inputs[r], clock);
           if (!on_rank_devices(task.rank, r)) rank_remote[r] = true;
         });
@@ -600,8 +599,9 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         const EncoderTask& task = plan.encoder_tasks[t];
         double& start = encoder_clock[task.rank];
         if (start < 0) start = devices_free(layout.encoder, task.rank);
-        for_consumers(task.sample, [&](int r) {
-          start = std::max(start, rank_end[r] + (on_rank_devices(task.rank, r) ? 0.0 : boundary_wave_ms[w]));
+        for_consumers(t, [&](int r) {
+          const double back = on_rank_devices(task.rank, r) ? 0.0 : boundary_wave_ms[w];
+          start = std::max(start, rank_end[r] + back);
         });
         encoder_backward[task.rank] +=
             sc.encoder_ms[sc.visual_offset[task.sample] + task.visual] * (1 - forward_share);

@@ -51,6 +51,7 @@ struct Row {
   std::string static_layout;
   std::string layout;     // module layout of the first plan: "tp=2 etp=4 colocated"
   double step_ms = kNaN;  // median simulated step over the planned batches
+  double estimate_ms = kNaN;  // median of the planner's own estimate of the same plans
   double planner_ms_p50 = kNaN;
   double planner_ms_p99 = kNaN;
   double peak_mem_gib = kNaN;
@@ -195,6 +196,7 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
   }
   if (row.failed_batches < row.batches) {
     row.step_ms = median(row.batch_step_ms);
+    row.estimate_ms = median(row.batch_estimate_ms);
     row.planner_ms_p50 = percentile(planner_ms, 50);
     row.planner_ms_p99 = percentile(planner_ms, 99);
     row.peak_mem_gib = peak;
@@ -303,6 +305,7 @@ nlohmann::json to_json(const Row& r) {
   j["sequences"] = r.sequences;
   j["strategy"] = r.strategy;
   j["step_ms"] = number_or_null(r.step_ms);
+  j["estimate_ms"] = number_or_null(r.estimate_ms);
   j["planner_ms_p50"] = number_or_null(r.planner_ms_p50);
   j["planner_ms_p99"] = number_or_null(r.planner_ms_p99);
   j["peak_mem_gib"] = number_or_null(r.peak_mem_gib);

@@ -69,9 +69,11 @@ struct EncoderTask {
 // What the planner's own cost model predicts. The simulator's figures are separate.
 struct PlanEstimate {
   double step_ms = 0;
+  // Sums over the waves of each wave's slowest encoder rank / LLM rank. Where waves overlap
+  // across devices (no encoder, or a colocated one) the step is shorter than their sum.
   double encoder_ms = 0;
   double llm_ms = 0;
-  double grad_sync_ms = 0;
+  double grad_sync_ms = 0;  // exposed part
   std::vector<double> wave_ms;       // per wave, LLM part
   std::vector<double> peak_mem_gib;  // per LLM rank, highest over the waves
   double mem_capacity_gib = 0;
