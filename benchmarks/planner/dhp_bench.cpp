@@ -20,6 +20,7 @@
 #include "dhp/planner.hpp"
 #include "dhp/simulator.hpp"
 #include "scenarios.hpp"
+#include "stats.hpp"
 
 namespace {
 
@@ -64,16 +65,8 @@ struct Row {
   std::vector<double> batch_estimate_ms;  // the planner's own estimate
 };
 
-double percentile(std::vector<double> values, double p) {
-  std::erase_if(values, [](double v) { return std::isnan(v); });
-  if (values.empty()) return kNaN;
-  std::sort(values.begin(), values.end());
-  // Nearest rank: p99 of 12 samples is the largest, not an interpolation past it.
-  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * values.size()));
-  return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
-}
-
-double median(const std::vector<double>& values) { return percentile(values, 50); }
+using dhp::bench::median;
+using dhp::bench::percentile;
 
 std::string short_error(const std::exception& e) {
   // dhp::Error messages already name their kind.

@@ -1,0 +1,25 @@
+// Statistics the planner benchmarks report, shared so that every binary's "median" means
+// the same thing.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <vector>
+
+namespace dhp::bench {
+
+// Nearest-rank percentile, NaN entries (failed batches) ignored; NaN if none is left. p99 of
+// 12 samples is the largest, not an interpolation past it.
+inline double percentile(std::vector<double> values, double p) {
+  std::erase_if(values, [](double v) { return std::isnan(v); });
+  if (values.empty()) return std::numeric_limits<double>::quiet_NaN();
+  std::sort(values.begin(), values.end());
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * values.size()));
+  return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
+}
+
+inline double median(const std::vector<double>& values) { return percentile(values, 50); }
+
+}  // namespace dhp::bench
