@@ -434,6 +434,7 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
   int evaluated = 0;
   for (int tp : tps) {
     PlannerOptions with_tp = options;
+    with_tp.strategy = strategy;  // the layout (and how it encodes) is the static strategy's
     with_tp.llm_tp = tp;
     std::optional<Layout> layout;
     try {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <limits>
 #include <span>
 #include <string>
 
@@ -152,6 +153,52 @@ CostTerms p2p_terms(const CostModel& cost, double bytes, bool cross_node) {
   return t;
 }
 
+// The ring's exposed cost on top of the attention: every layer and pass runs d steps over
+// the KV blocks in flight. The block for step s + 1 leaves the predecessor as step s
+// starts, so each of the d - 1 steps that wait for one takes max(compute + overhead +
+// interference, transfer): the transfer slows the step it streams under by
+// (1 - overlap_efficiency) of the overlapped time, and once it is longer than the step it
+// sets the pace alone. Backward moves KV and dK/dV: twice the bytes, twice the compute.
+// `step_attention_work`: one step's forward attention work of one layer (efficiency
+// factor included); `full_recompute`: the forward runs again in backward.
+CostTerms ring_exchange_terms(const CostModel& cost, double step_attention_work, double block_bytes,
+                              RingSpan ring, int layers, bool full_recompute) {
+  CostTerms t;
+  if (ring.degree <= 1) return t;
+  const auto& coef = cost.coefficients();
+  const double d = ring.degree;
+  const double step_attention_ms =
+      step_attention_work / (cost.cluster().peak_tflops * 1e9 * coef.attention_efficiency);
+  const double overhead_ms = coef.ring_step_overhead_us / 1e3;
+  const double interference = 1.0 - coef.overlap_efficiency;
+  struct Pass {
+    double compute_scale, bytes_scale;
+  };
+  const Pass ring_passes[] = {{1, 1}, {2, 2}, {1, 1}};
+  const int ring_pass_count = full_recompute ? 3 : 2;
+  for (int p = 0; p < ring_pass_count; ++p) {
+    const Pass pass = ring_passes[p];
+    CostTerms step;
+    step.ring_steps = d;
+    const CostTerms comm = p2p_terms(cost, block_bytes * pass.bytes_scale, ring.crosses_nodes);
+    const double comm_ms = evaluate_ms(comm, coef, cost.cluster().peak_tflops);
+    const double compute_ms = pass.compute_scale * step_attention_ms;
+    CostTerms exposed;  // per waiting step, beyond its compute and overhead
+    if (comm_ms - compute_ms - overhead_ms > interference * std::min(comm_ms, compute_ms)) {
+      exposed = comm;  // the transfer sets the pace
+      exposed.attention_work = -pass.compute_scale * step_attention_work;
+      exposed.ring_steps = -1;
+    } else if (comm_ms <= compute_ms) {
+      exposed = comm.scaled(interference);
+    } else {
+      exposed.attention_work = interference * pass.compute_scale * step_attention_work;
+    }
+    step += exposed.scaled(d - 1);
+    t += step.scaled(layers);
+  }
+  return t;
+}
+
 CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> split_tokens,
                          RingSpan ring, std::span<const std::int64_t> whole_tokens) {
   DHP_CHECK(ring.degree >= 1, InvalidArgument, "llm_rank_ms: ring degree={} must be >= 1",
@@ -197,44 +244,10 @@ CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> sp
            .scaled(a.layers * launches);
   if (ring.degree == 1 || split_tokens.empty()) return t;
 
-  // Ring: every layer and pass runs d steps over the KV blocks of all split sequences at once
-  // (equal attention work per step under zigzag). The block for step s + 1 leaves the
-  // predecessor as step s starts, so each of the d - 1 steps that wait for one takes
-  // max(compute + overhead + interference, transfer): the transfer slows the step it streams
-  // under by (1 - overlap_efficiency) of the overlapped time, and once it is longer than the
-  // step it sets the pace alone. Backward moves KV and dK/dV: twice the bytes, twice the compute.
-  const double step_attention_work = split_attention_fwd / a.layers / d;
-  const double step_attention_ms =
-      step_attention_work / (cost.cluster().peak_tflops * 1e9 * coef.attention_efficiency);
-  const double block_bytes = cost.kv_block_bytes(split_local);
-  const double overhead_ms = coef.ring_step_overhead_us / 1e3;
-  const double interference = 1.0 - coef.overlap_efficiency;
-  struct Pass {
-    double compute_scale, bytes_scale;
-  };
-  const bool full = cost.model().training.recompute == Recompute::Full;
-  const Pass ring_passes[] = {{1, 1}, {2, 2}, {1, 1}};
-  const int ring_pass_count = full ? 3 : 2;
-  for (int p = 0; p < ring_pass_count; ++p) {
-    const Pass pass = ring_passes[p];
-    CostTerms step;
-    step.ring_steps = d;
-    const CostTerms comm = p2p_terms(cost, block_bytes * pass.bytes_scale, ring.crosses_nodes);
-    const double comm_ms = evaluate_ms(comm, coef, cost.cluster().peak_tflops);
-    const double compute_ms = pass.compute_scale * step_attention_ms;
-    CostTerms exposed;  // per waiting step, beyond its compute and overhead
-    if (comm_ms - compute_ms - overhead_ms > interference * std::min(comm_ms, compute_ms)) {
-      exposed = comm;  // the transfer sets the pace
-      exposed.attention_work = -pass.compute_scale * step_attention_work;
-      exposed.ring_steps = -1;
-    } else if (comm_ms <= compute_ms) {
-      exposed = comm.scaled(interference);
-    } else {
-      exposed.attention_work = interference * pass.compute_scale * step_attention_work;
-    }
-    step += exposed.scaled(d - 1);
-    t += step.scaled(a.layers);
-  }
+  // Zigzag gives every step an equal share of the split sequences' attention.
+  t += ring_exchange_terms(cost, split_attention_fwd / a.layers / d,
+                           cost.kv_block_bytes(split_local), ring, a.layers,
+                           cost.model().training.recompute == Recompute::Full);
   return t;
 }
 
@@ -253,49 +266,117 @@ double encoder_attention_pairs(const EncoderSpec& enc, const VisualItem& item) {
   const double slices =
       enc.temporal_patch_size > 0 ? std::ceil(frames / enc.temporal_patch_size) : 1.0;
   const double per_slice = static_cast<double>(item.patches) / slices;
-  const double tiles =
-      enc.attention_tile_patches > 0
-          ? std::ceil(per_slice / static_cast<double>(enc.attention_tile_patches))
-          : 1.0;
+  const double tiles = enc.attention_tile_patches > 0
+                           ? std::ceil(per_slice / static_cast<double>(enc.attention_tile_patches))
+                           : 1.0;
   const double span = per_slice / tiles;
   return slices * tiles * span * span;
 }
 
-CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
+CostTerms encoder_shard_terms(const CostModel& cost, const VisualItem& item, RingSpan ring) {
   DHP_CHECK(cost.model().encoder.has_value(), InvalidArgument,
             "encoder_item_ms: model '{}' has no encoder", cost.model().name);
   DHP_CHECK(item.patches >= 1, InvalidArgument, "encoder_item_ms: patches={} must be >= 1",
             item.patches);
+  DHP_CHECK(ring.degree >= 1 && ring.degree <= item.patches, InvalidArgument,
+            "encoder_shard_ms: {} shards of an item of {} patches", ring.degree, item.patches);
   const EncoderSpec& enc = *cost.model().encoder;
   const auto& a = enc.arch;
   const auto& coef = cost.coefficients();
   const double tp = cost.encoder_tp();
-  const double patches = static_cast<double>(item.patches);
+  const double n = ring.degree;
+  const double patches = static_cast<double>(item.patches) / n;  // this shard's
   // The encoder has its own recompute setting (TrainingSetup::encoder_recompute).
   TrainingSetup encoder_training = cost.model().training;
   encoder_training.recompute = encoder_training.encoder_recompute;
+  const bool full = encoder_training.recompute == Recompute::Full;
   const double launches = layer_pass_count(encoder_training);
-  const double passes = encoder_training.recompute == Recompute::Full ? 4.0 : 3.0;
+  const double passes = full ? 4.0 : 3.0;
   const double factor = 1.0 + coef.half_efficiency_tokens / patches;
 
   CostTerms t;
   const double linear_fwd =
       a.layers * (qkv_flops_per_token(a) + post_flops_per_token(a)) * patches +
-      2.0 * enc.projector_parameters * static_cast<double>(item.llm_tokens);
+      2.0 * enc.projector_parameters * static_cast<double>(item.llm_tokens) / n;
   t.gemm_work = passes * linear_fwd / tp * factor;
   // Full (non-causal) attention within each span the ViT attends over (a temporal slice of
-  // a video, a tile of an image; EncoderSpec), every span an equal share of the patches.
+  // a video, a tile of an image; EncoderSpec), every span an equal share of the patches; a
+  // shard's queries meet every key of their span, so it does 1/n of the pairs.
   const double attention_fwd =
-      a.layers * 2.0 * 2.0 * a.hidden * encoder_attention_pairs(enc, item);
-  t.attention_work = passes * attention_fwd / tp * factor;
+      a.layers * 2.0 * 2.0 * a.hidden * encoder_attention_pairs(enc, item) / n / tp * factor;
+  t.attention_work = passes * attention_fwd;
   t.layer_passes = a.layers * launches;
   t += tp_comm_terms(cost.cluster(), cost.encoder_tp(), patches, a.hidden,
                      cost.model().training.bytes_per_activation)
            .scaled(a.layers * launches);
+  const double block_bytes =
+      patches * 2.0 * a.kv_heads * a.head_dim() * cost.model().training.bytes_per_activation / tp;
+  t += ring_exchange_terms(cost, attention_fwd / a.layers / n, block_bytes, ring, a.layers, full);
   return t;
 }
 
+CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
+  return encoder_shard_terms(cost, item, RingSpan{1, false});
+}
+
 }  // namespace detail
+
+namespace {
+// Temporal slices of a video (1 for an image, or when all frames attend together).
+int temporal_slices(const EncoderSpec& enc, const VisualItem& item) {
+  const int frames = std::max(1, item.frames);
+  return enc.temporal_patch_size > 0
+             ? (frames + enc.temporal_patch_size - 1) / enc.temporal_patch_size
+             : 1;
+}
+}  // namespace
+
+int encoder_spans(const EncoderSpec& encoder, const VisualItem& item) {
+  const int slices = temporal_slices(encoder, item);
+  if (slices > 1 || encoder.attention_tile_patches <= 0) return slices;
+  const std::int64_t tiles =
+      (item.patches + encoder.attention_tile_patches - 1) / encoder.attention_tile_patches;
+  return static_cast<int>(std::clamp<std::int64_t>(tiles, 1, std::numeric_limits<int>::max()));
+}
+
+bool encoder_parts_are_shards(const EncoderSpec& encoder, const VisualItem& item, int parts) {
+  return parts > 1 && encoder_spans(encoder, item) == 1;
+}
+
+VisualItem encoder_part(const EncoderSpec& encoder, const VisualItem& item, int part, int parts) {
+  const int spans = encoder_spans(encoder, item);
+  DHP_CHECK(parts >= 1 && part >= 0 && part < parts && (spans == 1 || parts <= spans) &&
+                parts <= item.patches,
+            InvalidArgument,
+            "encoder part {} of {}: an item of {} patches, {} frames and {} spans is cut into at "
+            "most its spans (or, with one span, its patches)",
+            part, parts, item.patches, item.frames, spans);
+  if (parts == 1) return item;
+  // A range [lo, hi) of the `parts` shares of `total`, rounded so that shares add up:
+  // floor(total * k / parts) without overflow (total = q * parts + r).
+  auto share = [](std::int64_t total, std::int64_t lo, std::int64_t hi, std::int64_t of) {
+    const auto at = [&](std::int64_t k) { return total / of * k + total % of * k / of; };
+    return at(hi) - at(lo);
+  };
+  VisualItem out;
+  if (spans == 1) {  // a shard of the patches
+    out.patches = share(item.patches, part, part + 1, parts);
+    out.llm_tokens = share(item.llm_tokens, part, part + 1, parts);
+    out.frames = item.frames;
+    return out;
+  }
+  const int first = static_cast<int>(share(spans, 0, part, parts));
+  const int count = static_cast<int>(share(spans, part, part + 1, parts));
+  out.patches = std::max<std::int64_t>(1, share(item.patches, first, first + count, spans));
+  out.llm_tokens = share(item.llm_tokens, first, first + count, spans);
+  if (temporal_slices(encoder, item) > 1) {
+    const int tps = encoder.temporal_patch_size;
+    out.frames = std::min(item.frames, (first + count) * tps) - first * tps;
+  } else {
+    out.frames = item.frames;  // tiles of one image (or of frames that attend together)
+  }
+  return out;
+}
 
 CostCoefficients defaults_for(const ClusterSpec& cluster) {
   CostCoefficients c;  // the struct's defaults are the H100 ones
@@ -378,6 +459,11 @@ double CostModel::llm_rank_fixed_ms() const {
 
 double CostModel::encoder_item_ms(const VisualItem& item) const {
   return detail::evaluate_ms(detail::encoder_item_terms(*this, item), coef_, cluster_.peak_tflops);
+}
+
+double CostModel::encoder_shard_ms(const VisualItem& item, RingSpan ring) const {
+  return detail::evaluate_ms(detail::encoder_shard_terms(*this, item, ring), coef_,
+                             cluster_.peak_tflops);
 }
 
 double CostModel::wave_overhead_ms() const {
@@ -473,6 +559,16 @@ double CostModel::encoder_activation_bytes(const VisualItem& item) const {
   const double outputs =
       static_cast<double>(item.llm_tokens) * model_.llm.hidden * training.bytes_per_activation;
   return layer_bytes / encoder_tp_ + outputs;
+}
+
+double CostModel::encoder_shard_activation_bytes(const VisualItem& shard, int degree) const {
+  double bytes = encoder_activation_bytes(shard);
+  if (degree > 1 && model_.encoder) {
+    const auto& a = model_.encoder->arch;
+    bytes += 2.0 * static_cast<double>(shard.patches) * 2.0 * a.kv_heads * a.head_dim() *
+             model_.training.bytes_per_activation / encoder_tp_;
+  }
+  return bytes;
 }
 
 double CostModel::capacity_bytes() const {

@@ -32,6 +32,7 @@ CostTerms llm_rank_terms(const CostModel& cost, std::span<const std::int64_t> sp
                          RingSpan ring, std::span<const std::int64_t> whole_tokens);
 CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpan ring);
 CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item);
+CostTerms encoder_shard_terms(const CostModel& cost, const VisualItem& item, RingSpan ring);
 // (query, key) pairs of the ViT's full attention over one item: the sum over its attention
 // spans (temporal slices of a video, tiles of an image) of span^2.
 double encoder_attention_pairs(const EncoderSpec& enc, const VisualItem& item);

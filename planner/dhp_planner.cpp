@@ -557,7 +557,11 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
       for (int v = sample_costs.visual_offset[sample]; v < sample_costs.visual_offset[sample + 1];
            ++v) {
         encoder_total += sample_costs.encoder_ms[v];
-        encoder_longest = std::max(encoder_longest, sample_costs.encoder_ms[v]);
+        // A cut item's longest part is at least its even share over its parts: at most one
+        // per span (a video), or one per encoder rank (ring shards of a single-span image).
+        const int spans = sample_costs.encoder_spans[v];
+        const int parts = !layout.split_visual_items ? 1 : spans == 1 ? E : std::min(spans, E);
+        encoder_longest = std::max(encoder_longest, sample_costs.encoder_ms[v] / parts);
       }
     };
     for (std::size_t g = 0; g < wave.groups.size(); ++g) {
@@ -593,9 +597,8 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
   // Colocated: a device runs its rank's LLM work and its encoder rank's items one after the
   // other, so the step is at least the devices' average of both.
   const double busy_sum = std::accumulate(rank_busy_ms.begin(), rank_busy_ms.end(), 0.0);
-  const double device_mean =
-      (busy_sum * layout.llm.tp + encoder_work_ms * layout.encoder.tp) /
-      cost.cluster().world_size();
+  const double device_mean = (busy_sum * layout.llm.tp + encoder_work_ms * layout.encoder.tp) /
+                             cost.cluster().world_size();
   return std::max(llm_ms, device_mean) + sync_ms;
 }
 

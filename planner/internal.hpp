@@ -23,6 +23,7 @@ struct Layout {
   ModuleLayout llm;      // ranks = LLM ranks (TP groups)
   ModuleLayout encoder;  // ranks = encoder ranks; 0 for text-only models
   int llm_ranks_per_node = 1;
+  bool split_visual_items = false;  // PlannerOptions::split_visual_items, for dhp and exact
 };
 
 // TP per module: the smallest degree that divides the heads (and kv heads), divides the
@@ -54,6 +55,10 @@ std::vector<std::vector<int>> place_groups(const std::vector<int>& degrees, int 
 RingSpan expected_ring(int degree, const Layout& layout);
 // True when the ranks (in ring order) span more than one node.
 bool crosses_nodes(const std::vector<int>& ranks, int ranks_per_node);
+
+// True when the encoder ranks of a ring (EncoderTask shards) sit on more than one node.
+bool encoder_ring_crosses_nodes(const ClusterSpec& cluster, const ModuleLayout& encoder,
+                                const std::vector<int>& ranks);
 
 // Per-rank LLM time of one rank's pieces, as the planner's cost model sees it.
 // `split` are token counts of sequences zigzag-split over a ring of `ring`;
@@ -88,6 +93,7 @@ struct SampleCosts {
   std::vector<int> visual_offset;     // [sample] first index of its visuals below; size n + 1
   std::vector<double> encoder_ms;     // [visual] encoder_item_ms
   std::vector<double> encoder_bytes;  // [visual] encoder_activation_bytes
+  std::vector<int> encoder_spans;     // [visual] encoder_spans
   double encoder_reserve = 0;         // encoder_reserve_bytes
 };
 SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const Layout& layout);

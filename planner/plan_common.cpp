@@ -38,6 +38,9 @@ void fill_module_layouts(Layout& layout, const ClusterSpec& cluster, const Model
   const int dpn = cluster.devices_per_node;
   const bool has_encoder = model.encoder.has_value();
   layout.placement = options.placement;
+  layout.split_visual_items =
+      has_encoder && options.split_visual_items &&
+      (options.strategy == Strategy::Dhp || options.strategy == Strategy::Exact);
   if (options.placement == EncoderPlacement::Colocated) {
     layout.llm = ModuleLayout{layout.llm_tp, 0, world / layout.llm_tp};
     layout.encoder =
@@ -316,6 +319,14 @@ void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& l
   }
 }
 
+bool encoder_ring_crosses_nodes(const ClusterSpec& cluster, const ModuleLayout& encoder,
+                                const std::vector<int>& ranks) {
+  for (int e : ranks)
+    if (cluster.node_of(encoder.device_of(e)) != cluster.node_of(encoder.device_of(ranks[0])))
+      return true;
+  return false;
+}
+
 SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const Layout& layout) {
   SampleCosts sc;
   const bool has_encoder = layout.encoder.ranks > 0;
@@ -330,6 +341,7 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
     for (const VisualItem& v : s.visuals) {
       sc.encoder_ms.push_back(cost.encoder_item_ms(v));
       sc.encoder_bytes.push_back(cost.encoder_activation_bytes(v));
+      sc.encoder_spans.push_back(encoder_spans(*cost.model().encoder, v));
     }
   }
   sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
@@ -338,6 +350,77 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
 }
 
 namespace {
+
+// One encoder task of a wave before it has a rank: a visual item, or a part of it.
+struct Item {
+  int sample, visual, group;
+  int member;  // the group member that holds the sample whole; -1 when it is split
+  double ms;
+  double bytes;
+  std::int64_t llm_tokens;
+  int parts = 1;
+  bool shards = false;  // parts of one span: a ring over `parts` encoder ranks, placed together
+  int part = 0;         // which part (span ranges: one Item per part; shards: one Item for all)
+};
+
+// Items longer than `share` (the wave's even share of encoder time per rank) are cut so that
+// no single image or video holds up its wave: a video into ranges of its temporal slices
+// (tiles), each about `share` long and encoded on its own; an image of one span into shards
+// that run as a ring, as many as it takes to bring a shard to `share` (or as fast as the ring
+// gets). Every part priced as what it is: its own launches, the lower efficiency of smaller
+// pieces, the ring's exchange.
+void split_long_items(const CostModel& cost, const Batch& batch, double share, int encoder_ranks,
+                      std::vector<Item>& items) {
+  const EncoderSpec& enc = *cost.model().encoder;
+  const int per_node = std::max(1, cost.cluster().devices_per_node / cost.encoder_tp());
+  const std::size_t count = items.size();
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!(items[i].ms > share)) continue;
+    const VisualItem& v = batch.samples[items[i].sample].visuals[items[i].visual];
+    const int spans = encoder_spans(enc, v);
+    if (spans == 1) {
+      // Shards below half_efficiency_tokens patches would run at under half efficiency.
+      const auto min_patches =
+          std::max<std::int64_t>(1, std::llround(cost.coefficients().half_efficiency_tokens));
+      const int most = static_cast<int>(
+          std::min<std::int64_t>({encoder_ranks, 4LL * per_node, v.patches / min_patches}));
+      int best_n = 1;
+      double best_ms = items[i].ms;
+      for (int n = 2; n <= most; ++n) {
+        const double ms = cost.encoder_shard_ms(v, RingSpan{n, n > per_node});
+        if (ms < best_ms) {
+          best_ms = ms;
+          best_n = n;
+        }
+        if (ms <= share) break;
+      }
+      if (best_n == 1) continue;
+      items[i].parts = best_n;
+      items[i].shards = true;
+      items[i].ms = best_ms;
+      items[i].bytes = cost.encoder_shard_activation_bytes(encoder_part(enc, v, 0, best_n), best_n);
+      continue;
+    }
+    const int parts = static_cast<int>(
+        std::min<double>({static_cast<double>(spans), static_cast<double>(encoder_ranks),
+                          std::ceil(items[i].ms / share)}));
+    if (parts < 2) continue;
+    const Item whole = items[i];
+    for (int p = 0; p < parts; ++p) {
+      const VisualItem part = encoder_part(enc, v, p, parts);
+      Item it = whole;
+      it.ms = cost.encoder_item_ms(part);
+      it.bytes = cost.encoder_activation_bytes(part);
+      it.llm_tokens = part.llm_tokens;
+      it.part = p;
+      it.parts = parts;
+      if (p == 0)
+        items[i] = it;
+      else
+        items.push_back(it);
+    }
+  }
+}
 
 // Drafts -> Plan structure plus the estimate. `check_memory`: throw when over capacity
 // (build_plan); otherwise report an infeasible plan with an infinite step time.
@@ -383,6 +466,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> encoder_backward(E, 0.0);
   double encoder_end = 0;
   std::vector<double> enc_load(E);
+  std::vector<double> enc_start(E);  // when each encoder rank can start, in its wave's LPT
   std::vector<double> enc_bytes(E);
   std::vector<std::int64_t> enc_sent(E);
   std::vector<double> device_bytes(world);
@@ -395,12 +479,9 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   int over_rank = -1;
   int over_wave = -1;
 
-  struct Item {
-    int sample, visual, group;
-    int member;  // the group member that holds the sample whole; -1 when it is split
-    double ms;
-  };
   std::vector<Item> items;
+  std::vector<double> task_ms;  // encoder time of each task of the wave
+  std::vector<int> task_ring;   // per task of the wave: its ring's size at its first shard, else 1
   std::vector<std::pair<int, int>> task_consumer;  // (group, member) of each task of a wave
 
   for (std::size_t w = 0; w < waves.size(); ++w) {
@@ -458,6 +539,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     plan.estimate.wave_ms.push_back(wave_ms + cost.wave_overhead_ms());
     const std::size_t first_task = plan.encoder_tasks.size();
     task_consumer.clear();
+    task_ms.clear();
+    task_ring.clear();
     // Encoder work of the wave: longest item first onto the least-loaded encoder rank; on a
     // tie prefer a rank on the devices of the consuming group (no boundary traffic); never
     // past the encoder reserve where any rank can take the item (else the fewest-bytes rank).
@@ -465,17 +548,23 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     std::fill(enc_bytes.begin(), enc_bytes.end(), 0.0);
     std::fill(enc_sent.begin(), enc_sent.end(), 0);
     if (E > 0) {
+      double wave_encoder_ms = 0;
       for (const SequencePlan& sp : wave.sequences) {
         const Sample& s = batch.samples[sp.sample];
-        for (std::size_t v = 0; v < s.visuals.size(); ++v)
+        for (std::size_t v = 0; v < s.visuals.size(); ++v) {
+          const int at = sc.visual_offset[sp.sample] + static_cast<int>(v);
           items.push_back(Item{sp.sample, static_cast<int>(v), sp.group,
-                               sp.sharding == Sharding::Whole ? sp.member : -1,
-                               sc.encoder_ms[sc.visual_offset[sp.sample] + v]});
+                               sp.sharding == Sharding::Whole ? sp.member : -1, sc.encoder_ms[at],
+                               sc.encoder_bytes[at], s.visuals[v].llm_tokens});
+          wave_encoder_ms += sc.encoder_ms[at];
+        }
       }
+      if (layout.split_visual_items) split_long_items(cost, batch, wave_encoder_ms / E, E, items);
       std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
         if (a.ms != b.ms) return a.ms > b.ms;
         if (a.sample != b.sample) return a.sample < b.sample;
-        return a.visual < b.visual;
+        if (a.visual != b.visual) return a.visual < b.visual;
+        return a.part < b.part;
       });
       auto on_group_devices = [&](int e, int group) {
         return colocated_rank[e] >= 0 && rank_group[colocated_rank[e]] == group;
@@ -495,14 +584,71 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
             std::unique(group_encoder_ranks[g].begin(), group_encoder_ranks[g].end()),
             group_encoder_ranks[g].end());
       }
-      // (load, rank): the least-loaded rank with room is the first that fits in order.
+      // On the devices' clocks an encoder rank cannot start before its devices are free: the
+      // longest items go where the devices are free first (with per-wave loads alone, rank 0
+      // would take every wave's longest item).
+      for (int e = 0; e < E; ++e) {
+        enc_start[e] = 0;
+        if (!chained) continue;
+        for (int i = 0; i < layout.encoder.tp; ++i)
+          enc_start[e] = std::max(enc_start[e], device_free[layout.encoder.device_of(e, i)]);
+      }
+      auto key = [&](int e) { return enc_start[e] + enc_load[e]; };
+      // (key, rank): the first rank in order with room finishes earliest.
       std::set<std::pair<double, int>> by_load;
-      for (int e = 0; e < E; ++e) by_load.insert({0.0, e});
+      for (int e = 0; e < E; ++e) by_load.insert({key(e), e});
+      auto assign = [&](const Item& it, int e, double ms, double bytes, std::int64_t tokens,
+                        int part) {
+        auto node = by_load.extract({key(e), e});  // reused: no allocation
+        enc_load[e] += ms;
+        node.value().first = key(e);
+        by_load.insert(std::move(node));
+        enc_bytes[e] += bytes;
+        if (!on_group_devices(e, it.group)) enc_sent[e] += tokens;
+        plan.encoder_tasks.push_back(
+            EncoderTask{it.sample, it.visual, static_cast<int>(w), e, part, it.parts});
+        task_consumer.emplace_back(it.group, it.member);
+        task_ms.push_back(ms);
+        task_ring.push_back(it.shards ? it.parts : 1);
+      };
+      std::vector<int> ring;
       for (const Item& it : items) {
-        const VisualItem& v = batch.samples[it.sample].visuals[it.visual];
-        const double b = sc.encoder_bytes[sc.visual_offset[it.sample] + it.visual];
+        const double b = it.bytes;
+        if (it.shards) {
+          // A ring of it.parts ranks that start together: the first ones in order with room
+          // (else the fewest-bytes ones), in rank order.
+          ring.clear();
+          for (const auto& [k, e] : by_load) {
+            if (static_cast<int>(ring.size()) == it.parts) break;
+            if (enc_bytes[e] + b <= enc_cap) ring.push_back(e);
+          }
+          while (static_cast<int>(ring.size()) < it.parts) {
+            int fewest = -1;
+            for (int e = 0; e < E; ++e)
+              if (std::find(ring.begin(), ring.end(), e) == ring.end() &&
+                  (fewest < 0 || enc_bytes[e] < enc_bytes[fewest]))
+                fewest = e;
+            ring.push_back(fewest);
+          }
+          std::sort(ring.begin(), ring.end());
+          const EncoderSpec& enc = *cost.model().encoder;
+          const VisualItem& v = batch.samples[it.sample].visuals[it.visual];
+          const RingSpan span{it.parts,
+                              encoder_ring_crosses_nodes(cost.cluster(), layout.encoder, ring)};
+          const double ms = cost.encoder_shard_ms(v, span);
+          double start = 0;
+          for (int e : ring) start = std::max(start, key(e));
+          for (int p = 0; p < it.parts; ++p) {
+            const VisualItem shard = encoder_part(enc, v, p, it.parts);
+            // The ring waits for its last member: that wait is part of every member's load.
+            assign(it, ring[p], start - key(ring[p]) + ms,
+                   cost.encoder_shard_activation_bytes(shard, it.parts), shard.llm_tokens, p);
+            task_ms.back() = ms;
+          }
+          continue;
+        }
         int chosen = -1;
-        for (const auto& [load, e] : by_load) {
+        for (const auto& [k, e] : by_load) {
           if (enc_bytes[e] + b > enc_cap) continue;
           chosen = e;
           break;
@@ -510,7 +656,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         if (chosen >= 0 && colocated && !on_group_devices(chosen, it.group)) {
           // Same load on the consuming group's devices: no boundary traffic.
           for (int e : group_encoder_ranks[it.group]) {
-            if (enc_load[e] == enc_load[chosen] && enc_bytes[e] + b <= enc_cap) {
+            if (key(e) == key(chosen) && enc_bytes[e] + b <= enc_cap) {
               chosen = e;
               break;
             }
@@ -519,15 +665,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         if (chosen < 0)
           chosen = static_cast<int>(std::min_element(enc_bytes.begin(), enc_bytes.end()) -
                                     enc_bytes.begin());
-        auto node = by_load.extract({enc_load[chosen], chosen});  // reused: no allocation
-        enc_load[chosen] += it.ms;
-        node.value().first = enc_load[chosen];
-        by_load.insert(std::move(node));
-        enc_bytes[chosen] += b;
-        if (!on_group_devices(chosen, it.group)) enc_sent[chosen] += v.llm_tokens;
-        plan.encoder_tasks.push_back(
-            EncoderTask{it.sample, it.visual, static_cast<int>(w), chosen});
-        task_consumer.emplace_back(it.group, it.member);
+        assign(it, chosen, it.ms, b, it.llm_tokens, it.part);
       }
       double boundary = 0;
       for (int e = 0; e < E; ++e) {
@@ -567,15 +705,24 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       std::fill(rank_inputs.begin(), rank_inputs.end(), 0.0);
       std::fill(rank_remote.begin(), rank_remote.end(), false);
       std::fill(encoder_clock.begin(), encoder_clock.end(), -1.0);
-      for (std::size_t t = first_task; t < plan.encoder_tasks.size(); ++t) {
-        const EncoderTask& task = plan.encoder_tasks[t];
-        double& clock = encoder_clock[task.rank];
-        if (clock < 0) clock = devices_free(layout.encoder, task.rank);
-        clock += sc.encoder_ms[sc.visual_offset[task.sample] + task.visual] * forward_share;
-        for_consumers(t, [&](int r) {
-          rank_inputs[r] = std::max(rank_inputs[r], clock);
-          if (!on_rank_devices(task.rank, r)) rank_remote[r] = true;
-        });
+      for (std::size_t t = first_task; t < plan.encoder_tasks.size();) {
+        // A ring's shards (consecutive tasks) start together, when the last member is free.
+        const std::size_t end = t + task_ring[t - first_task];
+        double start = 0;
+        for (std::size_t k = t; k < end; ++k) {
+          double& clock = encoder_clock[plan.encoder_tasks[k].rank];
+          if (clock < 0) clock = devices_free(layout.encoder, plan.encoder_tasks[k].rank);
+          start = std::max(start, clock);
+        }
+        for (; t < end; ++t) {
+          const EncoderTask& task = plan.encoder_tasks[t];
+          double& clock = encoder_clock[task.rank];
+          clock = start + task_ms[t - first_task] * forward_share;
+          for_consumers(t, [&](int r) {
+            rank_inputs[r] = std::max(rank_inputs[r], clock);
+            if (!on_rank_devices(task.rank, r)) rank_remote[r] = true;
+          });
+        }
       }
       for (int e = 0; e < E; ++e)
         if (encoder_clock[e] >= 0) occupy(layout.encoder, e, encoder_clock[e]);
@@ -603,8 +750,19 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           const double back = on_rank_devices(task.rank, r) ? 0.0 : boundary_wave_ms[w];
           start = std::max(start, rank_end[r] + back);
         });
-        encoder_backward[task.rank] +=
-            sc.encoder_ms[sc.visual_offset[task.sample] + task.visual] * (1 - forward_share);
+        encoder_backward[task.rank] += task_ms[t - first_task] * (1 - forward_share);
+      }
+      // A ring's backward starts when all its members can start (one pass over the rings:
+      // a rank in two rings is not chased further; the simulator is exact about it).
+      for (std::size_t t = first_task; t < plan.encoder_tasks.size();) {
+        const std::size_t end = t + task_ring[t - first_task];
+        if (end - t > 1) {
+          double start = 0;
+          for (std::size_t k = t; k < end; ++k)
+            start = std::max(start, encoder_clock[plan.encoder_tasks[k].rank]);
+          for (std::size_t k = t; k < end; ++k) encoder_clock[plan.encoder_tasks[k].rank] = start;
+        }
+        t = end;
       }
       for (int e = 0; e < E; ++e)
         if (encoder_clock[e] >= 0) {
@@ -662,8 +820,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       sync_end = std::max(sync_end, rank_end[r] + llm_sync - hidden);
     }
     step = std::max(llm_done, encoder_end);
-    est.grad_sync_ms = std::max(0.0, sync_end - llm_done) +
-                       cost.encoder_grad_sync_full_ms(E) * (1.0 - overlap);
+    est.grad_sync_ms =
+        std::max(0.0, sync_end - llm_done) + cost.encoder_grad_sync_full_ms(E) * (1.0 - overlap);
   } else if (!waves.empty()) {
     // Disjoint encoder: it runs one wave ahead of the LLM on its own devices.
     const double last_backward = est.wave_ms.back() * backward_share;

@@ -10,8 +10,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <utility>
 
 #include "dhp/error.hpp"
+#include "internal.hpp"
 
 namespace dhp {
 
@@ -110,6 +113,7 @@ class Run {
     const int waves = static_cast<int>(plan_.waves.size());
     place_static_memory();
     tasks_by_wave_.assign(static_cast<size_t>(waves), {});
+    std::map<std::pair<int, int>, std::vector<size_t>> tasks_of_item;
     for (size_t t = 0; t < plan_.encoder_tasks.size(); ++t) {
       const EncoderTask& task = plan_.encoder_tasks[t];
       DHP_CHECK(
@@ -117,6 +121,45 @@ class Run {
           InvalidArgument, "simulator: encoder task {} has wave {} / rank {} out of range", t,
           task.wave, task.rank);
       tasks_by_wave_[static_cast<size_t>(task.wave)].push_back(t);
+      tasks_of_item[{task.sample, task.visual}].push_back(t);
+    }
+    // Every task's time and bytes; the shards of one item form a ring (plan.hpp).
+    task_ms_.assign(plan_.encoder_tasks.size(), 0.0);
+    task_bytes_.assign(plan_.encoder_tasks.size(), 0.0);
+    ring_.assign(plan_.encoder_tasks.size(), {});
+    for (const auto& [key, tasks] : tasks_of_item) {
+      const EncoderTask& first = plan_.encoder_tasks[tasks[0]];
+      DHP_CHECK(static_cast<int>(tasks.size()) == first.parts, InvalidArgument,
+                "simulator: sample {} visual {} has {} encoder tasks for {} parts", key.first,
+                key.second, tasks.size(), first.parts);
+      const VisualItem whole = item_of(EncoderTask{.sample = key.first, .visual = key.second});
+      const bool shards =
+          first.parts > 1 && encoder_parts_are_shards(*cost_.model().encoder, whole, first.parts);
+      std::vector<int> ranks;
+      for (size_t t : tasks) ranks.push_back(plan_.encoder_tasks[t].rank);
+      std::vector<int> sorted = ranks;
+      std::sort(sorted.begin(), sorted.end());
+      DHP_CHECK(!shards || std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
+                InvalidArgument,
+                "simulator: the {} ring shards of sample {} visual {} need distinct encoder ranks",
+                first.parts, key.first, key.second);
+      const RingSpan ring{first.parts, shards && detail::encoder_ring_crosses_nodes(
+                                                     cost_.cluster(), plan_.encoder, ranks)};
+      for (size_t t : tasks) {
+        const EncoderTask& task = plan_.encoder_tasks[t];
+        DHP_CHECK(task.parts == first.parts, InvalidArgument,
+                  "simulator: sample {} visual {}: task {} says {} parts, task {} says {}",
+                  key.first, key.second, t, task.parts, tasks[0], first.parts);
+        const VisualItem part = item_of(task);  // checks the part
+        if (shards) {
+          task_ms_[t] = cost_.encoder_shard_ms(whole, ring);
+          task_bytes_[t] = cost_.encoder_shard_activation_bytes(part, first.parts);
+          ring_[t] = tasks;
+        } else {
+          task_ms_[t] = cost_.encoder_item_ms(part);
+          task_bytes_[t] = cost_.encoder_activation_bytes(part);
+        }
+      }
     }
     item_ready_.assign(plan_.encoder_tasks.size(), 0.0);
     encoder_activation_.assign(static_cast<size_t>(waves),
@@ -178,15 +221,22 @@ class Run {
     }
   }
 
-  const VisualItem& item_of(const EncoderTask& task) const {
+  // The task's part of its visual item (the whole item when task.parts == 1).
+  VisualItem item_of(const EncoderTask& task) const {
     DHP_CHECK(task.sample >= 0 && static_cast<size_t>(task.sample) < batch_.samples.size() &&
                   task.visual >= 0 &&
                   static_cast<size_t>(task.visual) <
                       batch_.samples[static_cast<size_t>(task.sample)].visuals.size(),
               InvalidArgument, "simulator: encoder task (sample {}, visual {}) not in the batch",
               task.sample, task.visual);
-    return batch_.samples[static_cast<size_t>(task.sample)]
-        .visuals[static_cast<size_t>(task.visual)];
+    const VisualItem& item =
+        batch_.samples[static_cast<size_t>(task.sample)].visuals[static_cast<size_t>(task.visual)];
+    if (task.parts == 1) return item;
+    DHP_CHECK(cost_.model().encoder.has_value(), InvalidArgument,
+              "simulator: encoder task (sample {}, visual {}) is part {} of {} but model '{}' has "
+              "no encoder",
+              task.sample, task.visual, task.part, task.parts, cost_.model().name);
+    return encoder_part(*cost_.model().encoder, item, task.part, task.parts);
   }
 
   // ---- encoder ----
@@ -195,42 +245,61 @@ class Run {
   void encoder_forward(int w) {
     const double forward_share = 1.0 / cost_.compute_passes();
     std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
+    std::vector<char> done(plan_.encoder_tasks.size(), 0);
     for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
-      const EncoderTask& task = plan_.encoder_tasks[t];
-      const VisualItem& item = item_of(task);
-      double& now = clock[static_cast<size_t>(task.rank)];
-      if (now < 0) now = ready_at(plan_.encoder, task.rank);
-      const double start = now;
-      now += cost_.encoder_item_ms(item) * forward_share;
-      item_ready_[t] = now;
-      occupy(plan_.encoder, task.rank, now, now - start);
-      event(plan_.encoder.device_of(task.rank), w, -1, EventKind::Encoder, start, now);
-      encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(task.rank)] +=
-          cost_.encoder_activation_bytes(item);
+      if (done[t]) continue;
+      // A ring's shards start together, when the last of their ranks is free.
+      const std::vector<size_t> single{t};
+      const std::vector<size_t>& members = ring_[t].empty() ? single : ring_[t];
+      double start = 0;
+      for (size_t m : members) {
+        const int rank = plan_.encoder_tasks[m].rank;
+        double& now = clock[static_cast<size_t>(rank)];
+        if (now < 0) now = ready_at(plan_.encoder, rank);
+        start = std::max(start, now);
+      }
+      for (size_t m : members) {
+        const int rank = plan_.encoder_tasks[m].rank;
+        double& now = clock[static_cast<size_t>(rank)];
+        const int device = plan_.encoder.device_of(rank);
+        if (start > now) wait_event(device, w, -1, now, start);
+        now = start + task_ms_[m] * forward_share;
+        item_ready_[m] = now;
+        occupy(plan_.encoder, rank, now, now - start);
+        event(device, w, -1, EventKind::Encoder, start, now);
+        encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(rank)] += task_bytes_[m];
+        done[m] = 1;
+      }
     }
   }
 
   void encoder_backward(int w) {
     const double backward_share = 1.0 - 1.0 / cost_.compute_passes();
     std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
+    std::vector<char> done(plan_.encoder_tasks.size(), 0);
     for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
-      const EncoderTask& task = plan_.encoder_tasks[t];
-      const VisualItem& item = item_of(task);
-      double& now = clock[static_cast<size_t>(task.rank)];
-      const double device_ready = ready_at(plan_.encoder, task.rank);
-      if (now < 0) now = device_ready;
-      const double grads = grad_ready_[t];
-      const int device = plan_.encoder.device_of(task.rank);
-      if (grads > now) {
-        wait_event(device, w, -1, now, grads);
-        now = grads;
+      if (done[t]) continue;
+      // A ring's backward starts once every shard's rank is free and has its gradients.
+      const std::vector<size_t> single{t};
+      const std::vector<size_t>& members = ring_[t].empty() ? single : ring_[t];
+      double start = 0;
+      for (size_t m : members) {
+        const int rank = plan_.encoder_tasks[m].rank;
+        double& now = clock[static_cast<size_t>(rank)];
+        if (now < 0) now = ready_at(plan_.encoder, rank);
+        start = std::max({start, now, grad_ready_[m]});
       }
-      const double start = now;
-      now += cost_.encoder_item_ms(item) * backward_share;
-      occupy(plan_.encoder, task.rank, now, now - start);
-      event(device, w, -1, EventKind::Encoder, start, now);
-      enc_end_[static_cast<size_t>(task.rank)] =
-          std::max(enc_end_[static_cast<size_t>(task.rank)], now);
+      for (size_t m : members) {
+        const int rank = plan_.encoder_tasks[m].rank;
+        double& now = clock[static_cast<size_t>(rank)];
+        const int device = plan_.encoder.device_of(rank);
+        if (start > now) wait_event(device, w, -1, now, start);
+        now = start + task_ms_[m] * backward_share;
+        occupy(plan_.encoder, rank, now, now - start);
+        event(device, w, -1, EventKind::Encoder, start, now);
+        enc_end_[static_cast<size_t>(rank)] = std::max(enc_end_[static_cast<size_t>(rank)], now);
+        done[m] = 1;
+      }
     }
   }
 
@@ -751,6 +820,8 @@ class Run {
   std::vector<double> llm_end_, enc_end_, last_backward_ms_;
   std::vector<std::vector<size_t>> tasks_by_wave_;
   std::vector<double> item_ready_, grad_ready_;
+  std::vector<double> task_ms_, task_bytes_;  // per encoder task: fwd + bwd time, bytes
+  std::vector<std::vector<size_t>> ring_;     // per encoder task: its ring's tasks, if a shard
   std::vector<std::vector<double>> encoder_activation_;  // [wave][encoder rank] bytes
   std::vector<TimelineEvent> timeline_;
 };

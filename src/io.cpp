@@ -512,10 +512,13 @@ Plan plan_from(const json& obj, const std::string& path) {
       const std::string q = index_path(tp, t);
       const json& tj = (*tasks)[t];
       expect_object(tj, q);
-      plan.encoder_tasks.push_back({.sample = small_int(tj, q, "sample", 0),
-                                    .visual = small_int(tj, q, "visual", 0),
-                                    .wave = small_int(tj, q, "wave", 0),
-                                    .rank = small_int(tj, q, "rank", 0)});
+      EncoderTask task{.sample = small_int(tj, q, "sample", 0),
+                       .visual = small_int(tj, q, "visual", 0),
+                       .wave = small_int(tj, q, "wave", 0),
+                       .rank = small_int(tj, q, "rank", 0)};
+      read_int(tj, q, "part", task.part, 0);
+      read_int(tj, q, "parts", task.parts, 1);
+      plan.encoder_tasks.push_back(task);
     }
   }
   if (const json* e = find(obj, "estimate"))
@@ -666,9 +669,15 @@ std::string to_json(const Plan& plan, int indent) {
   }
   j["waves"] = std::move(waves);
   ordered_json tasks = ordered_json::array();
-  for (const EncoderTask& t : plan.encoder_tasks)
-    tasks.push_back(
-        {{"sample", t.sample}, {"visual", t.visual}, {"wave", t.wave}, {"rank", t.rank}});
+  for (const EncoderTask& t : plan.encoder_tasks) {
+    ordered_json task = {
+        {"sample", t.sample}, {"visual", t.visual}, {"wave", t.wave}, {"rank", t.rank}};
+    if (t.parts > 1) {  // absent: the whole item
+      task["part"] = t.part;
+      task["parts"] = t.parts;
+    }
+    tasks.push_back(std::move(task));
+  }
   j["encoder_tasks"] = std::move(tasks);
   const PlanEstimate& e = plan.estimate;
   j["estimate"] = {{"step_ms", e.step_ms},

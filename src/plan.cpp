@@ -102,6 +102,10 @@ std::uint64_t plan_hash(const Plan& plan) {
     h.add(task.visual);
     h.add(task.wave);
     h.add(task.rank);
+    if (task.parts > 1) {  // whole items hash as they did before parts existed
+      h.add(task.part);
+      h.add(task.parts);
+    }
   }
   return h.value();
 }
@@ -198,14 +202,15 @@ void validate(const Plan& plan, const Batch& batch) {
               plan.step, plan.encoder_tasks.size());
     return;
   }
-  std::vector<std::vector<int>> encoded(batch.samples.size());
-  for (int s = 0; s < num_samples; ++s) encoded[s].assign(batch.samples[s].visuals.size(), 0);
+  // Per visual item, its tasks' parts: every part 0..parts-1 exactly once, one count.
+  std::vector<std::vector<std::vector<std::size_t>>> tasks_of(batch.samples.size());
+  for (int s = 0; s < num_samples; ++s) tasks_of[s].resize(batch.samples[s].visuals.size());
   for (std::size_t t = 0; t < plan.encoder_tasks.size(); ++t) {
     const EncoderTask& task = plan.encoder_tasks[t];
     DHP_CHECK(task.sample >= 0 && task.sample < num_samples, Internal,
               "plan '{}' step {}: encoder task {} names sample {} outside [0, {})", plan.strategy,
               plan.step, t, task.sample, num_samples);
-    const int num_visuals = static_cast<int>(encoded[task.sample].size());
+    const int num_visuals = static_cast<int>(tasks_of[task.sample].size());
     DHP_CHECK(task.visual >= 0 && task.visual < num_visuals, Internal,
               "plan '{}' step {}: encoder task {} names visual {} of sample {} outside [0, {})",
               plan.strategy, plan.step, t, task.visual, task.sample, num_visuals);
@@ -217,15 +222,32 @@ void validate(const Plan& plan, const Batch& batch) {
               "sample runs in wave {}",
               plan.strategy, plan.step, t, task.sample, task.visual, task.wave,
               wave_of_sample[task.sample]);
-    DHP_CHECK(++encoded[task.sample][task.visual] == 1, Internal,
-              "plan '{}' step {}: sample {} visual {} is encoded more than once", plan.strategy,
-              plan.step, task.sample, task.visual);
+    DHP_CHECK(task.parts >= 1 && task.part >= 0 && task.part < task.parts, Internal,
+              "plan '{}' step {}: encoder task {} is part {} of {} parts", plan.strategy, plan.step,
+              t, task.part, task.parts);
+    tasks_of[task.sample][task.visual].push_back(t);
   }
+  std::vector<char> seen;
   for (int s = 0; s < num_samples; ++s) {
-    for (std::size_t v = 0; v < encoded[s].size(); ++v) {
-      DHP_CHECK(encoded[s][v] == 1, Internal,
+    for (std::size_t v = 0; v < tasks_of[s].size(); ++v) {
+      const std::vector<std::size_t>& tasks = tasks_of[s][v];
+      DHP_CHECK(!tasks.empty(), Internal,
                 "plan '{}' step {}: sample {} (id {}) visual {} is never encoded", plan.strategy,
                 plan.step, s, batch.samples[s].id, v);
+      const int parts = plan.encoder_tasks[tasks[0]].parts;
+      DHP_CHECK(static_cast<int>(tasks.size()) == parts, Internal,
+                "plan '{}' step {}: sample {} visual {} has {} encoder tasks for {} parts (encoded "
+                "more than once, or a part missing)",
+                plan.strategy, plan.step, s, v, tasks.size(), parts);
+      seen.assign(parts, 0);
+      for (std::size_t t : tasks) {
+        const EncoderTask& task = plan.encoder_tasks[t];
+        DHP_CHECK(task.parts == parts && !seen[task.part], Internal,
+                  "plan '{}' step {}: sample {} visual {}: task {} is part {} of {}, but another "
+                  "task has that part or a different count ({})",
+                  plan.strategy, plan.step, s, v, t, task.part, task.parts, parts);
+        seen[task.part] = 1;
+      }
     }
   }
 }

@@ -29,6 +29,18 @@ struct CostCoefficients {
 
 CostCoefficients defaults_for(const ClusterSpec& cluster);
 
+// The parts of a visual item the encoder processes independently (EncoderSpec): a video's
+// temporal slices, else an image's tiles; 1 when it attends across all its patches. The
+// planner may give disjoint ranges of them to different encoder ranks, so that one long
+// video does not hold up a wave.
+int encoder_spans(const EncoderSpec& encoder, const VisualItem& item);
+// Part `part` of `parts` of an item (EncoderTask): with at least `parts` spans, a range of
+// whole spans (their frames, patches and LLM tokens); with one span, an equal shard of its
+// patches and LLM tokens (encoder_parts_are_shards: encoded as a ring). Integer shares that
+// add up to the item's. Throws InvalidArgument for 1 < spans < parts or part out of range.
+VisualItem encoder_part(const EncoderSpec& encoder, const VisualItem& item, int part, int parts);
+bool encoder_parts_are_shards(const EncoderSpec& encoder, const VisualItem& item, int parts);
+
 // How a group's ring is laid out on the cluster.
 struct RingSpan {
   int degree = 1;
@@ -66,6 +78,10 @@ class CostModel {
   double llm_rank_fixed_ms() const;
   // Encoder forward + backward for one visual item on one encoder rank.
   double encoder_item_ms(const VisualItem& item) const;
+  // One of ring.degree equal shards of `item` (the whole item, not a shard of it), encoded
+  // together as a ring over ring.degree encoder ranks: each shard's linear layers, 1/degree
+  // of the attention pairs, and the KV exchange overlapped with it. Degree 1: encoder_item_ms.
+  double encoder_shard_ms(const VisualItem& item, RingSpan ring) const;
   // Fixed cost of one wave (micro-batch): launches, pipeline flush, optimizer-free.
   double wave_overhead_ms() const;
 
@@ -87,6 +103,9 @@ class CostModel {
   // KV send/receive buffers when degree > 1.
   double llm_activation_bytes(std::int64_t tokens, int degree) const;
   double encoder_activation_bytes(const VisualItem& item) const;
+  // A ring shard (encoder_part) of an item cut into `degree` shards: its own activations
+  // plus the KV blocks in flight (the one in use and the one arriving).
+  double encoder_shard_activation_bytes(const VisualItem& shard, int degree) const;
   double capacity_bytes() const;  // device memory minus the reserve
 
   // Flop counts (forward, whole model) used by compute times and by calibration.

@@ -64,6 +64,13 @@ struct EncoderTask {
   int visual = 0;  // index into Sample::visuals
   int wave = 0;    // the wave whose LLM work consumes it
   int rank = 0;    // encoder rank that encodes it
+  // The item is encoded in `parts` parts; this task is part `part` (encoder_part). Where the
+  // item has at least `parts` independent spans (encoder_spans: a video's temporal slices,
+  // an image's tiles) each part is a range of them encoded on its own; an item of a single
+  // span is cut into `parts` shards of its patches that run together as a ring over their
+  // encoder ranks (non-causal ring attention).
+  int part = 0;
+  int parts = 1;
 };
 
 // What the planner's own cost model predicts. The simulator's figures are separate.
@@ -73,7 +80,7 @@ struct PlanEstimate {
   // across devices (no encoder, or a colocated one) the step is shorter than their sum.
   double encoder_ms = 0;
   double llm_ms = 0;
-  double grad_sync_ms = 0;  // exposed part
+  double grad_sync_ms = 0;           // exposed part
   std::vector<double> wave_ms;       // per wave, LLM part
   std::vector<double> peak_mem_gib;  // per LLM rank, highest over the waves
   double mem_capacity_gib = 0;

@@ -52,6 +52,10 @@ struct PlannerOptions {
   std::optional<StaticLayout> static_layout;  // StaticBest/StaticBalanced; else chosen per batch
   std::int64_t max_tokens_per_rank = 0;       // MegatronDcp; 0: derived from memory
   int max_waves = 256;
+  // Dhp, Exact: an item longer than a wave's even share of encoder work is encoded in parts
+  // (ranges of its temporal slices or tiles, encoder_spans) on several encoder ranks. The
+  // baselines encode every item whole on one rank, as their systems do.
+  bool split_visual_items = true;
   CostCoefficients coefficients;  // defaults_for(cluster) unless set with calibrated ones
   bool coefficients_set = false;
 };

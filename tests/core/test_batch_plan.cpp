@@ -205,6 +205,31 @@ TEST(PlanValidate, CatchesEachViolation) {
   violates([](Plan& p) { p.encoder.ranks = 0; }, {"3 encoder tasks", "no ranks"});
 }
 
+TEST(PlanValidate, PartsOfAnItemMustComeOutWhole) {
+  const Batch b = small_batch();
+  Plan p = small_plan();
+  p.encoder_tasks[0].parts = 2;  // sample 2's video in two parts
+  p.encoder_tasks.push_back(
+      {.sample = 2, .visual = 0, .wave = 0, .rank = 4, .part = 1, .parts = 2});
+  EXPECT_NO_THROW(validate(p, b));
+  const Plan read = plan_from_json(to_json(p));
+  EXPECT_EQ(read.encoder_tasks.back().part, 1);
+  EXPECT_EQ(read.encoder_tasks.back().parts, 2);
+  EXPECT_EQ(plan_hash(read), plan_hash(p));
+  EXPECT_NE(plan_hash(p), plan_hash(small_plan()));
+  auto violates = [&](auto&& mutate, std::initializer_list<std::string_view> fragments) {
+    Plan q = p;
+    mutate(q);
+    expect_error([&] { validate(q, b); }, ErrorKind::Internal, fragments);
+  };
+  violates([](Plan& q) { q.encoder_tasks.pop_back(); },
+           {"sample 2", "1 encoder tasks for 2 parts"});
+  violates([](Plan& q) { q.encoder_tasks.back().part = 0; }, {"part 0 of 2", "another task"});
+  violates([](Plan& q) { q.encoder_tasks.back().parts = 3; }, {"different count"});
+  violates([](Plan& q) { q.encoder_tasks.back().part = 2; }, {"part 2 of 2 parts"});
+  violates([](Plan& q) { q.encoder_tasks.back().parts = 0; }, {"part 1 of 0 parts"});
+}
+
 TEST(PlanValidate, DisjointEncoderAndTextOnly) {
   Plan p = small_plan();
   p.placement = EncoderPlacement::Disjoint;
