@@ -345,6 +345,15 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
     }
   }
   sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
+  const int visuals = static_cast<int>(sc.encoder_ms.size());
+  sc.visual_sample.resize(visuals);
+  for (int s = 0; s < static_cast<int>(batch.samples.size()); ++s)
+    for (int v = sc.visual_offset[s]; v < sc.visual_offset[s + 1]; ++v) sc.visual_sample[v] = s;
+  sc.visuals_longest_first.resize(visuals);
+  std::iota(sc.visuals_longest_first.begin(), sc.visuals_longest_first.end(), 0);
+  // Longest first; ties by (sample, visual), i.e. by flat index.
+  std::stable_sort(sc.visuals_longest_first.begin(), sc.visuals_longest_first.end(),
+                   [&](int a, int b) { return sc.encoder_ms[a] > sc.encoder_ms[b]; });
   sc.encoder_reserve = encoder_reserve_bytes(cost, layout, batch);
   return sc;
 }
@@ -362,6 +371,14 @@ struct Item {
   bool shards = false;  // parts of one span: a ring over `parts` encoder ranks, placed together
   int part = 0;         // which part (span ranges: one Item per part; shards: one Item for all)
 };
+
+// The encoder LPT's order: longest first, then by sample, visual and part (a total order).
+bool longest_first(const Item& a, const Item& b) {
+  if (a.ms != b.ms) return a.ms > b.ms;
+  if (a.sample != b.sample) return a.sample < b.sample;
+  if (a.visual != b.visual) return a.visual < b.visual;
+  return a.part < b.part;
+}
 
 // Items longer than `share` (the wave's even share of encoder time per rank) are cut so that
 // no single image or video holds up its wave: a video into ranges of its temporal slices
@@ -480,6 +497,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   int over_wave = -1;
 
   std::vector<Item> items;
+  std::vector<Item> cut_items;
+  std::vector<int> sample_wave(batch.samples.size(), -1);  // the wave being assembled: its
+  std::vector<int> sample_group(batch.samples.size());     // samples' group and member
+  std::vector<int> sample_member(batch.samples.size());
   std::vector<double> task_ms;  // encoder time of each task of the wave
   std::vector<int> task_ring;   // per task of the wave: its ring's size at its first shard, else 1
   std::vector<std::pair<int, int>> task_consumer;  // (group, member) of each task of a wave
@@ -548,24 +569,42 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     std::fill(enc_bytes.begin(), enc_bytes.end(), 0.0);
     std::fill(enc_sent.begin(), enc_sent.end(), 0);
     if (E > 0) {
-      double wave_encoder_ms = 0;
+      // The wave's items, longest first: the batch's visuals come sorted that way once
+      // (SampleCosts), so a wave only filters them.
       for (const SequencePlan& sp : wave.sequences) {
-        const Sample& s = batch.samples[sp.sample];
-        for (std::size_t v = 0; v < s.visuals.size(); ++v) {
-          const int at = sc.visual_offset[sp.sample] + static_cast<int>(v);
-          items.push_back(Item{sp.sample, static_cast<int>(v), sp.group,
-                               sp.sharding == Sharding::Whole ? sp.member : -1, sc.encoder_ms[at],
-                               sc.encoder_bytes[at], s.visuals[v].llm_tokens});
-          wave_encoder_ms += sc.encoder_ms[at];
+        sample_wave[sp.sample] = static_cast<int>(w);
+        sample_group[sp.sample] = sp.group;
+        sample_member[sp.sample] = sp.sharding == Sharding::Whole ? sp.member : -1;
+      }
+      double wave_encoder_ms = 0;
+      for (int at : sc.visuals_longest_first) {
+        const int s = sc.visual_sample[at];
+        if (sample_wave[s] != static_cast<int>(w)) continue;
+        const int v = at - sc.visual_offset[s];
+        items.push_back(Item{s, v, sample_group[s], sample_member[s], sc.encoder_ms[at],
+                             sc.encoder_bytes[at], batch.samples[s].visuals[v].llm_tokens});
+        wave_encoder_ms += sc.encoder_ms[at];
+      }
+      if (layout.split_visual_items) {
+        // Only the items longer than the share are cut: a prefix; its parts merge back in.
+        const double share = wave_encoder_ms / E;
+        const auto longer = std::partition_point(items.begin(), items.end(),
+                                                 [&](const Item& it) { return it.ms > share; });
+        if (longer != items.begin()) {
+          cut_items.assign(items.begin(), longer);
+          split_long_items(cost, batch, share, E, cut_items);
+          std::sort(cut_items.begin(), cut_items.end(), longest_first);
+          const std::size_t kept = static_cast<std::size_t>(items.end() - longer);
+          std::move(longer, items.end(), items.begin());
+          items.resize(kept);
+          const std::size_t mid = cut_items.size();
+          cut_items.insert(cut_items.end(), items.begin(), items.end());
+          std::inplace_merge(cut_items.begin(),
+                             cut_items.begin() + static_cast<std::ptrdiff_t>(mid), cut_items.end(),
+                             longest_first);
+          items.swap(cut_items);
         }
       }
-      if (layout.split_visual_items) split_long_items(cost, batch, wave_encoder_ms / E, E, items);
-      std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
-        if (a.ms != b.ms) return a.ms > b.ms;
-        if (a.sample != b.sample) return a.sample < b.sample;
-        if (a.visual != b.visual) return a.visual < b.visual;
-        return a.part < b.part;
-      });
       auto on_group_devices = [&](int e, int group) {
         return colocated_rank[e] >= 0 && rank_group[colocated_rank[e]] == group;
       };
