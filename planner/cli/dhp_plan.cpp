@@ -43,6 +43,8 @@ per-rank peak memory in "estimate"):
   --placement P           colocated (default) or disjoint
   --encoder-devices N     devices given to the encoder (disjoint placement)
   --max-tokens-per-rank N megatron_dcp's per-rank token limit (default: from memory)
+  --whole-visuals         dhp, exact: encode every image/video whole on one encoder rank
+                          (default: long ones are cut across encoder ranks)
   --calibration FILE      fit the cost model to measured profiles first (fit error on stderr)
   --simulate              add "simulation": simulated step time, per-device peak memory, idle
   --svg FILE              write a picture of the simulated plan (implies simulating)
@@ -77,7 +79,7 @@ class Args {
       std::string arg = argv[i];
       if (arg.rfind("--", 0) != 0) throw UsageError{fmt::format("unexpected argument '{}'", arg)};
       if (kFlags.count(arg)) {
-        flags_.insert(arg);
+        "--whole-visuals", flags_.insert(arg);
       } else {
         if (i + 1 >= argc) throw UsageError{fmt::format("{} needs a value", arg)};
         values_[arg] = argv[++i];
@@ -122,8 +124,8 @@ class Args {
   }
 
  private:
-  static inline const std::set<std::string> kFlags = {"--simulate", "--pretty", "--per-event",
-                                                      "--help"};
+  static inline const std::set<std::string> kFlags = {"--whole-visuals", "--simulate", "--pretty",
+                                                      "--per-event", "--help"};
   std::map<std::string, std::string> values_;
   std::set<std::string> flags_;
 };
@@ -147,7 +149,7 @@ dhp::Batch load_batch(const std::string& path, long long index) {
 int run_plan(const Args& args) {
   args.only({"--cluster", "--model", "--batch", "--batch-index", "--strategy", "--tp",
              "--encoder-tp", "--placement", "--encoder-devices", "--max-tokens-per-rank",
-             "--calibration", "--simulate", "--svg", "--pretty"});
+             "--calibration", "--simulate", "--svg", "--pretty", "--whole-visuals"});
   const dhp::ClusterSpec cluster = dhp::load_cluster(args.get("--cluster"));
   const dhp::ModelSpec model = dhp::load_model(args.get("--model"));
   const dhp::Batch batch = load_batch(args.get("--batch"), args.integer("--batch-index", 0));
@@ -173,6 +175,7 @@ int run_plan(const Args& args) {
     throw UsageError{fmt::format("--placement expects colocated or disjoint, got '{}'", placement)};
   }
   options.max_tokens_per_rank = args.integer("--max-tokens-per-rank", 0);
+  options.split_visual_items = !args.has("--whole-visuals");
 
   if (args.has("--calibration")) {
     // Calibrate at the TP degrees the planner will use, then plan with the fitted model.
