@@ -241,14 +241,16 @@ class Run {
 
   // ---- encoder ----
   // Forward of every item of wave w on its encoder rank, in task order; the backward (the
-  // rest of encoder_item_ms) runs after the LLM's backward of the same wave.
-  void encoder_forward(int w) {
+  // rest of encoder_item_ms) runs after the LLM's backward of the same wave, each task once
+  // its gradients are back. A ring's shards start together, when the last of their ranks is
+  // free (and, in backward, has its gradients).
+  void encoder_pass(int w, bool backward) {
     const double forward_share = 1.0 / cost_.compute_passes();
+    const double share = backward ? 1.0 - forward_share : forward_share;
     std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
     std::vector<char> done(plan_.encoder_tasks.size(), 0);
     for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
       if (done[t]) continue;
-      // A ring's shards start together, when the last of their ranks is free.
       const std::vector<size_t> single{t};
       const std::vector<size_t>& members = ring_[t].empty() ? single : ring_[t];
       double start = 0;
@@ -256,52 +258,28 @@ class Run {
         const int rank = plan_.encoder_tasks[m].rank;
         double& now = clock[static_cast<size_t>(rank)];
         if (now < 0) now = ready_at(plan_.encoder, rank);
-        start = std::max(start, now);
+        start = std::max({start, now, backward ? grad_ready_[m] : 0.0});
       }
       for (size_t m : members) {
         const int rank = plan_.encoder_tasks[m].rank;
         double& now = clock[static_cast<size_t>(rank)];
         const int device = plan_.encoder.device_of(rank);
         if (start > now) wait_event(device, w, -1, now, start);
-        now = start + task_ms_[m] * forward_share;
-        item_ready_[m] = now;
+        now = start + task_ms_[m] * share;
         occupy(plan_.encoder, rank, now, now - start);
         event(device, w, -1, EventKind::Encoder, start, now);
-        encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(rank)] += task_bytes_[m];
+        if (backward) {
+          enc_end_[static_cast<size_t>(rank)] = std::max(enc_end_[static_cast<size_t>(rank)], now);
+        } else {
+          item_ready_[m] = now;
+          encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(rank)] += task_bytes_[m];
+        }
         done[m] = 1;
       }
     }
   }
-
-  void encoder_backward(int w) {
-    const double backward_share = 1.0 - 1.0 / cost_.compute_passes();
-    std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
-    std::vector<char> done(plan_.encoder_tasks.size(), 0);
-    for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
-      if (done[t]) continue;
-      // A ring's backward starts once every shard's rank is free and has its gradients.
-      const std::vector<size_t> single{t};
-      const std::vector<size_t>& members = ring_[t].empty() ? single : ring_[t];
-      double start = 0;
-      for (size_t m : members) {
-        const int rank = plan_.encoder_tasks[m].rank;
-        double& now = clock[static_cast<size_t>(rank)];
-        if (now < 0) now = ready_at(plan_.encoder, rank);
-        start = std::max({start, now, grad_ready_[m]});
-      }
-      for (size_t m : members) {
-        const int rank = plan_.encoder_tasks[m].rank;
-        double& now = clock[static_cast<size_t>(rank)];
-        const int device = plan_.encoder.device_of(rank);
-        if (start > now) wait_event(device, w, -1, now, start);
-        now = start + task_ms_[m] * backward_share;
-        occupy(plan_.encoder, rank, now, now - start);
-        event(device, w, -1, EventKind::Encoder, start, now);
-        enc_end_[static_cast<size_t>(rank)] = std::max(enc_end_[static_cast<size_t>(rank)], now);
-        done[m] = 1;
-      }
-    }
-  }
+  void encoder_forward(int w) { encoder_pass(w, false); }
+  void encoder_backward(int w) { encoder_pass(w, true); }
 
   // ---- LLM ----
   LayerTimes layer_times(const RankWork& work) const {
