@@ -407,6 +407,8 @@ Status convert_dtype(const ConvertArgs& args) {
   Impl impl{};
   DHP_KERNEL_TRY(choose_impl(op, args.device, impl));
   DHP_KERNEL_REQUIRE(args.count >= 0, op, ": count=", args.count, " < 0");
+  DHP_KERNEL_TRY(require_dtype(op, args.src_dtype));
+  DHP_KERNEL_TRY(require_dtype(op, args.dst_dtype));
   DHP_KERNEL_TRY(check_pointer(op, "src", args.src, args.count));
   DHP_KERNEL_TRY(check_pointer(op, "dst", args.dst, args.count));
   if (args.count == 0) return Status::Ok;

@@ -80,7 +80,7 @@ DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& tim
                                      const std::vector<int>& min_degree, int ranks);
 
 // The drafts plan_paper_bfd_dp and plan_megatron_dcp hand to build_plan (encoder-limited),
-// also dhp's portfolio candidates.
+// also dhp's portfolio candidates. The caller has run check_batch_fits.
 std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& cost,
                                           const Layout& layout, const PlannerOptions& options);
 std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,

@@ -38,7 +38,6 @@ std::int64_t share_of(std::int64_t tokens, int degree) { return (tokens + degree
 
 std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,
                                           const Layout& layout, const PlannerOptions& options) {
-  check_batch_fits(batch, cost, layout);
   const int ranks = layout.llm.ranks;
   const double budget = llm_activation_budget(cost, layout, batch);
   int largest_pow2 = 1;
@@ -141,6 +140,7 @@ std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& c
 
 Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& layout,
                        const PlannerOptions& options) {
+  check_batch_fits(batch, cost, layout);  // megatron_dcp_waves's callers have checked already
   return build_plan(to_string(Strategy::MegatronDcp), batch, cost, layout,
                     megatron_dcp_waves(batch, cost, layout, options));
 }

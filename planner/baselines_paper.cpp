@@ -123,7 +123,6 @@ DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& tim
 
 std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& cost,
                                           const Layout& layout, const PlannerOptions& options) {
-  check_batch_fits(batch, cost, layout);
   const int ranks = layout.llm.ranks;
   const double budget = llm_activation_budget(cost, layout, batch);
   // The run's per-rank token limit, when set, caps the atomic groups like memory does.
@@ -174,6 +173,7 @@ std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& c
 
 Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,
                        const PlannerOptions& options) {
+  check_batch_fits(batch, cost, layout);  // paper_bfd_dp_waves's callers have checked already
   return build_plan(to_string(Strategy::PaperBfdDp), batch, cost, layout,
                     paper_bfd_dp_waves(batch, cost, layout, options));
 }

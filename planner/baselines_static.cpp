@@ -119,21 +119,21 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
       GroupDraft piece;
       double piece_split = 0;  // bytes of the piece's split samples per rank
       std::vector<double> piece_whole(degree, 0.0);
+      double piece_whole_max = 0;  // max of piece_whole (its values only grow)
       auto reset_piece = [&] {
         piece = GroupDraft{};
         piece.degree = degree;
         piece.whole.resize(group.whole.size());
         piece_split = 0;
         std::fill(piece_whole.begin(), piece_whole.end(), 0.0);
+        piece_whole_max = 0;
       };
       reset_piece();
       bool piece_empty = true;
       auto add = [&](int s, int member) {
         const double llm = llm_bytes(s, member < 0 ? degree : 1);
-        const double rank_after =
-            member < 0
-                ? piece_split + llm + *std::max_element(piece_whole.begin(), piece_whole.end())
-                : piece_split + piece_whole[member] + llm;
+        const double rank_after = member < 0 ? piece_split + llm + piece_whole_max
+                                             : piece_split + piece_whole[member] + llm;
         const bool ok =
             fits(current_encoder + sample_bytes[s], std::max(current_fullest, rank_after));
         if (!ok && !(piece_empty && current.groups.empty())) {
@@ -144,10 +144,9 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
         }
         (member < 0 ? piece.split : piece.whole[member]).push_back(s);
         (member < 0 ? piece_split : piece_whole[member]) += llm;
+        if (member >= 0) piece_whole_max = std::max(piece_whole_max, piece_whole[member]);
         current_encoder += sample_bytes[s];
-        current_fullest =
-            std::max(current_fullest,
-                     piece_split + *std::max_element(piece_whole.begin(), piece_whole.end()));
+        current_fullest = std::max(current_fullest, piece_split + piece_whole_max);
         piece_empty = false;
       };
       for (int s : group.split) add(s, -1);
@@ -423,10 +422,7 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
   std::vector<int> tps;
   for (int tp = 1; tp <= cluster.devices_per_node; ++tp) {
     if (options.llm_tp > 0 && tp != options.llm_tp) continue;
-    // Megatron needs tp to divide the attention heads and the kv (query-group) heads.
-    const bool divides_heads =
-        model.llm.heads % tp == 0 && (model.llm.kv_heads <= 0 || model.llm.kv_heads % tp == 0);
-    if (cluster.devices_per_node % tp == 0 && divides_heads) tps.push_back(tp);
+    if (tp_valid(tp, model.llm, cluster.devices_per_node)) tps.push_back(tp);
   }
 
   std::optional<StaticLayout> best;

@@ -261,10 +261,16 @@ CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpa
   return llm_rank_terms(cost, one, ring, {});
 }
 
+// Temporal slices of a video (1 for an image, or when all frames attend together).
+int temporal_slices(const EncoderSpec& enc, const VisualItem& item) {
+  const int frames = std::max(1, item.frames);
+  return enc.temporal_patch_size > 0
+             ? (frames + enc.temporal_patch_size - 1) / enc.temporal_patch_size
+             : 1;
+}
+
 double encoder_attention_pairs(const EncoderSpec& enc, const VisualItem& item) {
-  const double frames = std::max(1, item.frames);
-  const double slices =
-      enc.temporal_patch_size > 0 ? std::ceil(frames / enc.temporal_patch_size) : 1.0;
+  const double slices = temporal_slices(enc, item);
   const double per_slice = static_cast<double>(item.patches) / slices;
   const double tiles = enc.attention_tile_patches > 0
                            ? std::ceil(per_slice / static_cast<double>(enc.attention_tile_patches))
@@ -321,18 +327,8 @@ CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
 
 }  // namespace detail
 
-namespace {
-// Temporal slices of a video (1 for an image, or when all frames attend together).
-int temporal_slices(const EncoderSpec& enc, const VisualItem& item) {
-  const int frames = std::max(1, item.frames);
-  return enc.temporal_patch_size > 0
-             ? (frames + enc.temporal_patch_size - 1) / enc.temporal_patch_size
-             : 1;
-}
-}  // namespace
-
 int encoder_spans(const EncoderSpec& encoder, const VisualItem& item) {
-  const int slices = temporal_slices(encoder, item);
+  const int slices = detail::temporal_slices(encoder, item);
   if (slices > 1 || encoder.attention_tile_patches <= 0) return slices;
   const std::int64_t tiles =
       (item.patches + encoder.attention_tile_patches - 1) / encoder.attention_tile_patches;
@@ -369,7 +365,7 @@ VisualItem encoder_part(const EncoderSpec& encoder, const VisualItem& item, int 
   const int count = static_cast<int>(share(spans, part, part + 1, parts));
   out.patches = std::max<std::int64_t>(1, share(item.patches, first, first + count, spans));
   out.llm_tokens = share(item.llm_tokens, first, first + count, spans);
-  if (temporal_slices(encoder, item) > 1) {
+  if (detail::temporal_slices(encoder, item) > 1) {
     const int tps = encoder.temporal_patch_size;
     out.frames = std::min(item.frames, (first + count) * tps) - first * tps;
   } else {

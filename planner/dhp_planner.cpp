@@ -173,7 +173,10 @@ class Packer {
   // sequences go to the fullest rank that still has room before T (fails when none). Lpt:
   // ring groups as for BestFit, then every free rank opens and short sequences go to the
   // least-loaded rank (T only decides the degrees).
+  int packs() const { return packs_; }  // pack() calls so far
+
   bool pack(double T, int W, Fill fill) {
+    ++packs_;
     reset(W);
     const int n = static_cast<int>(t_.seqs.size());
     bool short_phase_started = false;
@@ -470,6 +473,7 @@ class Packer {
   }
 
   const Tables& t_;
+  int packs_ = 0;  // pack() calls, for the debug summary
   int waves_ = 0;
   std::vector<Bin> bins_;
   std::vector<Group> groups_;
@@ -654,11 +658,16 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   Candidate best;
   const SampleCosts sample_costs = make_sample_costs(batch, cost, layout);
   const bool has_encoder = layout.encoder.ranks > 0;
+  int estimates = 0, pruned = 0;  // for the debug summary
   auto consider = [&](std::vector<WaveDraft> waves) {
     if (waves.empty()) return;
     // Rounding slack: the bound sums in another order than the estimate.
     const double bound = step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
-    if (bound > best.step_ms * (1 + 1e-9)) return;
+    if (bound > best.step_ms * (1 + 1e-9)) {
+      ++pruned;
+      return;
+    }
+    ++estimates;
     Plan plan = estimate_plan("dhp", batch, cost, layout, waves, sample_costs);
     double ms = plan.estimate.step_ms;
     // A bound above an estimate would have pruned candidates that win: the estimate changed
@@ -728,6 +737,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       // saves the bisection of a wave count that cannot win (scale-4096: half the packs).
       // It needs the full estimate: colocated waves overlap across devices, so no cheap
       // bound is tight enough.
+      ++estimates;
       const double first = estimate_step_ms(batch, cost, layout, kept->drafts(), sample_costs);
       if (first - W * (hi - lower) > best.step_ms) break;
     }
@@ -771,6 +781,11 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   }
   // A finite estimate means every rank fits (the estimate is infinite over capacity), so
   // this is build_plan's plan for the winning drafts.
+  DHP_LOG_DEBUG(
+      "dhp: {} samples on {} ranks: {} packs, {} full estimates ({} pruned by the "
+      "bound), step {:.3f} ms in {} waves",
+      batch.samples.size(), R, packer_a.packs() + packer_b.packs(), estimates, pruned, best.step_ms,
+      best.plan.waves.size());
   validate(best.plan, batch);
   return std::move(best.plan);
 }

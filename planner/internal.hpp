@@ -26,6 +26,10 @@ struct Layout {
   bool split_visual_items = false;  // PlannerOptions::split_visual_items, for dhp and exact
 };
 
+// TP must split the attention heads and the kv heads evenly (no kv-head replication) and
+// stay inside a node.
+bool tp_valid(int tp, const TransformerSpec& arch, int devices_per_node);
+
 // TP per module: the smallest degree that divides the heads (and kv heads), divides the
 // devices of a node, and leaves room for activations; explicit options win.
 Layout resolve_layout(const ClusterSpec& cluster, const ModelSpec& model,

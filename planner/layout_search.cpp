@@ -25,16 +25,11 @@ namespace {
 // over tens of layouts stays a small fraction of a run's planning time.
 constexpr std::size_t kSampledBatches = 8;
 
-bool tp_divides(int tp, const TransformerSpec& arch, int devices_per_node) {
-  const int kv = arch.kv_heads > 0 ? arch.kv_heads : arch.heads;
-  return arch.heads % tp == 0 && kv % tp == 0 && devices_per_node % tp == 0;
-}
-
 std::vector<int> tp_candidates(int fixed, const TransformerSpec& arch, int devices_per_node) {
   if (fixed > 0) return {fixed};  // resolve_layout validates it
   std::vector<int> tps;
   for (int tp = 1; tp <= devices_per_node; ++tp)
-    if (tp_divides(tp, arch, devices_per_node)) tps.push_back(tp);
+    if (detail::tp_valid(tp, arch, devices_per_node)) tps.push_back(tp);
   return tps;
 }
 

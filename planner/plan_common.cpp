@@ -16,15 +16,6 @@ namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
-bool divides(int d, int n) { return d > 0 && n % d == 0; }
-
-// TP must split the attention heads and the kv heads evenly (no kv-head replication) and
-// stay inside a node.
-bool tp_valid(int tp, const TransformerSpec& arch, int devices_per_node) {
-  const int kv = arch.kv_heads > 0 ? arch.kv_heads : arch.heads;
-  return divides(tp, arch.heads) && divides(tp, kv) && divides(tp, devices_per_node);
-}
-
 CostCoefficients coefficients_of(const ClusterSpec& cluster, const PlannerOptions& options) {
   return options.coefficients_set ? options.coefficients : defaults_for(cluster);
 }
@@ -74,6 +65,12 @@ void validate_disjoint(const ClusterSpec& cluster, const ModelSpec& model,
 }
 
 }  // namespace
+
+bool tp_valid(int tp, const TransformerSpec& arch, int devices_per_node) {
+  const int kv = arch.kv_heads > 0 ? arch.kv_heads : arch.heads;
+  auto divides = [tp](int n) { return tp > 0 && n % tp == 0; };
+  return divides(arch.heads) && divides(kv) && divides(devices_per_node);
+}
 
 Layout resolve_layout(const ClusterSpec& cluster, const ModelSpec& model,
                       const PlannerOptions& options) {
@@ -390,15 +387,15 @@ void split_long_items(const CostModel& cost, const Batch& batch, double share, i
                       std::vector<Item>& items) {
   const EncoderSpec& enc = *cost.model().encoder;
   const int per_node = std::max(1, cost.cluster().devices_per_node / cost.encoder_tp());
+  // Shards below half_efficiency_tokens patches would run at under half efficiency.
+  const auto min_patches =
+      std::max<std::int64_t>(1, std::llround(cost.coefficients().half_efficiency_tokens));
   const std::size_t count = items.size();
   for (std::size_t i = 0; i < count; ++i) {
     if (!(items[i].ms > share)) continue;
     const VisualItem& v = batch.samples[items[i].sample].visuals[items[i].visual];
     const int spans = encoder_spans(enc, v);
     if (spans == 1) {
-      // Shards below half_efficiency_tokens patches would run at under half efficiency.
-      const auto min_patches =
-          std::max<std::int64_t>(1, std::llround(cost.coefficients().half_efficiency_tokens));
       const int most = static_cast<int>(
           std::min<std::int64_t>({encoder_ranks, 4LL * per_node, v.patches / min_patches}));
       int best_n = 1;
@@ -636,10 +633,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       // (key, rank): the first rank in order with room finishes earliest.
       std::set<std::pair<double, int>> by_load;
       for (int e = 0; e < E; ++e) by_load.insert({key(e), e});
-      auto assign = [&](const Item& it, int e, double ms, double bytes, std::int64_t tokens,
-                        int part) {
+      // `wait`: idle before the task (a ring waiting for its last member), part of the load.
+      auto assign = [&](const Item& it, int e, double wait, double ms, double bytes,
+                        std::int64_t tokens, int part) {
         auto node = by_load.extract({key(e), e});  // reused: no allocation
-        enc_load[e] += ms;
+        enc_load[e] += wait + ms;
         node.value().first = key(e);
         by_load.insert(std::move(node));
         enc_bytes[e] += bytes;
@@ -679,10 +677,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           for (int e : ring) start = std::max(start, key(e));
           for (int p = 0; p < it.parts; ++p) {
             const VisualItem shard = encoder_part(enc, v, p, it.parts);
-            // The ring waits for its last member: that wait is part of every member's load.
-            assign(it, ring[p], start - key(ring[p]) + ms,
+            assign(it, ring[p], start - key(ring[p]), ms,
                    cost.encoder_shard_activation_bytes(shard, it.parts), shard.llm_tokens, p);
-            task_ms.back() = ms;
           }
           continue;
         }
@@ -704,7 +700,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         if (chosen < 0)
           chosen = static_cast<int>(std::min_element(enc_bytes.begin(), enc_bytes.end()) -
                                     enc_bytes.begin());
-        assign(it, chosen, it.ms, b, it.llm_tokens, it.part);
+        assign(it, chosen, 0.0, it.ms, b, it.llm_tokens, it.part);
       }
       double boundary = 0;
       for (int e = 0; e < E; ++e) {

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <span>
 #include <utility>
 
 #include "dhp/error.hpp"
@@ -166,14 +167,14 @@ class Run {
                                std::vector<double>(static_cast<size_t>(plan_.encoder.ranks), 0.0));
 
     const bool disjoint = plan_.placement == EncoderPlacement::Disjoint;
-    if (disjoint && waves > 0) encoder_forward(0);
+    if (disjoint && waves > 0) encoder_pass(0, /*backward=*/false);
     for (int w = 0; w < waves; ++w) {
       if (!disjoint)
-        encoder_forward(w);
+        encoder_pass(w, /*backward=*/false);
       else if (w + 1 < waves)
-        encoder_forward(w + 1);
+        encoder_pass(w + 1, /*backward=*/false);
       llm_wave(w);
-      encoder_backward(w);
+      encoder_pass(w, /*backward=*/true);
     }
     return finish();
   }
@@ -251,8 +252,8 @@ class Run {
     std::vector<char> done(plan_.encoder_tasks.size(), 0);
     for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
       if (done[t]) continue;
-      const std::vector<size_t> single{t};
-      const std::vector<size_t>& members = ring_[t].empty() ? single : ring_[t];
+      const std::span<const size_t> members =
+          ring_[t].empty() ? std::span<const size_t>(&t, 1) : std::span<const size_t>(ring_[t]);
       double start = 0;
       for (size_t m : members) {
         const int rank = plan_.encoder_tasks[m].rank;
@@ -278,8 +279,6 @@ class Run {
       }
     }
   }
-  void encoder_forward(int w) { encoder_pass(w, false); }
-  void encoder_backward(int w) { encoder_pass(w, true); }
 
   // ---- LLM ----
   LayerTimes layer_times(const RankWork& work) const {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <functional>
 #include <vector>
 
 #include "dhp/error.hpp"
@@ -120,17 +119,18 @@ struct RingSpec {
   std::vector<std::int32_t> cu_seqlens;  // local sequences (queries and local keys)
   std::vector<std::int32_t> positions;   // [rows]
   std::int64_t rows = 0;
-  std::int64_t block_rows = 0;          // local rows [0, block_rows) are the travelling KV block
-  bool travels = false;                 // the same on every ring member: whether KV moves at all
-  std::function<RingBlock(int)> block;  // the block of ring member m, against the local sequences
+  std::int64_t block_rows = 0;    // local rows [0, block_rows) are the travelling KV block
+  bool travels = false;           // the same on every ring member: whether KV moves at all
+  std::vector<RingBlock> blocks;  // [m]: ring member m's block, against the local sequences
   kernels::AttentionShape shape;
   BufferAllocator* allocator = nullptr;
 
   int degree() const { return static_cast<int>(peers.size()); }
+  const RingBlock& block_of(int m) const { return blocks[static_cast<std::size_t>(m)]; }
   int num_seqs() const { return static_cast<int>(cu_seqlens.size()) - 1; }
   std::int64_t max_block_rows() const {
     std::int64_t most = 0;
-    for (int m = 0; m < degree(); ++m) most = std::max(most, block(m).rows);
+    for (const RingBlock& b : blocks) most = std::max(most, b.rows);
     return most;
   }
 };
@@ -189,7 +189,7 @@ RingSpec plain_ring(const CpAttentionContext& ctx) {
   s.rows = L.rows;
   s.block_rows = L.zigzag_rows;
   s.travels = runs_ring(L);
-  s.block = [&L](int m) { return ring_block(L, m); };
+  for (int m = 0; m < s.degree(); ++m) s.blocks.push_back(ring_block(L, m));
   s.shape = ctx.shape;
   s.allocator = ctx.allocator;
   return s;
@@ -262,7 +262,7 @@ CommRequestPtr start_kv_ring(const CpAttentionContext& ctx, const RingSpec& s, c
     blocks.v[b] = scratch.bytes(blocks.bytes);
   }
   const std::int64_t own = s.block_rows * sz.kv_row;
-  const std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
+  const std::int64_t incoming = s.block_of((s.index + d - 1) % d).rows * sz.kv_row;
   return ring_exchange(*ctx.world, s, ctx.dtype, {{k, own}, {v, own}},
                        {{blocks.k[0], incoming}, {blocks.v[0], incoming}}, {kTagK, kTagV});
 }
@@ -286,7 +286,7 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
 
   // The first exchange goes out before the local attention so that it overlaps it.
   const int d = s.degree();
-  const bool ring = s.travels && d > 1;
+  const bool ring = s.travels;  // implies d > 1
   KvBlocks blocks;
   CommRequestPtr pending;
   if (ring) pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
@@ -316,10 +316,10 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
     pending->wait();
     const int cur = (step - 1) % 2;
     const int source = (s.index - step + d) % d;
-    const RingBlock block = s.block(source);
+    const RingBlock& block = s.block_of(source);
     if (step + 1 < d) {
       const std::int64_t sending = block.rows * sz.kv_row;
-      const std::int64_t incoming = s.block((source + d - 1) % d).rows * sz.kv_row;
+      const std::int64_t incoming = s.block_of((source + d - 1) % d).rows * sz.kv_row;
       pending =
           ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], sending}, {vbuf[cur], sending}},
                         {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
@@ -361,7 +361,7 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
   const std::int32_t* cu_local = scratch.index(s.cu_seqlens);
   const std::int32_t* positions = scratch.index(s.positions);
   const int d = s.degree();
-  const bool ring = s.travels && d > 1;
+  const bool ring = s.travels;  // implies d > 1
 
   kernels::AttentionBackwardArgs args;
   args.dtype = ctx.dtype;
@@ -393,7 +393,7 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
   void* dkbuf[2] = {scratch.bytes(blocks.bytes), scratch.bytes(blocks.bytes)};
   void* dvbuf[2] = {scratch.bytes(blocks.bytes), scratch.bytes(blocks.bytes)};
   const std::int64_t own = s.block_rows * sz.kv_row;
-  std::int64_t incoming = s.block((s.index + d - 1) % d).rows * sz.kv_row;
+  std::int64_t incoming = s.block_of((s.index + d - 1) % d).rows * sz.kv_row;
   CommRequestPtr grad_pending =
       ring_exchange(*ctx.world, s, ctx.dtype, {{dk, own}, {dv, own}},
                     {{dkbuf[0], incoming}, {dvbuf[0], incoming}}, {kTagDK, kTagDV});
@@ -402,10 +402,10 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
     kv_pending->wait();
     const int cur = (step - 1) % 2;
     const int source = (s.index - step + d) % d;
-    const RingBlock block = s.block(source);
+    const RingBlock& block = s.block_of(source);
     const std::int64_t holding = block.rows * sz.kv_row;
     if (step + 1 < d) {
-      incoming = s.block((source + d - 1) % d).rows * sz.kv_row;
+      incoming = s.block_of((source + d - 1) % d).rows * sz.kv_row;
       kv_pending =
           ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], holding}, {vbuf[cur], holding}},
                         {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
@@ -423,7 +423,7 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
     const bool last = step + 1 == d;
     void* next_dk = last ? dk : dkbuf[1 - cur];
     void* next_dv = last ? dv : dvbuf[1 - cur];
-    incoming = last ? own : s.block((source + d - 1) % d).rows * sz.kv_row;
+    incoming = last ? own : s.block_of((source + d - 1) % d).rows * sz.kv_row;
     grad_pending =
         ring_exchange(*ctx.world, s, ctx.dtype, {{dkbuf[cur], holding}, {dvbuf[cur], holding}},
                       {{next_dk, incoming}, {next_dv, incoming}}, {kTagDK, kTagDV});
@@ -446,9 +446,7 @@ class UlyssesLayout {
         base_(base),
         u_(u),
         group_(ctx.pool->get(L_.group_world_ranks)) {
-    DHP_CHECK(ctx.world->device() == Device::CPU, InvalidArgument,
-              "Ulysses attention reshapes lse on the host and needs CPU buffers (got {})",
-              ctx.world->describe());
+    // CPU buffers only (lse is reshaped on the host): chosen_ulysses_degree sees to it.
     // Received rows come member by member; within a member, piece by piece.
     std::vector<std::vector<std::int64_t>> piece_offset(static_cast<std::size_t>(u_));
     std::int64_t offset = 0;
@@ -627,7 +625,7 @@ RingSpec node_ring(const CpAttentionContext& ctx, const UlyssesLayout& packed_la
   s.rows = packed_layout.rows();
   s.block_rows = s.rows;
   s.travels = nodes > 1;
-  s.block = [&L, u](int n) { return node_block(L, u, n); };
+  for (int n = 0; n < nodes; ++n) s.blocks.push_back(node_block(L, u, n));
   s.shape = ctx.shape;
   s.shape.heads_q /= u;
   s.shape.heads_kv /= u;
@@ -710,8 +708,8 @@ int chosen_ulysses_degree(const CpAttentionContext& ctx) {
   const int u = ulysses_degree(L, ctx.shape, ctx.ranks_per_node);
   const bool usable = u > 1 && ctx.pool != nullptr && ctx.world->device() == Device::CPU &&
                       is_accumulator_type(ctx.dtype);
-  if (!usable) {
-    DHP_LOG_INFO(
+  if (!usable) {  // every call, forward and backward: debug level
+    DHP_LOG_DEBUG(
         "world rank {}: group {} of degree {} asked for {} (heads_q={}, heads_kv={}, "
         "Ulysses degree {}, ranks_per_node={}, {}, {} buffers, {}): running the ring",
         L.group_world_ranks[static_cast<std::size_t>(L.member)], L.group, L.degree(),

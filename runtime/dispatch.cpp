@@ -1,5 +1,7 @@
 #include "dhp/dispatch.hpp"
 
+#include <algorithm>
+
 #include <cstring>
 
 #include "dhp/error.hpp"
@@ -155,18 +157,14 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
     L.plan_rank = llm_index / llm.tp;
     L.tp_index = llm_index % llm.tp;
   }
-  for (std::size_t g = 0; g < wave.groups.size() && L.plan_rank >= 0; ++g) {
-    const GroupPlan& group = wave.groups[g];
-    for (int m = 0; m < group.degree(); ++m) {
-      if (group.ranks[static_cast<std::size_t>(m)] != L.plan_rank) continue;
-      DHP_CHECK(L.group < 0, InvalidArgument,
-                "dispatch: plan rank {} is in groups {} and {} of wave {}", L.plan_rank, L.group, g,
-                wave_index);
-      L.group = static_cast<int>(g);
-      L.member = m;
-      L.attention = group.attention;
-      for (int r : group.ranks) L.group_world_ranks.push_back(llm.device_of(r, L.tp_index));
-    }
+  // This rank's group, from the check above (a rank is in at most one group).
+  if (L.plan_rank >= 0 && group_of_rank[static_cast<std::size_t>(L.plan_rank)] >= 0) {
+    L.group = group_of_rank[static_cast<std::size_t>(L.plan_rank)];
+    const GroupPlan& group = wave.groups[static_cast<std::size_t>(L.group)];
+    L.member = static_cast<int>(std::find(group.ranks.begin(), group.ranks.end(), L.plan_rank) -
+                                group.ranks.begin());
+    L.attention = group.attention;
+    for (int r : group.ranks) L.group_world_ranks.push_back(llm.device_of(r, L.tp_index));
   }
 
   // Local pieces: the group's Zigzag sequences first, then this rank's Whole ones.

@@ -169,8 +169,7 @@ void launch_convert(const ConvertArgs& args, cudaStream_t stream) {
 
 }  // namespace
 
-Status convert_dtype(const ConvertArgs& args, std::string& error) {
-  if (args.count == 0) return Status::Ok;
+Status convert_dtype(const ConvertArgs& args, std::string& error) {  // count > 0: dispatch.cpp
   const cudaStream_t stream = as_stream(args.stream);
   const DType from = args.src_dtype, to = args.dst_dtype;
   if (from == DType::F32 && to == DType::F32) {

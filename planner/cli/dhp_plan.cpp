@@ -79,7 +79,7 @@ class Args {
       std::string arg = argv[i];
       if (arg.rfind("--", 0) != 0) throw UsageError{fmt::format("unexpected argument '{}'", arg)};
       if (kFlags.count(arg)) {
-        "--whole-visuals", flags_.insert(arg);
+        flags_.insert(arg);
       } else {
         if (i + 1 >= argc) throw UsageError{fmt::format("{} needs a value", arg)};
         values_[arg] = argv[++i];

@@ -22,6 +22,7 @@
 #include "dhp/communicator.hpp"
 #include "dhp/env.hpp"
 #include "dhp/error.hpp"
+#include "dhp/float16.hpp"
 #include "dhp/log.hpp"
 #include "dhp/runtime.hpp"
 
@@ -60,53 +61,7 @@ MPI_Datatype mpi_type(DataType t) {
 
 // --- 16-bit floating reductions: MPI has no bf16/f16 types, so they travel as uint16
 // and user-defined ops reduce them through float (round to nearest even on the way back).
-float bf16_to_float(std::uint16_t bits) {
-  return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
-}
-
-std::uint16_t float_to_bf16(float value) {
-  const auto bits = std::bit_cast<std::uint32_t>(value);
-  if ((bits & 0x7fffffffu) > 0x7f800000u)
-    return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // NaN stays NaN
-  return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
-float f16_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const int exponent = (h >> 10) & 0x1f;
-  const std::uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign ? -magnitude : magnitude;
-  }
-  return std::bit_cast<float>(sign | static_cast<std::uint32_t>(exponent - 15 + 127) << 23 |
-                              (mantissa << 13));
-}
-
-std::uint16_t float_to_f16(float value) {
-  const auto bits = std::bit_cast<std::uint32_t>(value);
-  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
-  const float magnitude = std::fabs(value);
-  if (std::isnan(value)) return static_cast<std::uint16_t>(sign | 0x7e00u);
-  if (magnitude >= 65520.0f) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to inf
-  if (magnitude < 6.103515625e-05f) {  // subnormal: units of 2^-24, nearest even
-    return static_cast<std::uint16_t>(
-        sign | static_cast<std::uint16_t>(std::nearbyint(std::ldexp(magnitude, 24))));
-  }
-  int exponent = 0;
-  const float fraction =
-      std::frexp(magnitude, &exponent);  // magnitude = fraction * 2^exponent, fraction in [0.5, 1)
-  auto mantissa =
-      static_cast<std::uint32_t>(std::nearbyint(std::ldexp(fraction, 11)));  // 11 significant bits
-  if (mantissa == 2048u) {  // rounded up to the next power of two
-    mantissa = 1024u;
-    ++exponent;
-  }
-  const auto biased = static_cast<std::uint32_t>(exponent - 1 + 15);
-  if (biased >= 31) return static_cast<std::uint16_t>(sign | 0x7c00u);
-  return static_cast<std::uint16_t>(sign | (biased << 10) | (mantissa - 1024u));
-}
+// (conversions: dhp/float16.hpp)
 
 template <float (*ToFloat)(std::uint16_t), std::uint16_t (*FromFloat)(float), ReduceOp Op>
 void reduce_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
@@ -248,8 +203,8 @@ class MpiCommunicator final : public Communicator {
       const int n = static_cast<int>(std::min(count - offset, max_count_));
       requests.emplace_back();
       check(name, MPI_Iallreduce(send == recv ? MPI_IN_PLACE : at(send, offset, type),
-                                 at(recv, offset, type), n, mpi_type(type), mpi_op(type, op),
-                                 comm_, &requests.back()));
+                                 at(recv, offset, type), n, mpi_type(type), mpi_op(type, op), comm_,
+                                 &requests.back()));
     }
     wait_all(name, requests.data(), static_cast<int>(requests.size()), timeout());
   }
@@ -273,9 +228,9 @@ class MpiCommunicator final : public Communicator {
       for (std::int64_t offset = 0; offset < recv_count; offset += max_count_) {
         const int n = static_cast<int>(std::min(recv_count - offset, max_count_));
         requests.emplace_back();
-        check(name, MPI_Ireduce(at(send, root * recv_count + offset, type),
-                                at(recv, offset, type), n, mpi_type(type), mpi_op(type, op), root,
-                                comm_, &requests.back()));
+        check(name,
+              MPI_Ireduce(at(send, root * recv_count + offset, type), at(recv, offset, type), n,
+                          mpi_type(type), mpi_op(type, op), root, comm_, &requests.back()));
       }
     }
     wait_all(name, requests.data(), static_cast<int>(requests.size()), timeout());
@@ -310,42 +265,38 @@ class MpiCommunicator final : public Communicator {
                              send_counts.size(), send_displs.size(), recv_counts.size(),
                              recv_displs.size(), n));
     }
-    bool fits = true;
-    for (auto counts : {send_counts, send_displs, recv_counts, recv_displs}) {
-      for (std::int64_t value : counts) {
-        check_count(name, value);
-        fits = fits && value <= max_count_;
-      }
-    }
+    for (auto counts : {send_counts, send_displs, recv_counts, recv_displs})
+      for (std::int64_t value : counts) check_count(name, value);
+    // MPI_Ialltoallw on every rank, whatever its own counts: which collective a rank posts
+    // must not depend on its local sizes (alltoallv on one rank and alltoallw on another is
+    // erroneous). A block whose count or byte displacement exceeds an int travels as a
+    // derived datatype that carries both, passed with a count of 1 at displacement 0.
     MPI_Request request;
-    if (fits) {
-      const std::vector<int> sc(send_counts.begin(), send_counts.end()),
-          sd(send_displs.begin(), send_displs.end()), rc(recv_counts.begin(), recv_counts.end()),
-          rd(recv_displs.begin(), recv_displs.end());
-      check(name, MPI_Ialltoallv(send, sc.data(), sd.data(), mpi_type(type), recv, rc.data(),
-                                 rd.data(), mpi_type(type), comm_, &request));
-      wait_all(name, &request, 1, timeout());
-      return;
-    }
-    // One derived datatype per peer and direction carrying its count and displacement
-    // (MPI_Alltoallw's own displacements are int bytes), each passed with a count of 1.
+    const int element = data_type_size(type);
     std::vector<std::unique_ptr<LargeType>> blocks;
-    std::vector<int> sc(n), rc(n), zero(n, 0);
+    std::vector<int> sc(n), sd(n), rc(n), rd(n);
     std::vector<MPI_Datatype> st(n), rt(n);
-    auto describe_block = [&](std::int64_t count, std::int64_t displ, int& c, MPI_Datatype& t) {
-      c = count > 0 ? 1 : 0;
+    auto describe_block = [&](std::int64_t count, std::int64_t displ, int& c, int& d,
+                              MPI_Datatype& t) {
       t = mpi_type(type);
-      if (count == 0) return;
-      blocks.push_back(std::make_unique<LargeType>(mpi_type(type), data_type_size(type), count,
-                                                   displ, max_count_));
+      if (count == 0) displ = 0;  // nothing moves: no type needed whatever the displacement
+      if (count <= max_count_ && displ <= max_count_ && displ * element <= INT_MAX) {
+        c = static_cast<int>(count);
+        d = static_cast<int>(displ * element);
+        return;
+      }
+      blocks.push_back(
+          std::make_unique<LargeType>(mpi_type(type), element, count, displ, max_count_));
+      c = 1;
+      d = 0;
       t = blocks.back()->type();
     };
     for (std::size_t i = 0; i < n; ++i) {
-      describe_block(send_counts[i], send_displs[i], sc[i], st[i]);
-      describe_block(recv_counts[i], recv_displs[i], rc[i], rt[i]);
+      describe_block(send_counts[i], send_displs[i], sc[i], sd[i], st[i]);
+      describe_block(recv_counts[i], recv_displs[i], rc[i], rd[i], rt[i]);
     }
-    check(name, MPI_Ialltoallw(send, sc.data(), zero.data(), st.data(), recv, rc.data(),
-                               zero.data(), rt.data(), comm_, &request));
+    check(name, MPI_Ialltoallw(send, sc.data(), sd.data(), st.data(), recv, rc.data(), rd.data(),
+                               rt.data(), comm_, &request));
     blocks.clear();
     wait_all(name, &request, 1, timeout());
   }
@@ -477,8 +428,8 @@ class MpiCommunicator final : public Communicator {
       int count = static_cast<int>(p.count);
       MPI_Datatype datatype = mpi_type(p.type);
       if (p.count > max_count_) {
-        block = std::make_unique<LargeType>(datatype, data_type_size(p.type), p.count, 0,
-                                            max_count_);
+        block =
+            std::make_unique<LargeType>(datatype, data_type_size(p.type), p.count, 0, max_count_);
         count = 1;
         datatype = block->type();
       }

@@ -55,8 +55,9 @@ TEST(Exact, DhpIsWithinAFewPercentOfTheOptimum) {
     EXPECT_NO_THROW(validate(exact, batch));
     ASSERT_EQ(exact.waves.size(), 1u);
     // Exact is optimal among single-wave plans: never worse than dhp's single-wave plan.
-    if (dhp.waves.size() == 1)
+    if (dhp.waves.size() == 1) {
       EXPECT_LE(exact.estimate.wave_ms[0], dhp.estimate.wave_ms[0] * (1 + 1e-9));
+    }
     const double gap = dhp.estimate.llm_ms / exact.estimate.llm_ms - 1;
     gap_sum += gap;
     ++instances;
@@ -65,7 +66,7 @@ TEST(Exact, DhpIsWithinAFewPercentOfTheOptimum) {
   std::printf("dhp vs exact: mean LLM-time gap %.2f%% over %d instances\n", 100 * mean_gap,
               instances);
   // The target of issue 2 is 3% (docs/algorithm.md); with the packed per-rank cost model the
-  // search reaches 3.7% here, so 5% is what it guarantees for now.
+  // search reaches 3.84% here (printed above), so 5% is what it guarantees for now.
   EXPECT_LT(mean_gap, 0.05);
 }
 

@@ -80,7 +80,9 @@ TEST(DhpPlanner, SequencesNearTheMemoryLimitStillFit) {
   // The near-limit samples must be split (whole they do not fit).
   for (const WavePlan& w : plan.waves)
     for (const SequencePlan& s : w.sequences)
-      if (batch.samples[s.sample].id == 77) EXPECT_EQ(s.sharding, Sharding::Zigzag);
+      if (batch.samples[s.sample].id == 77) {
+        EXPECT_EQ(s.sharding, Sharding::Zigzag);
+      }
 }
 
 TEST(DhpPlanner, SameInputSamePlan) {

@@ -126,6 +126,25 @@ TEST(CommLargeCount, AllToAllVWithDerivedTypesMatchesOneCall) {
   EXPECT_EQ(got, want) << "rank " << r;
 }
 
+// Only rank 0's own sizes cross the limit (its send block sits 10 elements into its buffer):
+// every rank must still post the same collective, or the exchange fails or hangs.
+TEST(CommLargeCount, AllToAllVWhereOneRankAloneCrossesTheLimit) {
+  const int n = world().size(), r = world().rank();
+  const int next = (r + 1) % n, prev = (r + n - 1) % n;
+  std::vector<std::int64_t> sc(n, 0), sd(n, 0), rc(n, 0), rd(n, 0);
+  const std::int64_t offset = r == 0 ? 10 : 0;
+  sc[next] = 1;
+  sd[next] = offset;
+  rc[prev] = 1;
+  std::vector<float> send(static_cast<std::size_t>(offset + 1), -1.f);
+  send.back() = static_cast<float>(100 + r);
+  std::vector<float> want(1, -7.f), got = want;
+  world().all_to_all_v(send.data(), sc, sd, want.data(), rc, rd, DataType::F32);
+  small_world().all_to_all_v(send.data(), sc, sd, got.data(), rc, rd, DataType::F32);
+  EXPECT_EQ(want[0], static_cast<float>(100 + prev)) << "rank " << r;
+  EXPECT_EQ(got, want) << "rank " << r;
+}
+
 // Ring exchange of messages above the limit next to one below it, then blocking send/recv.
 TEST(CommLargeCount, PointToPointWithDerivedTypesMatchesPlainMessages) {
   const int n = world().size(), r = world().rank();
