@@ -149,7 +149,7 @@ std::vector<Measurement> measurements_from_json(const std::string& text) {
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // syntax, or a number too large
     DHP_THROW(InvalidInput, "calibration profile: malformed JSON: {}", e.what());
   }
   DHP_CHECK(doc.is_object() && doc.contains("measurements") && doc["measurements"].is_array(),

@@ -29,6 +29,8 @@ ordered_json parse_data_file(const std::string& path) {
     return ordered_json::parse(text);
   } catch (const ordered_json::parse_error& e) {
     DHP_THROW(InvalidInput, "{}: malformed JSON at byte {}: {}", path, e.byte, e.what());
+  } catch (const ordered_json::exception& e) {  // e.g. a number too large for a double
+    DHP_THROW(InvalidInput, "{}: malformed JSON: {}", path, e.what());
   }
 }
 

@@ -2,6 +2,8 @@
 # Builds the libFuzzer targets with clang (ASan + UBSan) in build-fuzz and runs each for
 # a while from the seed corpus. Fails on a crash, a leak, a timeout or an invariant break.
 #   scripts/run_fuzz.sh [SECONDS_PER_TARGET]   (default 30; or DHP_FUZZ_SECONDS)
+# DHP_FUZZ_SEED fixes libFuzzer's seed (the test script sets 1, so a CI run explores the
+# same inputs each time, give or take the machine's speed); unset, each run draws its own.
 set -euo pipefail
 
 seconds="${1:-${DHP_FUZZ_SECONDS:-30}}"
@@ -30,7 +32,7 @@ for fuzzer in fuzz_json fuzz_planner; do
   fi
   echo "== $fuzzer: ${seconds}s"
   if ! (cd "$build" && "$build/tests/fuzz/$fuzzer" -max_total_time="$seconds" -timeout=10 \
-        -rss_limit_mb=4096 -max_len=4096 -print_final_stats=1 "$corpus"); then
+        -rss_limit_mb=4096 -max_len=4096 -print_final_stats=1 ${DHP_FUZZ_SEED:+-seed="$DHP_FUZZ_SEED"} "$corpus"); then
     echo "== $fuzzer FAILED (reproducer in $build: crash-*/timeout-*/leak-*)" >&2
     status=1
   fi

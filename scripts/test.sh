@@ -11,7 +11,17 @@ if [ -x build/benchmarks/planner/dhp_bench ]; then
   ./build/benchmarks/planner/dhp_bench --quick >/dev/null
   echo "dhp_bench --quick: ok"
 fi
+# A fuzz failure does not stop the suite: CTest still runs, and the failure is repeated last.
+fuzz_status=0
 if [ -x scripts/run_fuzz.sh ]; then
-  scripts/run_fuzz.sh "${DHP_FUZZ_SECONDS:-20}"
+  DHP_FUZZ_SEED="${DHP_FUZZ_SEED:-1}" scripts/run_fuzz.sh "${DHP_FUZZ_SECONDS:-20}" || fuzz_status=$?
 fi
-ctest --test-dir build --output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600
+ctest_status=0
+ctest --test-dir build --output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600 || ctest_status=$?
+if [ "$fuzz_status" -ne 0 ]; then
+  msg="FAILED: scripts/run_fuzz.sh (a fuzzer crashed; reproducers under build-fuzz/)"
+  echo "$msg"
+  echo "$msg" >&2
+  exit 1
+fi
+exit "$ctest_status"

@@ -45,6 +45,8 @@ json parse(std::string_view text, const char* what) {
     return json::parse(text.begin(), text.end());
   } catch (const json::parse_error& e) {
     DHP_THROW(InvalidInput, "malformed {} JSON at byte {}: {}", what, e.byte, e.what());
+  } catch (const json::exception& e) {  // e.g. a number too large for a double
+    DHP_THROW(InvalidInput, "malformed {} JSON: {}", what, e.what());
   }
 }
 

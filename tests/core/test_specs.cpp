@@ -125,6 +125,9 @@ TEST(ClusterJson, PresetWithOverrides) {
 TEST(ClusterJson, BadInputsNameThePath) {
   expect_error([] { cluster_from_json(R"({"name": "x", "num_nodes": 2)"); },
                ErrorKind::InvalidInput, {"malformed", "byte"});
+  // A number beyond a double's range is nlohmann's out_of_range, not a parse_error.
+  expect_error([] { cluster_from_json(R"({"preset": "h100-8", "num_nodes": 1e400})"); },
+               ErrorKind::InvalidInput, {"malformed", "overflow"});
   expect_error([] { cluster_from_json(R"({"name": "x", "num_nodes": 2})"); },
                ErrorKind::InvalidInput, {"devices_per_node"});
   expect_error([] { cluster_from_json(R"({"preset": "h100-9"})"); }, ErrorKind::InvalidInput,

@@ -113,6 +113,7 @@ TEST(Calibration, ParsesTheDocumentedSchema) {
 
 TEST(Calibration, BadProfilesAreErrors) {
   EXPECT_THROW(measurements_from_json("{not json"), Error);
+  EXPECT_THROW(measurements_from_json(R"({"measurements": [], "scale": 1e999})"), Error);
   EXPECT_THROW(measurements_from_json(R"({"measurements": 3})"), Error);
   EXPECT_THROW(measurements_from_json(R"({"measurements": [{"kind": "gemm", "measured_ms": 1}]})"),
                Error);

@@ -64,7 +64,9 @@ TEST(Datasets, ActivityNetVideos) {
       EXPECT_EQ(v.patches, 4 * v.llm_tokens);
       EXPECT_EQ(v.llm_tokens, 144 * v.frames);
       EXPECT_LE(v.frames, a.video_frames_per_item);
-      if (i + 1 < s.visuals.size()) EXPECT_EQ(v.frames, a.video_frames_per_item);
+      if (i + 1 < s.visuals.size()) {
+        EXPECT_EQ(v.frames, a.video_frames_per_item);
+      }
       frames += v.frames;
     }
     EXPECT_EQ(s.encoder_patches(), 4 * 144 * frames);
@@ -137,6 +139,20 @@ TEST(Datasets, MissingFileAndUnknownNameAreClearErrors) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/mathvista.json"), std::string::npos);
   }
   EXPECT_THROW(default_data_path("imagenet"), Error);
+  // A number beyond a double's range is reported as malformed JSON, naming the file.
+  const std::string path = ::testing::TempDir() + "dhp_overflow_mathvista.json";
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(R"([{"question": "q", "width": 1e999}])", f);
+  std::fclose(f);
+  try {
+    load_mathvista(path, DatasetAssumptions{});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("malformed"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  std::remove(path.c_str());
 }
 
 TEST(Batches, SeededAndDeterministic) {
