@@ -576,6 +576,8 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
         split_tokens.push_back(sample_costs.tokens[s]);
         add_encoder(s);
       }
+      // Members with no whole sequence all run the same split shares: priced once.
+      double split_only_ms = -1;
       for (int m = 0; m < group.degree; ++m) {
         whole_tokens.clear();
         if (m < static_cast<int>(group.whole.size())) {
@@ -584,7 +586,10 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
             add_encoder(s);
           }
         }
-        const double ms = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
+        double ms = split_only_ms;
+        if (!whole_tokens.empty() || ms < 0)
+          ms = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
+        if (whole_tokens.empty()) split_only_ms = ms;
         if (ms > 0) rank_busy_ms[placed[g][m]] += ms + cost.wave_overhead_ms();
       }
     }
@@ -741,7 +746,6 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       const double first = estimate_step_ms(batch, cost, layout, kept->drafts(), sample_costs);
       if (first - W * (hi - lower) > best.step_ms) break;
     }
-    consider_lpt();
     while (hi - lo > kRelTolerance * hi) {
       const double mid = 0.5 * (lo + hi);
       if (pack_best_fit(mid))
@@ -753,6 +757,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // `kept` holds the packing at hi: only a successful pack moves hi.
     kept->improve(4 * static_cast<int>(tables.seqs.size()));
     consider(kept->drafts());
+    consider_lpt();  // after: the bound may prune it against the best-fit packing
     // The same ring groups with short sequences spread least-loaded first (not at scale,
     // where it is one more pack of every sequence and, like the portfolio, did not win).
     if (!at_scale && packer->pack(hi, W, Fill::Lpt)) {

@@ -92,15 +92,23 @@ Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel
 
 // Per-sample figures every estimate of one batch needs, computed once per batch.
 struct SampleCosts {
-  std::vector<std::int64_t> tokens;        // [sample] llm_tokens()
-  std::vector<double> whole_bytes;         // [sample] llm_activation_bytes(tokens, 1)
-  std::vector<int> visual_offset;          // [sample] first index of its visuals below; size n + 1
-  std::vector<double> encoder_ms;          // [visual] encoder_item_ms
-  std::vector<double> encoder_bytes;       // [visual] encoder_activation_bytes
-  std::vector<int> encoder_spans;          // [visual] encoder_spans
-  std::vector<int> visual_sample;          // [visual] its sample
-  std::vector<int> visuals_longest_first;  // visual indices by encoder_ms, longest first
-  double encoder_reserve = 0;              // encoder_reserve_bytes
+  std::vector<std::int64_t> tokens;   // [sample] llm_tokens()
+  std::vector<double> whole_bytes;    // [sample] llm_activation_bytes(tokens, 1)
+  std::vector<int> visual_offset;     // [sample] first index of its visuals below; size n + 1
+  std::vector<double> encoder_ms;     // [visual] encoder_item_ms
+  std::vector<double> encoder_bytes;  // [visual] encoder_activation_bytes
+  std::vector<int> encoder_spans;     // [visual] encoder_spans
+  // Every visual item by encoder_ms, longest first (ties by sample, then visual): what the
+  // encoder LPT reads, laid out contiguously because it walks all of them per estimate.
+  struct Visual {
+    int sample;
+    int visual;  // index within its sample
+    double ms;
+    double bytes;
+    std::int64_t llm_tokens;
+  };
+  std::vector<Visual> visuals_longest_first;
+  double encoder_reserve = 0;  // encoder_reserve_bytes
 };
 SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const Layout& layout);
 

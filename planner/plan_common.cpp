@@ -342,15 +342,16 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
     }
   }
   sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
-  const int visuals = static_cast<int>(sc.encoder_ms.size());
-  sc.visual_sample.resize(visuals);
+  sc.visuals_longest_first.reserve(sc.encoder_ms.size());
   for (int s = 0; s < static_cast<int>(batch.samples.size()); ++s)
-    for (int v = sc.visual_offset[s]; v < sc.visual_offset[s + 1]; ++v) sc.visual_sample[v] = s;
-  sc.visuals_longest_first.resize(visuals);
-  std::iota(sc.visuals_longest_first.begin(), sc.visuals_longest_first.end(), 0);
-  // Longest first; ties by (sample, visual), i.e. by flat index.
-  std::stable_sort(sc.visuals_longest_first.begin(), sc.visuals_longest_first.end(),
-                   [&](int a, int b) { return sc.encoder_ms[a] > sc.encoder_ms[b]; });
+    for (int v = sc.visual_offset[s]; v < sc.visual_offset[s + 1]; ++v)
+      sc.visuals_longest_first.push_back(
+          SampleCosts::Visual{s, v - sc.visual_offset[s], sc.encoder_ms[v], sc.encoder_bytes[v],
+                              batch.samples[s].visuals[v - sc.visual_offset[s]].llm_tokens});
+  // Longest first; ties by (sample, visual): the order they were pushed in.
+  std::stable_sort(
+      sc.visuals_longest_first.begin(), sc.visuals_longest_first.end(),
+      [](const SampleCosts::Visual& a, const SampleCosts::Visual& b) { return a.ms > b.ms; });
   sc.encoder_reserve = encoder_reserve_bytes(cost, layout, batch);
   return sc;
 }
@@ -493,14 +494,44 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   int over_rank = -1;
   int over_wave = -1;
 
-  std::vector<Item> items;
-  std::vector<Item> cut_items;
-  std::vector<int> sample_wave(batch.samples.size(), -1);  // the wave being assembled: its
-  std::vector<int> sample_group(batch.samples.size());     // samples' group and member
+  // Every sample's wave, group and member (-1: split), then each wave's encoder items, longest
+  // first: one pass over the batch's sorted visuals rather than one per wave.
+  std::vector<int> sample_wave(batch.samples.size(), -1);
+  std::vector<int> sample_group(batch.samples.size());
   std::vector<int> sample_member(batch.samples.size());
+  for (std::size_t w = 0; w < waves.size(); ++w) {
+    for (std::size_t g = 0; g < waves[w].groups.size(); ++g) {
+      const GroupDraft& gd = waves[w].groups[g];
+      auto note = [&](int s, int member) {
+        DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
+                  "{}: sample index {} out of range", strategy, s);
+        sample_wave[s] = static_cast<int>(w);
+        sample_group[s] = static_cast<int>(g);
+        sample_member[s] = member;
+      };
+      for (int s : gd.split) note(s, -1);
+      for (std::size_t m = 0; m < gd.whole.size(); ++m)
+        for (int s : gd.whole[m]) note(s, static_cast<int>(m));
+    }
+  }
+  std::vector<std::vector<Item>> wave_items(E > 0 ? waves.size() : 0);
+  std::vector<double> wave_encoder_ms(waves.size(), 0.0);
+  for (std::size_t i = 0; i < sc.visuals_longest_first.size() && E > 0; ++i) {
+    const SampleCosts::Visual& v = sc.visuals_longest_first[i];
+    const int w = sample_wave[v.sample];
+    if (w < 0) continue;
+    wave_items[w].push_back(Item{v.sample, v.visual, sample_group[v.sample],
+                                 sample_member[v.sample], v.ms, v.bytes, v.llm_tokens});
+    wave_encoder_ms[w] += v.ms;
+  }
+  std::vector<Item> cut_items;
   std::vector<double> task_ms;  // encoder time of each task of the wave
   std::vector<int> task_ring;   // per task of the wave: its ring's size at its first shard, else 1
   std::vector<std::pair<int, int>> task_consumer;  // (group, member) of each task of a wave
+  std::vector<double> group_inputs;  // per group of a wave: its split sequences' items encoded
+  std::vector<int> group_home;
+  std::vector<double> group_end;
+  std::set<std::pair<double, int>> by_load;  // encoder ranks of a wave by (load, rank)
 
   for (std::size_t w = 0; w < waves.size(); ++w) {
     const WaveDraft& draft = waves[w];
@@ -513,7 +544,6 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     std::fill(rank_ms.begin(), rank_ms.end(), 0.0);
     std::fill(rank_bytes.begin(), rank_bytes.end(), 0.0);
     std::fill(rank_group.begin(), rank_group.end(), -1);
-    items.clear();
     wave.groups.resize(draft.groups.size());
     for (std::size_t g = 0; g < draft.groups.size(); ++g) {
       const GroupDraft& gd = draft.groups[g];
@@ -527,20 +557,17 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       split_tokens.clear();
       double split_bytes = 0;
       for (int s : gd.split) {
-        DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
-                  "{}: sample index {} out of range", strategy, s);
         split_tokens.push_back(sc.tokens[s]);
         split_bytes += gd.degree == 1 ? sc.whole_bytes[s]
                                       : cost.llm_activation_bytes(split_tokens.back(), gd.degree);
         wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Zigzag, -1});
       }
+      double split_only_ms = -1;  // members with no whole sequence: priced once
       for (int m = 0; m < gd.degree; ++m) {
         whole_tokens.clear();
         double whole_bytes = 0;
         if (m < static_cast<int>(gd.whole.size())) {
           for (int s : gd.whole[m]) {
-            DHP_CHECK(s >= 0 && s < static_cast<int>(batch.samples.size()), Internal,
-                      "{}: sample index {} out of range", strategy, s);
             whole_tokens.push_back(sc.tokens[s]);
             whole_bytes += sc.whole_bytes[s];
             wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Whole, m});
@@ -548,7 +575,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         }
         const int r = gp.ranks[m];
         rank_group[r] = static_cast<int>(g);
-        rank_ms[r] = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
+        double ms = split_only_ms;
+        if (!whole_tokens.empty() || ms < 0)
+          ms = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
+        if (whole_tokens.empty()) split_only_ms = ms;
+        rank_ms[r] = ms;
         rank_bytes[r] = split_bytes + whole_bytes;
       }
     }
@@ -566,25 +597,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     std::fill(enc_bytes.begin(), enc_bytes.end(), 0.0);
     std::fill(enc_sent.begin(), enc_sent.end(), 0);
     if (E > 0) {
-      // The wave's items, longest first: the batch's visuals come sorted that way once
-      // (SampleCosts), so a wave only filters them.
-      for (const SequencePlan& sp : wave.sequences) {
-        sample_wave[sp.sample] = static_cast<int>(w);
-        sample_group[sp.sample] = sp.group;
-        sample_member[sp.sample] = sp.sharding == Sharding::Whole ? sp.member : -1;
-      }
-      double wave_encoder_ms = 0;
-      for (int at : sc.visuals_longest_first) {
-        const int s = sc.visual_sample[at];
-        if (sample_wave[s] != static_cast<int>(w)) continue;
-        const int v = at - sc.visual_offset[s];
-        items.push_back(Item{s, v, sample_group[s], sample_member[s], sc.encoder_ms[at],
-                             sc.encoder_bytes[at], batch.samples[s].visuals[v].llm_tokens});
-        wave_encoder_ms += sc.encoder_ms[at];
-      }
+      std::vector<Item>& items = wave_items[w];
       if (layout.split_visual_items) {
         // Only the items longer than the share are cut: a prefix; its parts merge back in.
-        const double share = wave_encoder_ms / E;
+        const double share = wave_encoder_ms[w] / E;
         const auto longer = std::partition_point(items.begin(), items.end(),
                                                  [&](const Item& it) { return it.ms > share; });
         if (longer != items.begin()) {
@@ -630,17 +646,19 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           enc_start[e] = std::max(enc_start[e], device_free[layout.encoder.device_of(e, i)]);
       }
       auto key = [&](int e) { return enc_start[e] + enc_load[e]; };
-      // (key, rank): the first rank in order with room finishes earliest.
-      std::set<std::pair<double, int>> by_load;
+      // By (key, rank): the first rank in order with room finishes earliest.
+      by_load.clear();
       for (int e = 0; e < E; ++e) by_load.insert({key(e), e});
+
       // `wait`: idle before the task (a ring waiting for its last member), part of the load.
       auto assign = [&](const Item& it, int e, double wait, double ms, double bytes,
                         std::int64_t tokens, int part) {
         auto node = by_load.extract({key(e), e});  // reused: no allocation
         enc_load[e] += wait + ms;
+        enc_bytes[e] += bytes;
         node.value().first = key(e);
         by_load.insert(std::move(node));
-        enc_bytes[e] += bytes;
+
         if (!on_group_devices(e, it.group)) enc_sent[e] += tokens;
         plan.encoder_tasks.push_back(
             EncoderTask{it.sample, it.visual, static_cast<int>(w), e, part, it.parts});
@@ -726,20 +744,21 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       auto occupy = [&](const ModuleLayout& m, int rank, double until) {
         for (int i = 0; i < m.tp; ++i) device_free[m.device_of(rank, i)] = until;
       };
-      // The LLM ranks that consume task t's item: its holder, or every member of its ring.
-      auto for_consumers = [&](std::size_t t, auto&& visit) {
-        const auto [group, member] = task_consumer[t - first_task];
-        const GroupPlan& gp = wave.groups[group];
-        if (member >= 0)
-          visit(gp.ranks[member]);
-        else
-          for (int r : gp.ranks) visit(r);
-      };
+      // A task's item is consumed by one rank (a whole sequence's holder) or by every member
+      // of a group (a split sequence). Group consumers are kept per group, not per member:
+      // a large group would otherwise be visited once per item.
       auto on_rank_devices = [&](int e, int r) { return colocated_rank[e] == r; };
       const double forward_share = 1.0 / cost.compute_passes();  // as the simulator splits it
       std::fill(rank_inputs.begin(), rank_inputs.end(), 0.0);
       std::fill(rank_remote.begin(), rank_remote.end(), false);
       std::fill(encoder_clock.begin(), encoder_clock.end(), -1.0);
+      const std::size_t G = wave.groups.size();
+      group_inputs.assign(G, 0.0);
+      // The one member that gets all of the group's items on its own devices (>= 0), every
+      // member gets some from other devices (kMixed), or the group consumes none (kNone).
+      constexpr int kNone = -1, kMixed = -2;
+      group_home.assign(G, kNone);
+      group_end.assign(G, 0.0);
       for (std::size_t t = first_task; t < plan.encoder_tasks.size();) {
         // A ring's shards (consecutive tasks) start together, when the last member is free.
         const std::size_t end = t + task_ring[t - first_task];
@@ -753,24 +772,40 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           const EncoderTask& task = plan.encoder_tasks[t];
           double& clock = encoder_clock[task.rank];
           clock = start + task_ms[t - first_task] * forward_share;
-          for_consumers(t, [&](int r) {
+          const auto [group, member] = task_consumer[t - first_task];
+          if (member >= 0) {
+            const int r = wave.groups[group].ranks[member];
             rank_inputs[r] = std::max(rank_inputs[r], clock);
             if (!on_rank_devices(task.rank, r)) rank_remote[r] = true;
-          });
+          } else {
+            group_inputs[group] = std::max(group_inputs[group], clock);
+            const int home = colocated_rank[task.rank];
+            const int local = home >= 0 && rank_group[home] == group ? home : kMixed;
+            int& h = group_home[group];
+            h = h == kNone || h == local ? local : kMixed;
+          }
         }
       }
       for (int e = 0; e < E; ++e)
         if (encoder_clock[e] >= 0) occupy(layout.encoder, e, encoder_clock[e]);
-      for (const GroupPlan& gp : wave.groups) {
+      for (std::size_t g = 0; g < G; ++g) {
+        const GroupPlan& gp = wave.groups[g];
         double start = 0, longest = 0;
         for (int r : gp.ranks) {
-          const double inputs = rank_inputs[r] + (rank_remote[r] ? boundary_wave_ms[w] : 0.0);
+          double inputs = rank_inputs[r];
+          bool remote = rank_remote[r];
+          if (group_home[g] != kNone) {
+            inputs = std::max(inputs, group_inputs[g]);
+            remote = remote || group_home[g] != r;
+          }
+          if (remote) inputs += boundary_wave_ms[w];
           start = std::max({start, devices_free(layout.llm, r), inputs});
           longest = std::max(longest, rank_ms[r]);
         }
         if (longest <= 0) continue;
+        group_end[g] = start + longest + cost.wave_overhead_ms();
         for (int r : gp.ranks) {
-          rank_end[r] = start + longest + cost.wave_overhead_ms();
+          rank_end[r] = group_end[g];
           rank_last_ms[r] = longest;
           occupy(layout.llm, r, rank_end[r]);
         }
@@ -781,10 +816,13 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         const EncoderTask& task = plan.encoder_tasks[t];
         double& start = encoder_clock[task.rank];
         if (start < 0) start = devices_free(layout.encoder, task.rank);
-        for_consumers(t, [&](int r) {
-          const double back = on_rank_devices(task.rank, r) ? 0.0 : boundary_wave_ms[w];
-          start = std::max(start, rank_end[r] + back);
-        });
+        // Its consumers end together (one group); the gradient comes back from other devices
+        // unless its one consumer sits on the encoder rank's own.
+        const auto [group, member] = task_consumer[t - first_task];
+        const std::vector<int>& members = wave.groups[group].ranks;
+        const int only = member >= 0 ? members[member] : members.size() == 1 ? members[0] : -1;
+        const bool local = only >= 0 && on_rank_devices(task.rank, only);
+        start = std::max(start, group_end[group] + (local ? 0.0 : boundary_wave_ms[w]));
         encoder_backward[task.rank] += task_ms[t - first_task] * (1 - forward_share);
       }
       // A ring's backward starts when all its members can start (one pass over the rings:
