@@ -29,6 +29,12 @@ bool contains_ignore_case(std::string text, std::string word) {
   return text.find(word) != std::string::npos;
 }
 
+// Bytes of the K and V of `tokens` tokens on one of `tp` ranks: one ring block.
+double kv_bytes(const TransformerSpec& a, double tokens, double bytes_per_activation, int tp) {
+  const double kv_width = static_cast<double>(a.kv_heads) * a.head_dim();
+  return tokens * 2.0 * kv_width * bytes_per_activation / tp;
+}
+
 // Linear flops of one transformer layer per token, forward (Narayanan et al. 2021, with
 // grouped-query k/v and a gated MLP): 2 flops per multiply-add.
 double qkv_flops_per_token(const TransformerSpec& a) {
@@ -316,7 +322,7 @@ CostTerms encoder_shard_terms(const CostModel& cost, const VisualItem& item, Rin
                      cost.model().training.bytes_per_activation)
            .scaled(a.layers * launches);
   const double block_bytes =
-      patches * 2.0 * a.kv_heads * a.head_dim() * cost.model().training.bytes_per_activation / tp;
+      kv_bytes(a, patches, cost.model().training.bytes_per_activation, cost.encoder_tp());
   t += ring_exchange_terms(cost, attention_fwd / a.layers / n, block_bytes, ring, a.layers, full);
   return t;
 }
@@ -560,9 +566,8 @@ double CostModel::encoder_activation_bytes(const VisualItem& item) const {
 double CostModel::encoder_shard_activation_bytes(const VisualItem& shard, int degree) const {
   double bytes = encoder_activation_bytes(shard);
   if (degree > 1 && model_.encoder) {
-    const auto& a = model_.encoder->arch;
-    bytes += 2.0 * static_cast<double>(shard.patches) * 2.0 * a.kv_heads * a.head_dim() *
-             model_.training.bytes_per_activation / encoder_tp_;
+    bytes += 2.0 * kv_bytes(model_.encoder->arch, static_cast<double>(shard.patches),
+                            model_.training.bytes_per_activation, encoder_tp_);
   }
   return bytes;
 }
@@ -625,8 +630,7 @@ double CostModel::llm_tp_comm_ms(double tokens) const {
 }
 
 double CostModel::kv_block_bytes(double tokens) const {
-  const double kv_width = static_cast<double>(model_.llm.kv_heads) * model_.llm.head_dim();
-  return tokens * 2.0 * kv_width * model_.training.bytes_per_activation / llm_tp_;
+  return kv_bytes(model_.llm, tokens, model_.training.bytes_per_activation, llm_tp_);
 }
 
 double CostModel::layer_overhead_ms() const { return coef_.layer_overhead_us / 1e3; }

@@ -576,8 +576,7 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
         split_tokens.push_back(sample_costs.tokens[s]);
         add_encoder(s);
       }
-      // Members with no whole sequence all run the same split shares: priced once.
-      double split_only_ms = -1;
+      GroupMemberMs member_ms(cost, split_tokens, ring);
       for (int m = 0; m < group.degree; ++m) {
         whole_tokens.clear();
         if (m < static_cast<int>(group.whole.size())) {
@@ -586,10 +585,7 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
             add_encoder(s);
           }
         }
-        double ms = split_only_ms;
-        if (!whole_tokens.empty() || ms < 0)
-          ms = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
-        if (whole_tokens.empty()) split_only_ms = ms;
+        const double ms = member_ms(whole_tokens);
         if (ms > 0) rank_busy_ms[placed[g][m]] += ms + cost.wave_overhead_ms();
       }
     }

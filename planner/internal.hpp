@@ -69,6 +69,24 @@ bool encoder_ring_crosses_nodes(const ClusterSpec& cluster, const ModuleLayout& 
 // `whole` are token counts of sequences held whole.
 double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split, RingSpan ring,
                    const std::vector<std::int64_t>& whole);
+// rank_llm_ms for the members of one group: the group's split shares plus each member's
+// whole sequences. Members without a whole sequence run the same pieces: priced once.
+class GroupMemberMs {
+ public:
+  GroupMemberMs(const CostModel& cost, const std::vector<std::int64_t>& split, RingSpan ring)
+      : cost_(cost), split_(split), ring_(ring) {}
+  double operator()(const std::vector<std::int64_t>& whole) {
+    if (!whole.empty()) return rank_llm_ms(cost_, split_, ring_, whole);
+    if (split_only_ms_ < 0) split_only_ms_ = rank_llm_ms(cost_, split_, ring_, whole);
+    return split_only_ms_;
+  }
+
+ private:
+  const CostModel& cost_;
+  const std::vector<std::int64_t>& split_;
+  RingSpan ring_;
+  double split_only_ms_ = -1;
+};
 // Activation bytes per device of the same pieces.
 double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64_t>& split,
                              int degree, const std::vector<std::int64_t>& whole);
@@ -92,12 +110,11 @@ Plan build_plan(const std::string& strategy, const Batch& batch, const CostModel
 
 // Per-sample figures every estimate of one batch needs, computed once per batch.
 struct SampleCosts {
-  std::vector<std::int64_t> tokens;   // [sample] llm_tokens()
-  std::vector<double> whole_bytes;    // [sample] llm_activation_bytes(tokens, 1)
-  std::vector<int> visual_offset;     // [sample] first index of its visuals below; size n + 1
-  std::vector<double> encoder_ms;     // [visual] encoder_item_ms
-  std::vector<double> encoder_bytes;  // [visual] encoder_activation_bytes
-  std::vector<int> encoder_spans;     // [visual] encoder_spans
+  std::vector<std::int64_t> tokens;  // [sample] llm_tokens()
+  std::vector<double> whole_bytes;   // [sample] llm_activation_bytes(tokens, 1)
+  std::vector<int> visual_offset;    // [sample] first index of its visuals below; size n + 1
+  std::vector<double> encoder_ms;    // [visual] encoder_item_ms
+  std::vector<int> encoder_spans;    // [visual] encoder_spans
   // Every visual item by encoder_ms, longest first (ties by sample, then visual): what the
   // encoder LPT reads, laid out contiguously because it walks all of them per estimate.
   struct Visual {

@@ -115,10 +115,11 @@ class LoadIndex {
 
   // The bin of the entry with the largest (load, bin) among those with load <= max_load
   // whose bytes + `bytes` <= budget and tokens + `tokens` <= token_limit; -1 if none.
-  // The same comparisons as a scan down from max_load would make, so the same bin. O(log R):
-  // the entries at or below max_load are the nodes where the search path for max_load
-  // turns right plus their left subtrees; the rightmost of those that holds a fit is
-  // descended, right first.
+  // The same comparisons as a scan down from max_load would make, so the same bin. The
+  // entries at or below max_load are the nodes where the search path for max_load turns
+  // right plus their left subtrees, searched right first. A subtree's least bytes and least
+  // tokens may come from different bins, so a subtree that seems to fit can hold no fit:
+  // the descent then backs up. O(log R) when one limit binds; more when both do.
   int fullest_fit(double max_load, double bytes, std::int64_t tokens, double budget,
                   std::int64_t token_limit) const {
     using Node = Tree::node_const_iterator;
@@ -132,17 +133,12 @@ class LoadIndex {
       const LoadEntry& e = **node;
       return e.bytes + bytes <= budget && e.tokens + tokens <= token_limit;
     };
-    // Descends a subtree whose entries all have load <= max_load and one of which fits.
-    auto rightmost_fit = [&](Node node) {
-      while (true) {
-        if (subtree_fits(node.get_r_child())) {
-          node = node.get_r_child();
-        } else if (entry_fits(node)) {
-          return (**node).bin;
-        } else {
-          node = node.get_l_child();
-        }
-      }
+    // The rightmost fit of a subtree whose entries all have load <= max_load; -1 if none.
+    auto rightmost_fit = [&](auto& self, Node node) -> int {
+      if (!subtree_fits(node)) return -1;
+      if (const int bin = self(self, node.get_r_child()); bin >= 0) return bin;
+      if (entry_fits(node)) return (**node).bin;
+      return self(self, node.get_l_child());
     };
     turns_.clear();
     for (Node node = tree_.node_begin(); node != end;) {
@@ -157,7 +153,7 @@ class LoadIndex {
       const Node node = *it;
       if (!subtree_fits(node)) continue;  // neither the node nor its subtrees fit
       if (entry_fits(node)) return (**node).bin;
-      if (subtree_fits(node.get_l_child())) return rightmost_fit(node.get_l_child());
+      if (const int bin = rightmost_fit(rightmost_fit, node.get_l_child()); bin >= 0) return bin;
     }
     return -1;
   }

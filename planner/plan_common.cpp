@@ -330,24 +330,21 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
   sc.whole_bytes.reserve(batch.samples.size());
   sc.visual_offset.reserve(batch.samples.size() + 1);
   sc.tokens.reserve(batch.samples.size());
-  for (const Sample& s : batch.samples) {
-    sc.tokens.push_back(s.llm_tokens());
+  for (int s = 0; s < static_cast<int>(batch.samples.size()); ++s) {
+    const Sample& sample = batch.samples[s];
+    sc.tokens.push_back(sample.llm_tokens());
     sc.whole_bytes.push_back(cost.llm_activation_bytes(sc.tokens.back(), 1));
     sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
     if (!has_encoder) continue;
-    for (const VisualItem& v : s.visuals) {
-      sc.encoder_ms.push_back(cost.encoder_item_ms(v));
-      sc.encoder_bytes.push_back(cost.encoder_activation_bytes(v));
-      sc.encoder_spans.push_back(encoder_spans(*cost.model().encoder, v));
+    for (int v = 0; v < static_cast<int>(sample.visuals.size()); ++v) {
+      const VisualItem& item = sample.visuals[v];
+      sc.encoder_ms.push_back(cost.encoder_item_ms(item));
+      sc.encoder_spans.push_back(encoder_spans(*cost.model().encoder, item));
+      sc.visuals_longest_first.push_back(SampleCosts::Visual{
+          s, v, sc.encoder_ms.back(), cost.encoder_activation_bytes(item), item.llm_tokens});
     }
   }
   sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
-  sc.visuals_longest_first.reserve(sc.encoder_ms.size());
-  for (int s = 0; s < static_cast<int>(batch.samples.size()); ++s)
-    for (int v = sc.visual_offset[s]; v < sc.visual_offset[s + 1]; ++v)
-      sc.visuals_longest_first.push_back(
-          SampleCosts::Visual{s, v - sc.visual_offset[s], sc.encoder_ms[v], sc.encoder_bytes[v],
-                              batch.samples[s].visuals[v - sc.visual_offset[s]].llm_tokens});
   // Longest first; ties by (sample, visual): the order they were pushed in.
   std::stable_sort(
       sc.visuals_longest_first.begin(), sc.visuals_longest_first.end(),
@@ -562,7 +559,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
                                       : cost.llm_activation_bytes(split_tokens.back(), gd.degree);
         wave.sequences.push_back(SequencePlan{s, static_cast<int>(g), Sharding::Zigzag, -1});
       }
-      double split_only_ms = -1;  // members with no whole sequence: priced once
+      GroupMemberMs member_ms(cost, split_tokens, ring);
       for (int m = 0; m < gd.degree; ++m) {
         whole_tokens.clear();
         double whole_bytes = 0;
@@ -575,11 +572,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         }
         const int r = gp.ranks[m];
         rank_group[r] = static_cast<int>(g);
-        double ms = split_only_ms;
-        if (!whole_tokens.empty() || ms < 0)
-          ms = rank_llm_ms(cost, split_tokens, ring, whole_tokens);
-        if (whole_tokens.empty()) split_only_ms = ms;
-        rank_ms[r] = ms;
+        rank_ms[r] = member_ms(whole_tokens);
         rank_bytes[r] = split_bytes + whole_bytes;
       }
     }

@@ -1,7 +1,8 @@
 // Plain-SVG picture of a simulated plan: one row per device, simulated time along x; a
-// rank's events (recorded on its first device) are drawn on all of its TP devices. LLM work in the colour of its group (distinct hues within a wave), encoder work
-// grey and hatched, ring communication as a thin dark bar under the work, waits white on the
-// light-grey idle background, gradient sync at the end.
+// rank's events (recorded on its first device) are drawn on all of its TP devices. LLM work
+// in the colour of its group (distinct hues within a wave), encoder work grey and hatched,
+// ring communication as a thin dark bar under the work, waits white on the light-grey idle
+// background, gradient sync at the end.
 #include "dhp/plan_svg.hpp"
 
 #include <fmt/format.h>
@@ -98,7 +99,7 @@ std::vector<int> devices_of(const Plan& plan, const TimelineEvent& e) {
     for (int t = 0; t < module.tp; ++t) devices.push_back(module.device_of(offset / module.tp, t));
   };
   const bool encoder = e.kind == EventKind::Encoder || (e.kind == EventKind::Wait && e.group < 0);
-  if (!encoder || e.kind == EventKind::GradSync) add_rank_devices(plan.llm);
+  if (!encoder) add_rank_devices(plan.llm);  // LLM work, its waits and the gradient sync
   if (encoder || e.kind == EventKind::GradSync) add_rank_devices(plan.encoder);
   std::sort(devices.begin(), devices.end());
   devices.erase(std::unique(devices.begin(), devices.end()), devices.end());

@@ -133,27 +133,37 @@ class Run {
       DHP_CHECK(static_cast<int>(tasks.size()) == first.parts, InvalidArgument,
                 "simulator: sample {} visual {} has {} encoder tasks for {} parts", key.first,
                 key.second, tasks.size(), first.parts);
+      DHP_CHECK(first.parts == 1 || cost_.model().encoder.has_value(), InvalidArgument,
+                "simulator: sample {} visual {} is cut into {} parts but model '{}' has no "
+                "encoder",
+                key.first, key.second, first.parts, cost_.model().name);
       const VisualItem whole = item_of(EncoderTask{.sample = key.first, .visual = key.second});
       const bool shards =
           first.parts > 1 && encoder_parts_are_shards(*cost_.model().encoder, whole, first.parts);
-      std::vector<int> ranks;
-      for (size_t t : tasks) ranks.push_back(plan_.encoder_tasks[t].rank);
-      std::vector<int> sorted = ranks;
-      std::sort(sorted.begin(), sorted.end());
-      DHP_CHECK(!shards || std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
-                InvalidArgument,
-                "simulator: the {} ring shards of sample {} visual {} need distinct encoder ranks",
-                first.parts, key.first, key.second);
-      const RingSpan ring{first.parts, shards && detail::encoder_ring_crosses_nodes(
-                                                     cost_.cluster(), plan_.encoder, ranks)};
+      double shard_ms = 0;  // every shard of a ring takes the same time
+      if (shards) {
+        std::vector<int> ranks;
+        for (size_t t : tasks) ranks.push_back(plan_.encoder_tasks[t].rank);
+        std::vector<int> sorted = ranks;
+        std::sort(sorted.begin(), sorted.end());
+        DHP_CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(), InvalidArgument,
+                  "simulator: the {} ring shards of sample {} visual {} need distinct encoder "
+                  "ranks",
+                  first.parts, key.first, key.second);
+        shard_ms = cost_.encoder_shard_ms(
+            whole, RingSpan{first.parts, detail::encoder_ring_crosses_nodes(cost_.cluster(),
+                                                                            plan_.encoder, ranks)});
+      }
       for (size_t t : tasks) {
         const EncoderTask& task = plan_.encoder_tasks[t];
-        DHP_CHECK(task.parts == first.parts, InvalidArgument,
-                  "simulator: sample {} visual {}: task {} says {} parts, task {} says {}",
-                  key.first, key.second, t, task.parts, tasks[0], first.parts);
+        DHP_CHECK(task.parts == first.parts && task.wave == first.wave, InvalidArgument,
+                  "simulator: sample {} visual {}: task {} says {} parts in wave {}, task {} "
+                  "says {} in wave {}",
+                  key.first, key.second, t, task.parts, task.wave, tasks[0], first.parts,
+                  first.wave);
         const VisualItem part = item_of(task);  // checks the part
         if (shards) {
-          task_ms_[t] = cost_.encoder_shard_ms(whole, ring);
+          task_ms_[t] = shard_ms;
           task_bytes_[t] = cost_.encoder_shard_activation_bytes(part, first.parts);
           ring_[t] = tasks;
         } else {
@@ -233,10 +243,6 @@ class Run {
     const VisualItem& item =
         batch_.samples[static_cast<size_t>(task.sample)].visuals[static_cast<size_t>(task.visual)];
     if (task.parts == 1) return item;
-    DHP_CHECK(cost_.model().encoder.has_value(), InvalidArgument,
-              "simulator: encoder task (sample {}, visual {}) is part {} of {} but model '{}' has "
-              "no encoder",
-              task.sample, task.visual, task.part, task.parts, cost_.model().name);
     return encoder_part(*cost_.model().encoder, item, task.part, task.parts);
   }
 
@@ -249,9 +255,10 @@ class Run {
     const double forward_share = 1.0 / cost_.compute_passes();
     const double share = backward ? 1.0 - forward_share : forward_share;
     std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
-    std::vector<char> done(plan_.encoder_tasks.size(), 0);
     for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
-      if (done[t]) continue;
+      // A ring runs once, from its first shard (rings list their tasks in task order, as
+      // tasks_by_wave_ does, and all in one wave: checked in run()).
+      if (!ring_[t].empty() && ring_[t].front() != t) continue;
       const std::span<const size_t> members =
           ring_[t].empty() ? std::span<const size_t>(&t, 1) : std::span<const size_t>(ring_[t]);
       double start = 0;
@@ -275,7 +282,6 @@ class Run {
           item_ready_[m] = now;
           encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(rank)] += task_bytes_[m];
         }
-        done[m] = 1;
       }
     }
   }

@@ -189,7 +189,8 @@ RingSpec plain_ring(const CpAttentionContext& ctx) {
   s.rows = L.rows;
   s.block_rows = L.zigzag_rows;
   s.travels = runs_ring(L);
-  for (int m = 0; m < s.degree(); ++m) s.blocks.push_back(ring_block(L, m));
+  // Blocks are read only when KV travels.
+  for (int m = 0; m < s.degree() && s.travels; ++m) s.blocks.push_back(ring_block(L, m));
   s.shape = ctx.shape;
   s.allocator = ctx.allocator;
   return s;
@@ -286,12 +287,9 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
 
   // The first exchange goes out before the local attention so that it overlaps it.
   const int d = s.degree();
-  const bool ring = s.travels;  // implies d > 1
   KvBlocks blocks;
   CommRequestPtr pending;
-  if (ring) pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
-  void* const* kbuf = blocks.k;
-  void* const* vbuf = blocks.v;
+  if (s.travels) pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
 
   args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
   args.q = q;
@@ -300,7 +298,7 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
   args.out = out;
   args.lse = lse;
   check_kernel(kernels::attention_forward(args), "attention_forward (local block)", L);
-  if (!ring) return;
+  if (!s.travels) return;
 
   // The merge accumulates in the accumulator type: the output itself for f32/f64, an fp32
   // copy of it for bf16/f16 (so that d-1 merges do not round d-1 times).
@@ -320,14 +318,14 @@ void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* 
     if (step + 1 < d) {
       const std::int64_t sending = block.rows * sz.kv_row;
       const std::int64_t incoming = s.block_of((source + d - 1) % d).rows * sz.kv_row;
-      pending =
-          ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], sending}, {vbuf[cur], sending}},
-                        {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
+      pending = ring_exchange(
+          *ctx.world, s, ctx.dtype, {{blocks.k[cur], sending}, {blocks.v[cur], sending}},
+          {{blocks.k[1 - cur], incoming}, {blocks.v[1 - cur], incoming}}, {kTagK, kTagV});
     }
     args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
                        scratch.index(block.k_positions), s.num_seqs(), s.rows, block.rows);
-    args.k = kbuf[cur];
-    args.v = vbuf[cur];
+    args.k = blocks.k[cur];
+    args.v = blocks.v[cur];
     args.out = part_out;
     args.lse = part_lse;
     check_kernel(kernels::attention_forward(args), "attention_forward (ring block)", L);
@@ -361,7 +359,6 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
   const std::int32_t* cu_local = scratch.index(s.cu_seqlens);
   const std::int32_t* positions = scratch.index(s.positions);
   const int d = s.degree();
-  const bool ring = s.travels;  // implies d > 1
 
   kernels::AttentionBackwardArgs args;
   args.dtype = ctx.dtype;
@@ -376,9 +373,7 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
 
   KvBlocks blocks;
   CommRequestPtr kv_pending;
-  if (ring) kv_pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
-  void* const* kbuf = blocks.k;
-  void* const* vbuf = blocks.v;
+  if (s.travels) kv_pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
 
   args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
   args.k = k;
@@ -387,7 +382,7 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
   args.dv = dv;
   args.accumulate = false;
   check_kernel(kernels::attention_backward(args), "attention_backward (local block)", L);
-  if (!ring) return;
+  if (!s.travels) return;
 
   // dK/dV of the block held at each step; the own block's accumulator is the prefix of dk/dv.
   void* dkbuf[2] = {scratch.bytes(blocks.bytes), scratch.bytes(blocks.bytes)};
@@ -406,15 +401,15 @@ void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void*
     const std::int64_t holding = block.rows * sz.kv_row;
     if (step + 1 < d) {
       incoming = s.block_of((source + d - 1) % d).rows * sz.kv_row;
-      kv_pending =
-          ring_exchange(*ctx.world, s, ctx.dtype, {{kbuf[cur], holding}, {vbuf[cur], holding}},
-                        {{kbuf[1 - cur], incoming}, {vbuf[1 - cur], incoming}}, {kTagK, kTagV});
+      kv_pending = ring_exchange(
+          *ctx.world, s, ctx.dtype, {{blocks.k[cur], holding}, {blocks.v[cur], holding}},
+          {{blocks.k[1 - cur], incoming}, {blocks.v[1 - cur], incoming}}, {kTagK, kTagV});
     }
     grad_pending->wait();
     args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
                        scratch.index(block.k_positions), s.num_seqs(), s.rows, block.rows);
-    args.k = kbuf[cur];
-    args.v = vbuf[cur];
+    args.k = blocks.k[cur];
+    args.v = blocks.v[cur];
     args.dk = dkbuf[cur];
     args.dv = dvbuf[cur];
     check_kernel(kernels::attention_backward(args), "attention_backward (ring block)", L);
@@ -625,7 +620,7 @@ RingSpec node_ring(const CpAttentionContext& ctx, const UlyssesLayout& packed_la
   s.rows = packed_layout.rows();
   s.block_rows = s.rows;
   s.travels = nodes > 1;
-  for (int n = 0; n < nodes; ++n) s.blocks.push_back(node_block(L, u, n));
+  for (int n = 0; n < nodes && s.travels; ++n) s.blocks.push_back(node_block(L, u, n));
   s.shape = ctx.shape;
   s.shape.heads_q /= u;
   s.shape.heads_kv /= u;

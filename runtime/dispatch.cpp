@@ -1,7 +1,6 @@
 #include "dhp/dispatch.hpp"
 
 #include <algorithm>
-
 #include <cstring>
 
 #include "dhp/error.hpp"

@@ -99,7 +99,8 @@ const json* find(const json& obj, const char* key) {
   return it == obj.end() ? nullptr : &*it;
 }
 
-// Upper bound of token / patch counts in the readers: catches garbage, allows any real batch.
+// Upper bound of token / patch counts in the readers (2^40): catches garbage, allows any real
+// batch, and is low enough that sums over a batch cannot overflow.
 constexpr std::int64_t kMaxCount = std::int64_t{1} << 40;
 
 std::int64_t as_int(const json& value, const std::string& path, std::int64_t min,
@@ -367,9 +368,6 @@ ModelSpec model_from(const json& obj, const std::string& path) {
 
 // ---------------------------------------------------------------------------------------
 // Batch
-
-// Per-field bound (2^40 tokens): far beyond any real sample, and low enough that sums over
-// a batch cannot overflow.
 
 Sample sample_from(const json& obj, const std::string& path, std::size_t index) {
   expect_object(obj, path);

@@ -202,15 +202,24 @@ void validate(const Plan& plan, const Batch& batch) {
               plan.step, plan.encoder_tasks.size());
     return;
   }
-  // Per visual item, its tasks' parts: every part 0..parts-1 exactly once, one count.
-  std::vector<std::vector<std::vector<std::size_t>>> tasks_of(batch.samples.size());
-  for (int s = 0; s < num_samples; ++s) tasks_of[s].resize(batch.samples[s].visuals.size());
+  // Per visual item (flat index, samples' visuals in order), its tasks' parts: one count,
+  // every part 0..parts-1 exactly once. Flat arrays: this runs for every planned batch.
+  std::vector<int> first_visual(static_cast<std::size_t>(num_samples) + 1, 0);
+  for (int s = 0; s < num_samples; ++s)
+    first_visual[s + 1] = first_visual[s] + static_cast<int>(batch.samples[s].visuals.size());
+  std::vector<int> parts_of(static_cast<std::size_t>(first_visual.back()), 0);
+  std::vector<int> tasks_of(parts_of.size(), 0);
+  auto describe = [&](const EncoderTask& task, std::size_t t) {
+    return fmt::format("plan '{}' step {}: sample {} visual {}: task {} is part {} of {}",
+                       plan.strategy, plan.step, task.sample, task.visual, t, task.part,
+                       task.parts);
+  };
   for (std::size_t t = 0; t < plan.encoder_tasks.size(); ++t) {
     const EncoderTask& task = plan.encoder_tasks[t];
     DHP_CHECK(task.sample >= 0 && task.sample < num_samples, Internal,
               "plan '{}' step {}: encoder task {} names sample {} outside [0, {})", plan.strategy,
               plan.step, t, task.sample, num_samples);
-    const int num_visuals = static_cast<int>(tasks_of[task.sample].size());
+    const int num_visuals = first_visual[task.sample + 1] - first_visual[task.sample];
     DHP_CHECK(task.visual >= 0 && task.visual < num_visuals, Internal,
               "plan '{}' step {}: encoder task {} names visual {} of sample {} outside [0, {})",
               plan.strategy, plan.step, t, task.visual, task.sample, num_visuals);
@@ -225,30 +234,32 @@ void validate(const Plan& plan, const Batch& batch) {
     DHP_CHECK(task.parts >= 1 && task.part >= 0 && task.part < task.parts, Internal,
               "plan '{}' step {}: encoder task {} is part {} of {} parts", plan.strategy, plan.step,
               t, task.part, task.parts);
-    tasks_of[task.sample][task.visual].push_back(t);
+    const int item = first_visual[task.sample] + task.visual;
+    DHP_CHECK(parts_of[item] == 0 || parts_of[item] == task.parts, Internal,
+              "{}, but another task has a different count ({})", describe(task, t), parts_of[item]);
+    parts_of[item] = task.parts;
+    ++tasks_of[item];
   }
-  std::vector<char> seen;
+  // Each item's parts get slots [first_part[item], + parts): every slot filled once.
+  std::vector<int> first_part(parts_of.size() + 1, 0);
   for (int s = 0; s < num_samples; ++s) {
-    for (std::size_t v = 0; v < tasks_of[s].size(); ++v) {
-      const std::vector<std::size_t>& tasks = tasks_of[s][v];
-      DHP_CHECK(!tasks.empty(), Internal,
+    for (int v = first_visual[s]; v < first_visual[s + 1]; ++v) {
+      DHP_CHECK(tasks_of[v] > 0, Internal,
                 "plan '{}' step {}: sample {} (id {}) visual {} is never encoded", plan.strategy,
-                plan.step, s, batch.samples[s].id, v);
-      const int parts = plan.encoder_tasks[tasks[0]].parts;
-      DHP_CHECK(static_cast<int>(tasks.size()) == parts, Internal,
+                plan.step, s, batch.samples[s].id, v - first_visual[s]);
+      DHP_CHECK(tasks_of[v] == parts_of[v], Internal,
                 "plan '{}' step {}: sample {} visual {} has {} encoder tasks for {} parts (encoded "
                 "more than once, or a part missing)",
-                plan.strategy, plan.step, s, v, tasks.size(), parts);
-      seen.assign(parts, 0);
-      for (std::size_t t : tasks) {
-        const EncoderTask& task = plan.encoder_tasks[t];
-        DHP_CHECK(task.parts == parts && !seen[task.part], Internal,
-                  "plan '{}' step {}: sample {} visual {}: task {} is part {} of {}, but another "
-                  "task has that part or a different count ({})",
-                  plan.strategy, plan.step, s, v, t, task.part, task.parts, parts);
-        seen[task.part] = 1;
-      }
+                plan.strategy, plan.step, s, v - first_visual[s], tasks_of[v], parts_of[v]);
+      first_part[v + 1] = first_part[v] + parts_of[v];
     }
+  }
+  std::vector<char> seen(static_cast<std::size_t>(first_part.back()), 0);
+  for (std::size_t t = 0; t < plan.encoder_tasks.size(); ++t) {
+    const EncoderTask& task = plan.encoder_tasks[t];
+    char& slot = seen[first_part[first_visual[task.sample] + task.visual] + task.part];
+    DHP_CHECK(!slot, Internal, "{}, but another task has that part", describe(task, t));
+    slot = 1;
   }
 }
 

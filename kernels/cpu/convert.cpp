@@ -1,7 +1,5 @@
-// dtype conversion on the CPU: bf16/f16 storage <-> float by bit manipulation (no
-// compiler extension types), round to nearest even, NaN and infinities kept.
-#include <bit>
-#include <cmath>
+// dtype conversion on the CPU, through the bit conversions of dhp/float16.hpp.
+#include <cstdint>
 #include <cstring>
 
 #include "cpu/cpu_kernels.hpp"

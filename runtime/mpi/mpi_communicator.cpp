@@ -12,9 +12,7 @@
 #include <unistd.h>
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <climits>
-#include <cmath>
 #include <thread>
 
 #include <fmt/format.h>
@@ -113,8 +111,9 @@ MPI_Op mpi_op(DataType type, ReduceOp op) {
 // all-gather places rank i's data at i * count. Passed with a count of 1.
 class LargeType {
  public:
-  LargeType(MPI_Datatype base, int element_size, std::int64_t count, std::int64_t offset,
-            std::int64_t max_count) {
+  LargeType(DataType element, std::int64_t count, std::int64_t offset, std::int64_t max_count) {
+    const MPI_Datatype base = mpi_type(element);
+    const int element_size = data_type_size(element);
     const std::int64_t blocks = count / max_count, rest = count % max_count;
     DHP_CHECK(blocks <= INT_MAX, InvalidArgument,
               "{} elements in blocks of DHP_MPI_MAX_COUNT={}: {} blocks exceed INT_MAX", count,
@@ -173,12 +172,13 @@ class MpiRequest final : public CommRequest {
 
 class MpiCommunicator final : public Communicator {
  public:
+  // `max_count`: DHP_MPI_MAX_COUNT, read once for the world; split() hands its own down.
   MpiCommunicator(MPI_Comm comm, std::vector<int> world_ranks, std::chrono::milliseconds timeout,
-                  std::string name)
+                  std::string name, std::int64_t max_count)
       : Communicator(comm_rank(comm), comm_size(comm), Device::CPU, std::move(world_ranks), timeout,
                      std::move(name)),
         comm_(comm),
-        max_count_(env::mpi_max_count()) {}
+        max_count_(max_count) {}
 
   ~MpiCommunicator() override {
     // MPI_Comm_free is collective in spirit but local in practice (deferred until pending
@@ -246,7 +246,7 @@ class MpiCommunicator final : public Communicator {
       check(name, MPI_Iallgather(send, count, mpi_type(type), recv, count, mpi_type(type), comm_,
                                  &request));
     } else {
-      const LargeType block(mpi_type(type), data_type_size(type), send_count, 0, max_count_);
+      const LargeType block(type, send_count, 0, max_count_);
       check(name, MPI_Iallgather(send, 1, block.type(), recv, 1, block.type(), comm_, &request));
     }
     wait_all(name, &request, 1, timeout());
@@ -265,8 +265,6 @@ class MpiCommunicator final : public Communicator {
                              send_counts.size(), send_displs.size(), recv_counts.size(),
                              recv_displs.size(), n));
     }
-    for (auto counts : {send_counts, send_displs, recv_counts, recv_displs})
-      for (std::int64_t value : counts) check_count(name, value);
     // MPI_Ialltoallw on every rank, whatever its own counts: which collective a rank posts
     // must not depend on its local sizes (alltoallv on one rank and alltoallw on another is
     // erroneous). A block whose count or byte displacement exceeds an int travels as a
@@ -278,6 +276,8 @@ class MpiCommunicator final : public Communicator {
     std::vector<MPI_Datatype> st(n), rt(n);
     auto describe_block = [&](std::int64_t count, std::int64_t displ, int& c, int& d,
                               MPI_Datatype& t) {
+      check_count(name, count);
+      check_count(name, displ);
       t = mpi_type(type);
       if (count == 0) displ = 0;  // nothing moves: no type needed whatever the displacement
       if (count <= max_count_ && displ <= max_count_ && displ * element <= INT_MAX) {
@@ -285,8 +285,7 @@ class MpiCommunicator final : public Communicator {
         d = static_cast<int>(displ * element);
         return;
       }
-      blocks.push_back(
-          std::make_unique<LargeType>(mpi_type(type), element, count, displ, max_count_));
+      blocks.push_back(std::make_unique<LargeType>(type, count, displ, max_count_));
       c = 1;
       d = 0;
       t = blocks.back()->type();
@@ -311,7 +310,7 @@ class MpiCommunicator final : public Communicator {
       check(name,
             MPI_Ibcast(buffer, static_cast<int>(count), mpi_type(type), root, comm_, &request));
     } else {
-      const LargeType block(mpi_type(type), data_type_size(type), count, 0, max_count_);
+      const LargeType block(type, count, 0, max_count_);
       check(name, MPI_Ibcast(buffer, 1, block.type(), root, comm_, &request));
     }
     wait_all(name, &request, 1, timeout());
@@ -358,7 +357,8 @@ class MpiCommunicator final : public Communicator {
       fail(name, fmt::format("the new group is {} but the caller expected {}", group_name(found),
                              group_name(member_world_ranks)));
     }
-    return std::make_unique<MpiCommunicator>(child, std::move(found), timeout(), std::string());
+    return std::make_unique<MpiCommunicator>(child, std::move(found), timeout(), std::string(),
+                                             max_count_);
   }
 
   void abort() noexcept override {
@@ -428,8 +428,7 @@ class MpiCommunicator final : public Communicator {
       int count = static_cast<int>(p.count);
       MPI_Datatype datatype = mpi_type(p.type);
       if (p.count > max_count_) {
-        block =
-            std::make_unique<LargeType>(datatype, data_type_size(p.type), p.count, 0, max_count_);
+        block = std::make_unique<LargeType>(p.type, p.count, 0, max_count_);
         count = 1;
         datatype = block->type();
       }
@@ -502,6 +501,8 @@ std::unique_ptr<Communicator> mpi_world_communicator() {
   MPI_Initialized(&initialised);
   DHP_CHECK(initialised, InvalidArgument,
             "mpi_world_communicator: MPI is not initialised (create a dhp::MpiRuntime first)");
+  const std::int64_t max_count = env::mpi_max_count();  // before a communicator exists to leak
+  const auto timeout = env::comm_timeout();
   MPI_Comm world = MPI_COMM_NULL;
   const int code = MPI_Comm_dup(MPI_COMM_WORLD, &world);
   DHP_CHECK(code == MPI_SUCCESS, Communication, "MPI_Comm_dup(MPI_COMM_WORLD): {}",
@@ -511,7 +512,7 @@ std::unique_ptr<Communicator> mpi_world_communicator() {
   MPI_Comm_size(world, &size);
   std::vector<int> ranks(static_cast<std::size_t>(size));
   for (int i = 0; i < size; ++i) ranks[static_cast<std::size_t>(i)] = i;
-  return std::make_unique<MpiCommunicator>(world, std::move(ranks), env::comm_timeout(), "world");
+  return std::make_unique<MpiCommunicator>(world, std::move(ranks), timeout, "world", max_count);
 }
 
 ProcessInfo mpi_process_info() {

@@ -2,6 +2,8 @@
 // invariants.
 #include <gtest/gtest.h>
 
+#include <utility>
+
 #include "dhp/io.hpp"
 #include "expect_error.hpp"
 
@@ -217,6 +219,9 @@ TEST(PlanValidate, PartsOfAnItemMustComeOutWhole) {
   EXPECT_EQ(read.encoder_tasks.back().parts, 2);
   EXPECT_EQ(plan_hash(read), plan_hash(p));
   EXPECT_NE(plan_hash(p), plan_hash(small_plan()));
+  Plan swapped = p;  // the same tasks, only the parts exchanged: the hash must see parts
+  std::swap(swapped.encoder_tasks[0].part, swapped.encoder_tasks.back().part);
+  EXPECT_NE(plan_hash(swapped), plan_hash(p));
   auto violates = [&](auto&& mutate, std::initializer_list<std::string_view> fragments) {
     Plan q = p;
     mutate(q);

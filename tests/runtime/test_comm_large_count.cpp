@@ -1,7 +1,8 @@
 // MPI backend above DHP_MPI_MAX_COUNT elements (INT_MAX in production): with the limit
 // set to 3, every operation takes its large-count path (chunked reductions, derived
 // datatypes for moves) on buffers of a few elements, and must give exactly what the
-// world communicator (default limit, plain MPI calls) gives on the same inputs.
+// world communicator (default limit, plain MPI calls) gives on the same inputs. Counts at
+// or below the limit appear beside them as the boundary, where the plain path runs.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
