@@ -2,8 +2,9 @@
 # Builds the libFuzzer targets with clang (ASan + UBSan) in build-fuzz and runs each for
 # a while from the seed corpus. Fails on a crash, a leak, a timeout or an invariant break.
 #   scripts/run_fuzz.sh [SECONDS_PER_TARGET]   (default 30; or DHP_FUZZ_SECONDS)
-# DHP_FUZZ_SEED fixes libFuzzer's seed (the test script sets 1, so a CI run explores the
-# same inputs each time, give or take the machine's speed); unset, each run draws its own.
+# DHP_FUZZ_SEED fixes libFuzzer's seed (the test script sets 1, so a CI run on a fresh
+# build-fuzz/ explores the same inputs each time, give or take the machine's speed; inputs
+# found earlier accumulate in build-fuzz/corpus). Unset or empty, each run draws its own.
 set -euo pipefail
 
 seconds="${1:-${DHP_FUZZ_SECONDS:-30}}"

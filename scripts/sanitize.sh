@@ -8,7 +8,8 @@ asan_dir=${DHP_ASAN_BUILD:-build-asan}
 tsan_dir=${DHP_TSAN_BUILD:-build-tsan}
 jobs=${DHP_BUILD_JOBS:-$(nproc)}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# What a sanitizer prints when it finds something; also matched in tests judged by their output.
+# What a sanitizer prints when it finds something; tests judged by their output match the same
+# (DHP_TEST_SANITIZER_FAILURE in tests/CMakeLists.txt: keep the two in step).
 findings='ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error: |WARNING: ThreadSanitizer'
 
 # A test judged by its output alone could pass with a report in it: look at the whole log too.
@@ -21,6 +22,7 @@ check_log() {
   fi
 }
 
+ctest_args=(--output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600)
 common=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDHP_WITH_CUDA=OFF -DDHP_WITH_TORCH=OFF
         -DDHP_BUILD_BENCHMARKS=OFF -DDHP_BUILD_PYTHON=OFF)
 
@@ -29,14 +31,14 @@ echo "== ASan + UBSan: every test ($asan_dir)"
 cmake -S . -B "$asan_dir" "${common[@]}" -DDHP_SANITIZE="address;undefined" \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g -DNDEBUG" >/dev/null
 cmake --build "$asan_dir" -j"$jobs"
-ctest --test-dir "$asan_dir" --output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600 -LE mpi
+ctest --test-dir "$asan_dir" "${ctest_args[@]}" -LE mpi
 check_log "$asan_dir"
 # MPI tests without LeakSanitizer: OpenMPI's plugins (mca_*.so) are dlopen'ed and unloaded
 # again at MPI_Finalize, so the leaks they keep are reported with "<unknown module>" frames
 # that no lsan.supp entry can name. ASan's other checks and UBSan stay on for them, and
 # every non-MPI test above keeps leak detection.
 ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
-  ctest --test-dir "$asan_dir" --output-on-failure -j"${DHP_TEST_JOBS:-2}" --timeout 600 -L mpi
+  ctest --test-dir "$asan_dir" "${ctest_args[@]}" -L mpi
 check_log "$asan_dir"
 
 # Only the asynchronous planner runs threads (the runtime's tests are single-threaded ranks).

@@ -50,8 +50,8 @@ struct Row {
   int failed_batches = 0;
   std::string error;  // first failure, "" when every batch planned
   std::string static_layout;
-  std::string layout;     // module layout of the first plan: "tp=2 etp=4 colocated"
-  double step_ms = kNaN;  // median simulated step over the planned batches
+  std::string layout;         // module layout of the first plan: "tp=2 etp=4 colocated"
+  double step_ms = kNaN;      // median simulated step over the planned batches
   double estimate_ms = kNaN;  // median of the planner's own estimate of the same plans
   double planner_ms_p50 = kNaN;
   double planner_ms_p99 = kNaN;
@@ -65,6 +65,7 @@ struct Row {
   std::vector<double> batch_estimate_ms;  // the planner's own estimate
 };
 
+using dhp::bench::mean;
 using dhp::bench::median;
 using dhp::bench::percentile;
 
@@ -195,9 +196,7 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
     row.peak_mem_gib = peak;
     row.mem_capacity_gib = capacity;
     row.waves = median(waves);
-    double sum = 0;
-    for (double v : idle) sum += v;
-    row.idle_fraction = idle.empty() ? kNaN : sum / static_cast<double>(idle.size());
+    row.idle_fraction = mean(idle);
   }
   return row;
 }

@@ -19,6 +19,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -41,19 +43,16 @@ namespace {
 using dhp::Batch;
 using dhp::detail::WaveDraft;
 
-// The megatron-dcp-repro scenarios draw this many sequences per GPU per batch.
-constexpr int kScenarioSequencesPerGpu = 16;
-
 // What one invocation varies; unset coefficients keep defaults_for(cluster).
 struct Setting {
-  int sequences_per_gpu = kScenarioSequencesPerGpu;
+  int sequences_per_gpu = 0;  // 0: the scenario's own (ScenarioConfig::sequences_per_gpu)
   std::optional<double> half_efficiency_tokens;  // --hef
   std::optional<double> ring_step_overhead_us;   // --rso
   std::optional<double> overlap_efficiency;      // --ovl
 };
 
 struct Options {
-  std::vector<int> gpus = {4, 8, 16, 32, 64};
+  std::vector<int> gpus;  // empty: every scale of the megatron-dcp-repro family
   Setting setting;
   bool json = false;
 };
@@ -64,11 +63,16 @@ constexpr Variant kVariants[] = {Variant::MegatronDcp, Variant::Lpt, Variant::Co
 
 const char* variant_name(Variant v) {
   switch (v) {
-    case Variant::MegatronDcp: return "megatron_dcp";
-    case Variant::Lpt: return "lpt";
-    case Variant::Contig: return "contig";
-    case Variant::RoundRobinFfd: return "rr-ffd";
-    case Variant::GlobalFfd: return "glob-ffd";
+    case Variant::MegatronDcp:
+      return "megatron_dcp";
+    case Variant::Lpt:
+      return "lpt";
+    case Variant::Contig:
+      return "contig";
+    case Variant::RoundRobinFfd:
+      return "rr-ffd";
+    case Variant::GlobalFfd:
+      return "glob-ffd";
   }
   return "?";
 }
@@ -83,14 +87,14 @@ struct Row {
   double overlap_efficiency = 0;
   std::string variant;
   double step_ms = 0;
-  double step_vs_dcp = 0;      // this step / megatron_dcp's step ("megatron_dcp over this")
-  double micro_batches = 0;    // waves per batch
-  double fill = 0;             // batch tokens per rank per micro-batch / max_tokens_per_rank
-  double busy_mean_ms = 0;     // per-device busy time (compute + exposed comm), mean
-  double busy_max_ms = 0;      // ... its maximum over devices
-  double busy_spread_ms = 0;   // max - mean: the plan's imbalance
-  double busy_vs_dcp = 0;      // busy_mean_ms / megatron_dcp's: the work ratio
-  double us_per_token = 0;     // device busy time per batch token on that device
+  double step_vs_dcp = 0;     // this step / megatron_dcp's step ("megatron_dcp over this")
+  double micro_batches = 0;   // waves per batch
+  double fill = 0;            // batch tokens per rank per micro-batch / max_tokens_per_rank
+  double busy_mean_ms = 0;    // per-device busy time (compute + exposed comm), mean
+  double busy_max_ms = 0;     // ... its maximum over devices
+  double busy_spread_ms = 0;  // max - mean: the plan's imbalance
+  double busy_vs_dcp = 0;     // busy_mean_ms / megatron_dcp's: the work ratio
+  double us_per_token = 0;    // device busy time per batch token on that device
 };
 
 // --- the static packings -------------------------------------------------------------
@@ -171,26 +175,12 @@ std::vector<WaveDraft> global_waves(const Batch& batch, int ranks, int cp,
 
 // --- one scale ----------------------------------------------------------------------
 
-// The scenario's batches, or the same draw (same functions, seeds and batch count) with
-// another number of sequences per GPU.
-std::vector<Batch> study_batches(const dhp::bench::ScenarioData& data, int gpus,
-                                 int sequences_per_gpu, const dhp::bench::ScenarioConfig& config) {
-  const int scenario_per_batch = kScenarioSequencesPerGpu * gpus;
-  DHP_CHECK(data.batches.front().samples.size() == static_cast<std::size_t>(scenario_per_batch),
-            Internal, "megatron-dcp-repro-{} has {} sequences per batch, the study expects {}",
-            gpus, data.batches.front().samples.size(), scenario_per_batch);
-  if (sequences_per_gpu == kScenarioSequencesPerGpu) return data.batches;
-  const int num_batches = static_cast<int>(data.batches.size());
-  const int per_batch = sequences_per_gpu * gpus;
-  const auto pool = dhp::lognormal_samples(num_batches * per_batch, 1024.0, 1.5, 128, 8192,
-                                           config.seed * 7919 + static_cast<std::uint64_t>(gpus));
-  return dhp::make_batches(pool, num_batches, per_batch, config.seed);
-}
-
 std::vector<Row> run_scale(int gpus, const Setting& setting) {
-  const dhp::bench::ScenarioConfig config;  // 12 batches, seed 1, as dhp_bench --seed 1
+  dhp::bench::ScenarioConfig config;  // 12 batches, seed 1, as dhp_bench --seed 1
+  config.sequences_per_gpu = setting.sequences_per_gpu;
   const auto scenarios = dhp::bench::find_scenarios(fmt::format("megatron-dcp-repro-{}", gpus));
-  const dhp::bench::ScenarioData data = scenarios.front()->build(config, scenarios.front()->parameter);
+  const dhp::bench::ScenarioData data =
+      scenarios.front()->build(config, scenarios.front()->parameter);
   const dhp::ClusterSpec& cluster = data.clusters.front();
   DHP_CHECK(data.static_balanced_layout.has_value(), Internal,
             "megatron-dcp-repro-{} names no static layout", gpus);
@@ -213,12 +203,12 @@ std::vector<Row> run_scale(int gpus, const Setting& setting) {
   const dhp::Simulator simulator(
       dhp::CostModel(cluster, data.model, layout.llm_tp, cost.encoder_tp(), cost.coefficients()));
 
-  const auto batches = study_batches(data, gpus, setting.sequences_per_gpu, config);
+  const std::vector<Batch>& batches = data.batches;
   std::vector<Row> rows;
   for (Variant variant : kVariants) {
     Row row;
     row.gpus = gpus;
-    row.sequences_per_gpu = setting.sequences_per_gpu;
+    row.sequences_per_gpu = static_cast<int>(batches.front().samples.size()) / gpus;
     row.half_efficiency_tokens = cost.coefficients().half_efficiency_tokens;
     row.ring_step_overhead_us = cost.coefficients().ring_step_overhead_us;
     row.overlap_efficiency = cost.coefficients().overlap_efficiency;
@@ -289,36 +279,37 @@ std::vector<Row> run_scale(int gpus, const Setting& setting) {
 // --- output and arguments -----------------------------------------------------------
 
 void print_table(const std::vector<Row>& rows) {
-  fmt::print("{:>4} {:>7} {:>5} {:>5} {:>5} {:<13} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>7} {:>8} {:>6}\n",
-             "gpus", "seq/gpu", "hef", "rso", "ovl", "variant", "step_ms", "step/dcp", "mbatch",
-             "fill", "busy_ms", "busy_max", "spread", "busy/dcp", "us/tok");
+  fmt::print(
+      "{:>4} {:>7} {:>5} {:>5} {:>5} {:<13} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>7} {:>8} "
+      "{:>6}\n",
+      "gpus", "seq/gpu", "hef", "rso", "ovl", "variant", "step_ms", "step/dcp", "mbatch", "fill",
+      "busy_ms", "busy_max", "spread", "busy/dcp", "us/tok");
   for (const Row& r : rows)
-    fmt::print("{:>4} {:>7} {:>5g} {:>5g} {:>5g} {:<13} {:>8.2f} {:>8.3f} {:>7.2f} {:>5.2f} "
-               "{:>8.2f} {:>8.2f} {:>7.2f} {:>8.3f} {:>6.2f}\n",
-               r.gpus, r.sequences_per_gpu, r.half_efficiency_tokens, r.ring_step_overhead_us,
-               r.overlap_efficiency, r.variant, r.step_ms, r.step_vs_dcp, r.micro_batches,
-               r.fill, r.busy_mean_ms, r.busy_max_ms, r.busy_spread_ms, r.busy_vs_dcp,
-               r.us_per_token);
+    fmt::print(
+        "{:>4} {:>7} {:>5g} {:>5g} {:>5g} {:<13} {:>8.2f} {:>8.3f} {:>7.2f} {:>5.2f} "
+        "{:>8.2f} {:>8.2f} {:>7.2f} {:>8.3f} {:>6.2f}\n",
+        r.gpus, r.sequences_per_gpu, r.half_efficiency_tokens, r.ring_step_overhead_us,
+        r.overlap_efficiency, r.variant, r.step_ms, r.step_vs_dcp, r.micro_batches, r.fill,
+        r.busy_mean_ms, r.busy_max_ms, r.busy_spread_ms, r.busy_vs_dcp, r.us_per_token);
 }
 
 void print_json(const std::vector<Row>& rows) {
   for (const Row& r : rows) {
-    const nlohmann::ordered_json line = {
-        {"gpus", r.gpus},
-        {"sequences_per_gpu", r.sequences_per_gpu},
-        {"half_efficiency_tokens", r.half_efficiency_tokens},
-        {"ring_step_overhead_us", r.ring_step_overhead_us},
-        {"overlap_efficiency", r.overlap_efficiency},
-        {"variant", r.variant},
-        {"step_ms", r.step_ms},
-        {"step_vs_dcp", r.step_vs_dcp},
-        {"micro_batches", r.micro_batches},
-        {"fill", r.fill},
-        {"busy_mean_ms", r.busy_mean_ms},
-        {"busy_max_ms", r.busy_max_ms},
-        {"busy_spread_ms", r.busy_spread_ms},
-        {"busy_vs_dcp", r.busy_vs_dcp},
-        {"us_per_token", r.us_per_token}};
+    const nlohmann::ordered_json line = {{"gpus", r.gpus},
+                                         {"sequences_per_gpu", r.sequences_per_gpu},
+                                         {"half_efficiency_tokens", r.half_efficiency_tokens},
+                                         {"ring_step_overhead_us", r.ring_step_overhead_us},
+                                         {"overlap_efficiency", r.overlap_efficiency},
+                                         {"variant", r.variant},
+                                         {"step_ms", r.step_ms},
+                                         {"step_vs_dcp", r.step_vs_dcp},
+                                         {"micro_batches", r.micro_batches},
+                                         {"fill", r.fill},
+                                         {"busy_mean_ms", r.busy_mean_ms},
+                                         {"busy_max_ms", r.busy_max_ms},
+                                         {"busy_spread_ms", r.busy_spread_ms},
+                                         {"busy_vs_dcp", r.busy_vs_dcp},
+                                         {"us_per_token", r.us_per_token}};
     std::cout << line.dump() << '\n';
   }
 }
@@ -333,7 +324,7 @@ double parse_number(const std::string& flag, const std::string& text) {
 
 int parse_positive_int(const std::string& flag, const std::string& text) {
   const double value = parse_number(flag, text);
-  DHP_CHECK(value >= 1 && value == static_cast<int>(value), InvalidArgument,
+  DHP_CHECK(value >= 1 && value <= INT_MAX && value == std::floor(value), InvalidArgument,
             "{} expects a positive integer, got '{}'", flag, text);
   return static_cast<int>(value);
 }
@@ -387,7 +378,10 @@ Options parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
-    const Options options = parse(argc, argv);
+    Options options = parse(argc, argv);
+    if (options.gpus.empty())
+      for (const dhp::bench::Scenario* scale : dhp::bench::find_scenarios("megatron-dcp-repro"))
+        options.gpus.push_back(scale->parameter);
     std::vector<Row> rows;
     for (int gpus : options.gpus) {
       auto scale = run_scale(gpus, options.setting);

@@ -22,4 +22,16 @@ inline double percentile(std::vector<double> values, double p) {
 
 inline double median(const std::vector<double>& values) { return percentile(values, 50); }
 
+// Arithmetic mean, NaN entries ignored; NaN if none is left.
+inline double mean(const std::vector<double>& values) {
+  double sum = 0;
+  std::size_t count = 0;
+  for (double v : values) {
+    if (std::isnan(v)) continue;
+    sum += v;
+    ++count;
+  }
+  return count == 0 ? std::numeric_limits<double>::quiet_NaN() : sum / static_cast<double>(count);
+}
+
 }  // namespace dhp::bench
