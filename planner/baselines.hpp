@@ -26,7 +26,8 @@ double group_llm_ms(const CostModel& cost, const Layout& layout, const Batch& ba
 GroupDraft split_group(int degree, std::vector<int> samples);
 
 // Colocated encoders: build_plan spreads a wave's visual items over the encoder ranks
-// within encoder_reserve_bytes (2 x the largest item) while it can; that always holds when
+// within the room the wave's LLM leaves them, at least encoder_reserve_bytes (2 x the
+// largest item) where the LLM was packed to its budget; that always holds when
 // the wave's encoder activations total at most (encoder ranks) x (largest item). Waves over
 // that are split, moving whole groups (or parts of a group's sample list) to a following
 // wave, as the real system would defer them to another micro-batch. No-op otherwise.

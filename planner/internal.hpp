@@ -125,7 +125,6 @@ struct SampleCosts {
     std::int64_t llm_tokens;
   };
   std::vector<Visual> visuals_longest_first;
-  double encoder_reserve = 0;  // encoder_reserve_bytes
 };
 SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const Layout& layout);
 

@@ -349,7 +349,6 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
   std::stable_sort(
       sc.visuals_longest_first.begin(), sc.visuals_longest_first.end(),
       [](const SampleCosts::Visual& a, const SampleCosts::Visual& b) { return a.ms > b.ms; });
-  sc.encoder_reserve = encoder_reserve_bytes(cost, layout, batch);
   return sc;
 }
 
@@ -454,7 +453,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   const bool colocated = layout.placement == EncoderPlacement::Colocated;
   const int E = layout.encoder.ranks;
   const double enc_static = E > 0 ? cost.encoder_static_bytes(E) : 0.0;
-  const double enc_cap = colocated ? sc.encoder_reserve : capacity - enc_static;
+  std::vector<double> enc_room(E);  // per encoder rank: bytes its wave's items may take
   const int world = cost.cluster().world_size();
 
   std::vector<double> peak_bytes(R, 0.0);
@@ -583,12 +582,25 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     task_consumer.clear();
     task_ms.clear();
     task_ring.clear();
+    // Memory per device, the LLM's part: static + this wave's activations.
+    std::fill(device_bytes.begin(), device_bytes.end(), 0.0);
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < layout.llm.tp; ++t)
+        device_bytes[layout.llm.device_of(r, t)] += llm_static + rank_bytes[r];
     // Encoder work of the wave: longest item first onto the least-loaded encoder rank; on a
     // tie prefer a rank on the devices of the consuming group (no boundary traffic); never
-    // past the encoder reserve where any rank can take the item (else the fewest-bytes rank).
+    // past a rank's room where any rank can take the item (else the fewest-bytes rank). The
+    // room is what the wave's LLM leaves on the rank's devices (colocated): dhp packs the LLM
+    // to leave at least encoder_reserve_bytes, and a wave's items are spread over all of it.
     std::fill(enc_load.begin(), enc_load.end(), 0.0);
     std::fill(enc_bytes.begin(), enc_bytes.end(), 0.0);
     std::fill(enc_sent.begin(), enc_sent.end(), 0);
+    for (int e = 0; e < E; ++e) {
+      double used = 0;
+      for (int t = 0; t < layout.encoder.tp && colocated; ++t)
+        used = std::max(used, device_bytes[layout.encoder.device_of(e, t)]);
+      enc_room[e] = capacity - enc_static - used;
+    }
     if (E > 0) {
       std::vector<Item>& items = wave_items[w];
       if (layout.split_visual_items) {
@@ -668,7 +680,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           ring.clear();
           for (const auto& [k, e] : by_load) {
             if (static_cast<int>(ring.size()) == it.parts) break;
-            if (enc_bytes[e] + b <= enc_cap) ring.push_back(e);
+            if (enc_bytes[e] + b <= enc_room[e]) ring.push_back(e);
           }
           while (static_cast<int>(ring.size()) < it.parts) {
             int fewest = -1;
@@ -695,14 +707,14 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         }
         int chosen = -1;
         for (const auto& [k, e] : by_load) {
-          if (enc_bytes[e] + b > enc_cap) continue;
+          if (enc_bytes[e] + b > enc_room[e]) continue;
           chosen = e;
           break;
         }
         if (chosen >= 0 && colocated && !on_group_devices(chosen, it.group)) {
           // Same load on the consuming group's devices: no boundary traffic.
           for (int e : group_encoder_ranks[it.group]) {
-            if (key(e) == key(chosen) && enc_bytes[e] + b <= enc_cap) {
+            if (key(e) == key(chosen) && enc_bytes[e] + b <= enc_room[e]) {
               chosen = e;
               break;
             }
@@ -837,11 +849,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         }
     }
 
-    // Memory per device: LLM static + activations, plus the encoder's on shared devices.
-    std::fill(device_bytes.begin(), device_bytes.end(), 0.0);
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < layout.llm.tp; ++t)
-        device_bytes[layout.llm.device_of(r, t)] += llm_static + rank_bytes[r];
+    // Memory per device: the LLM's part (above), plus the encoder's on shared devices.
     for (int e = 0; e < E; ++e)
       for (int t = 0; t < layout.encoder.tp; ++t)
         device_bytes[layout.encoder.device_of(e, t)] += enc_static + enc_bytes[e];
