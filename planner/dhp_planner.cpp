@@ -59,7 +59,8 @@ struct Tables {
   // rank that cannot take that much more leaves the packer's index.
   std::vector<double> min_bytes_after;
   std::vector<std::int64_t> min_tokens_after;
-  double fixed_ms = 0;  // paid once by every rank that holds anything (llm_rank_fixed_ms)
+  double fixed_ms = 0;        // paid once by every rank that holds anything (llm_rank_fixed_ms)
+  double total_whole_ms = 0;  // every sequence's whole_ms
   int ranks = 0;
 };
 
@@ -135,6 +136,7 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
     if (a.whole_ms != b.whole_ms) return a.whole_ms > b.whole_ms;
     return a.sample < b.sample;
   });
+  for (const SequenceInfo& s : t.seqs) t.total_whole_ms += s.whole_ms;
   t.min_bytes_after.assign(n, kInf);
   t.min_tokens_after.assign(n, std::numeric_limits<std::int64_t>::max());
   for (int k = n - 2; k >= 0; --k) {
@@ -177,7 +179,7 @@ class Packer {
 
   bool pack(double T, int W, Fill fill) {
     ++packs_;
-    reset(W);
+    reset(T, W);
     const int n = static_cast<int>(t_.seqs.size());
     bool short_phase_started = false;
     for (int k = 0; k < n; ++k) {
@@ -292,11 +294,15 @@ class Packer {
   }
 
  private:
-  void reset(int W) {
+  void reset(double T, int W) {
+    target_ = T;
     waves_ = W;
     bins_.clear();
     groups_.clear();
-    by_load_.clear();
+    // Loads stay within T under best fit; LPT (no T) spreads the work about evenly.
+    const double span =
+        std::isfinite(T) ? T : 2 * (t_.total_whole_ms / (t_.ranks * W) + t_.fixed_ms);
+    by_load_.reset(t_.ranks * W, span);
     split_groups_.clear();
     free_.assign(W, t_.ranks);
     most_free_.clear();
@@ -355,7 +361,7 @@ class Packer {
       gr.split_bytes += step.bytes;
       for (int m = 0; m < gr.degree; ++m) {
         Bin& b = bins_[gr.first_bin + m];
-        const bool indexed = by_load_.erase(b.load, gr.first_bin + m);
+        const bool indexed = by_load_.erase(gr.first_bin + m);
         b.load += step.ms;
         b.bytes += step.bytes;
         b.tokens += step.tokens;
@@ -399,15 +405,18 @@ class Packer {
     return true;
   }
 
-  // Back into the load index unless no later whole piece can fit on it any more (keeps
-  // the memory scans short when memory or the token limit binds).
+  // Back into the load index unless no later whole piece can fit on it any more: not in
+  // memory or under the token limit (keeps the memory scans short when they bind), nor
+  // before T (best fit fills most ranks to within the shortest piece of T; they would
+  // crowd the index's top bucket). Later pieces are no shorter than the last sequence's.
   void reindex(int bin, int k) {
     const Bin& b = bins_[bin];
-    if (fits(b, t_.min_bytes_after[k],
-             t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max()
-                 ? 0
-                 : t_.min_tokens_after[k]) ||
-        k + 1 >= static_cast<int>(t_.seqs.size()))
+    const bool last = k + 1 >= static_cast<int>(t_.seqs.size());
+    if (last || (fits(b, t_.min_bytes_after[k],
+                      t_.min_tokens_after[k] == std::numeric_limits<std::int64_t>::max()
+                          ? 0
+                          : t_.min_tokens_after[k]) &&
+                 !(b.load > target_ - t_.seqs.back().whole_ms)))
       by_load_.insert(LoadEntry{b.load, bin, b.bytes, b.tokens});
   }
 
@@ -427,14 +436,8 @@ class Packer {
     bool indexed = true;  // a newly opened rank enters the index only with its first piece
     if (fill == Fill::BestFit) {
       // Fullest rank that still finishes within T and has the memory.
-      auto it = by_load_.above(T - ms);
-      for (int scanned = 0; it != by_load_.begin() && scanned < kMemoryScan; ++scanned) {
-        --it;
-        if (fits(bins_[it->bin], bytes, tokens)) {
-          chosen = it->bin;
-          break;
-        }
-      }
+      chosen = by_load_.scan_down(T - ms, kMemoryScan,
+                                  [&](int bin) { return fits(bins_[bin], bytes, tokens); });
       if (chosen < 0) {
         const int w = take_wave(1);
         if (w >= 0) {
@@ -450,18 +453,12 @@ class Packer {
       }
     } else {
       // Least-loaded rank with the memory; the scan is bounded, then any rank that fits.
-      int scanned = 0;
-      for (auto it = by_load_.begin(); it != by_load_.end(); ++it, ++scanned) {
-        if (fits(bins_[it->bin], bytes, tokens)) {
-          chosen = it->bin;
-          break;
-        }
-        if (scanned > kMemoryScan * 64) break;
-      }
+      chosen = by_load_.scan_up(kMemoryScan * 64 + 1,
+                                [&](int bin) { return fits(bins_[bin], bytes, tokens); });
       if (chosen < 0) return false;
     }
     Bin& b = bins_[chosen];
-    if (indexed) by_load_.erase(b.load, chosen);
+    if (indexed) by_load_.erase(chosen);
     b.load += ms + (b.pieces == 0 ? t_.fixed_ms : 0.0);
     b.bytes += bytes;
     b.tokens += tokens;
@@ -475,6 +472,7 @@ class Packer {
   const Tables& t_;
   int packs_ = 0;  // pack() calls, for the debug summary
   int waves_ = 0;
+  double target_ = kInf;  // this attempt's T (best fit; infinite for LPT)
   std::vector<Bin> bins_;
   std::vector<Group> groups_;
   LoadIndex by_load_;                                             // open bins by load

@@ -1,16 +1,21 @@
-// The dhp packer's index of open ranks ("bins") ordered by load, which also answers "the
-// fullest bin at or below a load that still has the memory and tokens for a piece" in
-// O(log R) instead of a scan over every bin: each tree node keeps the least bytes and the
-// least tokens held by any bin of its subtree, so subtrees where no bin can take the piece
-// are skipped. A red-black tree from libstdc++'s policy-based data structures, which lets
-// a node carry such a summary of its subtree.
+// The dhp packer's index of open ranks ("bins") ordered by (load, bin). It answers, in the
+// packer's order: the fullest bins at or below a load (best fit), the least-loaded bins
+// (LPT), and "the fullest bin at or below a load that still has the memory and tokens for a
+// piece" without a scan over every bin.
+//
+// Loads fall into buckets of equal width over [0, span) (the packer's makespan target),
+// each a short vector sorted by (load, bin), so a placement (erase + insert of one bin)
+// moves a few entries of one vector: a balanced tree's node relinking was a third of the
+// planner's time at 4096 ranks. Equal loads are common (repeated lengths), which is why a
+// bucket is sorted rather than hashed further. Each bucket keeps the least bytes and least
+// tokens of its bins, and so does each word of 64 buckets (recomputed when read after an
+// erase), so fullest_fit skips what cannot fit. Any load is placed correctly (past span:
+// the last bucket); span only decides the speed.
 #pragma once
 
 #include <algorithm>
-#include <cstddef>
+#include <bit>
 #include <cstdint>
-#include <ext/pb_ds/assoc_container.hpp>
-#include <ext/pb_ds/tree_policy.hpp>
 #include <limits>
 #include <vector>
 
@@ -29,138 +34,179 @@ struct ByLoadThenBin {
   }
 };
 
-// Least bytes and least tokens held by a bin of the subtree.
-struct LeastHeld {
-  double bytes;
-  std::int64_t tokens;
-};
-
-template <class NodeConstIt, class NodeIt, class Compare, class Alloc>
-struct LeastHeldUpdate {
-  using metadata_type = LeastHeld;
-  void operator()(NodeIt node, NodeConstIt end) {
-    const LoadEntry& e = **node;
-    LeastHeld least{e.bytes, e.tokens};
-    for (NodeIt child : {node.get_l_child(), node.get_r_child()}) {
-      if (child == end) continue;
-      least.bytes = std::min(least.bytes, child.get_metadata().bytes);
-      least.tokens = std::min(least.tokens, child.get_metadata().tokens);
-    }
-    const_cast<LeastHeld&>(node.get_metadata()) = least;
-  }
-  virtual NodeConstIt node_begin() const = 0;
-  virtual NodeConstIt node_end() const = 0;
-  virtual ~LeastHeldUpdate() = default;
-};
-
-// Tree nodes come from a per-thread free list: the packer erases and re-inserts a bin per
-// placement and clears the index per attempt, and malloc/free of those nodes were ~10 % of
-// the planner's time at 4096 ranks. Stateless (the tree keeps its allocator in a static).
-template <class T>
-struct RecycledNodes {
-  using value_type = T;
-  using size_type = std::size_t;
-  using difference_type = std::ptrdiff_t;
-  RecycledNodes() = default;
-  template <class U>
-  RecycledNodes(const RecycledNodes<U>&) {}
-
-  T* allocate(std::size_t n) {
-    std::vector<T*>& free_nodes = free_list().nodes;
-    if (n == 1 && !free_nodes.empty()) {
-      T* node = free_nodes.back();
-      free_nodes.pop_back();
-      return node;
-    }
-    return static_cast<T*>(::operator new(n * sizeof(T)));
-  }
-  void deallocate(T* p, std::size_t n) {
-    if (n == 1)
-      free_list().nodes.push_back(p);
-    else
-      ::operator delete(p);
-  }
-  bool operator==(const RecycledNodes&) const { return true; }
-
- private:
-  struct FreeList {
-    std::vector<T*> nodes;
-    ~FreeList() {
-      for (T* p : nodes) ::operator delete(p);
-    }
-  };
-  static FreeList& free_list() {
-    thread_local FreeList list;
-    return list;
-  }
-};
-
 class LoadIndex {
  public:
-  using Tree = __gnu_pbds::tree<LoadEntry, __gnu_pbds::null_type, ByLoadThenBin,
-                                __gnu_pbds::rb_tree_tag, LeastHeldUpdate, RecycledNodes<char>>;
-  using const_iterator = Tree::const_iterator;
-
-  void clear() { tree_.clear(); }
-  void insert(const LoadEntry& e) { tree_.insert(e); }
-  // True when the bin was indexed (bins that can take no later piece leave the index).
-  bool erase(double load, int bin) { return tree_.erase(LoadEntry{load, bin, 0, 0}); }
-
-  const_iterator begin() const { return tree_.begin(); }
-  const_iterator end() const { return tree_.end(); }
-  // First entry with load > max_load.
-  const_iterator above(double max_load) const {
-    return tree_.upper_bound(LoadEntry{max_load, std::numeric_limits<int>::max(), 0, 0});
+  // Empty, for about `entries` bins with loads mostly in [0, span).
+  void reset(int entries, double span) {
+    for (std::size_t w = 0; w < words_.size(); ++w)
+      for (std::uint64_t word = words_[w]; word != 0; word &= word - 1)
+        buckets_[w * 64 + std::countr_zero(word)].clear();
+    const int want = std::clamp(2 * entries, 64, 1 << 16);
+    const int count = static_cast<int>(std::bit_ceil(static_cast<unsigned>(want)));
+    if (count > static_cast<int>(buckets_.size())) buckets_.resize(count);
+    count_ = count;
+    inv_width_ = span > 0 && span < std::numeric_limits<double>::infinity()
+                     ? count / span
+                     : 0.0;  // no span: one bucket (slow, still correct)
+    least_.assign(count, Least{});
+    words_.assign(count / 64, 0);
+    word_least_.assign(count / 64, Least{});
+    std::fill(bucket_of_.begin(), bucket_of_.end(), -1);
+    size_ = 0;
   }
 
-  // The bin of the entry with the largest (load, bin) among those with load <= max_load
-  // whose bytes + `bytes` <= budget and tokens + `tokens` <= token_limit; -1 if none.
-  // The same comparisons as a scan down from max_load would make, so the same bin. The
-  // entries at or below max_load are the nodes where the search path for max_load turns
-  // right plus their left subtrees, searched right first. A subtree's least bytes and least
-  // tokens may come from different bins, so a subtree that seems to fit can hold no fit:
-  // the descent then backs up. O(log R) when one limit binds; more when both do.
-  int fullest_fit(double max_load, double bytes, std::int64_t tokens, double budget,
-                  std::int64_t token_limit) const {
-    using Node = Tree::node_const_iterator;
-    const Node end = tree_.node_end();
-    auto subtree_fits = [&](Node node) {
-      if (node == end) return false;
-      const LeastHeld& least = node.get_metadata();
-      return least.bytes + bytes <= budget && least.tokens + tokens <= token_limit;
-    };
-    auto entry_fits = [&](Node node) {
-      const LoadEntry& e = **node;
-      return e.bytes + bytes <= budget && e.tokens + tokens <= token_limit;
-    };
-    // The rightmost fit of a subtree whose entries all have load <= max_load; -1 if none.
-    auto rightmost_fit = [&](auto& self, Node node) -> int {
-      if (!subtree_fits(node)) return -1;
-      if (const int bin = self(self, node.get_r_child()); bin >= 0) return bin;
-      if (entry_fits(node)) return (**node).bin;
-      return self(self, node.get_l_child());
-    };
-    turns_.clear();
-    for (Node node = tree_.node_begin(); node != end;) {
-      if ((**node).load > max_load) {
-        node = node.get_l_child();
-      } else {
-        turns_.push_back(node);
-        node = node.get_r_child();
+  int size() const { return size_; }
+
+  void insert(const LoadEntry& e) {
+    if (e.bin >= static_cast<int>(entry_.size())) {
+      entry_.resize(e.bin + 1);
+      bucket_of_.resize(e.bin + 1, -1);
+    }
+    const int b = bucket(e.load);
+    entry_[e.bin] = e;
+    bucket_of_[e.bin] = b;
+    std::vector<LoadEntry>& v = buckets_[b];
+    v.insert(std::upper_bound(v.begin(), v.end(), e, ByLoadThenBin{}), e);
+    words_[b / 64] |= std::uint64_t{1} << (b % 64);
+    least_[b].add(e);  // a stale summary stays stale: it is recomputed when read
+    word_least_[b / 64].add(e);
+    ++size_;
+  }
+
+  // True when the bin was indexed (bins that can take no later piece leave the index).
+  bool erase(int bin) {
+    if (bin >= static_cast<int>(bucket_of_.size()) || bucket_of_[bin] < 0) return false;
+    const int b = bucket_of_[bin];
+    bucket_of_[bin] = -1;
+    std::vector<LoadEntry>& v = buckets_[b];
+    v.erase(std::lower_bound(v.begin(), v.end(), entry_[bin], ByLoadThenBin{}));
+    if (v.empty()) words_[b / 64] &= ~(std::uint64_t{1} << (b % 64));
+    least_[b].stale = true;
+    word_least_[b / 64].stale = true;
+    --size_;
+    return true;
+  }
+
+  // Visits the bins with load <= max_load from the fullest down, in (load, bin) order, at
+  // most `limit` of them; the first for which fits(bin) holds, or -1.
+  template <class Fits>
+  int scan_down(double max_load, int limit, Fits fits) const {
+    int visited = 0;
+    const LoadEntry bound{max_load, std::numeric_limits<int>::max(), 0, 0};
+    for (int b = last_nonempty(bucket(max_load)); b >= 0; b = last_nonempty(b - 1)) {
+      const std::vector<LoadEntry>& v = buckets_[b];
+      for (auto it = std::upper_bound(v.begin(), v.end(), bound, ByLoadThenBin{});
+           it != v.begin();) {
+        --it;
+        if (visited++ == limit) return -1;
+        if (fits(it->bin)) return it->bin;
       }
     }
-    for (auto it = turns_.rbegin(); it != turns_.rend(); ++it) {
-      const Node node = *it;
-      if (!subtree_fits(node)) continue;  // neither the node nor its subtrees fit
-      if (entry_fits(node)) return (**node).bin;
-      if (const int bin = rightmost_fit(rightmost_fit, node.get_l_child()); bin >= 0) return bin;
+    return -1;
+  }
+
+  // Visits the bins from the least loaded up, at most `limit`; the first that fits, or -1.
+  template <class Fits>
+  int scan_up(int limit, Fits fits) const {
+    int visited = 0;
+    for (int b = first_nonempty(0); b >= 0; b = first_nonempty(b + 1)) {
+      for (const LoadEntry& e : buckets_[b]) {
+        if (visited++ == limit) return -1;
+        if (fits(e.bin)) return e.bin;
+      }
+    }
+    return -1;
+  }
+
+  // The bin of the largest (load, bin) with load <= max_load whose bytes + `bytes` <= budget
+  // and tokens + `tokens` <= token_limit; -1 if none. What a scan down from max_load finds.
+  int fullest_fit(double max_load, double bytes, std::int64_t tokens, double budget,
+                  std::int64_t token_limit) const {
+    auto room = [&](const Least& l) {
+      return l.bytes + bytes <= budget && l.tokens + tokens <= token_limit;
+    };
+    const LoadEntry bound{max_load, std::numeric_limits<int>::max(), 0, 0};
+    const int top = bucket(max_load);
+    for (int w = top / 64; w >= 0; --w) {
+      std::uint64_t word = words_[w];
+      if (w == top / 64 && top % 64 != 63) word &= (std::uint64_t{1} << (top % 64 + 1)) - 1;
+      if (word == 0) continue;
+      if (word_least_[w].stale) {
+        word_least_[w] = Least{};
+        for (std::uint64_t all = words_[w]; all != 0; all &= all - 1)
+          word_least_[w].add(bucket_least(w * 64 + std::countr_zero(all)));
+      }
+      if (!room(word_least_[w])) continue;
+      while (word != 0) {
+        const int b = w * 64 + 63 - std::countl_zero(word);
+        word &= ~(std::uint64_t{1} << (b % 64));
+        if (!room(bucket_least(b))) continue;
+        const std::vector<LoadEntry>& v = buckets_[b];
+        for (auto it = std::upper_bound(v.begin(), v.end(), bound, ByLoadThenBin{});
+             it != v.begin();) {
+          --it;
+          if (it->bytes + bytes <= budget && it->tokens + tokens <= token_limit) return it->bin;
+        }
+      }
     }
     return -1;
   }
 
  private:
-  Tree tree_;
-  mutable std::vector<Tree::node_const_iterator> turns_;  // fullest_fit's path, reused
+  struct Least {  // least bytes and least tokens held by a bin of a bucket (or word)
+    double bytes = std::numeric_limits<double>::infinity();
+    std::int64_t tokens = std::numeric_limits<std::int64_t>::max();
+    bool stale = false;  // an entry left: recompute before use
+    void add(const LoadEntry& e) {
+      bytes = std::min(bytes, e.bytes);
+      tokens = std::min(tokens, e.tokens);
+    }
+    void add(const Least& l) {
+      bytes = std::min(bytes, l.bytes);
+      tokens = std::min(tokens, l.tokens);
+    }
+  };
+
+  const Least& bucket_least(int b) const {
+    if (least_[b].stale) {
+      least_[b] = Least{};
+      for (const LoadEntry& e : buckets_[b]) least_[b].add(e);
+    }
+    return least_[b];
+  }
+  int bucket(double load) const {
+    const double x = load * inv_width_;
+    if (!(x > 0)) return 0;
+    return x >= count_ - 1 ? count_ - 1 : static_cast<int>(x);
+  }
+  // The last non-empty bucket at or below b (-1: none).
+  int last_nonempty(int b) const {
+    for (int w = b / 64; b >= 0 && w >= 0; --w) {
+      std::uint64_t word = words_[w];
+      if (w == b / 64 && b % 64 != 63) word &= (std::uint64_t{1} << (b % 64 + 1)) - 1;
+      if (word != 0) return w * 64 + 63 - std::countl_zero(word);
+    }
+    return -1;
+  }
+  // The first non-empty bucket at or above b (-1: none).
+  int first_nonempty(int b) const {
+    for (int w = b / 64; b < count_ && w < static_cast<int>(words_.size()); ++w) {
+      std::uint64_t word = words_[w];
+      if (w == b / 64) word &= ~std::uint64_t{0} << (b % 64);
+      if (word != 0) return w * 64 + std::countr_zero(word);
+    }
+    return -1;
+  }
+
+  int count_ = 0;  // buckets in use
+  double inv_width_ = 0;
+  int size_ = 0;
+  std::vector<std::vector<LoadEntry>> buckets_;  // each sorted by (load, bin); kept for reuse
+  mutable std::vector<Least> least_;             // per bucket
+  std::vector<std::uint64_t> words_;             // bit b: bucket b is non-empty
+  mutable std::vector<Least> word_least_;        // per word of 64 buckets
+  std::vector<LoadEntry> entry_;                 // per bin, as indexed
+  std::vector<int> bucket_of_;                   // per bin: its bucket, -1 when not indexed
 };
 
 }  // namespace dhp::detail

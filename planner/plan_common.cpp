@@ -10,6 +10,7 @@
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
 #include "internal.hpp"
+#include "rank_heap.hpp"
 
 namespace dhp::detail {
 namespace {
@@ -527,7 +528,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> group_inputs;  // per group of a wave: its split sequences' items encoded
   std::vector<int> group_home;
   std::vector<double> group_end;
-  std::set<std::pair<double, int>> by_load;  // encoder ranks of a wave by (load, rank)
+  RankHeap by_load;  // encoder ranks of a wave by (start + load, rank)
 
   for (std::size_t w = 0; w < waves.size(); ++w) {
     const WaveDraft& draft = waves[w];
@@ -652,17 +653,14 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       }
       auto key = [&](int e) { return enc_start[e] + enc_load[e]; };
       // By (key, rank): the first rank in order with room finishes earliest.
-      by_load.clear();
-      for (int e = 0; e < E; ++e) by_load.insert({key(e), e});
+      by_load.reset(enc_start);  // no load yet: the key is the start
 
       // `wait`: idle before the task (a ring waiting for its last member), part of the load.
       auto assign = [&](const Item& it, int e, double wait, double ms, double bytes,
                         std::int64_t tokens, int part) {
-        auto node = by_load.extract({key(e), e});  // reused: no allocation
         enc_load[e] += wait + ms;
         enc_bytes[e] += bytes;
-        node.value().first = key(e);
-        by_load.insert(std::move(node));
+        by_load.raise(e, key(e));
 
         if (!on_group_devices(e, it.group)) enc_sent[e] += tokens;
         plan.encoder_tasks.push_back(
@@ -678,10 +676,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           // A ring of it.parts ranks that start together: the first ones in order with room
           // (else the fewest-bytes ones), in rank order.
           ring.clear();
-          for (const auto& [k, e] : by_load) {
-            if (static_cast<int>(ring.size()) == it.parts) break;
+          by_load.visit_in_order([&](int e) {
             if (enc_bytes[e] + b <= enc_room[e]) ring.push_back(e);
-          }
+            return static_cast<int>(ring.size()) < it.parts;
+          });
           while (static_cast<int>(ring.size()) < it.parts) {
             int fewest = -1;
             for (int e = 0; e < E; ++e)
@@ -706,11 +704,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           continue;
         }
         int chosen = -1;
-        for (const auto& [k, e] : by_load) {
-          if (enc_bytes[e] + b > enc_room[e]) continue;
+        by_load.visit_in_order([&](int e) {
+          if (enc_bytes[e] + b > enc_room[e]) return true;
           chosen = e;
-          break;
-        }
+          return false;
+        });
         if (chosen >= 0 && colocated && !on_group_devices(chosen, it.group)) {
           // Same load on the consuming group's devices: no boundary traffic.
           for (int e : group_encoder_ranks[it.group]) {

@@ -1,0 +1,85 @@
+// The encoder ranks of a wave ordered by (key, rank), for the longest-first assignment in
+// assemble: an indexed binary min-heap. Taking the first rank and raising its key is the
+// common step (O(log E) moves in one array, where a balanced tree node had to be unlinked
+// and relinked); walking further in order, for a rank with room or a ring's members, reads
+// the heap through a small frontier without changing it.
+#pragma once
+
+#include <algorithm>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace dhp::detail {
+
+class RankHeap {
+ public:
+  // Ranks 0..keys.size()-1 with these keys.
+  void reset(const std::vector<double>& keys) {
+    keys_ = keys;
+    const int n = static_cast<int>(keys_.size());
+    heap_.resize(n);
+    pos_.resize(n);
+    for (int e = 0; e < n; ++e) heap_[e] = e;
+    std::make_heap(heap_.begin(), heap_.end(), [&](int a, int b) { return before(b, a); });
+    for (int i = 0; i < n; ++i) pos_[heap_[i]] = i;
+  }
+
+  bool empty() const { return heap_.empty(); }
+  double key(int e) const { return keys_[e]; }
+
+  // A rank's key grows (an item was assigned to it).
+  void raise(int e, double key) {
+    keys_[e] = key;
+    sift_down(pos_[e]);
+  }
+
+  // Calls visit(rank) in (key, rank) order until it returns false.
+  template <class Visit>
+  void visit_in_order(Visit visit) const {
+    if (heap_.empty()) return;
+    if (!visit(heap_[0])) return;
+    // The frontier: heap positions whose parents were visited, smallest first.
+    auto later = [&](int a, int b) { return before(heap_[b], heap_[a]); };
+    frontier_.clear();
+    auto push_children = [&](int i) {
+      for (int c = 2 * i + 1; c <= 2 * i + 2 && c < static_cast<int>(heap_.size()); ++c) {
+        frontier_.push_back(c);
+        std::push_heap(frontier_.begin(), frontier_.end(), later);
+      }
+    };
+    push_children(0);
+    while (!frontier_.empty()) {
+      std::pop_heap(frontier_.begin(), frontier_.end(), later);
+      const int i = frontier_.back();
+      frontier_.pop_back();
+      if (!visit(heap_[i])) return;
+      push_children(i);
+    }
+  }
+
+ private:
+  bool before(int a, int b) const { return std::tie(keys_[a], a) < std::tie(keys_[b], b); }
+  void sift_down(int i) {
+    const int n = static_cast<int>(heap_.size());
+    const int e = heap_[i];
+    for (;;) {
+      int c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && before(heap_[c + 1], heap_[c])) ++c;
+      if (!before(heap_[c], e)) break;
+      heap_[i] = heap_[c];
+      pos_[heap_[i]] = i;
+      i = c;
+    }
+    heap_[i] = e;
+    pos_[e] = i;
+  }
+
+  std::vector<double> keys_;
+  std::vector<int> heap_;  // ranks, heap-ordered by (key, rank)
+  std::vector<int> pos_;   // rank -> position in heap_
+  mutable std::vector<int> frontier_;
+};
+
+}  // namespace dhp::detail
