@@ -95,9 +95,6 @@ class Run {
         InvalidArgument,
         "simulator: encoder layout (first device {}, {} ranks x tp {}) does not fit {} devices",
         plan.encoder.first_device, plan.encoder.ranks, plan.encoder.tp, world);
-    DHP_CHECK(plan.llm.tp == cost.llm_tp(), InvalidArgument,
-              "simulator: plan LLM tp={} but the cost model was built for tp={}", plan.llm.tp,
-              cost.llm_tp());
     device_free_.assign(static_cast<size_t>(world), 0.0);
     busy_.assign(static_cast<size_t>(world), 0.0);
     act_peak_.assign(static_cast<size_t>(world), 0.0);
@@ -814,7 +811,15 @@ class Run {
 Simulator::Simulator(CostModel cost_model) : cost_(std::move(cost_model)) {}
 
 SimulationResult Simulator::run(const Plan& plan, const Batch& batch, bool record_timeline) const {
-  Run run(cost_, plan, batch, record_timeline);
+  const int encoder_tp = plan.encoder.ranks > 0 ? plan.encoder.tp : cost_.encoder_tp();
+  if (plan.llm.tp == cost_.llm_tp() && encoder_tp == cost_.encoder_tp()) {
+    Run run(cost_, plan, batch, record_timeline);
+    return run.run();
+  }
+  // A static layout may fix other TP degrees than the planner's default: the plan's rule.
+  const CostModel at_plan(cost_.cluster(), cost_.model(), plan.llm.tp, encoder_tp,
+                          cost_.coefficients());
+  Run run(at_plan, plan, batch, record_timeline);
   return run.run();
 }
 

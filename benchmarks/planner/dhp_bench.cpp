@@ -83,15 +83,6 @@ bool uses_static_layout(Strategy s) {
   return s == Strategy::StaticBest || s == Strategy::StaticBalanced;
 }
 
-// A simulator at the plan's own TP degrees: a static layout fixes TP for the whole run,
-// which need not be the degree the planner resolves by default.
-dhp::Simulator simulator_for(const dhp::Planner& planner, const dhp::Plan& plan) {
-  const dhp::CostModel& cost = planner.cost_model();
-  const int encoder_tp = plan.encoder.ranks > 0 ? plan.encoder.tp : cost.encoder_tp();
-  return dhp::Simulator(
-      dhp::CostModel(cost.cluster(), cost.model(), plan.llm.tp, encoder_tp, cost.coefficients()));
-}
-
 std::string plan_layout(const dhp::Plan& plan) {
   dhp::PlannerOptions o;
   o.llm_tp = plan.llm.tp;
@@ -175,7 +166,7 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
           if (hash != first_hash) row.deterministic = false;
           if (ms > 20) break;
         }
-        const dhp::SimulationResult sim = simulator_for(*planner, plan).run(plan, batch);
+        const dhp::SimulationResult sim = dhp::Simulator(planner->cost_model()).run(plan, batch);
         row.batch_step_ms[b] = sim.step_ms;
         row.batch_estimate_ms[b] = plan.estimate.step_ms;
         if (row.layout.empty()) row.layout = plan_layout(plan);

@@ -200,8 +200,7 @@ std::vector<Row> run_scale(int gpus, const Setting& setting) {
   const auto layout = dhp::detail::resolve_layout(cluster, data.model, options);
   const auto cost = dhp::detail::make_cost_model(cluster, data.model, layout, options);
   // The simulator runs on the same coefficients as the planner's estimate.
-  const dhp::Simulator simulator(
-      dhp::CostModel(cluster, data.model, layout.llm_tp, cost.encoder_tp(), cost.coefficients()));
+  const dhp::Simulator simulator(cost);
 
   const std::vector<Batch>& batches = data.batches;
   std::vector<Row> rows;

@@ -36,6 +36,9 @@ struct SimulationResult {
 
 class Simulator {
  public:
+  // The cluster, model and coefficients to simulate with. Each plan runs at its own TP
+  // degrees (Plan::llm.tp, Plan::encoder.tp), whatever the degrees the cost model was built
+  // for: a static baseline's layout may fix others than the planner's default.
   explicit Simulator(CostModel cost_model);
   SimulationResult run(const Plan& plan, const Batch& batch, bool record_timeline = false) const;
 

@@ -198,11 +198,7 @@ int run_plan(const Args& args) {
   nlohmann::json out = nlohmann::json::parse(dhp::to_json(plan, -1));
   const bool want_svg = args.has("--svg");
   if (args.has("--simulate") || want_svg) {
-    // At the plan's own TP degrees (a static strategy may fix another than the default).
-    const dhp::CostModel& cost = planner.cost_model();
-    const dhp::Simulator simulator(dhp::CostModel(
-        cluster, model, plan.llm.tp, plan.encoder.ranks > 0 ? plan.encoder.tp : cost.encoder_tp(),
-        cost.coefficients()));
+    const dhp::Simulator simulator(planner.cost_model());
     const dhp::SimulationResult sim = simulator.run(plan, batch, /*record_timeline=*/want_svg);
     out["simulation"] = {{"step_ms", sim.step_ms},
                          {"mean_idle_fraction", sim.mean_idle_fraction},

@@ -3,12 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <map>
 
 #include "cost_test_fixtures.hpp"
 #include "dhp/error.hpp"
+#include "dhp/planner.hpp"
 #include "planner/internal.hpp"
 
 namespace dhp {
@@ -283,6 +284,30 @@ TEST(Simulator, ColocatedEncoderRunsBeforeItsWaveOnTheSameDevices) {
   // Colocated devices hold both modules' state.
   const double statics = (cost.llm_static_bytes(8) + cost.encoder_static_bytes(8)) / kGiB;
   EXPECT_GT(r.device_peak_mem_gib[0], statics);
+}
+
+// A static layout fixes its own TP (here 4) where the planner's default is smaller: the
+// simulator given the planner's cost model runs the plan at the plan's degrees, exactly as
+// one built for them.
+TEST(Simulator, RunsAPlanAtItsOwnTpDegrees) {
+  const ClusterSpec cluster = h100_cluster(1);
+  const ModelSpec model = text_model();
+  PlannerOptions options;
+  options.strategy = Strategy::StaticBest;
+  options.static_layout = StaticLayout{.tp = 4, .cp = 2, .dp = 1, .pack_tokens = 16384};
+  const Planner planner(cluster, model, options);
+  ASSERT_NE(planner.cost_model().llm_tp(), 4);
+  Batch batch;
+  for (int i = 0; i < 5; ++i) batch.samples.push_back(text_sample(i, 1000 + 997 * i));
+  const Plan plan = planner.plan(batch);
+  ASSERT_EQ(plan.llm.tp, 4);
+  const SimulationResult got = Simulator(planner.cost_model()).run(plan, batch);
+  const CostModel at_plan(cluster, model, 4, planner.cost_model().encoder_tp(),
+                          planner.cost_model().coefficients());
+  const SimulationResult want = Simulator(at_plan).run(plan, batch);
+  EXPECT_EQ(got.step_ms, want.step_ms);
+  EXPECT_EQ(got.device_peak_mem_gib, want.device_peak_mem_gib);
+  EXPECT_NEAR(got.step_ms, plan.estimate.step_ms, 0.05 * plan.estimate.step_ms);
 }
 
 TEST(Simulator, BadPlansAreErrors) {
