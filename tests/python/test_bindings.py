@@ -36,6 +36,21 @@ class BindingsTest(unittest.TestCase):
         svg = planner.svg(batch, plan)
         self.assertTrue(svg.lstrip().startswith("<svg") or svg.lstrip().startswith("<?xml"))
 
+    def test_every_strategy_plans_and_simulates(self):
+        # The static strategies choose their TP per layout; the simulator follows the plan's.
+        batch = small_batch()
+        tps = set()
+        for strategy in dhp.strategy_names():
+            if strategy == "exact":
+                continue
+            planner = dhp.Planner("h100-8", "qwen2-vl-7b", strategy=strategy)
+            plan = planner.plan(batch)
+            tps.add(plan["llm"]["tp"])
+            sim = planner.simulate(batch, plan)
+            self.assertGreater(sim["step_ms"], 0, strategy)
+            self.assertLessEqual(sim["max_peak_mem_gib"], sim["mem_capacity_gib"], strategy)
+        self.assertGreater(len(tps), 1)  # some strategy planned at another TP than the default
+
     def test_same_batch_same_plan(self):
         a = dhp.Planner("h100-8", "qwen2-vl-7b").plan(small_batch())
         b = dhp.Planner(dhp.cluster("h100-8"), dhp.model("qwen2-vl-7b")).plan(small_batch())
