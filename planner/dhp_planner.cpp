@@ -31,6 +31,10 @@ constexpr int kMemoryScan = 16;          // bins inspected for memory before ope
 // of the best-fit groups are run only up to this ranks x sequences; above it they cost
 // seconds (the portfolio) or one more full pack per wave count, and did not win (scale-4096).
 constexpr long long kPortfolioMaxWork = 1LL << 22;
+// Merging groups (plan_dhp's last pass) tries every pair of groups of a wave that holds a
+// ring, one full estimate each: only on instances up to this ranks x sequences.
+constexpr long long kMergeMaxWork = 1LL << 12;
+constexpr int kMergeRounds = 4;
 
 // One useful degree of a sequence: the per-rank time falls strictly from step to step.
 struct DegreeStep {
@@ -527,7 +531,32 @@ void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layo
 struct Candidate {
   Plan plan;  // assembled by the estimate: the winner is not assembled again
   double step_ms = kInf;
+  std::vector<WaveDraft> waves;  // what it was assembled from
 };
+
+// Wave `w` of `waves` with groups a < b made one ring over both groups' ranks, every
+// sequence of both split over it: the optimum of small instances often shares a medium
+// ring between two long sequences where the packing gives each its own smallest degree
+// (docs/algorithm.md, "Status"). Empty when a member's share would break the token limit.
+std::vector<WaveDraft> merge_groups(const std::vector<WaveDraft>& waves, std::size_t w,
+                                    std::size_t a, std::size_t b, const SampleCosts& sc,
+                                    std::int64_t token_limit) {
+  GroupDraft merged;
+  merged.degree = waves[w].groups[a].degree + waves[w].groups[b].degree;
+  std::int64_t local = 0;
+  for (std::size_t g : {a, b}) {
+    const GroupDraft& group = waves[w].groups[g];
+    merged.split.insert(merged.split.end(), group.split.begin(), group.split.end());
+    for (const std::vector<int>& member : group.whole)
+      merged.split.insert(merged.split.end(), member.begin(), member.end());
+  }
+  for (int sample : merged.split) local += (sc.tokens[sample] + merged.degree - 1) / merged.degree;
+  if (local > token_limit) return {};
+  std::vector<WaveDraft> out = waves;
+  out[w].groups[a] = std::move(merged);
+  out[w].groups.erase(out[w].groups.begin() + static_cast<std::ptrdiff_t>(b));
+  return out;
+}
 
 // A lower bound on estimate_step_ms of `waves`, at a fraction of its cost, that assumes
 // little about how the estimate combines its parts: every rank runs its pieces one after
@@ -681,7 +710,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       plan = estimate_plan("dhp", batch, cost, layout, waves, sample_costs);
       ms = plan.estimate.step_ms;
     }
-    if (ms < best.step_ms) best = Candidate{std::move(plan), ms};
+    if (ms < best.step_ms) best = Candidate{std::move(plan), ms, std::move(waves)};
   };
 
   const int w_max = std::min(options.max_waves, w_min + kExtraWaves);
@@ -764,6 +793,23 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     if (W > w_min && !(best.step_ms < best_before)) break;  // more waves stopped paying
   }
   if (!at_scale) add_portfolio(batch, cost, layout, options, tables, consider);
+  if (static_cast<long long>(R) * static_cast<long long>(tables.seqs.size()) <= kMergeMaxWork) {
+    // Hill climbing on the best plan: merge a ring with another group of its wave while
+    // that lowers the estimate (each round tries every pair and keeps the best).
+    for (int round = 0; round < kMergeRounds && std::isfinite(best.step_ms); ++round) {
+      const double before = best.step_ms;
+      const std::vector<WaveDraft> from = best.waves;
+      for (std::size_t w = 0; w < from.size(); ++w)
+        for (std::size_t a = 0; a < from[w].groups.size(); ++a)
+          for (std::size_t b = a + 1; b < from[w].groups.size(); ++b) {
+            if (from[w].groups[a].split.empty() && from[w].groups[b].split.empty()) continue;
+            std::vector<WaveDraft> merged =
+                merge_groups(from, w, a, b, sample_costs, tables.token_limit);
+            if (!merged.empty()) consider(std::move(merged));
+          }
+      if (!(best.step_ms < before)) break;
+    }
+  }
   if (!std::isfinite(best.step_ms)) {
     // Every candidate broke memory in the full estimate (encoder reserve, fragmentation):
     // memory-only packings over more waves, each priced (consider() also defers encoder
