@@ -35,6 +35,10 @@ constexpr long long kPortfolioMaxWork = 1LL << 22;
 // ring, one full estimate each: only on instances up to this ranks x sequences.
 constexpr long long kMergeMaxWork = 1LL << 12;
 constexpr int kMergeRounds = 4;
+// Moving single sequences and splitting rings (after merging) tries O(n (G + R)) drafts per
+// round: only on batches of at most this many sequences, the size the exact solver takes.
+constexpr int kMoveMaxSequences = 16;
+constexpr int kMoveRounds = 8;
 
 // One useful degree of a sequence: the per-rank time falls strictly from step to step.
 struct DegreeStep {
@@ -534,6 +538,80 @@ struct Candidate {
   std::vector<WaveDraft> waves;  // what it was assembled from
 };
 
+// Every member's local tokens (its share of the split sequences plus its whole ones) within
+// the limit.
+bool within_token_limit(const GroupDraft& g, const SampleCosts& sc, std::int64_t limit) {
+  std::int64_t split = 0;
+  for (int s : g.split) split += (sc.tokens[s] + g.degree - 1) / g.degree;
+  for (int m = 0; m < g.degree; ++m) {
+    std::int64_t local = split;
+    if (m < static_cast<int>(g.whole.size()))
+      for (int s : g.whole[m]) local += sc.tokens[s];
+    if (local > limit) return false;
+  }
+  return split <= limit;
+}
+
+// Sample `sample` moved from group a of wave w to group b: split over b (member < 0) or
+// whole on b's `member`; b == the wave's group count opens a one-rank group for it. A group
+// left empty goes. Empty when the token limit breaks.
+std::vector<WaveDraft> move_sample(const std::vector<WaveDraft>& waves, std::size_t w,
+                                   std::size_t a, int sample, std::size_t b, int member,
+                                   const SampleCosts& sc, std::int64_t token_limit) {
+  std::vector<WaveDraft> out = waves;
+  std::vector<GroupDraft>& groups = out[w].groups;
+  std::erase(groups[a].split, sample);
+  for (std::vector<int>& m : groups[a].whole) std::erase(m, sample);
+  if (b == groups.size()) groups.push_back(GroupDraft{1, {}, {}});
+  GroupDraft& to = groups[b];
+  if (member < 0) {
+    to.split.push_back(sample);
+  } else {
+    if (static_cast<int>(to.whole.size()) <= member) to.whole.resize(member + 1);
+    to.whole[member].push_back(sample);
+  }
+  if (!within_token_limit(to, sc, token_limit)) return {};
+  bool empty = groups[a].split.empty();
+  for (const std::vector<int>& m : groups[a].whole) empty = empty && m.empty();
+  if (empty) groups.erase(groups.begin() + static_cast<std::ptrdiff_t>(a));
+  return out;
+}
+
+// Ring a of wave w (degree d >= 2) cut into rings of degrees k and d - k, its sequences
+// dealt longest first to the one with less work per rank (split over it; whole on a
+// one-rank group). Empty when the token limit breaks.
+std::vector<WaveDraft> split_ring(const std::vector<WaveDraft>& waves, std::size_t w, std::size_t a,
+                                  int k, const std::vector<double>& sample_ms,
+                                  const SampleCosts& sc, std::int64_t token_limit) {
+  const GroupDraft& ring = waves[w].groups[a];
+  std::vector<int> samples = ring.split;
+  for (const std::vector<int>& m : ring.whole) samples.insert(samples.end(), m.begin(), m.end());
+  std::stable_sort(samples.begin(), samples.end(),
+                   [&](int x, int y) { return sample_ms[x] > sample_ms[y]; });
+  GroupDraft parts[2] = {GroupDraft{k, {}, {}}, GroupDraft{ring.degree - k, {}, {}}};
+  double load[2] = {0, 0};
+  for (int s : samples) {
+    const int to =
+        (load[0] + sample_ms[s]) / parts[0].degree <= (load[1] + sample_ms[s]) / parts[1].degree
+            ? 0
+            : 1;
+    load[to] += sample_ms[s];
+    if (parts[to].degree == 1)
+      parts[to].whole.resize(1), parts[to].whole[0].push_back(s);
+    else
+      parts[to].split.push_back(s);
+  }
+  std::vector<WaveDraft> out = waves;
+  std::vector<GroupDraft>& groups = out[w].groups;
+  groups.erase(groups.begin() + static_cast<std::ptrdiff_t>(a));
+  for (GroupDraft& part : parts) {
+    if (part.split.empty() && part.whole.empty()) continue;
+    if (!within_token_limit(part, sc, token_limit)) return {};
+    groups.push_back(std::move(part));
+  }
+  return out;
+}
+
 // Wave `w` of `waves` with groups a < b made one ring over both groups' ranks, every
 // sequence of both split over it: the optimum of small instances often shares a medium
 // ring between two long sequences where the packing gives each its own smallest degree
@@ -807,6 +885,44 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
                 merge_groups(from, w, a, b, sample_costs, tables.token_limit);
             if (!merged.empty()) consider(std::move(merged));
           }
+      if (!(best.step_ms < before)) break;
+    }
+  }
+  if (static_cast<int>(tables.seqs.size()) <= kMoveMaxSequences) {
+    // Then single moves: a sequence to another group (split, or whole on any member, or onto
+    // a free rank of its wave as a group of its own), or a ring cut in two.
+    std::vector<double> sample_ms(batch.samples.size(), 0.0);
+    for (const SequenceInfo& q : tables.seqs) sample_ms[q.sample] = q.whole_ms;
+    for (int round = 0; round < kMoveRounds && std::isfinite(best.step_ms); ++round) {
+      const double before = best.step_ms;
+      const std::vector<WaveDraft> from = best.waves;
+      auto consider_if = [&](std::vector<WaveDraft> waves) {
+        if (!waves.empty()) consider(std::move(waves));
+      };
+      for (std::size_t w = 0; w < from.size(); ++w) {
+        const std::vector<GroupDraft>& groups = from[w].groups;
+        int used = 0;
+        for (const GroupDraft& g : groups) used += g.degree;
+        for (std::size_t a = 0; a < groups.size(); ++a) {
+          std::vector<int> samples = groups[a].split;
+          for (const std::vector<int>& m : groups[a].whole)
+            samples.insert(samples.end(), m.begin(), m.end());
+          for (int sample : samples) {
+            for (std::size_t b = 0; b <= groups.size(); ++b) {
+              if (b == groups.size() && used >= R) break;
+              const int degree = b == groups.size() ? 1 : groups[b].degree;
+              if (b != a && degree > 1)
+                consider_if(
+                    move_sample(from, w, a, sample, b, -1, sample_costs, tables.token_limit));
+              for (int m = 0; m < degree; ++m)
+                consider_if(
+                    move_sample(from, w, a, sample, b, m, sample_costs, tables.token_limit));
+            }
+          }
+          for (int k = 1; k < groups[a].degree; ++k)
+            consider_if(split_ring(from, w, a, k, sample_ms, sample_costs, tables.token_limit));
+        }
+      }
       if (!(best.step_ms < before)) break;
     }
   }
