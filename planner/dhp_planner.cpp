@@ -31,12 +31,13 @@ constexpr int kMemoryScan = 16;          // bins inspected for memory before ope
 // of the best-fit groups are run only up to this ranks x sequences; above it they cost
 // seconds (the portfolio) or one more full pack per wave count, and did not win (scale-4096).
 constexpr long long kPortfolioMaxWork = 1LL << 22;
-// Merging groups (plan_dhp's last pass) tries every pair of groups of a wave that holds a
-// ring, one full estimate each: only on instances up to this ranks x sequences.
-constexpr long long kMergeMaxWork = 1LL << 12;
+// plan_dhp's last pass (local search) prices O(n^2) drafts per round (merging: pairs of
+// groups; moves: sequences x destinations), each a full estimate of O(R + V) (ranks, visual
+// items): it runs only while (R + V) x n stays within this, i.e. on small batches.
+constexpr long long kLocalSearchMaxWork = 1LL << 12;
 constexpr int kMergeRounds = 4;
-// Moving single sequences and splitting rings (after merging) tries O(n (G + R)) drafts per
-// round: only on batches of at most this many sequences, the size the exact solver takes.
+// Moving single sequences and cutting rings, after merging: only on batches of at most
+// this many sequences, the size the exact solver takes.
 constexpr int kMoveMaxSequences = 16;
 constexpr int kMoveRounds = 8;
 
@@ -187,7 +188,7 @@ class Packer {
 
   bool pack(double T, int W, Fill fill) {
     ++packs_;
-    reset(T, W);
+    reset(T, W, fill);
     const int n = static_cast<int>(t_.seqs.size());
     bool short_phase_started = false;
     for (int k = 0; k < n; ++k) {
@@ -302,14 +303,15 @@ class Packer {
   }
 
  private:
-  void reset(double T, int W) {
-    target_ = T;
+  void reset(double T, int W, Fill fill) {
+    // Loads stay within T under best fit; LPT (T only picks the degrees) spreads the work
+    // about evenly, past T where T is short.
+    target_ = fill == Fill::BestFit ? T : kInf;
     waves_ = W;
     bins_.clear();
     groups_.clear();
-    // Loads stay within T under best fit; LPT (no T) spreads the work about evenly.
     const double span =
-        std::isfinite(T) ? T : 2 * (t_.total_whole_ms / (t_.ranks * W) + t_.fixed_ms);
+        std::isfinite(target_) ? target_ : 2 * (t_.total_whole_ms / (t_.ranks * W) + t_.fixed_ms);
     by_load_.reset(t_.ranks * W, span);
     split_groups_.clear();
     free_.assign(W, t_.ranks);
@@ -461,7 +463,7 @@ class Packer {
       }
     } else {
       // Least-loaded rank with the memory; the scan is bounded, then any rank that fits.
-      chosen = by_load_.scan_up(kMemoryScan * 64 + 1,
+      chosen = by_load_.scan_up(kMemoryScan * 64 + 2,
                                 [&](int bin) { return fits(bins_[bin], bytes, tokens); });
       if (chosen < 0) return false;
     }
@@ -480,7 +482,7 @@ class Packer {
   const Tables& t_;
   int packs_ = 0;  // pack() calls, for the debug summary
   int waves_ = 0;
-  double target_ = kInf;  // this attempt's T (best fit; infinite for LPT)
+  double target_ = kInf;  // this attempt's T under best fit; infinite for LPT
   std::vector<Bin> bins_;
   std::vector<Group> groups_;
   LoadIndex by_load_;                                             // open bins by load
@@ -549,7 +551,7 @@ bool within_token_limit(const GroupDraft& g, const SampleCosts& sc, std::int64_t
       for (int s : g.whole[m]) local += sc.tokens[s];
     if (local > limit) return false;
   }
-  return split <= limit;
+  return true;
 }
 
 // Sample `sample` moved from group a of wave w to group b: split over b (member < 0) or
@@ -871,7 +873,10 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     if (W > w_min && !(best.step_ms < best_before)) break;  // more waves stopped paying
   }
   if (!at_scale) add_portfolio(batch, cost, layout, options, tables, consider);
-  if (static_cast<long long>(R) * static_cast<long long>(tables.seqs.size()) <= kMergeMaxWork) {
+  const long long local_search_work =
+      (R + static_cast<long long>(sample_costs.visuals_longest_first.size())) *
+      static_cast<long long>(tables.seqs.size());
+  if (local_search_work <= kLocalSearchMaxWork) {
     // Hill climbing on the best plan: merge a ring with another group of its wave while
     // that lowers the estimate (each round tries every pair and keeps the best).
     for (int round = 0; round < kMergeRounds && std::isfinite(best.step_ms); ++round) {
@@ -888,7 +893,8 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       if (!(best.step_ms < before)) break;
     }
   }
-  if (static_cast<int>(tables.seqs.size()) <= kMoveMaxSequences) {
+  if (static_cast<int>(tables.seqs.size()) <= kMoveMaxSequences &&
+      local_search_work <= kLocalSearchMaxWork) {
     // Then single moves: a sequence to another group (split, or whole on any member, or onto
     // a free rank of its wave as a group of its own), or a ring cut in two.
     std::vector<double> sample_ms(batch.samples.size(), 0.0);

@@ -4,10 +4,11 @@
 // piece" without a scan over every bin.
 //
 // Loads fall into buckets of equal width over [0, span) (the packer's makespan target),
-// each a short vector sorted by (load, bin), so a placement (erase + insert of one bin)
-// moves a few entries of one vector: a balanced tree's node relinking was a third of the
-// planner's time at 4096 ranks. Equal loads are common (repeated lengths), which is why a
-// bucket is sorted rather than hashed further. Each bucket keeps the least bytes and least
+// each a vector sorted by (load, bin), mostly short, so a placement (erase + insert of one
+// bin) moves a few entries of one vector (the bucket of load 0 holds every free rank under
+// LPT; it is only ever taken from the front, which is O(1)): a balanced tree's node relinking was a
+// third of the planner's time at 4096 ranks. Equal loads are common (repeated lengths), which is
+// why a bucket is sorted rather than hashed further. Each bucket keeps the least bytes and least
 // tokens of its bins, and so does each word of 64 buckets (recomputed when read after an
 // erase), so fullest_fit skips what cannot fit. Any load is placed correctly (past span:
 // the last bucket); span only decides the speed.
@@ -15,6 +16,8 @@
 
 #include <algorithm>
 #include <bit>
+#include <cassert>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -65,8 +68,7 @@ class LoadIndex {
     const int b = bucket(e.load);
     entry_[e.bin] = e;
     bucket_of_[e.bin] = b;
-    std::vector<LoadEntry>& v = buckets_[b];
-    v.insert(std::upper_bound(v.begin(), v.end(), e, ByLoadThenBin{}), e);
+    buckets_[b].insert(e);
     words_[b / 64] |= std::uint64_t{1} << (b % 64);
     least_[b].add(e);  // a stale summary stays stale: it is recomputed when read
     word_least_[b / 64].add(e);
@@ -78,9 +80,8 @@ class LoadIndex {
     if (bin >= static_cast<int>(bucket_of_.size()) || bucket_of_[bin] < 0) return false;
     const int b = bucket_of_[bin];
     bucket_of_[bin] = -1;
-    std::vector<LoadEntry>& v = buckets_[b];
-    v.erase(std::lower_bound(v.begin(), v.end(), entry_[bin], ByLoadThenBin{}));
-    if (v.empty()) words_[b / 64] &= ~(std::uint64_t{1} << (b % 64));
+    buckets_[b].erase(entry_[bin]);
+    if (buckets_[b].empty()) words_[b / 64] &= ~(std::uint64_t{1} << (b % 64));
     least_[b].stale = true;
     word_least_[b / 64].stale = true;
     --size_;
@@ -94,7 +95,7 @@ class LoadIndex {
     int visited = 0;
     const LoadEntry bound{max_load, std::numeric_limits<int>::max(), 0, 0};
     for (int b = last_nonempty(bucket(max_load)); b >= 0; b = last_nonempty(b - 1)) {
-      const std::vector<LoadEntry>& v = buckets_[b];
+      const Bucket& v = buckets_[b];
       for (auto it = std::upper_bound(v.begin(), v.end(), bound, ByLoadThenBin{});
            it != v.begin();) {
         --it;
@@ -141,7 +142,7 @@ class LoadIndex {
         const int b = w * 64 + 63 - std::countl_zero(word);
         word &= ~(std::uint64_t{1} << (b % 64));
         if (!room(bucket_least(b))) continue;
-        const std::vector<LoadEntry>& v = buckets_[b];
+        const Bucket& v = buckets_[b];
         for (auto it = std::upper_bound(v.begin(), v.end(), bound, ByLoadThenBin{});
              it != v.begin();) {
           --it;
@@ -153,6 +154,41 @@ class LoadIndex {
   }
 
  private:
+  // A bucket's entries sorted by (load, bin) behind a gap at the front, so that taking the
+  // least entry and putting one before all others are O(1): LPT takes the least-loaded bin
+  // each time, and every free rank enters at load 0, one bucket for all of them.
+  struct Bucket {
+    std::vector<LoadEntry> v;
+    std::size_t head = 0;  // v[0, head) is the gap
+
+    std::vector<LoadEntry>::const_iterator begin() const {
+      return v.begin() + static_cast<std::ptrdiff_t>(head);
+    }
+    std::vector<LoadEntry>::const_iterator end() const { return v.end(); }
+    bool empty() const { return head == v.size(); }
+    void clear() {
+      v.clear();
+      head = 0;
+    }
+    void insert(const LoadEntry& e) {
+      const auto at = std::upper_bound(begin(), end(), e, ByLoadThenBin{});
+      if (at == begin() && head > 0) {
+        v[--head] = e;
+        return;
+      }
+      v.insert(at, e);
+    }
+    void erase(const LoadEntry& e) {
+      const auto at = std::lower_bound(begin(), end(), e, ByLoadThenBin{});
+      assert(at != end() && at->bin == e.bin);  // a NaN load would miss
+      if (at != begin()) {
+        v.erase(at);
+      } else if (++head == v.size()) {
+        clear();
+      }
+    }
+  };
+
   struct Least {  // least bytes and least tokens held by a bin of a bucket (or word)
     double bytes = std::numeric_limits<double>::infinity();
     std::int64_t tokens = std::numeric_limits<std::int64_t>::max();
@@ -201,12 +237,12 @@ class LoadIndex {
   int count_ = 0;  // buckets in use
   double inv_width_ = 0;
   int size_ = 0;
-  std::vector<std::vector<LoadEntry>> buckets_;  // each sorted by (load, bin); kept for reuse
-  mutable std::vector<Least> least_;             // per bucket
-  std::vector<std::uint64_t> words_;             // bit b: bucket b is non-empty
-  mutable std::vector<Least> word_least_;        // per word of 64 buckets
-  std::vector<LoadEntry> entry_;                 // per bin, as indexed
-  std::vector<int> bucket_of_;                   // per bin: its bucket, -1 when not indexed
+  std::vector<Bucket> buckets_;            // kept for reuse
+  mutable std::vector<Least> least_;       // per bucket
+  std::vector<std::uint64_t> words_;       // bit b: bucket b is non-empty
+  mutable std::vector<Least> word_least_;  // per word of 64 buckets
+  std::vector<LoadEntry> entry_;           // per bin, as indexed
+  std::vector<int> bucket_of_;             // per bin: its bucket, -1 when not indexed
 };
 
 }  // namespace dhp::detail

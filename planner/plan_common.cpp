@@ -528,7 +528,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> group_inputs;  // per group of a wave: its split sequences' items encoded
   std::vector<int> group_home;
   std::vector<double> group_end;
-  RankHeap by_load;  // encoder ranks of a wave by (start + load, rank)
+  RankHeap by_load;                    // encoder ranks of a wave by (start + load, rank)
+  std::vector<double> min_bytes_from;  // [i]: least bytes of the wave's items i, i + 1, ...
 
   for (std::size_t w = 0; w < waves.size(); ++w) {
     const WaveDraft& draft = waves[w];
@@ -669,17 +670,34 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         task_ms.push_back(ms);
         task_ring.push_back(it.shards ? it.parts : 1);
       };
+      // A rank without room for the smallest item still to come can take nothing more in
+      // this wave: it leaves the order, so that later walks do not pass it again.
+      min_bytes_from.assign(items.size() + 1, std::numeric_limits<double>::infinity());
+      for (std::size_t i = items.size(); i-- > 0;)
+        min_bytes_from[i] = std::min(min_bytes_from[i + 1], items[i].bytes);
+      std::vector<int> full;
+      auto no_room = [&](int e, double b, std::size_t i) {
+        if (enc_bytes[e] + b <= enc_room[e]) return false;
+        if (enc_bytes[e] + min_bytes_from[i] > enc_room[e]) full.push_back(e);
+        return true;
+      };
+      auto drop_full = [&] {
+        for (int e : full) by_load.remove(e);
+        full.clear();
+      };
       std::vector<int> ring;
-      for (const Item& it : items) {
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        const Item& it = items[i];
         const double b = it.bytes;
         if (it.shards) {
           // A ring of it.parts ranks that start together: the first ones in order with room
           // (else the fewest-bytes ones), in rank order.
           ring.clear();
           by_load.visit_in_order([&](int e) {
-            if (enc_bytes[e] + b <= enc_room[e]) ring.push_back(e);
+            if (!no_room(e, b, i)) ring.push_back(e);
             return static_cast<int>(ring.size()) < it.parts;
           });
+          drop_full();
           while (static_cast<int>(ring.size()) < it.parts) {
             int fewest = -1;
             for (int e = 0; e < E; ++e)
@@ -705,10 +723,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         }
         int chosen = -1;
         by_load.visit_in_order([&](int e) {
-          if (enc_bytes[e] + b > enc_room[e]) return true;
+          if (no_room(e, b, i)) return true;
           chosen = e;
           return false;
         });
+        drop_full();
         if (chosen >= 0 && colocated && !on_group_devices(chosen, it.group)) {
           // Same load on the consuming group's devices: no boundary traffic.
           for (int e : group_encoder_ranks[it.group]) {

@@ -2,10 +2,12 @@
 // assemble: an indexed binary min-heap. Taking the first rank and raising its key is the
 // common step (O(log E) moves in one array, where a balanced tree node had to be unlinked
 // and relinked); walking further in order, for a rank with room or a ring's members, reads
-// the heap through a small frontier without changing it.
+// the heap through a small frontier without changing it. Ranks that can take nothing more
+// leave it, so such walks do not pass them again and again.
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -26,12 +28,27 @@ class RankHeap {
   }
 
   bool empty() const { return heap_.empty(); }
+  bool contains(int e) const { return pos_[e] >= 0; }
   double key(int e) const { return keys_[e]; }
 
-  // A rank's key grows (an item was assigned to it).
+  // A rank leaves the order (it can take nothing more); its key stays readable.
+  void remove(int e) {
+    const int i = pos_[e];
+    const int last = heap_.back();
+    heap_.pop_back();
+    pos_[e] = -1;
+    if (i == static_cast<int>(heap_.size())) return;
+    heap_[i] = last;
+    pos_[last] = i;
+    sift_up(i);
+    sift_down(pos_[last]);
+  }
+
+  // A rank's key grows (an item was assigned to it); a removed rank's key is only stored.
   void raise(int e, double key) {
+    assert(!(key < keys_[e]));  // sift_down only: a key never falls
     keys_[e] = key;
-    sift_down(pos_[e]);
+    if (contains(e)) sift_down(pos_[e]);
   }
 
   // Calls visit(rank) in (key, rank) order until it returns false.
@@ -60,6 +77,18 @@ class RankHeap {
 
  private:
   bool before(int a, int b) const { return std::tie(keys_[a], a) < std::tie(keys_[b], b); }
+  void sift_up(int i) {
+    const int e = heap_[i];
+    while (i > 0) {
+      const int parent = (i - 1) / 2;
+      if (!before(e, heap_[parent])) break;
+      heap_[i] = heap_[parent];
+      pos_[heap_[i]] = i;
+      i = parent;
+    }
+    heap_[i] = e;
+    pos_[e] = i;
+  }
   void sift_down(int i) {
     const int n = static_cast<int>(heap_.size());
     const int e = heap_[i];

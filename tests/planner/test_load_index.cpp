@@ -50,7 +50,8 @@ TEST(LoadIndex, AnswersAsTheScansDo) {
   for (int trial = 0; trial < 2000; ++trial) {
     const int bins = 1 + static_cast<int>(gen() % 37);
     const double span = std::vector<double>{0.5, 4, 17, 200}[gen() % 4];
-    index.reset(static_cast<int>(gen() % 40), span);
+    // Up to 4096 buckets: queries cross words of 64 buckets.
+    index.reset(static_cast<int>(gen() % 2048), span);
     std::vector<LoadEntry> entries;
     for (int b = 0; b < bins; ++b) {
       const LoadEntry e{static_cast<double>(gen() % 17), b, static_cast<double>(gen() % 100),
@@ -94,6 +95,27 @@ TEST(LoadIndex, AnswersAsTheScansDo) {
   EXPECT_GT(found, 1000);
   EXPECT_GT(none, 1000);
   EXPECT_GT(limited, 100);
+}
+
+// LPT's pattern: every free rank enters at load 0 (one bucket), the least-loaded is taken,
+// loaded and put back; the index walks up in (load, bin) order throughout.
+TEST(LoadIndex, TakesTheLeastLoadedInOrder) {
+  LoadIndex index;
+  const int bins = 300;
+  index.reset(bins, 50.0);
+  std::vector<double> load(bins, 0.0);
+  for (int b = 0; b < bins; ++b) index.insert(LoadEntry{0.0, b, 0, 0});
+  for (int step = 0; step < 5 * bins; ++step) {
+    const int least = index.scan_up(1, [](int) { return true; });
+    int want = 0;
+    for (int b = 1; b < bins; ++b)
+      if (load[b] < load[want]) want = b;
+    ASSERT_EQ(least, want) << "step " << step;
+    ASSERT_TRUE(index.erase(least));
+    load[least] += 1 + (step * 7919) % 13;
+    index.insert(LoadEntry{load[least], least, 0, 0});
+    ASSERT_EQ(index.size(), bins);
+  }
 }
 
 }  // namespace

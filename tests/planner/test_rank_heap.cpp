@@ -1,5 +1,6 @@
 // RankHeap against the ordered set it replaces in the encoder assignment: after random key
-// raises, a walk in order visits the ranks in (key, rank) order, and stops where told.
+// raises and removals, a walk in order visits the ranks in (key, rank) order, and stops
+// where told.
 // Keys are drawn from a few values so that ties (ordered by rank) are common.
 #include <gtest/gtest.h>
 
@@ -25,10 +26,16 @@ TEST(RankHeap, WalksInKeyThenRankOrder) {
     for (int e = 0; e < ranks; ++e) want.insert({keys[e], e});
     for (int step = 0; step < 20; ++step) {
       const int e = static_cast<int>(gen() % ranks);
+      const bool present = heap.contains(e);
+      ASSERT_EQ(present, want.count({keys[e], e}) == 1);
       want.erase({keys[e], e});
       keys[e] += static_cast<double>(gen() % 3);
-      want.insert({keys[e], e});
       heap.raise(e, keys[e]);
+      if (present && gen() % 4 == 0)
+        heap.remove(e);  // it can take nothing more
+      else if (present)
+        want.insert({keys[e], e});
+      if (want.empty()) break;
       const std::size_t stop = gen() % (ranks + 1);  // visits before the walk stops
       std::vector<int> seen;
       heap.visit_in_order([&](int r) {
