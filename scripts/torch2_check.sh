@@ -6,12 +6,15 @@
 # from their own PyPI wheels. Everything goes under .torch2/ (ignored by git). Not part of
 # CI: it downloads about 800 MB.
 #   scripts/torch2_check.sh [TORCH_VERSION]
+#   DHP_WITH_CUDA=ON scripts/torch2_check.sh   (dhp's CUDA and NCCL parts compiled too, as
+#                                               on the GPU machine; the tests stay on CPU)
 set -euo pipefail
 version="${1:-2.11.0}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="$repo/.torch2"
 root="$dir/root-$version"
-build="$dir/build-$version"
+cuda="${DHP_WITH_CUDA:-OFF}"
+build="$dir/build-$version-cuda-$cuda"
 mkdir -p "$dir/wheels" "$root"
 
 python3 -m pip download -q --no-deps -d "$dir/wheels" "torch==$version"
@@ -31,9 +34,9 @@ export LD_LIBRARY_PATH="$nvidia_libs:/usr/local/cuda/lib64:/usr/local/cuda/lib:$
 # architectures, try to run a GPU query.
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDHP_WITH_TORCH=ON \
-  -DCMAKE_PREFIX_PATH="$root/torch" -DDHP_WITH_CUDA=OFF -DDHP_BUILD_BENCHMARKS=OFF \
+  -DCMAKE_PREFIX_PATH="$root/torch" -DDHP_WITH_CUDA="$cuda" -DDHP_BUILD_BENCHMARKS=OFF \
   -DDHP_BUILD_PYTHON=OFF >/dev/null
 cmake --build "$build" -j"${DHP_BUILD_JOBS:-2}" --target runtime_torch_bootstrap runtime_torch_cp_attention
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ctest --test-dir "$build" -L torch --output-on-failure
-echo "torch2_check.sh: dhp_torch builds and passes its tests against LibTorch $version"
+echo "torch2_check.sh: dhp_torch (DHP_WITH_CUDA=$cuda) builds and passes its tests against LibTorch $version"
