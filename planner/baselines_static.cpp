@@ -88,10 +88,11 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
     }
   }
   if (largest <= 0) return waves;
-  // build_plan keeps every encoder rank within the reserve (2 x largest) while it can,
-  // then uses the rank with the fewest bytes, which holds at most the wave's mean: so an
-  // encoder rank never exceeds total / ranks + largest. That fits the reserve plus the
-  // LLM's unused room on the fullest LLM rank when total <= ranks * (largest + room).
+  // build_plan keeps every encoder rank within its device's room (at least the reserve,
+  // 2 x largest) while it can, then uses the rank with the fewest bytes, which holds at most
+  // the wave's mean: so an encoder rank never exceeds max(room, total / ranks + largest). That fits
+  // the reserve plus the LLM's unused room on the fullest LLM rank when total <= ranks * (largest +
+  // room).
   const double budget = llm_activation_budget(cost, layout, batch);
   const int encoder_ranks = layout.encoder.ranks;
   auto fits = [&](double encoder_total, double fullest_llm_rank) {

@@ -369,7 +369,10 @@ VisualItem encoder_part(const EncoderSpec& encoder, const VisualItem& item, int 
   }
   const int first = static_cast<int>(share(spans, 0, part, parts));
   const int count = static_cast<int>(share(spans, part, part + 1, parts));
-  out.patches = std::max<std::int64_t>(1, share(item.patches, first, first + count, spans));
+  // Patches follow the spans (each part gets at least one, as every span has one); an item
+  // with fewer patches than spans shares them by part instead (parts <= patches is checked).
+  out.patches = item.patches >= spans ? share(item.patches, first, first + count, spans)
+                                      : share(item.patches, part, part + 1, parts);
   out.llm_tokens = share(item.llm_tokens, first, first + count, spans);
   if (detail::temporal_slices(encoder, item) > 1) {
     const int tps = encoder.temporal_patch_size;

@@ -37,7 +37,7 @@ constexpr long long kPortfolioMaxWork = 1LL << 22;
 constexpr long long kLocalSearchMaxWork = 1LL << 12;
 constexpr int kMergeRounds = 4;
 // Moving single sequences and cutting rings, after merging: only on batches of at most
-// this many sequences, the size the exact solver takes.
+// this many sequences (a little above what the exact solver takes, kExactMaxSequences).
 constexpr int kMoveMaxSequences = 16;
 constexpr int kMoveRounds = 8;
 
@@ -623,15 +623,13 @@ std::vector<WaveDraft> merge_groups(const std::vector<WaveDraft>& waves, std::si
                                     std::int64_t token_limit) {
   GroupDraft merged;
   merged.degree = waves[w].groups[a].degree + waves[w].groups[b].degree;
-  std::int64_t local = 0;
   for (std::size_t g : {a, b}) {
     const GroupDraft& group = waves[w].groups[g];
     merged.split.insert(merged.split.end(), group.split.begin(), group.split.end());
     for (const std::vector<int>& member : group.whole)
       merged.split.insert(merged.split.end(), member.begin(), member.end());
   }
-  for (int sample : merged.split) local += (sc.tokens[sample] + merged.degree - 1) / merged.degree;
-  if (local > token_limit) return {};
+  if (!within_token_limit(merged, sc, token_limit)) return {};
   std::vector<WaveDraft> out = waves;
   out[w].groups[a] = std::move(merged);
   out[w].groups.erase(out[w].groups.begin() + static_cast<std::ptrdiff_t>(b));

@@ -265,8 +265,9 @@ double encoder_reserve_bytes(const CostModel& cost, const Layout& layout, const 
   if (layout.encoder.ranks == 0) return 0;
   // Room for the two largest visual items per device. The whole batch's encoder activations
   // spread over the encoder ranks would be a guarantee, but it charges every wave for every
-  // other wave's items and leaves no room for the LLM on real batches; build_plan assigns
-  // items memory-aware within this reserve and its device-level check stays authoritative.
+  // other wave's items and leaves no room for the LLM on real batches. The LLM is packed to
+  // leave this much; build_plan then assigns items within the room each device really has
+  // (at least this) and its device-level check stays authoritative.
   double largest = 0;
   for (const Sample& s : batch.samples)
     for (const VisualItem& v : s.visuals)

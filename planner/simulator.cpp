@@ -10,7 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
+#include <optional>
 #include <span>
 #include <utility>
 
@@ -108,66 +108,62 @@ class Run {
   }
 
   SimulationResult run() {
+    // The plan's structure (every sample once, every encoder part once, parts in their
+    // sample's wave) is validate()'s to check; what follows checks what it does not.
+    validate(plan_, batch_);
     const int waves = static_cast<int>(plan_.waves.size());
     place_static_memory();
+    DHP_CHECK(plan_.encoder_tasks.empty() || cost_.model().encoder.has_value(), InvalidArgument,
+              "simulator: the plan has {} encoder tasks but model '{}' has no encoder",
+              plan_.encoder_tasks.size(), cost_.model().name);
     tasks_by_wave_.assign(static_cast<size_t>(waves), {});
-    std::map<std::pair<int, int>, std::vector<size_t>> tasks_of_item;
-    for (size_t t = 0; t < plan_.encoder_tasks.size(); ++t) {
-      const EncoderTask& task = plan_.encoder_tasks[t];
-      DHP_CHECK(
-          task.wave >= 0 && task.wave < waves && task.rank >= 0 && task.rank < plan_.encoder.ranks,
-          InvalidArgument, "simulator: encoder task {} has wave {} / rank {} out of range", t,
-          task.wave, task.rank);
-      tasks_by_wave_[static_cast<size_t>(task.wave)].push_back(t);
-      tasks_of_item[{task.sample, task.visual}].push_back(t);
-    }
-    // Every task's time and bytes; the shards of one item form a ring (plan.hpp).
+    // Every task's time, bytes and LLM tokens; the shards of one item form a ring
+    // (plan.hpp), listed once in rings_ in task order.
     task_ms_.assign(plan_.encoder_tasks.size(), 0.0);
     task_bytes_.assign(plan_.encoder_tasks.size(), 0.0);
-    ring_.assign(plan_.encoder_tasks.size(), {});
-    for (const auto& [key, tasks] : tasks_of_item) {
-      const EncoderTask& first = plan_.encoder_tasks[tasks[0]];
-      DHP_CHECK(static_cast<int>(tasks.size()) == first.parts, InvalidArgument,
-                "simulator: sample {} visual {} has {} encoder tasks for {} parts", key.first,
-                key.second, tasks.size(), first.parts);
-      DHP_CHECK(first.parts == 1 || cost_.model().encoder.has_value(), InvalidArgument,
-                "simulator: sample {} visual {} is cut into {} parts but model '{}' has no "
-                "encoder",
-                key.first, key.second, first.parts, cost_.model().name);
-      const VisualItem whole = item_of(EncoderTask{.sample = key.first, .visual = key.second});
-      const bool shards =
-          first.parts > 1 && encoder_parts_are_shards(*cost_.model().encoder, whole, first.parts);
-      double shard_ms = 0;  // every shard of a ring takes the same time
-      if (shards) {
-        std::vector<int> ranks;
-        for (size_t t : tasks) ranks.push_back(plan_.encoder_tasks[t].rank);
-        std::vector<int> sorted = ranks;
-        std::sort(sorted.begin(), sorted.end());
-        DHP_CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(), InvalidArgument,
-                  "simulator: the {} ring shards of sample {} visual {} need distinct encoder "
-                  "ranks",
-                  first.parts, key.first, key.second);
-        shard_ms = cost_.encoder_shard_ms(
-            whole, RingSpan{first.parts, detail::encoder_ring_crosses_nodes(cost_.cluster(),
-                                                                            plan_.encoder, ranks)});
+    task_tokens_.assign(plan_.encoder_tasks.size(), 0);
+    ring_of_.assign(plan_.encoder_tasks.size(), -1);
+    rings_.clear();
+    std::vector<int> first_visual(batch_.samples.size() + 1, 0);
+    for (size_t s = 0; s < batch_.samples.size(); ++s)
+      first_visual[s + 1] = first_visual[s] + static_cast<int>(batch_.samples[s].visuals.size());
+    std::vector<int> ring_of_item(static_cast<size_t>(first_visual.back()), -1);
+    for (size_t t = 0; t < plan_.encoder_tasks.size(); ++t) {
+      const EncoderTask& task = plan_.encoder_tasks[t];
+      tasks_by_wave_[static_cast<size_t>(task.wave)].push_back(t);
+      const VisualItem& whole = item_of(task);
+      const VisualItem part =
+          task.parts == 1 ? whole
+                          : encoder_part(*cost_.model().encoder, whole, task.part, task.parts);
+      task_tokens_[t] = part.llm_tokens;
+      if (!encoder_parts_are_shards(*cost_.model().encoder, whole, task.parts)) {
+        task_ms_[t] = cost_.encoder_item_ms(part);
+        task_bytes_[t] = cost_.encoder_activation_bytes(part);
+        continue;
       }
-      for (size_t t : tasks) {
-        const EncoderTask& task = plan_.encoder_tasks[t];
-        DHP_CHECK(task.parts == first.parts && task.wave == first.wave, InvalidArgument,
-                  "simulator: sample {} visual {}: task {} says {} parts in wave {}, task {} "
-                  "says {} in wave {}",
-                  key.first, key.second, t, task.parts, task.wave, tasks[0], first.parts,
-                  first.wave);
-        const VisualItem part = item_of(task);  // checks the part
-        if (shards) {
-          task_ms_[t] = shard_ms;
-          task_bytes_[t] = cost_.encoder_shard_activation_bytes(part, first.parts);
-          ring_[t] = tasks;
-        } else {
-          task_ms_[t] = cost_.encoder_item_ms(part);
-          task_bytes_[t] = cost_.encoder_activation_bytes(part);
-        }
+      int& ring = ring_of_item[static_cast<size_t>(first_visual[task.sample] + task.visual)];
+      if (ring < 0) {
+        ring = static_cast<int>(rings_.size());
+        rings_.emplace_back();
       }
+      rings_[static_cast<size_t>(ring)].push_back(t);
+      ring_of_[t] = ring;
+      task_bytes_[t] = cost_.encoder_shard_activation_bytes(part, task.parts);
+    }
+    // A ring's shards run on distinct ranks and take the same time, priced once.
+    for (const std::vector<size_t>& ring : rings_) {
+      const EncoderTask& first = plan_.encoder_tasks[ring.front()];
+      std::vector<int> ranks;
+      for (size_t t : ring) ranks.push_back(plan_.encoder_tasks[t].rank);
+      std::vector<int> sorted = ranks;
+      std::sort(sorted.begin(), sorted.end());
+      DHP_CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(), InvalidArgument,
+                "simulator: the {} ring shards of sample {} visual {} need distinct encoder ranks",
+                first.parts, first.sample, first.visual);
+      const double ms = cost_.encoder_shard_ms(
+          item_of(first), RingSpan{first.parts, detail::encoder_ring_crosses_nodes(
+                                                    cost_.cluster(), plan_.encoder, ranks)});
+      for (size_t t : ring) task_ms_[t] = ms;
     }
     item_ready_.assign(plan_.encoder_tasks.size(), 0.0);
     encoder_activation_.assign(static_cast<size_t>(waves),
@@ -229,18 +225,10 @@ class Run {
     }
   }
 
-  // The task's part of its visual item (the whole item when task.parts == 1).
-  VisualItem item_of(const EncoderTask& task) const {
-    DHP_CHECK(task.sample >= 0 && static_cast<size_t>(task.sample) < batch_.samples.size() &&
-                  task.visual >= 0 &&
-                  static_cast<size_t>(task.visual) <
-                      batch_.samples[static_cast<size_t>(task.sample)].visuals.size(),
-              InvalidArgument, "simulator: encoder task (sample {}, visual {}) not in the batch",
-              task.sample, task.visual);
-    const VisualItem& item =
-        batch_.samples[static_cast<size_t>(task.sample)].visuals[static_cast<size_t>(task.visual)];
-    if (task.parts == 1) return item;
-    return encoder_part(*cost_.model().encoder, item, task.part, task.parts);
+  // The visual item a task encodes (all of it, or a part: task_tokens_ has the part's size).
+  const VisualItem& item_of(const EncoderTask& task) const {
+    return batch_.samples[static_cast<size_t>(task.sample)]
+        .visuals[static_cast<size_t>(task.visual)];
   }
 
   // ---- encoder ----
@@ -254,10 +242,13 @@ class Run {
     std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
     for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
       // A ring runs once, from its first shard (rings list their tasks in task order, as
-      // tasks_by_wave_ does, and all in one wave: checked in run()).
-      if (!ring_[t].empty() && ring_[t].front() != t) continue;
+      // tasks_by_wave_ does, and all in one wave: validate() checks parts run in their
+      // sample's wave).
+      const int ring = ring_of_[t];
+      if (ring >= 0 && rings_[static_cast<size_t>(ring)].front() != t) continue;
       const std::span<const size_t> members =
-          ring_[t].empty() ? std::span<const size_t>(&t, 1) : std::span<const size_t>(ring_[t]);
+          ring < 0 ? std::span<const size_t>(&t, 1)
+                   : std::span<const size_t>(rings_[static_cast<size_t>(ring)]);
       double start = 0;
       for (size_t m : members) {
         const int rank = plan_.encoder_tasks[m].rank;
@@ -377,8 +368,7 @@ class Run {
                 "simulator: encoder task for sample {} in wave {}, but the wave does not run it",
                 task.sample, w);
       const GroupPlan& group = wave.groups[static_cast<size_t>(g)];
-      const double bytes =
-          static_cast<double>(item_of(task).llm_tokens) * llm_arch.hidden * bytes_act;
+      const double bytes = static_cast<double>(task_tokens_[t]) * llm_arch.hidden * bytes_act;
       const int src = plan_.encoder.device_of(task.rank);
       auto add = [&](int r, double share) {
         const int dst = plan_.llm.device_of(r);
@@ -801,7 +791,9 @@ class Run {
   std::vector<std::vector<size_t>> tasks_by_wave_;
   std::vector<double> item_ready_, grad_ready_;
   std::vector<double> task_ms_, task_bytes_;  // per encoder task: fwd + bwd time, bytes
-  std::vector<std::vector<size_t>> ring_;     // per encoder task: its ring's tasks, if a shard
+  std::vector<std::int64_t> task_tokens_;     // per encoder task: its part's LLM tokens
+  std::vector<int> ring_of_;                  // per encoder task: index into rings_, -1: none
+  std::vector<std::vector<size_t>> rings_;    // each ring's tasks, in task order
   std::vector<std::vector<double>> encoder_activation_;  // [wave][encoder rank] bytes
   std::vector<TimelineEvent> timeline_;
 };
@@ -811,16 +803,12 @@ class Run {
 Simulator::Simulator(CostModel cost_model) : cost_(std::move(cost_model)) {}
 
 SimulationResult Simulator::run(const Plan& plan, const Batch& batch, bool record_timeline) const {
-  const int encoder_tp = plan.encoder.ranks > 0 ? plan.encoder.tp : cost_.encoder_tp();
-  if (plan.llm.tp == cost_.llm_tp() && encoder_tp == cost_.encoder_tp()) {
-    Run run(cost_, plan, batch, record_timeline);
-    return run.run();
-  }
   // A static layout may fix other TP degrees than the planner's default: the plan's rule.
-  const CostModel at_plan(cost_.cluster(), cost_.model(), plan.llm.tp, encoder_tp,
-                          cost_.coefficients());
-  Run run(at_plan, plan, batch, record_timeline);
-  return run.run();
+  const int encoder_tp = plan.encoder.ranks > 0 ? plan.encoder.tp : cost_.encoder_tp();
+  std::optional<CostModel> at_plan;
+  if (plan.llm.tp != cost_.llm_tp() || encoder_tp != cost_.encoder_tp())
+    at_plan.emplace(cost_.cluster(), cost_.model(), plan.llm.tp, encoder_tp, cost_.coefficients());
+  return Run(at_plan ? *at_plan : cost_, plan, batch, record_timeline).run();
 }
 
 }  // namespace dhp

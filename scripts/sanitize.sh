@@ -45,6 +45,6 @@ check_log "$asan_dir"
 echo "== TSan: threaded tests ($tsan_dir)"
 cmake -S . -B "$tsan_dir" "${common[@]}" -DDHP_WITH_MPI=OFF -DDHP_SANITIZE=thread >/dev/null
 cmake --build "$tsan_dir" -j"$jobs" --target planner_test_async_planner
-ctest --test-dir "$tsan_dir" --output-on-failure -R '^AsyncPlanner' --no-tests=error
+ctest --test-dir "$tsan_dir" "${ctest_args[@]}" -R '^AsyncPlanner' --no-tests=error
 check_log "$tsan_dir"
 echo "sanitize.sh: no findings"

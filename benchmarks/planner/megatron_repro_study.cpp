@@ -241,13 +241,9 @@ std::vector<Row> run_scale(int gpus, const Setting& setting) {
       DHP_CHECK(!result.device_busy_ms.empty(), Internal, "{} at {} GPUs: no devices simulated",
                 row.variant, gpus);
 
-      double busy_sum = 0;
-      double busy_max = 0;
-      for (double busy : result.device_busy_ms) {
-        busy_sum += busy;
-        busy_max = std::max(busy_max, busy);
-      }
-      const double busy_mean = busy_sum / static_cast<double>(result.device_busy_ms.size());
+      const double busy_mean = dhp::bench::mean(result.device_busy_ms);
+      const double busy_max =
+          *std::max_element(result.device_busy_ms.begin(), result.device_busy_ms.end());
       const double tokens_per_device = static_cast<double>(batch.total_llm_tokens()) / gpus;
       const double micro_batches = static_cast<double>(plan.waves.size());
       steps.push_back(result.step_ms);

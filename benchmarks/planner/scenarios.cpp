@@ -106,7 +106,8 @@ ScenarioData build_long_context_text(const ScenarioConfig& config, int) {
 // ~1k per GPU), the regime where DP imbalance and CP over-sharding both show.
 ScenarioData build_megatron_dcp_repro(const ScenarioConfig& config, int gpus) {
   const int num_batches = batches_or(config, 12, 3);
-  const int per_batch = (config.sequences_per_gpu > 0 ? config.sequences_per_gpu : 16) * gpus;
+  const int per_batch =
+      (config.sequences_per_gpu > 0 ? config.sequences_per_gpu : kReproSequencesPerGpu) * gpus;
   auto pool = lognormal_samples(num_batches * per_batch, 1024.0, 1.5, 128, 8192,
                                 config.seed * 7919 + static_cast<std::uint64_t>(gpus));
   auto batches = make_batches(pool, num_batches, per_batch, config.seed);

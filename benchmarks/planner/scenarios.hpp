@@ -18,8 +18,11 @@ struct ScenarioConfig {
   int batches = 0;  // 0: the scenario's own default
   bool quick = false;
   std::uint64_t seed = 1;
-  int sequences_per_gpu = 0;  // megatron-dcp-repro only; 0: the scenario's own (16)
+  int sequences_per_gpu = 0;  // megatron-dcp-repro only; 0: kReproSequencesPerGpu
 };
+
+// megatron-dcp-repro's sequences per GPU per global batch (Megatron's benchmark setup).
+inline constexpr int kReproSequencesPerGpu = 16;
 
 // What a scenario resolves to. Most scenarios run every batch on one cluster; small-exact
 // draws a cluster per instance, so each batch names its cluster.

@@ -64,17 +64,5 @@ TEST(Convert, AccumulatorToHalfPrecisionAndBack) {
   EXPECT_EQ(f16[10], 0x7c00);
 }
 
-TEST(Convert, RefusesAnUnknownDtype) {
-  float src = 1.0f, dst = 0.0f;
-  ConvertArgs args;
-  args.src_dtype = DType::F32;
-  args.dst_dtype = static_cast<DType>(99);
-  args.count = 1;
-  args.src = &src;
-  args.dst = &dst;
-  EXPECT_EQ(convert_dtype(args), Status::InvalidArgument);
-  EXPECT_NE(std::string(last_error()).find("is not a DType"), std::string::npos) << last_error();
-}
-
 }  // namespace
 }  // namespace dhp::kernels

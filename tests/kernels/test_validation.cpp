@@ -213,5 +213,17 @@ TEST(Validation, StatusAndDtypeNames) {
   EXPECT_EQ(dtype_size(DType::F16), 2);
 }
 
+TEST(Validation, ConvertArguments) {
+  float src = 1.0f, dst = 0.0f;
+  ConvertArgs args;
+  args.src_dtype = DType::F32;
+  args.dst_dtype = static_cast<DType>(99);
+  args.count = 1;
+  args.src = &src;
+  args.dst = &dst;
+  EXPECT_TRUE(fails_with(convert_dtype(args), Status::InvalidArgument, "is not a DType"));
+  EXPECT_EQ(dst, 0.0f);
+}
+
 }  // namespace
 }  // namespace dhp::kernels

@@ -60,8 +60,7 @@ std::vector<Measurement> synthetic_measurements(const CostCoefficients& truth) {
 TEST(Calibration, RecoversKnownCoefficients) {
   const CostCoefficients truth = hidden_truth();
   const auto measurements = synthetic_measurements(truth);
-  const CalibrationReport report =
-      calibrate(h100_cluster(2), qwen2_vl_7b(), 1, 1, measurements);
+  const CalibrationReport report = calibrate(h100_cluster(2), qwen2_vl_7b(), 1, 1, measurements);
   const CostCoefficients& fit = report.coefficients;
   EXPECT_NEAR(fit.gemm_efficiency, truth.gemm_efficiency, 0.03 * truth.gemm_efficiency);
   EXPECT_NEAR(fit.attention_efficiency, truth.attention_efficiency,

@@ -172,7 +172,7 @@ TEST(CostModel, EncoderItemGrowsQuadraticallyForLongVideos) {
 
 TEST(CostModel, EncoderAttentionSpansSlicesAndTiles) {
   EncoderSpec qwen = *qwen2_vl_7b().encoder;  // temporal_patch_size 2, whole images
-  const VisualItem clip{9216, 2304, 16};     // 16 frames: 8 slices of 1152 patches
+  const VisualItem clip{9216, 2304, 16};      // 16 frames: 8 slices of 1152 patches
   EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(qwen, clip), 8.0 * 1152 * 1152);
   const VisualItem image{9216, 2304, 1};
   EXPECT_DOUBLE_EQ(detail::encoder_attention_pairs(qwen, image), 9216.0 * 9216);

@@ -1,6 +1,7 @@
 // The exact solver against a plain enumeration, and dhp's gap to the optimum.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "dhp/error.hpp"
@@ -45,7 +46,7 @@ TEST(Exact, AgreesWithBruteForce) {
 
 TEST(Exact, DhpIsWithinAFewPercentOfTheOptimum) {
   const SmallInstance s(8);
-  double gap_sum = 0;
+  double gap_sum = 0, gap_max = 0;
   int instances = 0;
   for (std::uint32_t seed = 0; seed < 12; ++seed) {
     const Batch batch =
@@ -59,12 +60,15 @@ TEST(Exact, DhpIsWithinAFewPercentOfTheOptimum) {
       EXPECT_LE(exact.estimate.wave_ms[0], dhp.estimate.wave_ms[0] * (1 + 1e-9));
     }
     const double gap = dhp.estimate.llm_ms / exact.estimate.llm_ms - 1;
+    std::printf("instance %u: %zu sequences, dhp %.3f ms vs exact %.3f ms: gap %.2f%%\n", seed,
+                batch.samples.size(), dhp.estimate.llm_ms, exact.estimate.llm_ms, 100 * gap);
+    gap_max = std::max(gap_max, gap);
     gap_sum += gap;
     ++instances;
   }
   const double mean_gap = gap_sum / instances;
-  std::printf("dhp vs exact: mean LLM-time gap %.2f%% over %d instances\n", 100 * mean_gap,
-              instances);
+  std::printf("dhp vs exact: mean LLM-time gap %.2f%%, max %.2f%% over %d instances\n",
+              100 * mean_gap, 100 * gap_max, instances);
   // The target of issue 2: 3% on random small instances (dhp_bench's small-exact: 0.35%).
   // These longer-tailed ones are harder: 1.67% (printed above; 3.84% before dhp's last
   // pass merged groups, moved sequences and cut rings).

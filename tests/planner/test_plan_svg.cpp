@@ -132,7 +132,7 @@ TEST(PlanSvg, DrawsEachRankOnAllItsTpDevices) {
   std::size_t drawn = 0;
   for (const auto& [device, events] : titles) drawn += events.size();
   EXPECT_EQ(drawn, 2 * result.timeline.size());  // each event once per TP device
-  const auto& partner = titles.at(11);  // encoder rank 0's TP partner
+  const auto& partner = titles.at(11);           // encoder rank 0's TP partner
   EXPECT_TRUE(std::any_of(partner.begin(), partner.end(), [](const std::string& t) {
     return t.find(": encoder ") != std::string::npos;
   }));

@@ -293,6 +293,11 @@ TEST(Simulator, RunsAPlanAtItsOwnTpDegrees) {
   const ClusterSpec cluster = h100_cluster(1);
   const ModelSpec model = text_model();
   PlannerOptions options;
+  // Calibrated coefficients, not the defaults: the rebuilt cost model must keep them.
+  options.coefficients = defaults_for(cluster);
+  options.coefficients.gemm_efficiency *= 0.5;
+  options.coefficients.layer_overhead_us *= 3;
+  options.coefficients_set = true;
   options.strategy = Strategy::StaticBest;
   options.static_layout = StaticLayout{.tp = 4, .cp = 2, .dp = 1, .pack_tokens = 16384};
   const Planner planner(cluster, model, options);
@@ -308,6 +313,26 @@ TEST(Simulator, RunsAPlanAtItsOwnTpDegrees) {
   EXPECT_EQ(got.step_ms, want.step_ms);
   EXPECT_EQ(got.device_peak_mem_gib, want.device_peak_mem_gib);
   EXPECT_NEAR(got.step_ms, plan.estimate.step_ms, 0.05 * plan.estimate.step_ms);
+
+  // The encoder's degree too: a plan at encoder TP 2, simulated through a cost model built
+  // for encoder TP 1, runs as one built for 2.
+  PlannerOptions mm;
+  mm.llm_tp = 2;
+  mm.encoder_tp = 2;
+  const ModelSpec vlm = qwen2_vl_7b();
+  const Planner vlm_planner(cluster, vlm, mm);
+  Batch images;
+  for (int i = 0; i < 6; ++i) {
+    Sample s = text_sample(i, 300 + 41 * i);
+    s.visuals.push_back(VisualItem{4 * (1024 + 97 * i), 1024 + 97 * i, 1});
+    images.samples.push_back(s);
+  }
+  const Plan vlm_plan = vlm_planner.plan(images);
+  ASSERT_EQ(vlm_plan.encoder.tp, 2);
+  const CostModel at_etp1(cluster, vlm, 2, 1, vlm_planner.cost_model().coefficients());
+  const CostModel at_etp2(cluster, vlm, 2, 2, vlm_planner.cost_model().coefficients());
+  EXPECT_EQ(Simulator(at_etp1).run(vlm_plan, images).step_ms,
+            Simulator(at_etp2).run(vlm_plan, images).step_ms);
 }
 
 TEST(Simulator, BadPlansAreErrors) {

@@ -8,6 +8,7 @@
 
 #include "dhp/dataset.hpp"
 #include "dhp/error.hpp"
+#include "dhp/io.hpp"
 
 using namespace dhp;
 
@@ -141,10 +142,7 @@ TEST(Datasets, MissingFileAndUnknownNameAreClearErrors) {
   EXPECT_THROW(default_data_path("imagenet"), Error);
   // A number beyond a double's range is reported as malformed JSON, naming the file.
   const std::string path = ::testing::TempDir() + "dhp_overflow_mathvista.json";
-  std::FILE* f = std::fopen(path.c_str(), "w");
-  ASSERT_NE(f, nullptr);
-  std::fputs(R"([{"question": "q", "width": 1e999}])", f);
-  std::fclose(f);
+  write_text_file(path, R"([{"question": "q", "width": 1e999}])");
   try {
     load_mathvista(path, DatasetAssumptions{});
     ADD_FAILURE() << "no error";
