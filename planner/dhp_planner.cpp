@@ -697,19 +697,22 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
     if (E > 0) encoder_ms += std::max(encoder_longest, encoder_total / E);
     encoder_work_ms += encoder_total;
   }
-  // At most the overlap fraction of each module's gradient sync hides under backward.
+  // At most the overlap fraction of each module's gradient sync hides under its backward
+  // (encoder_sync_span): the LLM's ends after its slowest rank, the encoder's after both.
   const double hidden = std::clamp(cost.coefficients().grad_sync_overlap, 0.0, 1.0);
-  const double sync_ms = (1 - hidden) * (cost.llm_grad_sync_full_ms(R) +
-                                         (E > 0 ? cost.encoder_grad_sync_full_ms(E) : 0.0));
+  const double llm_sync_ms = (1 - hidden) * cost.llm_grad_sync_full_ms(R);
+  const double encoder_sync_ms = E > 0 ? (1 - hidden) * cost.encoder_grad_sync_full_ms(E) : 0.0;
   const double llm_ms = *std::max_element(rank_busy_ms.begin(), rank_busy_ms.end());
+  if (encoder_work_ms <= 0)  // no encoder work: the two syncs need not follow each other
+    return std::max(llm_ms + llm_sync_ms, encoder_sync_ms);
   if (layout.placement != EncoderPlacement::Colocated)
-    return std::max(llm_ms, encoder_ms) + sync_ms;
+    return std::max(llm_ms, encoder_ms) + llm_sync_ms + encoder_sync_ms;
   // Colocated: a device runs its rank's LLM work and its encoder rank's items one after the
   // other, so the step is at least the devices' average of both.
   const double busy_sum = std::accumulate(rank_busy_ms.begin(), rank_busy_ms.end(), 0.0);
   const double device_mean = (busy_sum * layout.llm.tp + encoder_work_ms * layout.encoder.tp) /
                              cost.cluster().world_size();
-  return std::max(llm_ms, device_mean) + sync_ms;
+  return std::max(llm_ms + llm_sync_ms, device_mean) + encoder_sync_ms;
 }
 
 }  // namespace

@@ -101,6 +101,17 @@ double llm_activation_budget(const CostModel& cost, const Layout& layout, const 
 // over every LLM rank, with its tokens, the bytes it needs and the bytes available.
 void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& layout);
 
+// The encoder's exposed gradient sync, [start, end): its buckets (`encoder_sync_ms` in all)
+// hide under its last backward (ending at `encoder_end`) by `overlap` at most. On links shared
+// with the LLM (colocated) they follow the LLM's sync, which ends at `llm_sync_end` and itself
+// runs under that backward; on its own devices the encoder's sync starts when it is done.
+// Estimate and simulator alike.
+struct SyncSpan {
+  double start = 0, end = 0;
+};
+SyncSpan encoder_sync_span(double llm_sync_end, double encoder_end, double encoder_sync_ms,
+                           double overlap, bool shared_links);
+
 // Drafts -> concrete Plan: places groups, assigns encoder items to encoder ranks
 // (longest-processing-time first, per wave), fills plan.estimate from the cost model,
 // and validates. Throws dhp::Error (Internal) if a rank's memory would exceed capacity

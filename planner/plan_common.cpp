@@ -435,6 +435,19 @@ void split_long_items(const CostModel& cost, const Batch& batch, double share, i
   }
 }
 
+}  // namespace
+
+SyncSpan encoder_sync_span(double llm_sync_end, double encoder_end, double encoder_sync_ms,
+                           double overlap, bool shared_links) {
+  if (!shared_links) return {encoder_end, encoder_end + encoder_sync_ms * (1.0 - overlap)};
+  const double start = std::max(encoder_end, llm_sync_end);
+  const double hidden =
+      std::min(overlap * encoder_sync_ms, std::max(0.0, encoder_end - llm_sync_end));
+  return {start, start + encoder_sync_ms - hidden};
+}
+
+namespace {
+
 // Drafts -> Plan structure plus the estimate. `check_memory`: throw when over capacity
 // (build_plan); otherwise report an infeasible plan with an infinite step time.
 Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& cost,
@@ -476,8 +489,14 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> rank_inputs(R, 0.0);   // this wave: when its last input item is encoded
   std::vector<char> rank_remote(R, 0);       // this wave: some input comes from other devices
   std::vector<double> encoder_clock(E, -1.0);
-  std::vector<double> encoder_backward(E, 0.0);
   double encoder_end = 0;
+  // The previous wave's encoder backward, run after this wave's forward (see `chained`): per
+  // encoder rank when its gradients are back (-1: none), its backward time and its items'
+  // bytes, and that wave's rings (each rank list starts together).
+  std::vector<double> pending_ready(E, -1.0);
+  std::vector<double> pending_ms(E, 0.0);
+  std::vector<double> pending_bytes(E, 0.0);
+  std::vector<std::vector<int>> pending_rings;
   std::vector<double> enc_load(E);
   std::vector<double> enc_start(E);  // when each encoder rank can start, in its wave's LPT
   std::vector<double> enc_bytes(E);
@@ -531,6 +550,36 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> group_end;
   RankHeap by_load;                    // encoder ranks of a wave by (start + load, rank)
   std::vector<double> min_bytes_from;  // [i]: least bytes of the wave's items i, i + 1, ...
+
+  auto devices_free = [&](const ModuleLayout& m, int rank) {
+    double t = 0;
+    for (int i = 0; i < m.tp; ++i) t = std::max(t, device_free[m.device_of(rank, i)]);
+    return t;
+  };
+  auto occupy = [&](const ModuleLayout& m, int rank, double until) {
+    for (int i = 0; i < m.tp; ++i) device_free[m.device_of(rank, i)] = until;
+  };
+  // The previous wave's encoder backward on the devices' clocks: each rank once free and its
+  // gradients back, a ring's members together (one pass over the rings: a rank in two rings
+  // is not chased further; the simulator is exact about it).
+  auto run_pending_backward = [&] {
+    for (int e = 0; e < E; ++e)
+      encoder_clock[e] =
+          pending_ready[e] < 0 ? -1.0 : std::max(devices_free(layout.encoder, e), pending_ready[e]);
+    for (const std::vector<int>& ring : pending_rings) {
+      double start = 0;
+      for (int e : ring) start = std::max(start, encoder_clock[e]);
+      for (int e : ring) encoder_clock[e] = start;
+    }
+    for (int e = 0; e < E; ++e) {
+      if (pending_ready[e] < 0) continue;
+      occupy(layout.encoder, e, encoder_clock[e] + pending_ms[e]);
+      encoder_end = std::max(encoder_end, encoder_clock[e] + pending_ms[e]);
+    }
+    std::fill(pending_ready.begin(), pending_ready.end(), -1.0);
+    std::fill(pending_ms.begin(), pending_ms.end(), 0.0);
+    pending_rings.clear();
+  };
 
   for (std::size_t w = 0; w < waves.size(); ++w) {
     const WaveDraft& draft = waves[w];
@@ -603,6 +652,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       for (int t = 0; t < layout.encoder.tp && colocated; ++t)
         used = std::max(used, device_bytes[layout.encoder.device_of(e, t)]);
       enc_room[e] = capacity - enc_static - used;
+      // Colocated, the wave's forward runs while the previous wave's items wait for their
+      // backward (no LLM activations then).
+      if (colocated)
+        enc_room[e] = std::min(enc_room[e], capacity - enc_static - pending_bytes[e] -
+                                                (colocated_rank[e] >= 0 ? llm_static : 0.0));
     }
     if (E > 0) {
       std::vector<Item>& items = wave_items[w];
@@ -644,15 +698,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
             std::unique(group_encoder_ranks[g].begin(), group_encoder_ranks[g].end()),
             group_encoder_ranks[g].end());
       }
-      // On the devices' clocks an encoder rank cannot start before its devices are free: the
-      // longest items go where the devices are free first (with per-wave loads alone, rank 0
-      // would take every wave's longest item).
-      for (int e = 0; e < E; ++e) {
-        enc_start[e] = 0;
-        if (!chained) continue;
-        for (int i = 0; i < layout.encoder.tp; ++i)
-          enc_start[e] = std::max(enc_start[e], device_free[layout.encoder.device_of(e, i)]);
-      }
+      // On the devices' clocks an encoder rank cannot start before its devices are free, and
+      // they still owe the previous wave's backward: the longest items go where the devices
+      // are free first (with per-wave loads alone, rank 0 would take every wave's longest item).
+      for (int e = 0; e < E; ++e)
+        enc_start[e] = chained ? devices_free(layout.encoder, e) + pending_ms[e] : 0.0;
       auto key = [&](int e) { return enc_start[e] + enc_load[e]; };
       // By (key, rank): the first rank in order with room finishes earliest.
       by_load.reset(enc_start);  // no load yet: the key is the start
@@ -758,15 +808,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       // its items as soon as its devices are free; an LLM group starts once its members'
       // devices are free and every item they consume is encoded (plus the wave's boundary
       // transfer if any came from other devices); its ring steps keep the members together
-      // until the slowest is done; an item's backward follows its consumer's LLM.
-      auto devices_free = [&](const ModuleLayout& m, int rank) {
-        double t = 0;
-        for (int i = 0; i < m.tp; ++i) t = std::max(t, device_free[m.device_of(rank, i)]);
-        return t;
-      };
-      auto occupy = [&](const ModuleLayout& m, int rank, double until) {
-        for (int i = 0; i < m.tp; ++i) device_free[m.device_of(rank, i)] = until;
-      };
+      // until the slowest is done. An item's backward needs its consumer's gradients and runs
+      // after the next wave's forward: the devices first encode what other ranks wait for.
       // A task's item is consumed by one rank (a whole sequence's holder) or by every member
       // of a group (a split sequence). Group consumers are kept per group, not per member:
       // a large group would otherwise be visited once per item.
@@ -811,6 +854,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       }
       for (int e = 0; e < E; ++e)
         if (encoder_clock[e] >= 0) occupy(layout.encoder, e, encoder_clock[e]);
+      run_pending_backward();
       for (std::size_t g = 0; g < G; ++g) {
         const GroupPlan& gp = wave.groups[g];
         double start = 0, longest = 0;
@@ -833,38 +877,28 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           occupy(layout.llm, r, rank_end[r]);
         }
       }
-      std::fill(encoder_clock.begin(), encoder_clock.end(), -1.0);  // now: backward start
-      std::fill(encoder_backward.begin(), encoder_backward.end(), 0.0);
+      // This wave's backward waits for the next wave's forward (run_pending_backward).
       for (std::size_t t = first_task; t < plan.encoder_tasks.size(); ++t) {
         const EncoderTask& task = plan.encoder_tasks[t];
-        double& start = encoder_clock[task.rank];
-        if (start < 0) start = devices_free(layout.encoder, task.rank);
         // Its consumers end together (one group); the gradient comes back from other devices
         // unless its one consumer sits on the encoder rank's own.
         const auto [group, member] = task_consumer[t - first_task];
         const std::vector<int>& members = wave.groups[group].ranks;
         const int only = member >= 0 ? members[member] : members.size() == 1 ? members[0] : -1;
         const bool local = only >= 0 && on_rank_devices(task.rank, only);
-        start = std::max(start, group_end[group] + (local ? 0.0 : boundary_wave_ms[w]));
-        encoder_backward[task.rank] += task_ms[t - first_task] * (1 - forward_share);
+        pending_ready[task.rank] = std::max(pending_ready[task.rank],
+                                            group_end[group] + (local ? 0.0 : boundary_wave_ms[w]));
+        pending_ms[task.rank] += task_ms[t - first_task] * (1 - forward_share);
       }
-      // A ring's backward starts when all its members can start (one pass over the rings:
-      // a rank in two rings is not chased further; the simulator is exact about it).
       for (std::size_t t = first_task; t < plan.encoder_tasks.size();) {
         const std::size_t end = t + task_ring[t - first_task];
         if (end - t > 1) {
-          double start = 0;
+          pending_rings.emplace_back();
           for (std::size_t k = t; k < end; ++k)
-            start = std::max(start, encoder_clock[plan.encoder_tasks[k].rank]);
-          for (std::size_t k = t; k < end; ++k) encoder_clock[plan.encoder_tasks[k].rank] = start;
+            pending_rings.back().push_back(plan.encoder_tasks[k].rank);
         }
         t = end;
       }
-      for (int e = 0; e < E; ++e)
-        if (encoder_clock[e] >= 0) {
-          occupy(layout.encoder, e, encoder_clock[e] + encoder_backward[e]);
-          encoder_end = std::max(encoder_end, encoder_clock[e] + encoder_backward[e]);
-        }
     }
 
     // Memory per device: the LLM's part (above), plus the encoder's on shared devices.
@@ -883,8 +917,13 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         over_wave = static_cast<int>(w);
       }
     }
-    for (int e = 0; e < E && !colocated; ++e) {
-      const double b = enc_static + enc_bytes[e];
+    for (int e = 0; e < E; ++e) {
+      // Disjoint: the encoder's devices hold its items alone. Colocated: the wave's forward
+      // also holds the previous wave's items, with the LLM's static memory and no activations.
+      const int r = colocated ? colocated_rank[e] : -1;
+      const double b = enc_static + enc_bytes[e] + (colocated ? pending_bytes[e] : 0.0) +
+                       (r >= 0 ? llm_static : 0.0);
+      if (r >= 0) peak_bytes[r] = std::max(peak_bytes[r], b);
       if (b > capacity && b - capacity > over_bytes) {
         over_capacity = true;
         over_bytes = b - capacity;
@@ -892,7 +931,9 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         over_wave = static_cast<int>(w);
       }
     }
+    pending_bytes = enc_bytes;
   }
+  if (chained) run_pending_backward();
 
   PlanEstimate& est = plan.estimate;
   est.llm_ms = std::accumulate(est.wave_ms.begin(), est.wave_ms.end(), 0.0);
@@ -903,7 +944,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   double step = 0;
   if (chained) {
     // Ranks and encoder ranks meet in the gradient sync: the LLM's buckets leave under each
-    // rank's last backward as far as it lasts; on shared devices the syncs follow the encoder.
+    // rank's last backward as far as it lasts, and under the encoder's on shared devices.
     double llm_done = 0, sync_end = 0;
     for (int r = 0; r < R; ++r) {
       if (rank_end[r] <= 0) continue;
@@ -912,8 +953,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       sync_end = std::max(sync_end, rank_end[r] + llm_sync - hidden);
     }
     step = std::max(llm_done, encoder_end);
-    est.grad_sync_ms =
-        std::max(0.0, sync_end - llm_done) + cost.encoder_grad_sync_full_ms(E) * (1.0 - overlap);
+    sync_end = std::max(sync_end, llm_done);
+    const SyncSpan enc_sync = encoder_sync_span(
+        sync_end, encoder_end, cost.encoder_grad_sync_full_ms(E), overlap, colocated);
+    est.grad_sync_ms = std::max(sync_end, enc_sync.end) - step;
   } else if (!waves.empty()) {
     // Disjoint encoder: it runs one wave ahead of the LLM on its own devices.
     const double last_backward = est.wave_ms.back() * backward_share;

@@ -170,13 +170,16 @@ class Run {
                                std::vector<double>(static_cast<size_t>(plan_.encoder.ranks), 0.0));
 
     const bool disjoint = plan_.placement == EncoderPlacement::Disjoint;
-    if (disjoint && waves > 0) encoder_pass(0, /*backward=*/false);
+    if (waves > 0) encoder_pass(0, /*backward=*/false);
     for (int w = 0; w < waves; ++w) {
-      if (!disjoint)
-        encoder_pass(w, /*backward=*/false);
-      else if (w + 1 < waves)
-        encoder_pass(w + 1, /*backward=*/false);
+      if (disjoint && w + 1 < waves) encoder_pass(w + 1, /*backward=*/false);
       llm_wave(w);
+      if (!disjoint && w + 1 < waves) {
+        // Colocated: the next wave's forward first (other ranks wait for its outputs), then
+        // this wave's backward; both waves' items are held in between.
+        encoder_pass(w + 1, /*backward=*/false);
+        hold_two_waves(w);
+      }
       encoder_pass(w, /*backward=*/true);
     }
     return finish();
@@ -464,6 +467,18 @@ class Run {
     commit_wave_memory(w);
   }
 
+  // Colocated, between waves w and w + 1 a device holds both waves' encoder items and no LLM
+  // activations.
+  void hold_two_waves(int w) {
+    for (int e = 0; e < plan_.encoder.ranks; ++e) {
+      const double held = encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(e)] +
+                          encoder_activation_[static_cast<size_t>(w + 1)][static_cast<size_t>(e)];
+      for_devices(plan_.encoder, e, [&](int d) {
+        act_peak_[static_cast<size_t>(d)] = std::max(act_peak_[static_cast<size_t>(d)], held);
+      });
+    }
+  }
+
   // Encoder activations live from the forward to the backward of their wave; disjoint
   // encoders run one wave ahead, so they hold two waves at once.
   void commit_wave_memory(int w) {
@@ -701,31 +716,26 @@ class Run {
           std::min(coef.grad_sync_overlap * llm_sync, last_backward_ms_[static_cast<size_t>(r)]);
       llm_sync_done = std::max(llm_sync_done, end + llm_sync - hidden);
     }
-    const double llm_exposed = std::max(0.0, llm_sync_done - llm_done);
+    const double llm_sync_end = std::max(llm_done, llm_sync_done);
     const double enc_sync = cost_.encoder_grad_sync_full_ms(plan_.encoder.ranks);
-    const double enc_exposed = enc_sync * (1.0 - coef.grad_sync_overlap);
     double enc_done = 0;
     for (double e : enc_end_) enc_done = std::max(enc_done, e);
-
-    double llm_sync_start = llm_done, llm_sync_end = llm_done + llm_exposed;
-    double enc_sync_start = enc_done, enc_sync_end = enc_done + enc_exposed;
-    if (colocated) {  // same devices and links: one after the other
-      llm_sync_start = std::max(llm_done, enc_done);
-      llm_sync_end = llm_sync_start + llm_exposed;
-      enc_sync_start = llm_sync_end;
-      enc_sync_end = enc_sync_start + enc_exposed;
-    }
-    for (int r = 0; r < plan_.llm.ranks && llm_exposed > 0; ++r) {
-      for_devices(plan_.llm, r, [&](int d) { busy_[static_cast<size_t>(d)] += llm_exposed; });
-      event(plan_.llm.device_of(r), -1, -1, EventKind::GradSync, llm_sync_start, llm_sync_end);
-    }
-    for (int e = 0; e < plan_.encoder.ranks && enc_exposed > 0; ++e) {
-      for_devices(plan_.encoder, e, [&](int d) { busy_[static_cast<size_t>(d)] += enc_exposed; });
-      event(plan_.encoder.device_of(e), -1, -1, EventKind::GradSync, enc_sync_start, enc_sync_end);
-    }
+    const detail::SyncSpan enc_sync_span = detail::encoder_sync_span(
+        llm_sync_end, enc_done, enc_sync, coef.grad_sync_overlap, colocated);
+    // A rank shows the sync once its devices compute nothing else (colocated: the LLM's sync
+    // runs under the encoder's last backward).
+    auto expose = [&](const ModuleLayout& layout, int rank, double start, double end) {
+      start = std::max(start, ready_at(layout, rank));
+      if (end <= start) return;
+      for_devices(layout, rank, [&](int d) { busy_[static_cast<size_t>(d)] += end - start; });
+      event(layout.device_of(rank), -1, -1, EventKind::GradSync, start, end);
+    };
+    for (int r = 0; r < plan_.llm.ranks; ++r) expose(plan_.llm, r, llm_done, llm_sync_end);
+    for (int e = 0; e < plan_.encoder.ranks; ++e)
+      expose(plan_.encoder, e, enc_sync_span.start, enc_sync_span.end);
 
     SimulationResult result;
-    result.step_ms = std::max({llm_sync_end, enc_sync_end, llm_done, enc_done});
+    result.step_ms = std::max({llm_sync_end, enc_sync_span.end, llm_done, enc_done});
     result.device_busy_ms = busy_;
     result.device_idle_fraction.assign(static_cast<size_t>(world), 1.0);
     result.device_peak_mem_gib.assign(static_cast<size_t>(world), 0.0);

@@ -286,6 +286,74 @@ TEST(Simulator, ColocatedEncoderRunsBeforeItsWaveOnTheSameDevices) {
   EXPECT_GT(r.device_peak_mem_gib[0], statics);
 }
 
+// Colocated, a device encodes the next wave's items (other ranks wait for them) before it runs
+// the last wave's encoder backward.
+TEST(Simulator, ColocatedDevicesEncodeTheNextWaveBeforeTheLastOnesBackward) {
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
+  const VisualSetup s = visual_setup(EncoderPlacement::Colocated);
+  const SimulationResult r = Simulator(cost).run(s.plan, s.batch, true);
+  expect_sane(r);
+  for (int device = 0; device < 4; ++device) {
+    double first_of_wave1 = 1e300, last_of_wave0 = 0;
+    for (const auto& e : r.timeline) {
+      if (e.kind != EventKind::Encoder || e.device != device) continue;
+      if (e.wave == 1) first_of_wave1 = std::min(first_of_wave1, e.start_ms);
+      if (e.wave == 0) last_of_wave0 = std::max(last_of_wave0, e.start_ms);
+    }
+    EXPECT_LT(first_of_wave1, last_of_wave0) << "device " << device;
+  }
+}
+
+// Colocated, the LLM's gradient buckets leave while the devices run the encoder's last
+// backward: the step ends with the encoder's exposed sync, not with both syncs in series.
+TEST(Simulator, ColocatedLlmGradSyncRunsUnderTheEncodersLastBackward) {
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
+  const VisualSetup s = visual_setup(EncoderPlacement::Colocated);
+  const SimulationResult r = Simulator(cost).run(s.plan, s.batch, true);
+  double llm_done = 0, encoder_done = 0, llm_sync_start = 1e300;
+  for (const auto& e : r.timeline) {
+    if (e.kind == EventKind::Compute) llm_done = std::max(llm_done, e.end_ms);
+    if (e.kind == EventKind::Encoder) encoder_done = std::max(encoder_done, e.end_ms);
+    if (e.kind == EventKind::GradSync) llm_sync_start = std::min(llm_sync_start, e.start_ms);
+  }
+  ASSERT_GT(encoder_done, llm_done);  // the last wave's encoder backward follows the LLM
+  const double overlap = cost.coefficients().grad_sync_overlap;
+  const double llm_exposed = cost.llm_grad_sync_full_ms(8) * (1 - overlap);
+  const double encoder_exposed = cost.encoder_grad_sync_full_ms(8) * (1 - overlap);
+  ASSERT_GT(llm_exposed, 1.0);
+  // Devices 4-7 run nothing: their share of the LLM's sync shows from the LLM's end.
+  EXPECT_NEAR(llm_sync_start, llm_done, 1e-9 * r.step_ms);
+  const double hidden = std::min(llm_exposed, encoder_done - llm_done);
+  EXPECT_NEAR(r.step_ms, encoder_done + llm_exposed - hidden + encoder_exposed, 1e-9 * r.step_ms);
+  EXPECT_LT(r.step_ms, encoder_done + llm_exposed + encoder_exposed - 0.5 * hidden);
+}
+
+// Colocated, between two waves a device holds both waves' encoder items (the next wave's
+// forward runs before the last one's backward), with no LLM activations.
+TEST(Simulator, ColocatedDevicesHoldTwoWavesOfEncoderItemsBetweenWaves) {
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
+  Batch batch;
+  Plan plan;
+  plan.strategy = "by_hand";
+  plan.placement = EncoderPlacement::Colocated;
+  plan.llm = {.tp = 1, .first_device = 0, .ranks = 8};
+  plan.encoder = {.tp = 1, .first_device = 0, .ranks = 8};
+  plan.waves.resize(2);
+  const VisualItem item{.patches = 65536, .llm_tokens = 16384, .frames = 1};
+  for (int w = 0; w < 2; ++w) {
+    Sample sample = text_sample(w, 64);
+    sample.visuals = {item};
+    batch.samples.push_back(sample);
+    // The LLM runs on rank 1, the item is encoded on device 0: device 0 has no LLM work.
+    plan.waves[w].groups = {{.ranks = {1}}};
+    plan.waves[w].sequences = {{.sample = w, .group = 0, .sharding = Sharding::Whole, .member = 0}};
+    plan.encoder_tasks.push_back({.sample = w, .visual = 0, .wave = w, .rank = 0});
+  }
+  const SimulationResult r = Simulator(cost).run(plan, batch);
+  const double statics = cost.llm_static_bytes(8) + cost.encoder_static_bytes(8);
+  EXPECT_NEAR(r.device_peak_mem_gib[0] * kGiB, statics + 2 * cost.encoder_activation_bytes(item),
+              1e-9 * statics);
+}
 // A static layout fixes its own TP (here 4) where the planner's default is smaller: the
 // simulator given the planner's cost model runs the plan at the plan's degrees, exactly as
 // one built for them.
