@@ -243,7 +243,15 @@ class Run {
     const double forward_share = 1.0 / cost_.compute_passes();
     const double share = backward ? 1.0 - forward_share : forward_share;
     std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
-    for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
+    // Backward in the order the items' consumers finish (a runtime runs each item's backward
+    // as its gradients arrive); by task order among equals, so every rank of a ring meets
+    // the rings in the same order.
+    std::vector<size_t>& order = order_;
+    order = tasks_by_wave_[static_cast<size_t>(w)];
+    if (backward)
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return consumer_done_[a] < consumer_done_[b]; });
+    for (size_t t : order) {
       // A ring runs once, from its first shard (rings list their tasks in task order, as
       // tasks_by_wave_ does, and all in one wave: validate() checks parts run in their
       // sample's wave).
@@ -460,9 +468,12 @@ class Run {
     }
     // Gradients of the encoder outputs go back once the holder's backward is done.
     grad_ready_.assign(plan_.encoder_tasks.size(), 0.0);
+    consumer_done_.assign(plan_.encoder_tasks.size(), 0.0);
     for (const Transfer& tr : transfers) {
       grad_ready_[tr.task] =
           std::max(grad_ready_[tr.task], clock[static_cast<size_t>(tr.rank)] + transfer_ms(tr));
+      consumer_done_[tr.task] =
+          std::max(consumer_done_[tr.task], clock[static_cast<size_t>(tr.rank)]);
     }
     commit_wave_memory(w);
   }
@@ -800,6 +811,8 @@ class Run {
   std::vector<double> llm_end_, enc_end_, last_backward_ms_;
   std::vector<std::vector<size_t>> tasks_by_wave_;
   std::vector<double> item_ready_, grad_ready_;
+  std::vector<double> consumer_done_;         // per encoder task: when its consumers' LLM ended
+  std::vector<size_t> order_;                 // a wave's tasks in the order encoder_pass runs them
   std::vector<double> task_ms_, task_bytes_;  // per encoder task: fwd + bwd time, bytes
   std::vector<std::int64_t> task_tokens_;     // per encoder task: its part's LLM tokens
   std::vector<int> ring_of_;                  // per encoder task: index into rings_, -1: none

@@ -304,6 +304,35 @@ TEST(Simulator, ColocatedDevicesEncodeTheNextWaveBeforeTheLastOnesBackward) {
   }
 }
 
+// An encoder rank runs its items' backwards in the order their consumers finish: the item
+// of a short sequence does not wait behind the item of a long one listed first.
+TEST(Simulator, EncoderBackwardFollowsTheOrderItsConsumersFinish) {
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
+  Batch batch;
+  Plan plan = one_wave_plan(8);
+  plan.placement = EncoderPlacement::Colocated;
+  plan.encoder = {.tp = 1, .first_device = 0, .ranks = 8};
+  const VisualItem item{.patches = 4096, .llm_tokens = 1024, .frames = 1};
+  for (int s = 0; s < 2; ++s) {
+    Sample sample = text_sample(s, s == 0 ? 32768 : 256);
+    sample.visuals = {item};
+    batch.samples.push_back(sample);
+    plan.waves[0].groups.push_back({.ranks = {s + 1}});
+    plan.waves[0].sequences.push_back(
+        {.sample = s, .group = s, .sharding = Sharding::Whole, .member = 0});
+    plan.encoder_tasks.push_back({.sample = s, .visual = 0, .wave = 0, .rank = 0});
+  }
+  const SimulationResult r = Simulator(cost).run(plan, batch, true);
+  expect_sane(r);
+  const auto end = compute_end(r);
+  ASSERT_GT(end.at(1), end.at(2) + cost.encoder_item_ms(item));  // sample 0 ends much later
+  double first_backward = 1e300;
+  for (const auto& e : r.timeline)
+    if (e.kind == EventKind::Encoder && e.device == 0 && e.start_ms >= end.at(2))
+      first_backward = std::min(first_backward, e.start_ms);
+  EXPECT_LT(first_backward, end.at(1));
+}
+
 // Colocated, the LLM's gradient buckets leave while the devices run the encoder's last
 // backward: the step ends with the encoder's exposed sync, not with both syncs in series.
 TEST(Simulator, ColocatedLlmGradSyncRunsUnderTheEncodersLastBackward) {
