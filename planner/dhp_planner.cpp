@@ -861,7 +861,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // `kept` holds the packing at hi: only a successful pack moves hi.
     kept->improve(4 * static_cast<int>(tables.seqs.size()));
     consider(kept->drafts());
-    consider_lpt();  // after: the bound may prune it against the best-fit packing
+    // After: the bound may prune it against the best-fit packing. Not at scale, where it
+    // never won (scale-4096) and costs a full estimate whenever the bound cannot prune it.
+    if (!at_scale) consider_lpt();
     // The same ring groups with short sequences spread least-loaded first (not at scale,
     // where it is one more pack of every sequence and, like the portfolio, did not win).
     if (!at_scale && packer->pack(hi, W, Fill::Lpt)) {

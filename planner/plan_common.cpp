@@ -541,6 +541,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
                                  sample_member[v.sample], v.ms, v.bytes, v.llm_tokens});
     wave_encoder_ms[w] += v.ms;
   }
+  plan.encoder_tasks.reserve(E > 0 ? sc.visuals_longest_first.size() : 0);  // parts add more
   std::vector<Item> cut_items;
   std::vector<double> task_ms;  // encoder time of each task of the wave
   std::vector<int> task_ring;   // per task of the wave: its ring's size at its first shard, else 1
@@ -593,6 +594,12 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     std::fill(rank_bytes.begin(), rank_bytes.end(), 0.0);
     std::fill(rank_group.begin(), rank_group.end(), -1);
     wave.groups.resize(draft.groups.size());
+    std::size_t wave_sequences = 0;
+    for (const GroupDraft& gd : draft.groups) {
+      wave_sequences += gd.split.size();
+      for (const auto& member : gd.whole) wave_sequences += member.size();
+    }
+    wave.sequences.reserve(wave_sequences);
     for (std::size_t g = 0; g < draft.groups.size(); ++g) {
       const GroupDraft& gd = draft.groups[g];
       GroupPlan& gp = wave.groups[g];
@@ -685,6 +692,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       };
       // Encoder ranks on each group's devices (colocated), for the tie-break.
       std::vector<std::vector<int>> group_encoder_ranks(colocated ? wave.groups.size() : 0);
+      std::vector<double> group_least_key(group_encoder_ranks.size(),
+                                          -std::numeric_limits<double>::infinity());
       for (std::size_t g = 0; g < group_encoder_ranks.size(); ++g) {
         for (int r : wave.groups[g].ranks)
           for (int t = 0; t < layout.llm.tp; ++t) {
@@ -779,14 +788,22 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           return false;
         });
         drop_full();
-        if (chosen >= 0 && colocated && !on_group_devices(chosen, it.group)) {
-          // Same load on the consuming group's devices: no boundary traffic.
+        if (chosen >= 0 && colocated && !on_group_devices(chosen, it.group) &&
+            group_least_key[it.group] <= key(chosen)) {
+          // Same load on the consuming group's devices: no boundary traffic. A scan that
+          // finds none leaves the group's least key, a bound while keys only grow: groups of
+          // hundreds of ranks are not scanned again for every item of theirs.
+          double least = std::numeric_limits<double>::infinity();
+          bool found = false;
           for (int e : group_encoder_ranks[it.group]) {
             if (key(e) == key(chosen) && enc_bytes[e] + b <= enc_room[e]) {
               chosen = e;
+              found = true;
               break;
             }
+            least = std::min(least, key(e));
           }
+          if (!found) group_least_key[it.group] = least;
         }
         if (chosen < 0)
           chosen = static_cast<int>(std::min_element(enc_bytes.begin(), enc_bytes.end()) -
