@@ -426,6 +426,10 @@ CostModel::CostModel(ClusterSpec cluster, ModelSpec model, int llm_tp, int encod
             "half_efficiency_tokens={} >= 0",
             coef_.gemm_efficiency, coef_.attention_efficiency, coef_.comm_efficiency,
             coef_.half_efficiency_tokens);
+  DHP_CHECK(coef_.grad_sync_overlap >= 0 && coef_.grad_sync_overlap <= 1, InvalidArgument,
+            "CostModel: grad_sync_overlap={} must be in [0, 1] (the fraction of gradient sync "
+            "hidden under backward)",
+            coef_.grad_sync_overlap);
   DHP_CHECK(model_.llm.layers >= 1 && model_.llm.heads >= 1 && model_.llm.kv_heads >= 1,
             InvalidArgument, "CostModel: LLM layers={}, heads={}, kv_heads={} must be >= 1",
             model_.llm.layers, model_.llm.heads, model_.llm.kv_heads);

@@ -861,9 +861,10 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // `kept` holds the packing at hi: only a successful pack moves hi.
     kept->improve(4 * static_cast<int>(tables.seqs.size()));
     consider(kept->drafts());
-    // After: the bound may prune it against the best-fit packing. Not at scale, where it
-    // never won (scale-4096) and costs a full estimate whenever the bound cannot prune it.
-    if (!at_scale) consider_lpt();
+    // After: the bound may prune it against the best-fit packing. At scale only when the
+    // best-fit packing does not fit: there it never won (scale-4096) and costs a full
+    // estimate whenever the bound cannot prune it.
+    if (!at_scale || !std::isfinite(best.step_ms)) consider_lpt();
     // The same ring groups with short sequences spread least-loaded first (not at scale,
     // where it is one more pack of every sequence and, like the portfolio, did not win).
     if (!at_scale && packer->pack(hi, W, Fill::Lpt)) {

@@ -659,11 +659,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       for (int t = 0; t < layout.encoder.tp && colocated; ++t)
         used = std::max(used, device_bytes[layout.encoder.device_of(e, t)]);
       enc_room[e] = capacity - enc_static - used;
-      // Colocated, the wave's forward runs while the previous wave's items wait for their
-      // backward (no LLM activations then).
-      if (colocated)
-        enc_room[e] = std::min(enc_room[e], capacity - enc_static - pending_bytes[e] -
-                                                (colocated_rank[e] >= 0 ? llm_static : 0.0));
+      // The wave's forward runs while the previous wave's items wait for their backward:
+      // colocated, with no LLM activations then; disjoint, the encoder runs a wave ahead.
+      enc_room[e] = std::min(enc_room[e], capacity - enc_static - pending_bytes[e] -
+                                              (colocated_rank[e] >= 0 ? llm_static : 0.0));
     }
     if (E > 0) {
       std::vector<Item>& items = wave_items[w];
@@ -935,11 +934,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       }
     }
     for (int e = 0; e < E; ++e) {
-      // Disjoint: the encoder's devices hold its items alone. Colocated: the wave's forward
-      // also holds the previous wave's items, with the LLM's static memory and no activations.
+      // The wave's forward also holds the previous wave's items: colocated with the LLM's
+      // static memory and no activations; disjoint (a wave ahead) on the encoder's devices.
       const int r = colocated ? colocated_rank[e] : -1;
-      const double b = enc_static + enc_bytes[e] + (colocated ? pending_bytes[e] : 0.0) +
-                       (r >= 0 ? llm_static : 0.0);
+      const double b = enc_static + enc_bytes[e] + pending_bytes[e] + (r >= 0 ? llm_static : 0.0);
       if (r >= 0) peak_bytes[r] = std::max(peak_bytes[r], b);
       if (b > capacity && b - capacity > over_bytes) {
         over_capacity = true;

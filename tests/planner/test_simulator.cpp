@@ -521,5 +521,57 @@ TEST(Simulator, FourThousandRanksStaysInSeconds) {
   EXPECT_LT(ms, 10000.0);  // target: a couple of seconds at most
 }
 
+// The encoder's exposed sync (estimate and simulator alike): after its last backward by the
+// unhidden share; on links shared with the LLM after the LLM's sync, and then hidden only
+// as far as the backward outlasts the LLM's sync.
+TEST(Simulator, EncoderSyncSpanFollowsTheLlmsOnSharedLinks) {
+  using detail::encoder_sync_span;
+  const double o = 0.5, sync = 40;
+  // Own links: from the backward's end, half of it hidden.
+  auto own = encoder_sync_span(/*llm_sync_end=*/500, /*encoder_end=*/300, sync, o, false);
+  EXPECT_DOUBLE_EQ(own.start, 300);
+  EXPECT_DOUBLE_EQ(own.end, 320);
+  // Shared, the backward outlasts the LLM's sync by more than the hidden share.
+  auto after = encoder_sync_span(100, 300, sync, o, true);
+  EXPECT_DOUBLE_EQ(after.start, 300);
+  EXPECT_DOUBLE_EQ(after.end, 320);
+  // Shared, by less: only that much hides.
+  auto partly = encoder_sync_span(290, 300, sync, o, true);
+  EXPECT_DOUBLE_EQ(partly.start, 300);
+  EXPECT_DOUBLE_EQ(partly.end, 330);
+  // Shared, the backward ends before the LLM's sync: none of it hides.
+  auto none = encoder_sync_span(400, 300, sync, o, true);
+  EXPECT_DOUBLE_EQ(none.start, 400);
+  EXPECT_DOUBLE_EQ(none.end, 440);
+}
+
+// dhp's colocated plans over several waves (the next wave's forward before the last one's
+// backward, two waves' items held between them): the estimate follows the simulator and
+// both keep memory within capacity.
+TEST(Simulator, ColocatedMultiWavePlansAgreeWithTheirEstimate) {
+  const ClusterSpec cluster = h100_cluster(1);
+  const ModelSpec model = qwen2_vl_7b();
+  PlannerOptions options;
+  options.llm_tp = 1;
+  options.encoder_tp = 1;
+  const Planner planner(cluster, model, options);
+  Batch batch;
+  for (int i = 0; i < 24; ++i) {
+    Sample s = text_sample(i, 2000 + 1733 * (i % 7));
+    const std::int64_t frames = 8 + 2 * (i % 5);
+    s.visuals.push_back(VisualItem{
+        .patches = 576 * frames, .llm_tokens = 144 * frames, .frames = static_cast<int>(frames)});
+    batch.samples.push_back(s);
+  }
+  const Plan plan = planner.plan(batch);
+  ASSERT_EQ(plan.placement, EncoderPlacement::Colocated);
+  ASSERT_GE(plan.waves.size(), 2u);
+  const SimulationResult r = Simulator(planner.cost_model()).run(plan, batch);
+  expect_sane(r);
+  EXPECT_LE(r.max_peak_mem_gib, r.mem_capacity_gib + 1e-9);
+  for (double gib : plan.estimate.peak_mem_gib) EXPECT_LE(gib, r.mem_capacity_gib + 1e-9);
+  EXPECT_NEAR(r.step_ms, plan.estimate.step_ms, 0.05 * plan.estimate.step_ms);
+}
+
 }  // namespace
 }  // namespace dhp
