@@ -32,8 +32,6 @@ struct SubGroup {
   double bytes = 0;                  // activations per device (a sum over its sequences)
 };
 
-std::int64_t share_of(std::int64_t tokens, int degree) { return (tokens + degree - 1) / degree; }
-
 }  // namespace
 
 std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,
@@ -87,7 +85,7 @@ std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& c
       // Sizes arrive in non-increasing order, so opening groups at the next free offset
       // keeps every group aligned (a cp=4 group starts at a multiple of 4).
       if (used_ranks + cp <= ranks) {
-        groups.push_back(SubGroup{cp, {s}, share_of(tokens, cp), work_ms[s], bytes});
+        groups.push_back(SubGroup{cp, {s}, local_share(tokens, cp), work_ms[s], bytes});
         used_ranks += cp;
         continue;
       }
@@ -96,7 +94,7 @@ std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& c
       int chosen = -1;
       for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
         const SubGroup& group = groups[g];
-        if (group.degree != cp || group.tokens_per_rank + share_of(tokens, cp) > max_tokens ||
+        if (group.degree != cp || group.tokens_per_rank + local_share(tokens, cp) > max_tokens ||
             group.bytes + bytes > budget) {
           continue;
         }
@@ -108,7 +106,7 @@ std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& c
       }
       SubGroup& group = groups[chosen];
       group.samples.push_back(s);
-      group.tokens_per_rank += share_of(tokens, cp);
+      group.tokens_per_rank += local_share(tokens, cp);
       group.load_ms += work_ms[s];
       group.bytes += bytes;
     }

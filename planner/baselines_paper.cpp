@@ -15,7 +15,6 @@ std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& 
                                            int max_degree, std::int64_t max_tokens_per_rank) {
   const std::int64_t token_limit =
       max_tokens_per_rank > 0 ? max_tokens_per_rank : std::numeric_limits<std::int64_t>::max();
-  auto share = [](std::int64_t tokens, int degree) { return (tokens + degree - 1) / degree; };
   std::vector<int> order(batch.samples.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
@@ -39,7 +38,7 @@ std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& 
     double best_left = std::numeric_limits<double>::infinity();
     for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
       const int k = groups[g].min_degree;
-      if (group_tokens[g] + share(tokens, k) > token_limit) continue;
+      if (group_tokens[g] + local_share(tokens, k) > token_limit) continue;
       const double left = budget - group_bytes[g] - alone(k);
       if (left >= 0 && left < best_left) {
         best_left = left;
@@ -49,13 +48,13 @@ std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& 
     if (best >= 0) {
       groups[best].samples.push_back(s);
       group_bytes[best] += alone(groups[best].min_degree);
-      group_tokens[best] += share(tokens, groups[best].min_degree);
+      group_tokens[best] += local_share(tokens, groups[best].min_degree);
       continue;
     }
     // A new atomic group: the smallest degree that holds this (its first) sequence.
     int degree = 1;
     while (degree <= max_degree && (group_activation_bytes(cost, batch, {s}, degree) > budget ||
-                                    share(tokens, degree) > token_limit)) {
+                                    local_share(tokens, degree) > token_limit)) {
       ++degree;
     }
     const Sample& sample = batch.samples[s];
@@ -66,7 +65,7 @@ std::vector<AtomicGroup> bfd_atomic_groups(const Batch& batch, const CostModel& 
               max_degree);
     groups.push_back(AtomicGroup{degree, {s}});
     group_bytes.push_back(group_activation_bytes(cost, batch, {s}, degree));
-    group_tokens.push_back(share(tokens, degree));
+    group_tokens.push_back(local_share(tokens, degree));
   }
   return groups;
 }

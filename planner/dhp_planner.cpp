@@ -104,7 +104,6 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
                    tokens,
                    static_cast<int>(t.steps.size()),
                    0};
-    auto local_tokens = [&](int d) { return (tokens + d - 1) / d; };
     // Smallest degree whose activations fit (bytes fall with the degree beyond 1) and whose
     // local share stays within the token limit.
     int d_mem = 1;
@@ -113,7 +112,7 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
       while (lo < hi) {
         const int mid = lo + (hi - lo) / 2;
         if (cost.llm_activation_bytes(tokens, mid) <= t.budget &&
-            local_tokens(mid) <= t.token_limit)
+            local_share(tokens, mid) <= t.token_limit)
           hi = mid;
         else
           lo = mid + 1;
@@ -129,8 +128,8 @@ Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layo
       const double ms =
           d == 1 ? s.whole_ms : cost.llm_sequence_ms(tokens, expected_ring(d, layout)) - t.fixed_ms;
       const double bytes = d == 1 ? s.whole_bytes : cost.llm_activation_bytes(tokens, d);
-      if (ms < best * (1 - 1e-9) && bytes <= t.budget && local_tokens(d) <= t.token_limit) {
-        t.steps.push_back(DegreeStep{d, ms, bytes, local_tokens(d)});
+      if (ms < best * (1 - 1e-9) && bytes <= t.budget && local_share(tokens, d) <= t.token_limit) {
+        t.steps.push_back(DegreeStep{d, ms, bytes, local_share(tokens, d)});
         best = ms;
       }
       // Past the node boundary the ring only gets more expensive once it stops paying.
@@ -544,7 +543,7 @@ struct Candidate {
 // the limit.
 bool within_token_limit(const GroupDraft& g, const SampleCosts& sc, std::int64_t limit) {
   std::int64_t split = 0;
-  for (int s : g.split) split += (sc.tokens[s] + g.degree - 1) / g.degree;
+  for (int s : g.split) split += local_share(sc.tokens[s], g.degree);
   for (int m = 0; m < g.degree; ++m) {
     std::int64_t local = split;
     if (m < static_cast<int>(g.whole.size()))
@@ -573,9 +572,7 @@ std::vector<WaveDraft> move_sample(const std::vector<WaveDraft>& waves, std::siz
     to.whole[member].push_back(sample);
   }
   if (!within_token_limit(to, sc, token_limit)) return {};
-  bool empty = groups[a].split.empty();
-  for (const std::vector<int>& m : groups[a].whole) empty = empty && m.empty();
-  if (empty) groups.erase(groups.begin() + static_cast<std::ptrdiff_t>(a));
+  if (holds_no_sample(groups[a])) groups.erase(groups.begin() + static_cast<std::ptrdiff_t>(a));
   return out;
 }
 
@@ -586,28 +583,24 @@ std::vector<WaveDraft> split_ring(const std::vector<WaveDraft>& waves, std::size
                                   int k, const std::vector<double>& sample_ms,
                                   const SampleCosts& sc, std::int64_t token_limit) {
   const GroupDraft& ring = waves[w].groups[a];
-  std::vector<int> samples = ring.split;
-  for (const std::vector<int>& m : ring.whole) samples.insert(samples.end(), m.begin(), m.end());
+  std::vector<int> samples = samples_of(ring);
   std::stable_sort(samples.begin(), samples.end(),
                    [&](int x, int y) { return sample_ms[x] > sample_ms[y]; });
-  GroupDraft parts[2] = {GroupDraft{k, {}, {}}, GroupDraft{ring.degree - k, {}, {}}};
+  const int degree[2] = {k, ring.degree - k};
+  std::vector<int> dealt[2];
   double load[2] = {0, 0};
   for (int s : samples) {
     const int to =
-        (load[0] + sample_ms[s]) / parts[0].degree <= (load[1] + sample_ms[s]) / parts[1].degree
-            ? 0
-            : 1;
+        (load[0] + sample_ms[s]) / degree[0] <= (load[1] + sample_ms[s]) / degree[1] ? 0 : 1;
     load[to] += sample_ms[s];
-    if (parts[to].degree == 1)
-      parts[to].whole.resize(1), parts[to].whole[0].push_back(s);
-    else
-      parts[to].split.push_back(s);
+    dealt[to].push_back(s);
   }
   std::vector<WaveDraft> out = waves;
   std::vector<GroupDraft>& groups = out[w].groups;
   groups.erase(groups.begin() + static_cast<std::ptrdiff_t>(a));
-  for (GroupDraft& part : parts) {
-    if (part.split.empty() && part.whole.empty()) continue;
+  for (int i = 0; i < 2; ++i) {
+    if (dealt[i].empty()) continue;
+    GroupDraft part = split_group(degree[i], std::move(dealt[i]));
     if (!within_token_limit(part, sc, token_limit)) return {};
     groups.push_back(std::move(part));
   }
@@ -621,14 +614,12 @@ std::vector<WaveDraft> split_ring(const std::vector<WaveDraft>& waves, std::size
 std::vector<WaveDraft> merge_groups(const std::vector<WaveDraft>& waves, std::size_t w,
                                     std::size_t a, std::size_t b, const SampleCosts& sc,
                                     std::int64_t token_limit) {
-  GroupDraft merged;
-  merged.degree = waves[w].groups[a].degree + waves[w].groups[b].degree;
-  for (std::size_t g : {a, b}) {
-    const GroupDraft& group = waves[w].groups[g];
-    merged.split.insert(merged.split.end(), group.split.begin(), group.split.end());
-    for (const std::vector<int>& member : group.whole)
-      merged.split.insert(merged.split.end(), member.begin(), member.end());
-  }
+  const GroupDraft& ga = waves[w].groups[a];
+  const GroupDraft& gb = waves[w].groups[b];
+  std::vector<int> samples = samples_of(ga);
+  const std::vector<int> more = samples_of(gb);
+  samples.insert(samples.end(), more.begin(), more.end());
+  GroupDraft merged = split_group(ga.degree + gb.degree, std::move(samples));  // degree >= 2
   if (!within_token_limit(merged, sc, token_limit)) return {};
   std::vector<WaveDraft> out = waves;
   out[w].groups[a] = std::move(merged);
@@ -699,7 +690,7 @@ double step_lower_bound_ms(const Batch& batch, const CostModel& cost, const Layo
   }
   // At most the overlap fraction of each module's gradient sync hides under its backward
   // (encoder_sync_span): the LLM's ends after its slowest rank, the encoder's after both.
-  const double hidden = std::clamp(cost.coefficients().grad_sync_overlap, 0.0, 1.0);
+  const double hidden = cost.coefficients().grad_sync_overlap;  // in [0, 1] (CostModel)
   const double llm_sync_ms = (1 - hidden) * cost.llm_grad_sync_full_ms(R);
   const double encoder_sync_ms = E > 0 ? (1 - hidden) * cost.encoder_grad_sync_full_ms(E) : 0.0;
   const double llm_ms = *std::max_element(rank_busy_ms.begin(), rank_busy_ms.end());
@@ -861,9 +852,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // `kept` holds the packing at hi: only a successful pack moves hi.
     kept->improve(4 * static_cast<int>(tables.seqs.size()));
     consider(kept->drafts());
-    // After: the bound may prune it against the best-fit packing. At scale only when the
-    // best-fit packing does not fit: there it never won (scale-4096) and costs a full
-    // estimate whenever the bound cannot prune it.
+    // After: the bound may prune it against the best-fit packing. At scale only while no
+    // candidate so far fits: there it never won (scale-4096) and costs a full estimate
+    // whenever the bound cannot prune it.
     if (!at_scale || !std::isfinite(best.step_ms)) consider_lpt();
     // The same ring groups with short sequences spread least-loaded first (not at scale,
     // where it is one more pack of every sequence and, like the portfolio, did not win).
@@ -914,19 +905,21 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
         int used = 0;
         for (const GroupDraft& g : groups) used += g.degree;
         for (std::size_t a = 0; a < groups.size(); ++a) {
-          std::vector<int> samples = groups[a].split;
-          for (const std::vector<int>& m : groups[a].whole)
-            samples.insert(samples.end(), m.begin(), m.end());
-          for (int sample : samples) {
+          for (int sample : samples_of(groups[a])) {
             for (std::size_t b = 0; b <= groups.size(); ++b) {
               if (b == groups.size() && used >= R) break;
               const int degree = b == groups.size() ? 1 : groups[b].degree;
               if (b != a && degree > 1)
                 consider_if(
                     move_sample(from, w, a, sample, b, -1, sample_costs, tables.token_limit));
-              for (int m = 0; m < degree; ++m)
+              for (int m = 0; m < degree; ++m) {
+                // Back onto the member it holds alone: the same draft, already the best.
+                if (b == a && m < static_cast<int>(groups[a].whole.size()) &&
+                    groups[a].whole[m] == std::vector<int>{sample})
+                  continue;
                 consider_if(
                     move_sample(from, w, a, sample, b, m, sample_costs, tables.token_limit));
+              }
             }
           }
           for (int k = 1; k < groups[a].degree; ++k)

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,25 @@ struct GroupDraft {
 struct WaveDraft {
   std::vector<GroupDraft> groups;  // sum of degrees <= layout.llm.ranks
 };
+
+// A group's samples: the split ones, then each member's whole ones.
+inline std::vector<int> samples_of(const GroupDraft& group) {
+  std::vector<int> samples = group.split;
+  for (const std::vector<int>& member : group.whole)
+    samples.insert(samples.end(), member.begin(), member.end());
+  return samples;
+}
+inline bool holds_no_sample(const GroupDraft& group) {
+  if (!group.split.empty()) return false;
+  for (const std::vector<int>& member : group.whole)
+    if (!member.empty()) return false;
+  return true;
+}
+
+// A member's share of a sequence split over `degree` ranks: the largest, rounded up.
+inline std::int64_t local_share(std::int64_t tokens, int degree) {
+  return (tokens + degree - 1) / degree;
+}
 
 // Node-aware placement of one wave's groups onto LLM ranks: groups that fit inside a node
 // stay inside one node (largest first, best-fit over nodes' free ranks); larger groups
@@ -100,6 +120,13 @@ double llm_activation_budget(const CostModel& cost, const Layout& layout, const 
 // Throws dhp::Error (DoesNotFit) naming the first sample that cannot fit even when split
 // over every LLM rank, with its tokens, the bytes it needs and the bytes available.
 void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& layout);
+
+// When the LLM's gradient sync ends (estimate and simulator alike; 0 when no rank ran): its
+// buckets are reduced while the last backward still runs, and a bucket leaves once every rank
+// has produced it, so each rank lets the sync end no earlier than its own end plus what its
+// last backward (`last_backward_ms`) could not hide (at most `overlap` of `sync_ms`).
+double llm_sync_end(std::span<const double> rank_end, std::span<const double> last_backward_ms,
+                    double sync_ms, double overlap);
 
 // The encoder's exposed gradient sync, [start, end): its buckets (`encoder_sync_ms` in all)
 // hide under its last backward (ending at `encoder_end`) by `overlap` at most. On links shared

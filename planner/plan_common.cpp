@@ -437,6 +437,17 @@ void split_long_items(const CostModel& cost, const Batch& batch, double share, i
 
 }  // namespace
 
+double llm_sync_end(std::span<const double> rank_end, std::span<const double> last_backward_ms,
+                    double sync_ms, double overlap) {
+  double end = 0;
+  for (std::size_t r = 0; r < rank_end.size(); ++r) {
+    if (rank_end[r] <= 0) continue;
+    const double hidden = std::min(overlap * sync_ms, last_backward_ms[r]);
+    end = std::max({end, rank_end[r], rank_end[r] + sync_ms - hidden});
+  }
+  return end;
+}
+
 SyncSpan encoder_sync_span(double llm_sync_end, double encoder_end, double encoder_sync_ms,
                            double overlap, bool shared_links) {
   if (!shared_links) return {encoder_end, encoder_end + encoder_sync_ms * (1.0 - overlap)};
@@ -484,10 +495,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     if (r >= 0 && r < R) colocated_rank[e] = r;
   }
   std::vector<double> device_free(chained ? world : 0, 0.0);
-  std::vector<double> rank_end(R, 0.0);      // when each LLM rank's last group ended
-  std::vector<double> rank_last_ms(R, 0.0);  // that group's time (hides the grad sync)
-  std::vector<double> rank_inputs(R, 0.0);   // this wave: when its last input item is encoded
-  std::vector<char> rank_remote(R, 0);       // this wave: some input comes from other devices
+  std::vector<double> rank_end(R, 0.0);  // when each LLM rank's last group ended
+  const double backward_share = (cost.compute_passes() - 1) / cost.compute_passes();
+  std::vector<double> rank_last_backward(R, 0.0);  // that group's backward (hides the grad sync)
+  std::vector<double> rank_inputs(R, 0.0);         // this wave: when its last input item is encoded
+  std::vector<char> rank_remote(R, 0);             // this wave: some input comes from other devices
   std::vector<double> encoder_clock(E, -1.0);
   double encoder_end = 0;
   // The previous wave's encoder backward, run after this wave's forward (see `chained`): per
@@ -496,7 +508,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> pending_ready(E, -1.0);
   std::vector<double> pending_ms(E, 0.0);
   std::vector<double> pending_bytes(E, 0.0);
-  std::vector<std::vector<int>> pending_rings;
+  std::vector<std::pair<std::size_t, std::size_t>> pending_rings;  // [first, end) of its tasks
   std::vector<double> enc_load(E);
   std::vector<double> enc_start(E);  // when each encoder rank can start, in its wave's LPT
   std::vector<double> enc_bytes(E);
@@ -513,6 +525,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
 
   // Every sample's wave, group and member (-1: split), then each wave's encoder items, longest
   // first: one pass over the batch's sorted visuals rather than one per wave.
+  std::vector<std::size_t> wave_sequences(waves.size(), 0);
   std::vector<int> sample_wave(batch.samples.size(), -1);
   std::vector<int> sample_group(batch.samples.size());
   std::vector<int> sample_member(batch.samples.size());
@@ -525,6 +538,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         sample_wave[s] = static_cast<int>(w);
         sample_group[s] = static_cast<int>(g);
         sample_member[s] = member;
+        ++wave_sequences[w];
       };
       for (int s : gd.split) note(s, -1);
       for (std::size_t m = 0; m < gd.whole.size(); ++m)
@@ -549,8 +563,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> group_inputs;  // per group of a wave: its split sequences' items encoded
   std::vector<int> group_home;
   std::vector<double> group_end;
-  RankHeap by_load;                    // encoder ranks of a wave by (start + load, rank)
-  std::vector<double> min_bytes_from;  // [i]: least bytes of the wave's items i, i + 1, ...
+  RankHeap by_load;                     // encoder ranks of a wave by (start + load, rank)
+  std::vector<int> full;                // ranks found with no room, to leave by_load
+  std::vector<double> group_least_key;  // per group: a bound on its encoder ranks' keys
+  std::vector<double> min_bytes_from;   // [i]: least bytes of the wave's items i, i + 1, ...
 
   auto devices_free = [&](const ModuleLayout& m, int rank) {
     double t = 0;
@@ -567,10 +583,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     for (int e = 0; e < E; ++e)
       encoder_clock[e] =
           pending_ready[e] < 0 ? -1.0 : std::max(devices_free(layout.encoder, e), pending_ready[e]);
-    for (const std::vector<int>& ring : pending_rings) {
+    for (const auto& [first, end] : pending_rings) {
       double start = 0;
-      for (int e : ring) start = std::max(start, encoder_clock[e]);
-      for (int e : ring) encoder_clock[e] = start;
+      for (std::size_t k = first; k < end; ++k)
+        start = std::max(start, encoder_clock[plan.encoder_tasks[k].rank]);
+      for (std::size_t k = first; k < end; ++k) encoder_clock[plan.encoder_tasks[k].rank] = start;
     }
     for (int e = 0; e < E; ++e) {
       if (pending_ready[e] < 0) continue;
@@ -594,12 +611,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     std::fill(rank_bytes.begin(), rank_bytes.end(), 0.0);
     std::fill(rank_group.begin(), rank_group.end(), -1);
     wave.groups.resize(draft.groups.size());
-    std::size_t wave_sequences = 0;
-    for (const GroupDraft& gd : draft.groups) {
-      wave_sequences += gd.split.size();
-      for (const auto& member : gd.whole) wave_sequences += member.size();
-    }
-    wave.sequences.reserve(wave_sequences);
+    wave.sequences.reserve(wave_sequences[w]);
     for (std::size_t g = 0; g < draft.groups.size(); ++g) {
       const GroupDraft& gd = draft.groups[g];
       GroupPlan& gp = wave.groups[g];
@@ -691,8 +703,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       };
       // Encoder ranks on each group's devices (colocated), for the tie-break.
       std::vector<std::vector<int>> group_encoder_ranks(colocated ? wave.groups.size() : 0);
-      std::vector<double> group_least_key(group_encoder_ranks.size(),
-                                          -std::numeric_limits<double>::infinity());
+      group_least_key.assign(group_encoder_ranks.size(), -std::numeric_limits<double>::infinity());
       for (std::size_t g = 0; g < group_encoder_ranks.size(); ++g) {
         for (int r : wave.groups[g].ranks)
           for (int t = 0; t < layout.llm.tp; ++t) {
@@ -734,7 +745,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       min_bytes_from.assign(items.size() + 1, std::numeric_limits<double>::infinity());
       for (std::size_t i = items.size(); i-- > 0;)
         min_bytes_from[i] = std::min(min_bytes_from[i + 1], items[i].bytes);
-      std::vector<int> full;
+      full.clear();
       auto no_room = [&](int e, double b, std::size_t i) {
         if (enc_bytes[e] + b <= enc_room[e]) return false;
         if (enc_bytes[e] + min_bytes_from[i] > enc_room[e]) full.push_back(e);
@@ -889,7 +900,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         group_end[g] = start + longest + cost.wave_overhead_ms();
         for (int r : gp.ranks) {
           rank_end[r] = group_end[g];
-          rank_last_ms[r] = longest;
+          rank_last_backward[r] = longest * backward_share;
           occupy(layout.llm, r, rank_end[r]);
         }
       }
@@ -908,11 +919,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       }
       for (std::size_t t = first_task; t < plan.encoder_tasks.size();) {
         const std::size_t end = t + task_ring[t - first_task];
-        if (end - t > 1) {
-          pending_rings.emplace_back();
-          for (std::size_t k = t; k < end; ++k)
-            pending_rings.back().push_back(plan.encoder_tasks[k].rank);
-        }
+        if (end - t > 1) pending_rings.emplace_back(t, end);
         t = end;
       }
     }
@@ -936,7 +943,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     for (int e = 0; e < E; ++e) {
       // The wave's forward also holds the previous wave's items: colocated with the LLM's
       // static memory and no activations; disjoint (a wave ahead) on the encoder's devices.
-      const int r = colocated ? colocated_rank[e] : -1;
+      const int r = colocated_rank[e];  // -1 unless colocated
       const double b = enc_static + enc_bytes[e] + pending_bytes[e] + (r >= 0 ? llm_static : 0.0);
       if (r >= 0) peak_bytes[r] = std::max(peak_bytes[r], b);
       if (b > capacity && b - capacity > over_bytes) {
@@ -955,20 +962,13 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   est.encoder_ms = std::accumulate(enc_wave_ms.begin(), enc_wave_ms.end(), 0.0);
   const double overlap = cost.coefficients().grad_sync_overlap;
   const double llm_sync = cost.llm_grad_sync_full_ms(R);
-  const double backward_share = (cost.compute_passes() - 1) / cost.compute_passes();
   double step = 0;
   if (chained) {
     // Ranks and encoder ranks meet in the gradient sync: the LLM's buckets leave under each
     // rank's last backward as far as it lasts, and under the encoder's on shared devices.
-    double llm_done = 0, sync_end = 0;
-    for (int r = 0; r < R; ++r) {
-      if (rank_end[r] <= 0) continue;
-      llm_done = std::max(llm_done, rank_end[r]);
-      const double hidden = std::min(overlap * llm_sync, rank_last_ms[r] * backward_share);
-      sync_end = std::max(sync_end, rank_end[r] + llm_sync - hidden);
-    }
+    const double llm_done = *std::max_element(rank_end.begin(), rank_end.end());
     step = std::max(llm_done, encoder_end);
-    sync_end = std::max(sync_end, llm_done);
+    const double sync_end = llm_sync_end(rank_end, rank_last_backward, llm_sync, overlap);
     const SyncSpan enc_sync = encoder_sync_span(
         sync_end, encoder_end, cost.encoder_grad_sync_full_ms(E), overlap, colocated);
     est.grad_sync_ms = std::max(sync_end, enc_sync.end) - step;

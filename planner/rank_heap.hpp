@@ -27,7 +27,6 @@ class RankHeap {
     for (int i = 0; i < n; ++i) pos_[heap_[i]] = i;
   }
 
-  bool empty() const { return heap_.empty(); }
   bool contains(int e) const { return pos_[e] >= 0; }
   double key(int e) const { return keys_[e]; }
 

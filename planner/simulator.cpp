@@ -5,7 +5,8 @@
 // chunks, every ring step of every layer waits for the KV block from its actual predecessor
 // over the actual link between those two ranks, the encoder's forward and backward sit
 // before and after the LLM work they feed, boundary transfers share each device's link, and
-// gradient sync starts when the slowest rank finishes.
+// the gradient sync's buckets leave under the last backwards (detail::llm_sync_end,
+// detail::encoder_sync_span, shared with the estimate).
 #include "dhp/simulator.hpp"
 
 #include <algorithm>
@@ -124,9 +125,7 @@ class Run {
     task_tokens_.assign(plan_.encoder_tasks.size(), 0);
     ring_of_.assign(plan_.encoder_tasks.size(), -1);
     rings_.clear();
-    std::vector<int> first_visual(batch_.samples.size() + 1, 0);
-    for (size_t s = 0; s < batch_.samples.size(); ++s)
-      first_visual[s + 1] = first_visual[s] + static_cast<int>(batch_.samples[s].visuals.size());
+    const std::vector<int> first_visual = visual_offsets(batch_);
     std::vector<int> ring_of_item(static_cast<size_t>(first_visual.back()), -1);
     for (size_t t = 0; t < plan_.encoder_tasks.size(); ++t) {
       const EncoderTask& task = plan_.encoder_tasks[t];
@@ -155,9 +154,8 @@ class Run {
       const EncoderTask& first = plan_.encoder_tasks[ring.front()];
       std::vector<int> ranks;
       for (size_t t : ring) ranks.push_back(plan_.encoder_tasks[t].rank);
-      std::vector<int> sorted = ranks;
-      std::sort(sorted.begin(), sorted.end());
-      DHP_CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(), InvalidArgument,
+      std::sort(ranks.begin(), ranks.end());  // whether it crosses nodes does not need the order
+      DHP_CHECK(std::adjacent_find(ranks.begin(), ranks.end()) == ranks.end(), InvalidArgument,
                 "simulator: the {} ring shards of sample {} visual {} need distinct encoder ranks",
                 first.parts, first.sample, first.visual);
       const double ms = cost_.encoder_shard_ms(
@@ -166,6 +164,10 @@ class Run {
       for (size_t t : ring) task_ms_[t] = ms;
     }
     item_ready_.assign(plan_.encoder_tasks.size(), 0.0);
+    // Each task's are written (llm_wave) and read (encoder_pass) in its own wave only.
+    grad_ready_.assign(plan_.encoder_tasks.size(), 0.0);
+    consumer_done_.assign(plan_.encoder_tasks.size(), 0.0);
+    encoder_clock_.resize(static_cast<size_t>(plan_.encoder.ranks));
     encoder_activation_.assign(static_cast<size_t>(waves),
                                std::vector<double>(static_cast<size_t>(plan_.encoder.ranks), 0.0));
 
@@ -236,22 +238,25 @@ class Run {
 
   // ---- encoder ----
   // Forward of every item of wave w on its encoder rank, in task order; the backward (the
-  // rest of encoder_item_ms) runs after the LLM's backward of the same wave, each task once
-  // its gradients are back. A ring's shards start together, when the last of their ranks is
-  // free (and, in backward, has its gradients).
+  // rest of encoder_item_ms) once the item's gradients are back (run() says when: colocated
+  // after the next wave's forward), in the order the items' consumers finish, as a runtime
+  // that runs each item's backward as its gradients arrive; by task order among equals, so
+  // every rank of a ring meets the rings in the same order. A ring's shards start together,
+  // when the last of their ranks is free (and, in backward, has its gradients).
   void encoder_pass(int w, bool backward) {
     const double forward_share = 1.0 / cost_.compute_passes();
     const double share = backward ? 1.0 - forward_share : forward_share;
-    std::vector<double> clock(static_cast<size_t>(plan_.encoder.ranks), -1.0);
-    // Backward in the order the items' consumers finish (a runtime runs each item's backward
-    // as its gradients arrive); by task order among equals, so every rank of a ring meets
-    // the rings in the same order.
-    std::vector<size_t>& order = order_;
-    order = tasks_by_wave_[static_cast<size_t>(w)];
-    if (backward)
-      std::stable_sort(order.begin(), order.end(),
-                       [&](size_t a, size_t b) { return consumer_done_[a] < consumer_done_[b]; });
-    for (size_t t : order) {
+    std::vector<double>& clock = encoder_clock_;
+    std::fill(clock.begin(), clock.end(), -1.0);
+    const std::vector<size_t>* order = &tasks_by_wave_[static_cast<size_t>(w)];
+    if (backward) {
+      order_ = *order;
+      std::sort(order_.begin(), order_.end(), [&](size_t a, size_t b) {
+        return std::pair(consumer_done_[a], a) < std::pair(consumer_done_[b], b);
+      });
+      order = &order_;
+    }
+    for (size_t t : *order) {
       // A ring runs once, from its first shard (rings list their tasks in task order, as
       // tasks_by_wave_ does, and all in one wave: validate() checks parts run in their
       // sample's wave).
@@ -311,14 +316,12 @@ class Run {
     const double bytes_act = cost_.model().training.bytes_per_activation;
     std::vector<RankWork> work(static_cast<size_t>(ranks));
     std::vector<std::vector<std::int64_t>> split(wave.groups.size());
-    std::vector<std::vector<int>> split_samples(wave.groups.size());
 
+    // validate() (run()) has checked every rank, group, member and sample index used below.
     for (size_t g = 0; g < wave.groups.size(); ++g) {
       const GroupPlan& group = wave.groups[g];
       for (size_t m = 0; m < group.ranks.size(); ++m) {
         const int r = group.ranks[m];
-        DHP_CHECK(r >= 0 && r < ranks, InvalidArgument,
-                  "simulator: wave {} group {} names LLM rank {} of {}", w, g, r, ranks);
         work[static_cast<size_t>(r)].group = static_cast<int>(g);
         work[static_cast<size_t>(r)].member = static_cast<int>(m);
       }
@@ -326,18 +329,11 @@ class Run {
     // Which LLM ranks receive each sample, and which share of its tokens.
     std::vector<std::pair<int, int>> holder(batch_.samples.size(), {-1, -1});  // (group, member|-1)
     for (const SequencePlan& seq : wave.sequences) {
-      DHP_CHECK(seq.sample >= 0 && static_cast<size_t>(seq.sample) < batch_.samples.size() &&
-                    seq.group >= 0 && static_cast<size_t>(seq.group) < wave.groups.size(),
-                InvalidArgument, "simulator: wave {} sequence (sample {}, group {}) out of range",
-                w, seq.sample, seq.group);
       const GroupPlan& group = wave.groups[static_cast<size_t>(seq.group)];
       const std::int64_t tokens = batch_.samples[static_cast<size_t>(seq.sample)].llm_tokens();
       const int d = group.degree();
       if (seq.sharding == Sharding::Whole || d == 1) {
         const int member = seq.sharding == Sharding::Whole ? seq.member : 0;
-        DHP_CHECK(member >= 0 && member < d, InvalidArgument,
-                  "simulator: wave {} sample {} member {} not in its group of {}", w, seq.sample,
-                  member, d);
         RankWork& rw = work[static_cast<size_t>(group.ranks[static_cast<size_t>(member)])];
         rw.whole.push_back(tokens);
         rw.local_tokens += static_cast<double>(tokens);
@@ -345,7 +341,6 @@ class Run {
         holder[static_cast<size_t>(seq.sample)] = {seq.group, member};
       } else {
         split[static_cast<size_t>(seq.group)].push_back(tokens);
-        split_samples[static_cast<size_t>(seq.group)].push_back(seq.sample);
         for (int m = 0; m < d; ++m) {
           RankWork& rw = work[static_cast<size_t>(group.ranks[static_cast<size_t>(m)])];
           rw.local_tokens +=
@@ -375,9 +370,6 @@ class Run {
     for (size_t t : tasks_by_wave_[static_cast<size_t>(w)]) {
       const EncoderTask& task = plan_.encoder_tasks[t];
       const auto [g, member] = holder[static_cast<size_t>(task.sample)];
-      DHP_CHECK(g >= 0, InvalidArgument,
-                "simulator: encoder task for sample {} in wave {}, but the wave does not run it",
-                task.sample, w);
       const GroupPlan& group = wave.groups[static_cast<size_t>(g)];
       const double bytes = static_cast<double>(task_tokens_[t]) * llm_arch.hidden * bytes_act;
       const int src = plan_.encoder.device_of(task.rank);
@@ -467,8 +459,6 @@ class Run {
                   [&](int d) { wave_activation_[static_cast<size_t>(d)] += rw.activation_bytes; });
     }
     // Gradients of the encoder outputs go back once the holder's backward is done.
-    grad_ready_.assign(plan_.encoder_tasks.size(), 0.0);
-    consumer_done_.assign(plan_.encoder_tasks.size(), 0.0);
     for (const Transfer& tr : transfers) {
       grad_ready_[tr.task] =
           std::max(grad_ready_[tr.task], clock[static_cast<size_t>(tr.rank)] + transfer_ms(tr));
@@ -478,12 +468,19 @@ class Run {
     commit_wave_memory(w);
   }
 
+  // Bytes encoder rank e holds for wave w's items, and the next wave's with `and_next`.
+  double items_held(int w, int e, bool and_next) const {
+    double held = encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(e)];
+    if (and_next && static_cast<size_t>(w + 1) < encoder_activation_.size())
+      held += encoder_activation_[static_cast<size_t>(w + 1)][static_cast<size_t>(e)];
+    return held;
+  }
+
   // Colocated, between waves w and w + 1 a device holds both waves' encoder items and no LLM
   // activations.
   void hold_two_waves(int w) {
     for (int e = 0; e < plan_.encoder.ranks; ++e) {
-      const double held = encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(e)] +
-                          encoder_activation_[static_cast<size_t>(w + 1)][static_cast<size_t>(e)];
+      const double held = items_held(w, e, true);
       for_devices(plan_.encoder, e, [&](int d) {
         act_peak_[static_cast<size_t>(d)] = std::max(act_peak_[static_cast<size_t>(d)], held);
       });
@@ -494,11 +491,8 @@ class Run {
   // encoders run one wave ahead, so they hold two waves at once.
   void commit_wave_memory(int w) {
     const bool disjoint = plan_.placement == EncoderPlacement::Disjoint;
-    const auto& enc_now = encoder_activation_[static_cast<size_t>(w)];
     for (int e = 0; e < plan_.encoder.ranks; ++e) {
-      double held = enc_now[static_cast<size_t>(e)];
-      if (disjoint && static_cast<size_t>(w + 1) < encoder_activation_.size())
-        held += encoder_activation_[static_cast<size_t>(w + 1)][static_cast<size_t>(e)];
+      const double held = items_held(w, e, disjoint);
       for_devices(plan_.encoder, e,
                   [&](int d) { wave_activation_[static_cast<size_t>(d)] += held; });
     }
@@ -714,20 +708,11 @@ class Run {
     const int world = cost_.cluster().world_size();
     const auto& coef = cost_.coefficients();
     const bool colocated = plan_.placement == EncoderPlacement::Colocated;
-    // Gradient buckets are reduced while the last backward still runs: a bucket leaves once
-    // every rank has produced it, so each rank lets the sync end no earlier than its own end
-    // plus what its last backward could not hide; the latest of those ends the sync.
-    const double llm_sync = cost_.llm_grad_sync_full_ms(plan_.llm.ranks);
-    double llm_done = 0, llm_sync_done = 0;
-    for (int r = 0; r < plan_.llm.ranks; ++r) {
-      const double end = llm_end_[static_cast<size_t>(r)];
-      if (end <= 0) continue;
-      llm_done = std::max(llm_done, end);
-      const double hidden =
-          std::min(coef.grad_sync_overlap * llm_sync, last_backward_ms_[static_cast<size_t>(r)]);
-      llm_sync_done = std::max(llm_sync_done, end + llm_sync - hidden);
-    }
-    const double llm_sync_end = std::max(llm_done, llm_sync_done);
+    double llm_done = 0;
+    for (double end : llm_end_) llm_done = std::max(llm_done, end);
+    const double llm_sync_end =
+        detail::llm_sync_end(llm_end_, last_backward_ms_,
+                             cost_.llm_grad_sync_full_ms(plan_.llm.ranks), coef.grad_sync_overlap);
     const double enc_sync = cost_.encoder_grad_sync_full_ms(plan_.encoder.ranks);
     double enc_done = 0;
     for (double e : enc_end_) enc_done = std::max(enc_done, e);
@@ -811,8 +796,9 @@ class Run {
   std::vector<double> llm_end_, enc_end_, last_backward_ms_;
   std::vector<std::vector<size_t>> tasks_by_wave_;
   std::vector<double> item_ready_, grad_ready_;
-  std::vector<double> consumer_done_;         // per encoder task: when its consumers' LLM ended
-  std::vector<size_t> order_;                 // a wave's tasks in the order encoder_pass runs them
+  std::vector<double> consumer_done_;  // per encoder task: when its consumers' LLM ended
+  std::vector<size_t> order_;          // a wave's tasks in the order a backward pass runs them
+  std::vector<double> encoder_clock_;  // per encoder rank: encoder_pass's clock
   std::vector<double> task_ms_, task_bytes_;  // per encoder task: fwd + bwd time, bytes
   std::vector<std::int64_t> task_tokens_;     // per encoder task: its part's LLM tokens
   std::vector<int> ring_of_;                  // per encoder task: index into rings_, -1: none

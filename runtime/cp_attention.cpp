@@ -190,7 +190,8 @@ RingSpec plain_ring(const CpAttentionContext& ctx) {
   s.block_rows = L.zigzag_rows;
   s.travels = runs_ring(L);
   // Blocks are read only when KV travels.
-  for (int m = 0; m < s.degree() && s.travels; ++m) s.blocks.push_back(ring_block(L, m));
+  if (s.travels)
+    for (int m = 0; m < s.degree(); ++m) s.blocks.push_back(ring_block(L, m));
   s.shape = ctx.shape;
   s.allocator = ctx.allocator;
   return s;
@@ -620,7 +621,8 @@ RingSpec node_ring(const CpAttentionContext& ctx, const UlyssesLayout& packed_la
   s.rows = packed_layout.rows();
   s.block_rows = s.rows;
   s.travels = nodes > 1;
-  for (int n = 0; n < nodes && s.travels; ++n) s.blocks.push_back(node_block(L, u, n));
+  if (s.travels)
+    for (int n = 0; n < nodes; ++n) s.blocks.push_back(node_block(L, u, n));
   s.shape = ctx.shape;
   s.shape.heads_q /= u;
   s.shape.heads_kv /= u;

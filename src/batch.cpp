@@ -22,6 +22,13 @@ std::int64_t Batch::total_llm_tokens() const {
   return total;
 }
 
+std::vector<int> visual_offsets(const Batch& batch) {
+  std::vector<int> first(batch.samples.size() + 1, 0);
+  for (std::size_t s = 0; s < batch.samples.size(); ++s)
+    first[s + 1] = first[s] + static_cast<int>(batch.samples[s].visuals.size());
+  return first;
+}
+
 void validate(const Batch& batch) {
   DHP_CHECK(!batch.samples.empty(), InvalidInput, "batch of step {} has no samples", batch.step);
   for (std::size_t i = 0; i < batch.samples.size(); ++i) {

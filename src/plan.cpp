@@ -204,9 +204,7 @@ void validate(const Plan& plan, const Batch& batch) {
   }
   // Per visual item (flat index, samples' visuals in order), its tasks' parts: one count,
   // every part 0..parts-1 exactly once. Flat arrays: this runs for every planned batch.
-  std::vector<int> first_visual(static_cast<std::size_t>(num_samples) + 1, 0);
-  for (int s = 0; s < num_samples; ++s)
-    first_visual[s + 1] = first_visual[s] + static_cast<int>(batch.samples[s].visuals.size());
+  const std::vector<int> first_visual = visual_offsets(batch);
   std::vector<int> parts_of(static_cast<std::size_t>(first_visual.back()), 0);
   std::vector<int> tasks_of(parts_of.size(), 0);
   auto describe = [&](const EncoderTask& task, std::size_t t) {

@@ -147,6 +147,7 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
       continue;
     }
 
+    const dhp::Simulator simulator(planner->cost_model());
     for (std::size_t b : mine) {
       const dhp::Batch& batch = data.batches[b];
       try {
@@ -166,7 +167,7 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
           if (hash != first_hash) row.deterministic = false;
           if (ms > 20) break;
         }
-        const dhp::SimulationResult sim = dhp::Simulator(planner->cost_model()).run(plan, batch);
+        const dhp::SimulationResult sim = simulator.run(plan, batch);
         row.batch_step_ms[b] = sim.step_ms;
         row.batch_estimate_ms[b] = plan.estimate.step_ms;
         if (row.layout.empty()) row.layout = plan_layout(plan);

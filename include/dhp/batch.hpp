@@ -30,6 +30,10 @@ struct Batch {
   std::int64_t total_llm_tokens() const;
 };
 
+// Flat index of each sample's first visual item (samples' visuals in order); size n + 1, the
+// last entry the batch's number of visual items.
+std::vector<int> visual_offsets(const Batch& batch);
+
 // Throws dhp::Error (InvalidInput) for an empty batch or a sample with no tokens or
 // negative counts, naming the sample.
 void validate(const Batch& batch);

@@ -355,6 +355,16 @@ TEST(Simulator, ColocatedLlmGradSyncRunsUnderTheEncodersLastBackward) {
   const double hidden = std::min(llm_exposed, encoder_done - llm_done);
   EXPECT_NEAR(r.step_ms, encoder_done + llm_exposed - hidden + encoder_exposed, 1e-9 * r.step_ms);
   EXPECT_LT(r.step_ms, encoder_done + llm_exposed + encoder_exposed - 0.5 * hidden);
+  // A device shows the sync only where it computes nothing else.
+  for (const auto& sync : r.timeline) {
+    if (sync.kind != EventKind::GradSync) continue;
+    for (const auto& enc : r.timeline) {
+      if (enc.kind == EventKind::Encoder && enc.device == sync.device) {
+        EXPECT_FALSE(enc.start_ms < sync.end_ms - 1e-9 && sync.start_ms < enc.end_ms - 1e-9)
+            << "device " << sync.device;
+      }
+    }
+  }
 }
 
 // Colocated, between two waves a device holds both waves' encoder items (the next wave's
@@ -570,6 +580,10 @@ TEST(Simulator, ColocatedMultiWavePlansAgreeWithTheirEstimate) {
   expect_sane(r);
   EXPECT_LE(r.max_peak_mem_gib, r.mem_capacity_gib + 1e-9);
   for (double gib : plan.estimate.peak_mem_gib) EXPECT_LE(gib, r.mem_capacity_gib + 1e-9);
+  // Per device (TP 1: LLM rank r is device r), the simulated peak as the estimate's.
+  ASSERT_EQ(plan.estimate.peak_mem_gib.size(), r.device_peak_mem_gib.size());
+  for (std::size_t d = 0; d < r.device_peak_mem_gib.size(); ++d)
+    EXPECT_NEAR(r.device_peak_mem_gib[d], plan.estimate.peak_mem_gib[d], 1e-6) << "device " << d;
   EXPECT_NEAR(r.step_ms, plan.estimate.step_ms, 0.05 * plan.estimate.step_ms);
 }
 
