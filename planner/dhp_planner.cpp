@@ -833,13 +833,13 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     if (W > w_min && std::isfinite(best.step_ms)) {
       // More waves rarely pay once they cost more than the best so far: price this first
       // feasible packing, optimistically as if every wave's slowest rank came down to the
-      // lower bound, and stop when even that is above the best. Not a proof, a screen that
-      // saves the bisection of a wave count that cannot win (scale-4096: half the packs).
-      // It needs the full estimate: colocated waves overlap across devices, so no cheap
-      // bound is tight enough.
+      // bisection's floor (lo: no packing below it), and stop when even that is above the
+      // best. Not a proof, a screen that saves the bisection of a wave count that cannot win
+      // (scale-4096: half the packs). It needs the full estimate: colocated waves overlap
+      // across devices, so no cheap bound is tight enough.
       ++estimates;
       const double first = estimate_step_ms(batch, cost, layout, kept->drafts(), sample_costs);
-      if (first - W * (hi - lower) > best.step_ms) break;
+      if (first - W * (hi - lo) > best.step_ms) break;
     }
     while (hi - lo > kRelTolerance * hi) {
       const double mid = 0.5 * (lo + hi);

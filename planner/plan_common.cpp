@@ -502,13 +502,17 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<char> rank_remote(R, 0);             // this wave: some input comes from other devices
   std::vector<double> encoder_clock(E, -1.0);
   double encoder_end = 0;
-  // The previous wave's encoder backward, run after this wave's forward (see `chained`): per
-  // encoder rank when its gradients are back (-1: none), its backward time and its items'
-  // bytes, and that wave's rings (each rank list starts together).
-  std::vector<double> pending_ready(E, -1.0);
+  // The previous wave's encoder backward, run after this wave's forward (see `chained`): one
+  // entry per item (a ring's shards together) in the order its consumers end, the backward
+  // each encoder rank owes, and the bytes of that wave's items.
+  struct PendingBackward {
+    std::size_t first, end;  // its tasks: one, or a ring's consecutive shards
+    double ready;            // its gradients are back
+    double ms;               // each task's backward
+  };
+  std::vector<PendingBackward> pending;
   std::vector<double> pending_ms(E, 0.0);
   std::vector<double> pending_bytes(E, 0.0);
-  std::vector<std::pair<std::size_t, std::size_t>> pending_rings;  // [first, end) of its tasks
   std::vector<double> enc_load(E);
   std::vector<double> enc_start(E);  // when each encoder rank can start, in its wave's LPT
   std::vector<double> enc_bytes(E);
@@ -563,6 +567,9 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<double> group_inputs;  // per group of a wave: its split sequences' items encoded
   std::vector<int> group_home;
   std::vector<double> group_end;
+  std::vector<int> group_order;         // a wave's groups by when they end
+  std::vector<int> group_rank;          // per group: its place in group_order
+  std::vector<std::size_t> group_slot;  // per place: where its items' backward entries go
   RankHeap by_load;                     // encoder ranks of a wave by (start + load, rank)
   std::vector<int> full;                // ranks found with no room, to leave by_load
   std::vector<double> group_least_key;  // per group: a bound on its encoder ranks' keys
@@ -576,27 +583,28 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   auto occupy = [&](const ModuleLayout& m, int rank, double until) {
     for (int i = 0; i < m.tp; ++i) device_free[m.device_of(rank, i)] = until;
   };
-  // The previous wave's encoder backward on the devices' clocks: each rank once free and its
-  // gradients back, a ring's members together (one pass over the rings: a rank in two rings
-  // is not chased further; the simulator is exact about it).
+  // The previous wave's encoder backward on the devices' clocks, item by item as the
+  // simulator runs it: each once its gradients are back and its ranks are free, a ring's
+  // members together.
   auto run_pending_backward = [&] {
-    for (int e = 0; e < E; ++e)
-      encoder_clock[e] =
-          pending_ready[e] < 0 ? -1.0 : std::max(devices_free(layout.encoder, e), pending_ready[e]);
-    for (const auto& [first, end] : pending_rings) {
-      double start = 0;
-      for (std::size_t k = first; k < end; ++k)
-        start = std::max(start, encoder_clock[plan.encoder_tasks[k].rank]);
-      for (std::size_t k = first; k < end; ++k) encoder_clock[plan.encoder_tasks[k].rank] = start;
+    std::fill(encoder_clock.begin(), encoder_clock.end(), -1.0);
+    for (const PendingBackward& p : pending) {
+      double start = p.ready;
+      for (std::size_t k = p.first; k < p.end; ++k) {
+        double& clock = encoder_clock[plan.encoder_tasks[k].rank];
+        if (clock < 0) clock = devices_free(layout.encoder, plan.encoder_tasks[k].rank);
+        start = std::max(start, clock);
+      }
+      for (std::size_t k = p.first; k < p.end; ++k)
+        encoder_clock[plan.encoder_tasks[k].rank] = start + p.ms;
     }
     for (int e = 0; e < E; ++e) {
-      if (pending_ready[e] < 0) continue;
-      occupy(layout.encoder, e, encoder_clock[e] + pending_ms[e]);
-      encoder_end = std::max(encoder_end, encoder_clock[e] + pending_ms[e]);
+      if (encoder_clock[e] < 0) continue;
+      occupy(layout.encoder, e, encoder_clock[e]);
+      encoder_end = std::max(encoder_end, encoder_clock[e]);
     }
-    std::fill(pending_ready.begin(), pending_ready.end(), -1.0);
+    pending.clear();
     std::fill(pending_ms.begin(), pending_ms.end(), 0.0);
-    pending_rings.clear();
   };
 
   for (std::size_t w = 0; w < waves.size(); ++w) {
@@ -904,22 +912,39 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           occupy(layout.llm, r, rank_end[r]);
         }
       }
-      // This wave's backward waits for the next wave's forward (run_pending_backward).
-      for (std::size_t t = first_task; t < plan.encoder_tasks.size(); ++t) {
-        const EncoderTask& task = plan.encoder_tasks[t];
-        // Its consumers end together (one group); the gradient comes back from other devices
-        // unless its one consumer sits on the encoder rank's own.
-        const auto [group, member] = task_consumer[t - first_task];
-        const std::vector<int>& members = wave.groups[group].ranks;
-        const int only = member >= 0 ? members[member] : members.size() == 1 ? members[0] : -1;
-        const bool local = only >= 0 && on_rank_devices(task.rank, only);
-        pending_ready[task.rank] = std::max(pending_ready[task.rank],
-                                            group_end[group] + (local ? 0.0 : boundary_wave_ms[w]));
-        pending_ms[task.rank] += task_ms[t - first_task] * (1 - forward_share);
-      }
+      // This wave's backward waits for the next wave's forward (run_pending_backward), item by
+      // item in the order their consumer groups end (by group index among equal ends), each in
+      // task order: a bucket per group, no sort of the items.
+      group_order.resize(G);
+      std::iota(group_order.begin(), group_order.end(), 0);
+      std::sort(group_order.begin(), group_order.end(), [&](int a, int b) {
+        return group_end[a] != group_end[b] ? group_end[a] < group_end[b] : a < b;
+      });
+      group_slot.assign(G + 1, 0);
+      group_rank.resize(G);
+      for (std::size_t i = 0; i < G; ++i) group_rank[group_order[i]] = static_cast<int>(i);
+      for (std::size_t t = first_task; t < plan.encoder_tasks.size();
+           t += static_cast<std::size_t>(task_ring[t - first_task]))
+        ++group_slot[group_rank[task_consumer[t - first_task].first] + 1];
+      std::partial_sum(group_slot.begin(), group_slot.end(), group_slot.begin());
+      pending.resize(group_slot[G]);
       for (std::size_t t = first_task; t < plan.encoder_tasks.size();) {
-        const std::size_t end = t + task_ring[t - first_task];
-        if (end - t > 1) pending_rings.emplace_back(t, end);
+        const std::size_t end = t + static_cast<std::size_t>(task_ring[t - first_task]);
+        const int group = task_consumer[t - first_task].first;
+        // The gradient comes back from other devices unless the item's one consumer sits on
+        // the encoder rank's own (a ring's shards: any of them).
+        bool remote = false;
+        for (std::size_t k = t; k < end; ++k) {
+          const EncoderTask& task = plan.encoder_tasks[k];
+          const int member = task_consumer[k - first_task].second;
+          const std::vector<int>& members = wave.groups[group].ranks;
+          const int only = member >= 0 ? members[member] : members.size() == 1 ? members[0] : -1;
+          remote = remote || !(only >= 0 && on_rank_devices(task.rank, only));
+          pending_ms[task.rank] += task_ms[k - first_task] * (1 - forward_share);
+        }
+        pending[group_slot[group_rank[group]]++] =
+            PendingBackward{t, end, group_end[group] + (remote ? boundary_wave_ms[w] : 0.0),
+                            task_ms[t - first_task] * (1 - forward_share)};
         t = end;
       }
     }
