@@ -839,6 +839,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
       // across devices, so no cheap bound is tight enough.
       ++estimates;
       const double first = estimate_step_ms(batch, cost, layout, kept->drafts(), sample_costs);
+      DHP_LOG_DEBUG(
+          "dhp: W={} screened at T={:.3f} ms (floor {:.3f}): {:.3f} ms, optimistic {:.3f}", W, hi,
+          lo, first, first - W * (hi - lo));
       if (first - W * (hi - lo) > best.step_ms) break;
     }
     while (hi - lo > kRelTolerance * hi) {
