@@ -760,7 +760,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   const SampleCosts sample_costs = make_sample_costs(batch, cost, layout);
   const bool has_encoder = layout.encoder.ranks > 0;
   int estimates = 0, pruned = 0;  // for the debug summary
-  auto consider = [&](std::vector<WaveDraft> waves) {
+  // may_defer: a candidate over memory through the colocated encoder is priced again with
+  // visual items deferred to later waves (a different packing: not for the order pass).
+  auto consider = [&](std::vector<WaveDraft> waves, bool may_defer = true) {
     if (waves.empty()) return;
     // Rounding slack: the bound sums in another order than the estimate.
     const double bound = step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
@@ -776,7 +778,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     DHP_CHECK(!(bound > ms * (1 + 1e-9)), Internal,
               "dhp: step lower bound {:.6f} ms above the estimate {:.6f} ms of {} waves", bound, ms,
               waves.size());
-    if (!std::isfinite(ms) && has_encoder) {
+    if (!std::isfinite(ms) && has_encoder && may_defer) {
       // Over memory through the colocated encoder: defer visual items to later waves as
       // the baselines do, and price that.
       waves = limit_encoder_per_wave(batch, cost, layout, std::move(waves));
@@ -834,20 +836,18 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     if (W > w_min && std::isfinite(best.step_ms)) {
       // More waves rarely pay once they cost more than the best so far: price this first
       // feasible packing, optimistically as if every wave's slowest rank came down to the
-      // middle of the bisection's bracket [lo, hi] (lo: no packing below it; the bisection
-      // ends there on average), and stop when even that is above the best. Not a proof, a
-      // screen that saves the bisection of a wave count that cannot win (scale-4096: half
-      // the packs; the bracket's floor was too optimistic to stop any once estimates
-      // followed the simulator; the middle changed no dhp_bench plan: seeds 1-3, and 4-5 of
-      // scale-4096).
-      // It needs the full estimate: colocated waves overlap across devices, so no cheap
-      // bound is tight enough.
+      // middle of the bisection's bracket [lo, hi] (lo: a T that failed to pack, or the
+      // lower bound; the bisection ends mid-bracket on average), and stop when even that is
+      // above the best. Not a proof, a screen that saves the bisection of a wave count that
+      // cannot win (docs/algorithm.md, step 3). It needs the full estimate: colocated waves
+      // overlap across devices, so no cheap bound is tight enough.
       ++estimates;
       const double first = estimate_step_ms(batch, cost, layout, kept->drafts(), sample_costs);
       const double optimistic = first - W * (hi - lo) / 2;
       DHP_LOG_DEBUG(
-          "dhp: W={} screened at T={:.3f} ms (floor {:.3f}): {:.3f} ms, optimistic {:.3f}", W, hi,
-          lo, first, optimistic);
+          "dhp: W={} screened at T={:.3f} ms (floor {:.3f}): {:.3f} ms, optimistic {:.3f}, best "
+          "{:.3f}",
+          W, hi, lo, first, optimistic, best.step_ms);
       if (optimistic > best.step_ms) break;
     }
     while (hi - lo > kRelTolerance * hi) {
@@ -942,8 +942,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // Last, the waves' order: the packing fills waves in no particular order, but the LLM's
     // gradient sync hides under the last wave's backward, and a colocated encoder's first
     // forward and last backward run beside no LLM work. Move one wave first or last while
-    // that lowers the estimate (2 (W - 1) candidates a round; at scale, W full estimates
-    // more than the planner time allows).
+    // that lowers the estimate (2 (W - 1) candidates a round, W - 1 with two waves; at
+    // scale, W full estimates more than the planner time allows). An order that breaks
+    // memory (the items held between two waves) is not a candidate.
     for (std::size_t round = 0; std::isfinite(best.step_ms) && round < best.waves.size(); ++round) {
       const double before = best.step_ms;
       const std::vector<WaveDraft> from = best.waves;
@@ -952,12 +953,12 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
         if (i + 1 < from.size()) {
           std::vector<WaveDraft> moved = from;
           std::rotate(moved.begin() + at(i), moved.begin() + at(i + 1), moved.end());
-          consider(std::move(moved));
+          consider(std::move(moved), /*may_defer=*/false);
         }
-        if (i > 0) {
+        if (i > 0 && from.size() > 2) {  // with two waves, the same as wave 0 moved last
           std::vector<WaveDraft> moved = from;
           std::rotate(moved.begin(), moved.begin() + at(i), moved.begin() + at(i + 1));
-          consider(std::move(moved));
+          consider(std::move(moved), /*may_defer=*/false);
         }
       }
       if (!(best.step_ms < before)) break;

@@ -568,7 +568,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   std::vector<int> group_home;
   std::vector<double> group_end;
   std::vector<int> group_order;         // a wave's groups by when they end
-  std::vector<int> group_rank;          // per group: its place in group_order
+  std::vector<int> group_rank;          // per group: its end's place among the wave's ends
   std::vector<std::size_t> group_slot;  // per place: where its items' backward entries go
   RankHeap by_load;                     // encoder ranks of a wave by (start + load, rank)
   std::vector<int> full;                // ranks found with no room, to leave by_load
@@ -913,16 +913,18 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
         }
       }
       // This wave's backward waits for the next wave's forward (run_pending_backward), item by
-      // item in the order their consumer groups end (by group index among equal ends), each in
-      // task order: a bucket per group, no sort of the items.
+      // item in the simulator's order: by when the consumer group ends, then task order (groups
+      // that end together share a bucket). A bucket per end, no sort of the items.
       group_order.resize(G);
       std::iota(group_order.begin(), group_order.end(), 0);
-      std::sort(group_order.begin(), group_order.end(), [&](int a, int b) {
-        return group_end[a] != group_end[b] ? group_end[a] < group_end[b] : a < b;
-      });
+      std::sort(group_order.begin(), group_order.end(),
+                [&](int a, int b) { return group_end[a] < group_end[b]; });
       group_slot.assign(G + 1, 0);
       group_rank.resize(G);
-      for (std::size_t i = 0; i < G; ++i) group_rank[group_order[i]] = static_cast<int>(i);
+      for (std::size_t i = 0, rank = 0; i < G; ++i) {
+        if (i > 0 && group_end[group_order[i]] != group_end[group_order[i - 1]]) ++rank;
+        group_rank[group_order[i]] = static_cast<int>(rank);
+      }
       for (std::size_t t = first_task; t < plan.encoder_tasks.size();
            t += static_cast<std::size_t>(task_ring[t - first_task]))
         ++group_slot[group_rank[task_consumer[t - first_task].first] + 1];
@@ -931,13 +933,13 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       for (std::size_t t = first_task; t < plan.encoder_tasks.size();) {
         const std::size_t end = t + static_cast<std::size_t>(task_ring[t - first_task]);
         const int group = task_consumer[t - first_task].first;
+        const std::vector<int>& members = wave.groups[group].ranks;
         // The gradient comes back from other devices unless the item's one consumer sits on
         // the encoder rank's own (a ring's shards: any of them).
         bool remote = false;
         for (std::size_t k = t; k < end; ++k) {
           const EncoderTask& task = plan.encoder_tasks[k];
           const int member = task_consumer[k - first_task].second;
-          const std::vector<int>& members = wave.groups[group].ranks;
           const int only = member >= 0 ? members[member] : members.size() == 1 ? members[0] : -1;
           remote = remote || !(only >= 0 && on_rank_devices(task.rank, only));
           pending_ms[task.rank] += task_ms[k - first_task] * (1 - forward_share);

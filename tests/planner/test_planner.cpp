@@ -1,6 +1,8 @@
 // The dhp planner end to end: invariants, memory, determinism, errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "dhp/dataset.hpp"
 #include "dhp/error.hpp"
 #include "dhp/planner.hpp"
@@ -142,11 +144,10 @@ TEST(DhpPlanner, NoWaveMovedFirstOrLastImprovesThePlan) {
     Batch batch;
   };
   const auto videos = load_activitynet(default_data_path("activitynet"), DatasetAssumptions{});
+  const Batch video_batch = make_batches(videos, 1, 128, 3).front();
   std::vector<Case> cases = {
-      {cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), 2,
-       make_batches(videos, 1, 128, 3).front()},
-      {cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), 1,
-       make_batches(videos, 1, 128, 3).front()},
+      {cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), 2, video_batch},
+      {cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), 1, video_batch},
       {cluster_preset("h100-8"), model_preset("qwen2-vl-7b"), 2,
        test::random_text_batch(7, 64, 9.0, 1.2, 512, 60000)},
   };

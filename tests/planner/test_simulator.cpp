@@ -491,11 +491,12 @@ TEST(Simulator, SixtyFourRanksFiveHundredSequencesIsFast) {
 }
 
 // A colocated encoder rank runs each item's backward once that item's consumer is done, in
-// the order the consumers end, as the simulator does: an image whose short sequence ended is
-// not held back behind a video part whose long sequence is still running. The estimate does
-// the same, so on a real video batch (64 GPUs, several waves) the two agree within 1% at
-// every LLM TP; with a rank's whole backward started after its last consumer, the estimate
-// was 4.4% above the simulator at TP 2 on this batch, and the layout search passed TP 2 over.
+// the order the consumers end, as the simulator does: a clip whose short sequence ended is
+// not held back behind one whose long sequence is still running. The estimate does the same,
+// so on a real video batch (64 GPUs, several waves) the two agree within 1% at every LLM TP.
+// With a rank's whole backward started after its last consumer, the estimate was 1.1% above
+// the simulator at TP 1 and 4.4% at TP 2 on this batch (the test fails so), and the layout
+// search passed TP 2 over.
 TEST(Simulator, EstimateRunsEachEncoderBackwardWhenItsConsumerEnds) {
   const ClusterSpec cluster = cluster_preset("h100-64");
   const ModelSpec model = model_preset("qwen2-vl-7b");
