@@ -2,6 +2,7 @@
 // memory of a set of pieces, the fit check, and drafts -> Plan with its estimate.
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <numeric>
 #include <set>
@@ -551,6 +552,12 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
   }
   std::vector<std::vector<Item>> wave_items(E > 0 ? waves.size() : 0);
   std::vector<double> wave_encoder_ms(waves.size(), 0.0);
+  if (E > 0) {  // each wave's items in one allocation
+    std::vector<std::size_t> count(waves.size(), 0);
+    for (const SampleCosts::Visual& v : sc.visuals_longest_first)
+      if (sample_wave[v.sample] >= 0) ++count[sample_wave[v.sample]];
+    for (std::size_t w = 0; w < waves.size(); ++w) wave_items[w].reserve(count[w]);
+  }
   for (std::size_t i = 0; i < sc.visuals_longest_first.size() && E > 0; ++i) {
     const SampleCosts::Visual& v = sc.visuals_longest_first[i];
     const int w = sample_wave[v.sample];
@@ -560,9 +567,10 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     wave_encoder_ms[w] += v.ms;
   }
   plan.encoder_tasks.reserve(E > 0 ? sc.visuals_longest_first.size() : 0);  // parts add more
-  std::vector<Item> cut_items;
-  std::vector<double> task_ms;  // encoder time of each task of the wave
-  std::vector<int> task_ring;   // per task of the wave: its ring's size at its first shard, else 1
+  std::vector<Item> cut_items;     // a wave's items cut into parts, longest first
+  std::vector<Item> merged_items;  // those merged back into the wave's other items
+  std::vector<double> task_ms;     // encoder time of each task of the wave
+  std::vector<int> task_ring;  // per task of the wave: its ring's size at its first shard, else 1
   std::vector<std::pair<int, int>> task_consumer;  // (group, member) of each task of a wave
   std::vector<double> group_inputs;  // per group of a wave: its split sequences' items encoded
   std::vector<int> group_home;
@@ -695,15 +703,11 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
           cut_items.assign(items.begin(), longer);
           split_long_items(cost, batch, share, E, cut_items);
           std::sort(cut_items.begin(), cut_items.end(), longest_first);
-          const std::size_t kept = static_cast<std::size_t>(items.end() - longer);
-          std::move(longer, items.end(), items.begin());
-          items.resize(kept);
-          const std::size_t mid = cut_items.size();
-          cut_items.insert(cut_items.end(), items.begin(), items.end());
-          std::inplace_merge(cut_items.begin(),
-                             cut_items.begin() + static_cast<std::ptrdiff_t>(mid), cut_items.end(),
-                             longest_first);
-          items.swap(cut_items);
+          merged_items.clear();
+          merged_items.reserve(cut_items.size() + static_cast<std::size_t>(items.end() - longer));
+          std::merge(cut_items.begin(), cut_items.end(), longer, items.end(),
+                     std::back_inserter(merged_items), longest_first);
+          items.swap(merged_items);
         }
       }
       auto on_group_devices = [&](int e, int group) {
