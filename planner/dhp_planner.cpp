@@ -760,12 +760,15 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   const SampleCosts sample_costs = make_sample_costs(batch, cost, layout);
   const bool has_encoder = layout.encoder.ranks > 0;
   int estimates = 0, pruned = 0;  // for the debug summary
-  // may_defer: a candidate over memory through the colocated encoder is priced again with
-  // visual items deferred to later waves (a different packing: not for the order pass).
-  auto consider = [&](std::vector<WaveDraft> waves, bool may_defer = true) {
+  // reordered: the best's waves in another order. The lower bound does not depend on the
+  // order, so it cannot prune such a candidate; and one over memory through the colocated
+  // encoder is dropped rather than priced again with visual items deferred to later waves (a
+  // different packing).
+  auto consider = [&](std::vector<WaveDraft> waves, bool reordered = false) {
     if (waves.empty()) return;
     // Rounding slack: the bound sums in another order than the estimate.
-    const double bound = step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
+    const double bound =
+        reordered ? 0.0 : step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
     if (bound > best.step_ms * (1 + 1e-9)) {
       ++pruned;
       return;
@@ -778,7 +781,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     DHP_CHECK(!(bound > ms * (1 + 1e-9)), Internal,
               "dhp: step lower bound {:.6f} ms above the estimate {:.6f} ms of {} waves", bound, ms,
               waves.size());
-    if (!std::isfinite(ms) && has_encoder && may_defer) {
+    if (!std::isfinite(ms) && has_encoder && !reordered) {
       // Over memory through the colocated encoder: defer visual items to later waves as
       // the baselines do, and price that.
       waves = limit_encoder_per_wave(batch, cost, layout, std::move(waves));
@@ -953,12 +956,12 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
         if (i + 1 < from.size()) {
           std::vector<WaveDraft> moved = from;
           std::rotate(moved.begin() + at(i), moved.begin() + at(i + 1), moved.end());
-          consider(std::move(moved), /*may_defer=*/false);
+          consider(std::move(moved), /*reordered=*/true);
         }
         if (i > 0 && from.size() > 2) {  // with two waves, the same as wave 0 moved last
           std::vector<WaveDraft> moved = from;
           std::rotate(moved.begin(), moved.begin() + at(i), moved.begin() + at(i + 1));
-          consider(std::move(moved), /*may_defer=*/false);
+          consider(std::move(moved), /*reordered=*/true);
         }
       }
       if (!(best.step_ms < before)) break;
