@@ -353,12 +353,11 @@ std::vector<WaveDraft> static_balanced_waves(const Batch& batch, const CostModel
   };
   const std::int64_t token_limit =
       max_tokens_per_rank > 0 ? max_tokens_per_rank : std::numeric_limits<std::int64_t>::max();
-  auto share = [cp](std::int64_t tokens) { return (tokens + cp - 1) / cp; };
   std::vector<std::vector<MicroBatch>> micro_batches(dp);
   for (int r = 0; r < dp; ++r) {
     for (int s : replica_samples[r]) {
       const double alone = group_activation_bytes(cost, batch, {s}, cp);
-      const std::int64_t tokens = share(batch.samples[s].llm_tokens());
+      const std::int64_t tokens = local_share(batch.samples[s].llm_tokens(), cp);
       bool placed = false;
       for (MicroBatch& mb : micro_batches[r]) {
         if (mb.tokens_per_rank + tokens > token_limit || mb.bytes + alone > budget) continue;
@@ -460,7 +459,7 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
         packs = static_pack_candidates(cost, cp, budget, longest, max_tokens,
                                        fewest_tokens / (2 * std::int64_t{ranks / cp}));
       } else if (rank_activation_bytes(cost, {longest}, cp, {}) <= budget &&
-                 (max_tokens == 0 || (longest + cp - 1) / cp <= max_tokens)) {
+                 (max_tokens == 0 || local_share(longest, cp) <= max_tokens)) {
         packs = {0};  // static_balanced packs by memory and the token limit, not a length
       }
       for (std::int64_t pack : packs) {
@@ -538,14 +537,7 @@ Plan plan_static_balanced(const Batch& batch, const CostModel& cost, const Layou
   } else {
     // The smallest CP (dividing the ranks) whose groups hold the longest sequence.
     const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
-    for (int c = 1; c <= ranks && cp == 0; ++c) {
-      const bool within_tokens =
-          options.max_tokens_per_rank <= 0 || (longest + c - 1) / c <= options.max_tokens_per_rank;
-      if (ranks % c == 0 && within_tokens &&
-          rank_activation_bytes(setup.cost, {longest}, c, {}) <= budget) {
-        cp = c;
-      }
-    }
+    cp = smallest_cp_holding(setup.cost, longest, ranks, budget, options.max_tokens_per_rank);
     DHP_CHECK(cp > 0, DoesNotFit,
               "static_balanced: no CP degree dividing the {} LLM ranks holds the longest "
               "sequence ({} tokens) within {:.3g} GiB of activations per device and "

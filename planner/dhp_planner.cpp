@@ -28,6 +28,9 @@ constexpr double kRelTolerance = 0.002;  // binary search on T stops at 0.2%
 constexpr double kFirstGrowth = 0.016;   // first step above the lower bound on T: 1.6%
 constexpr int kExtraWaves = 3;           // wave counts tried beyond the memory minimum
 constexpr int kMemoryScan = 16;          // bins inspected for memory before opening a new one
+// The LPT fill's least-loaded ranks inspected for memory before it takes any rank that fits:
+// the count the ordered-set scan it replaced inspected (kMemoryScan words of 64, plus 2).
+constexpr int kLptMemoryScan = kMemoryScan * 64 + 2;
 // The portfolio's baseline constructions (paper_bfd_dp's DP is O(K N^2)) and the LPT re-pack
 // of the best-fit groups are run only up to this ranks x sequences; above it they cost
 // seconds (the portfolio) or one more full pack per wave count, and did not win (scale-4096).
@@ -292,11 +295,8 @@ class Packer {
     std::vector<WaveDraft> out;
     for (WaveDraft& w : waves) {
       WaveDraft kept;
-      for (GroupDraft& g : w.groups) {
-        bool empty = g.split.empty();
-        for (const auto& m : g.whole) empty = empty && m.empty();
-        if (!empty) kept.groups.push_back(std::move(g));
-      }
+      for (GroupDraft& g : w.groups)
+        if (!holds_no_sample(g)) kept.groups.push_back(std::move(g));
       if (!kept.groups.empty()) out.push_back(std::move(kept));
     }
     return out;
@@ -463,7 +463,7 @@ class Packer {
       }
     } else {
       // Least-loaded rank with the memory; the scan is bounded, then any rank that fits.
-      chosen = by_load_.scan_up(kMemoryScan * 64 + 2,
+      chosen = by_load_.scan_up(kLptMemoryScan,
                                 [&](int bin) { return fits(bins_[bin], bytes, tokens); });
       if (chosen < 0) return false;
     }
@@ -506,12 +506,7 @@ void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layo
   const std::int64_t max_tokens = options.max_tokens_per_rank;
   std::int64_t longest = 0;
   for (const Sample& s : batch.samples) longest = std::max(longest, s.llm_tokens());
-  int cp_min = 0;
-  for (int c = 1; c <= R && cp_min == 0; ++c) {
-    const bool within_tokens = max_tokens <= 0 || (longest + c - 1) / c <= max_tokens;
-    if (R % c == 0 && within_tokens && rank_activation_bytes(cost, {longest}, c, {}) <= budget)
-      cp_min = c;
-  }
+  const int cp_min = smallest_cp_holding(cost, longest, R, budget, max_tokens);
   auto attempt = [&](auto&& make) {
     try {
       consider(make());
@@ -618,8 +613,7 @@ std::vector<WaveDraft> merge_groups(const std::vector<WaveDraft>& waves, std::si
   const GroupDraft& ga = waves[w].groups[a];
   const GroupDraft& gb = waves[w].groups[b];
   std::vector<int> samples = samples_of(ga);
-  const std::vector<int> more = samples_of(gb);
-  samples.insert(samples.end(), more.begin(), more.end());
+  for (int s : samples_of(gb)) samples.push_back(s);
   GroupDraft merged = split_group(ga.degree + gb.degree, std::move(samples));  // degree >= 2
   if (!within_token_limit(merged, sc, token_limit)) return {};
   std::vector<WaveDraft> out = waves;
@@ -760,35 +754,38 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
   const SampleCosts sample_costs = make_sample_costs(batch, cost, layout);
   const bool has_encoder = layout.encoder.ranks > 0;
   int estimates = 0, pruned = 0;  // for the debug summary
-  // reordered: the best's waves in another order. The lower bound does not depend on the
-  // order, so it cannot prune such a candidate; and one over memory through the colocated
-  // encoder is dropped rather than priced again with visual items deferred to later waves (a
-  // different packing).
-  auto consider = [&](std::vector<WaveDraft> waves, bool reordered = false) {
+  // Prices a candidate with the full estimate; the best so far takes its waves (a finite
+  // estimate: nothing more to do with them).
+  auto price = [&](std::vector<WaveDraft>& waves) {
+    ++estimates;
+    Plan plan = estimate_plan("dhp", batch, cost, layout, waves, sample_costs);
+    const double ms = plan.estimate.step_ms;
+    if (ms < best.step_ms) best = Candidate{std::move(plan), ms, std::move(waves)};
+    return ms;
+  };
+  // A new packing: skipped when its lower bound cannot beat the best; one over memory through
+  // the colocated encoder is priced again with visual items deferred to later waves, as the
+  // baselines do.
+  auto consider = [&](std::vector<WaveDraft> waves) {
     if (waves.empty()) return;
     // Rounding slack: the bound sums in another order than the estimate.
-    const double bound =
-        reordered ? 0.0 : step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
+    const double bound = step_lower_bound_ms(batch, cost, layout, waves, sample_costs);
     if (bound > best.step_ms * (1 + 1e-9)) {
       ++pruned;
       return;
     }
-    ++estimates;
-    Plan plan = estimate_plan("dhp", batch, cost, layout, waves, sample_costs);
-    double ms = plan.estimate.step_ms;
+    const std::size_t count = waves.size();
+    const double ms = price(waves);
     // A bound above an estimate would have pruned candidates that win: the estimate changed
     // in a way step_lower_bound_ms does not know about.
     DHP_CHECK(!(bound > ms * (1 + 1e-9)), Internal,
               "dhp: step lower bound {:.6f} ms above the estimate {:.6f} ms of {} waves", bound, ms,
-              waves.size());
-    if (!std::isfinite(ms) && has_encoder && !reordered) {
-      // Over memory through the colocated encoder: defer visual items to later waves as
-      // the baselines do, and price that.
-      waves = limit_encoder_per_wave(batch, cost, layout, std::move(waves));
-      plan = estimate_plan("dhp", batch, cost, layout, waves, sample_costs);
-      ms = plan.estimate.step_ms;
+              count);
+    if (!std::isfinite(ms) && has_encoder) {
+      std::vector<WaveDraft> deferred =
+          limit_encoder_per_wave(batch, cost, layout, std::move(waves));
+      price(deferred);
     }
-    if (ms < best.step_ms) best = Candidate{std::move(plan), ms, std::move(waves)};
   };
 
   const int w_max = std::min(options.max_waves, w_min + kExtraWaves);
@@ -927,7 +924,7 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               for (int m = 0; m < degree; ++m) {
                 // Back onto the member it holds alone: the same draft, already the best.
                 if (b == a && m < static_cast<int>(groups[a].whole.size()) &&
-                    groups[a].whole[m] == std::vector<int>{sample})
+                    groups[a].whole[m].size() == 1 && groups[a].whole[m][0] == sample)
                   continue;
                 consider_if(
                     move_sample(from, w, a, sample, b, m, sample_costs, tables.token_limit));
@@ -946,8 +943,9 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
     // gradient sync hides under the last wave's backward, and a colocated encoder's first
     // forward and last backward run beside no LLM work. Move one wave first or last while
     // that lowers the estimate (2 (W - 1) candidates a round, W - 1 with two waves; at
-    // scale, W full estimates more than the planner time allows). An order that breaks
-    // memory (the items held between two waves) is not a candidate.
+    // scale, W full estimates more than the planner time allows). Priced without the lower
+    // bound (it does not depend on the order, so it cannot prune them); an order that breaks
+    // memory (the items held between two waves) is dropped, not re-packed.
     for (std::size_t round = 0; std::isfinite(best.step_ms) && round < best.waves.size(); ++round) {
       const double before = best.step_ms;
       const std::vector<WaveDraft> from = best.waves;
@@ -956,12 +954,12 @@ Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
         if (i + 1 < from.size()) {
           std::vector<WaveDraft> moved = from;
           std::rotate(moved.begin() + at(i), moved.begin() + at(i + 1), moved.end());
-          consider(std::move(moved), /*reordered=*/true);
+          price(moved);
         }
         if (i > 0 && from.size() > 2) {  // with two waves, the same as wave 0 moved last
           std::vector<WaveDraft> moved = from;
           std::rotate(moved.begin(), moved.begin() + at(i), moved.begin() + at(i + 1));
-          consider(std::move(moved), /*reordered=*/true);
+          price(moved);
         }
       }
       if (!(best.step_ms < before)) break;

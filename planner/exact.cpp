@@ -134,10 +134,7 @@ class Search {
       else
         wave.groups[g].whole[m].push_back(pieces_[k].sample);
     }
-    std::erase_if(wave.groups, [](const GroupDraft& gd) {
-      return gd.split.empty() &&
-             std::all_of(gd.whole.begin(), gd.whole.end(), [](const auto& w) { return w.empty(); });
-    });
+    std::erase_if(wave.groups, holds_no_sample);
     *best_wave_ = std::move(wave);
   }
 

@@ -110,6 +110,11 @@ class GroupMemberMs {
 // Activation bytes per device of the same pieces.
 double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64_t>& split,
                              int degree, const std::vector<std::int64_t>& whole);
+// The smallest CP degree dividing `ranks` whose members hold a `longest`-token sequence split
+// over them, within `budget` activation bytes and `max_tokens` local tokens (<= 0: no limit);
+// 0 when none does.
+int smallest_cp_holding(const CostModel& cost, std::int64_t longest, int ranks, double budget,
+                        std::int64_t max_tokens);
 // Colocated encoder activations reserved per device for a wave: twice the largest visual
 // item's bytes. build_plan assigns items within it where it can (fewest-bytes rank otherwise);
 // its per-device memory check (LLM + encoder) is the authority.

@@ -262,6 +262,15 @@ double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64
   return bytes;
 }
 
+int smallest_cp_holding(const CostModel& cost, std::int64_t longest, int ranks, double budget,
+                        std::int64_t max_tokens) {
+  for (int c = 1; c <= ranks; ++c) {
+    if (ranks % c != 0 || (max_tokens > 0 && local_share(longest, c) > max_tokens)) continue;
+    if (rank_activation_bytes(cost, {longest}, c, {}) <= budget) return c;
+  }
+  return 0;
+}
+
 double encoder_reserve_bytes(const CostModel& cost, const Layout& layout, const Batch& batch) {
   if (layout.encoder.ranks == 0) return 0;
   // Room for the two largest visual items per device. The whole batch's encoder activations
@@ -615,6 +624,13 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
     std::fill(pending_ms.begin(), pending_ms.end(), 0.0);
   };
 
+  // Bytes on encoder rank e's devices besides the wave's own items while its forward runs:
+  // the previous wave's items, still waiting for their backward (colocated, with the LLM's
+  // static memory and no activations then; disjoint, the encoder runs a wave ahead).
+  auto held_beside_forward = [&](int e) {
+    return enc_static + pending_bytes[e] + (colocated_rank[e] >= 0 ? llm_static : 0.0);
+  };
+
   for (std::size_t w = 0; w < waves.size(); ++w) {
     const WaveDraft& draft = waves[w];
     WavePlan& wave = plan.waves[w];
@@ -686,11 +702,7 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       double used = 0;
       for (int t = 0; t < layout.encoder.tp && colocated; ++t)
         used = std::max(used, device_bytes[layout.encoder.device_of(e, t)]);
-      enc_room[e] = capacity - enc_static - used;
-      // The wave's forward runs while the previous wave's items wait for their backward:
-      // colocated, with no LLM activations then; disjoint, the encoder runs a wave ahead.
-      enc_room[e] = std::min(enc_room[e], capacity - enc_static - pending_bytes[e] -
-                                              (colocated_rank[e] >= 0 ? llm_static : 0.0));
+      enc_room[e] = std::min(capacity - enc_static - used, capacity - held_beside_forward(e));
     }
     if (E > 0) {
       std::vector<Item>& items = wave_items[w];
@@ -713,25 +725,17 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       auto on_group_devices = [&](int e, int group) {
         return colocated_rank[e] >= 0 && rank_group[colocated_rank[e]] == group;
       };
-      // Encoder ranks on each group's devices (colocated), for the tie-break.
+      // Encoder ranks on each group's devices (colocated), for the tie-break: in rank order.
       std::vector<std::vector<int>> group_encoder_ranks(colocated ? wave.groups.size() : 0);
+      for (int e = 0; e < E && colocated; ++e)
+        if (colocated_rank[e] >= 0 && rank_group[colocated_rank[e]] >= 0)
+          group_encoder_ranks[rank_group[colocated_rank[e]]].push_back(e);
       group_least_key.assign(group_encoder_ranks.size(), -std::numeric_limits<double>::infinity());
-      for (std::size_t g = 0; g < group_encoder_ranks.size(); ++g) {
-        for (int r : wave.groups[g].ranks)
-          for (int t = 0; t < layout.llm.tp; ++t) {
-            const int e =
-                (layout.llm.device_of(r, t) - layout.encoder.first_device) / layout.encoder.tp;
-            if (e >= 0 && e < E && on_group_devices(e, static_cast<int>(g)))
-              group_encoder_ranks[g].push_back(e);
-          }
-        std::sort(group_encoder_ranks[g].begin(), group_encoder_ranks[g].end());
-        group_encoder_ranks[g].erase(
-            std::unique(group_encoder_ranks[g].begin(), group_encoder_ranks[g].end()),
-            group_encoder_ranks[g].end());
-      }
       // On the devices' clocks an encoder rank cannot start before its devices are free, and
-      // they still owe the previous wave's backward: the longest items go where the devices
-      // are free first (with per-wave loads alone, rank 0 would take every wave's longest item).
+      // before the wave's LLM they also run the previous wave's backward (after this wave's
+      // forward, run_pending_backward): the key is the devices' work before the LLM wave, so
+      // the longest items go where it ends first (with per-wave loads alone, rank 0 would take
+      // every wave's longest item).
       for (int e = 0; e < E; ++e)
         enc_start[e] = chained ? devices_free(layout.encoder, e) + pending_ms[e] : 0.0;
       auto key = [&](int e) { return enc_start[e] + enc_load[e]; };
@@ -972,10 +976,8 @@ Plan assemble(const std::string& strategy, const Batch& batch, const CostModel& 
       }
     }
     for (int e = 0; e < E; ++e) {
-      // The wave's forward also holds the previous wave's items: colocated with the LLM's
-      // static memory and no activations; disjoint (a wave ahead) on the encoder's devices.
       const int r = colocated_rank[e];  // -1 unless colocated
-      const double b = enc_static + enc_bytes[e] + pending_bytes[e] + (r >= 0 ? llm_static : 0.0);
+      const double b = held_beside_forward(e) + enc_bytes[e];
       if (r >= 0) peak_bytes[r] = std::max(peak_bytes[r], b);
       if (b > capacity && b - capacity > over_bytes) {
         over_capacity = true;

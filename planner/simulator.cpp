@@ -3,8 +3,9 @@
 // Finer than the planner's estimate (CostModel::llm_sequence_ms summed per rank): linear
 // layers run on a rank's packed tokens, attention per sequence on the exact uneven zigzag
 // chunks, every ring step of every layer waits for the KV block from its actual predecessor
-// over the actual link between those two ranks, the encoder's forward and backward sit
-// before and after the LLM work they feed, boundary transfers share each device's link, and
+// over the actual link between those two ranks, the encoder's forward runs before the LLM
+// work it feeds and each item's backward once its consumer is done (colocated: after the next
+// wave's forward), boundary transfers share each device's link, and
 // the gradient sync's buckets leave under the last backwards (detail::llm_sync_end,
 // detail::encoder_sync_span, shared with the estimate).
 #include "dhp/simulator.hpp"

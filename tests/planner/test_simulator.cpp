@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -49,6 +50,23 @@ std::map<int, double> compute_end(const SimulationResult& result) {
   for (const TimelineEvent& e : result.timeline)
     if (e.kind == EventKind::Compute) end[e.device] = std::max(end[e.device], e.end_ms);
   return end;
+}
+
+// The first device on which a span of kind `a` and one of kind `b` overlap in time; -1: none.
+int device_running_both(const SimulationResult& r, EventKind a, EventKind b) {
+  for (const TimelineEvent& x : r.timeline) {
+    if (x.kind != a) continue;
+    for (const TimelineEvent& y : r.timeline)
+      if (y.kind == b && y.device == x.device && y.start_ms < x.end_ms - 1e-9 &&
+          x.start_ms < y.end_ms - 1e-9)
+        return x.device;
+  }
+  return -1;
+}
+
+bool has_event(const SimulationResult& r, EventKind kind) {
+  return std::any_of(r.timeline.begin(), r.timeline.end(),
+                     [&](const TimelineEvent& e) { return e.kind == kind; });
 }
 
 void expect_sane(const SimulationResult& r) {
@@ -273,15 +291,10 @@ TEST(Simulator, ColocatedEncoderRunsBeforeItsWaveOnTheSameDevices) {
   const VisualSetup s = visual_setup(EncoderPlacement::Colocated);
   const SimulationResult r = Simulator(cost).run(s.plan, s.batch, true);
   expect_sane(r);
-  for (const auto& llm : r.timeline) {
-    if (llm.kind != EventKind::Compute) continue;
-    for (const auto& enc : r.timeline) {
-      if (enc.kind == EventKind::Encoder && enc.device == llm.device) {
-        EXPECT_FALSE(enc.start_ms < llm.end_ms - 1e-9 && llm.start_ms < enc.end_ms - 1e-9)
-            << "encoder and LLM overlap on device " << llm.device;
-      }
-    }
-  }
+  ASSERT_TRUE(has_event(r, EventKind::Compute));
+  ASSERT_TRUE(has_event(r, EventKind::Encoder));
+  EXPECT_EQ(device_running_both(r, EventKind::Compute, EventKind::Encoder), -1)
+      << "encoder and LLM overlap on a device";
   // Colocated devices hold both modules' state.
   const double statics = (cost.llm_static_bytes(8) + cost.encoder_static_bytes(8)) / kGiB;
   EXPECT_GT(r.device_peak_mem_gib[0], statics);
@@ -357,15 +370,7 @@ TEST(Simulator, ColocatedLlmGradSyncRunsUnderTheEncodersLastBackward) {
   EXPECT_NEAR(r.step_ms, encoder_done + llm_exposed - hidden + encoder_exposed, 1e-9 * r.step_ms);
   EXPECT_LT(r.step_ms, encoder_done + llm_exposed + encoder_exposed - 0.5 * hidden);
   // A device shows the sync only where it computes nothing else.
-  for (const auto& sync : r.timeline) {
-    if (sync.kind != EventKind::GradSync) continue;
-    for (const auto& enc : r.timeline) {
-      if (enc.kind == EventKind::Encoder && enc.device == sync.device) {
-        EXPECT_FALSE(enc.start_ms < sync.end_ms - 1e-9 && sync.start_ms < enc.end_ms - 1e-9)
-            << "device " << sync.device;
-      }
-    }
-  }
+  EXPECT_EQ(device_running_both(r, EventKind::GradSync, EventKind::Encoder), -1);
 }
 
 // Colocated, between two waves a device holds both waves' encoder items (the next wave's
@@ -610,7 +615,7 @@ TEST(Simulator, ColocatedMultiWavePlansAgreeWithTheirEstimate) {
   ASSERT_EQ(plan.estimate.peak_mem_gib.size(), r.device_peak_mem_gib.size());
   for (std::size_t d = 0; d < r.device_peak_mem_gib.size(); ++d)
     EXPECT_NEAR(r.device_peak_mem_gib[d], plan.estimate.peak_mem_gib[d], 1e-6) << "device " << d;
-  EXPECT_NEAR(r.step_ms, plan.estimate.step_ms, 0.05 * plan.estimate.step_ms);
+  EXPECT_NEAR(r.step_ms, plan.estimate.step_ms, 0.01 * plan.estimate.step_ms);
 }
 
 }  // namespace
