@@ -64,6 +64,13 @@ struct ZigzagChunks {
 };
 ZigzagChunks zigzag_chunks(std::int64_t length, int degree, int member);
 
+// What world rank `world_rank` runs in wave `wave` of `plan` (pure bookkeeping, no
+// communication). sample_lengths: LLM tokens of every sample of the batch. Checks the
+// wave the same way on every rank (groups, ranks, members; a Zigzag sequence must have
+// member -1) and throws InvalidArgument naming the sample, group or rank.
+WaveLayout wave_layout(const Plan& plan, int wave, std::span<const std::int64_t> sample_lengths,
+                       int world_rank, int world_size);
+
 class WaveDispatch {
  public:
   // sample_lengths: LLM tokens of every sample of the batch; sample_owners: world rank
