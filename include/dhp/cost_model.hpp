@@ -10,6 +10,7 @@
 
 #include "dhp/batch.hpp"
 #include "dhp/cluster.hpp"
+#include "dhp/encoder_geometry.hpp"
 #include "dhp/model.hpp"
 
 namespace dhp {
@@ -28,18 +29,6 @@ struct CostCoefficients {
 };
 
 CostCoefficients defaults_for(const ClusterSpec& cluster);
-
-// The parts of a visual item the encoder processes independently (EncoderSpec): a video's
-// temporal slices, else an image's tiles; 1 when it attends across all its patches. The
-// planner may give disjoint ranges of them to different encoder ranks, so that one long
-// video does not hold up a wave.
-int encoder_spans(const EncoderSpec& encoder, const VisualItem& item);
-// Part `part` of `parts` of an item (EncoderTask): with at least `parts` spans, a range of
-// whole spans (their frames, patches and LLM tokens); with one span, an equal shard of its
-// patches and LLM tokens (encoder_parts_are_shards: encoded as a ring). Integer shares that
-// add up to the item's. Throws InvalidArgument for 1 < spans < parts or part out of range.
-VisualItem encoder_part(const EncoderSpec& encoder, const VisualItem& item, int part, int parts);
-bool encoder_parts_are_shards(const EncoderSpec& encoder, const VisualItem& item, int parts);
 
 // How a group's ring is laid out on the cluster.
 struct RingSpan {
