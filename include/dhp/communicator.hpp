@@ -141,6 +141,12 @@ class Communicator {
   virtual void broadcast(void* buffer, std::int64_t count, DataType type, int root) = 0;
   virtual void barrier() = 0;
 
+  // Non-blocking all_reduce (gradient buckets overlap it with the backward). The buffers
+  // must stay untouched until the request is waited; every member issues the same
+  // non-blocking collectives in the same order.
+  virtual CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count,
+                                     DataType type, ReduceOp op) = 0;
+
   // --- point to point (peer = rank in this communicator) ---
   virtual CommRequestPtr isend(const void* buffer, std::int64_t count, DataType type, int peer,
                                int tag = 0) = 0;

@@ -9,6 +9,8 @@
 #include "dhp/error.hpp"
 #include "dhp/group_pool.hpp"
 #include "dhp/log.hpp"
+#include "attention/abort_on_unwind.hpp"
+#include "attention/scratch.hpp"
 
 namespace dhp {
 namespace {
@@ -28,46 +30,6 @@ void check_kernel(Status status, const char* kernel, const WaveLayout& layout) {
             layout.group, layout.member, layout.degree(), kernels::status_string(status),
             kernels::last_error());
 }
-
-// Scratch buffers on the tensors' device, freed at scope exit.
-class Scratch {
- public:
-  explicit Scratch(BufferAllocator* allocator) : allocator_(allocator) {}
-  ~Scratch() {
-    if (allocator_ != nullptr) {
-      for (void* p : device_) allocator_->deallocate(p);
-    }
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-
-  void* bytes(std::size_t n) {
-    if (n == 0) n = 1;  // distinct non-null pointers keep the kernels' null checks meaningful
-    if (allocator_ != nullptr) {
-      device_.push_back(allocator_->allocate(n));
-      return device_.back();
-    }
-    host_.emplace_back(n);
-    return host_.back().data();
-  }
-  // A host index array, copied to the device when there is one.
-  const std::int32_t* index(const std::vector<std::int32_t>& host) {
-    const std::size_t n = host.size() * sizeof(std::int32_t);
-    void* p = bytes(n);
-    if (n == 0) return static_cast<const std::int32_t*>(p);
-    if (allocator_ != nullptr) {
-      allocator_->copy_from_host(p, host.data(), n);
-    } else {
-      std::memcpy(p, host.data(), n);
-    }
-    return static_cast<const std::int32_t*>(p);
-  }
-
- private:
-  BufferAllocator* allocator_;
-  std::vector<std::vector<std::byte>> host_;
-  std::vector<void*> device_;
-};
 
 // A travelling KV block laid against the local sequences: per-sequence key lengths (0 for
 // sequences the block has no rows of) and the block's key positions.
@@ -213,27 +175,6 @@ void check_layout_and_buffers(const CpAttentionContext& ctx, const char* op,
               "{}: world rank {}: {} is null but the rank holds {} rows (nothing was sent)", op, me,
               b.name, L.rows);
 }
-
-// Any exception that leaves a ring once messages may be in flight aborts the communicators
-// it used: the peers are mid-exchange, and a later call would match their stale messages.
-class AbortOnUnwind {
- public:
-  AbortOnUnwind(const char* op, std::initializer_list<Communicator*> comms)
-      : op_(op), comms_(comms), exceptions_(std::uncaught_exceptions()) {}
-  ~AbortOnUnwind() {
-    if (std::uncaught_exceptions() <= exceptions_) return;
-    for (Communicator* c : comms_)
-      if (c != nullptr && !c->aborted())
-        c->abort_with_reason(std::string(op_) + " failed mid-exchange");
-  }
-  AbortOnUnwind(const AbortOnUnwind&) = delete;
-  AbortOnUnwind& operator=(const AbortOnUnwind&) = delete;
-
- private:
-  const char* op_;
-  std::vector<Communicator*> comms_;
-  int exceptions_;
-};
 
 bool runs_ring(const WaveLayout& L) { return L.degree() > 1 && !L.zigzag_lengths.empty(); }
 

@@ -156,8 +156,11 @@ class MpiCommunicator;
 
 class MpiRequest final : public CommRequest {
  public:
-  MpiRequest(MpiCommunicator& comm, const char* op, std::vector<MPI_Request> requests)
-      : comm_(comm), op_(op), requests_(std::move(requests)) {}
+  // collective: a non-blocking collective, which MPI forbids cancelling or freeing while
+  // active (an abandoned one is left to MPI, and the communicator is aborted).
+  MpiRequest(MpiCommunicator& comm, const char* op, std::vector<MPI_Request> requests,
+             bool collective = false)
+      : comm_(comm), op_(op), requests_(std::move(requests)), collective_(collective) {}
   ~MpiRequest() override;
   bool test() override;
   void wait(std::chrono::milliseconds timeout) override;
@@ -167,6 +170,7 @@ class MpiRequest final : public CommRequest {
   MpiCommunicator& comm_;
   const char* op_;
   std::vector<MPI_Request> requests_;
+  bool collective_ = false;
   bool done_ = false;
 };
 
@@ -209,6 +213,26 @@ class MpiCommunicator final : public Communicator {
                                  &requests.back()));
     }
     wait_all(name, requests.data(), static_cast<int>(requests.size()), timeout());
+  }
+
+  CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count, DataType type,
+                             ReduceOp op) override {
+    const char* name = "iall_reduce";
+    begin(name);
+    check_reducible(name, type);
+    check_count(name, count);
+    check_buffer(name, "send buffer", send, count);
+    check_buffer(name, "receive buffer", recv, count);
+    std::vector<MPI_Request> requests;
+    for (std::int64_t offset = 0; offset < count || requests.empty(); offset += max_count_) {
+      const int n = static_cast<int>(std::min(count - offset, max_count_));
+      requests.emplace_back(MPI_REQUEST_NULL);
+      const int code = MPI_Iallreduce(send == recv ? MPI_IN_PLACE : at(send, offset, type),
+                                      at(recv, offset, type), n, mpi_type(type), mpi_op(type, op),
+                                      comm_, &requests.back());
+      check(name, code);  // a failure aborts the communicator (chunks already posted leak)
+    }
+    return std::make_unique<MpiRequest>(*this, name, std::move(requests), /*collective=*/true);
   }
 
   void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
@@ -514,6 +538,7 @@ MpiRequest::~MpiRequest() {
     MPI_Test(&r, &complete, MPI_STATUS_IGNORE);
     if (complete) continue;
     pending = true;
+    if (collective_) continue;
     MPI_Cancel(&r);
     const auto start = Clock::now();
     for (int polls = 0; !complete && Clock::now() - start < std::chrono::seconds(1); ++polls) {

@@ -142,6 +142,15 @@ class NcclCommunicator final : public Communicator {
     wait_stream("all_reduce");
   }
 
+  CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count, DataType type,
+                             ReduceOp op) override {
+    enqueue("iall_reduce", [&] {
+      return ncclAllReduce(send, recv, static_cast<size_t>(count), nccl_type(type), nccl_op(op),
+                           comm_, stream_);
+    });
+    return record("iall_reduce");
+  }
+
   void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
                       ReduceOp op) override {
     enqueue("reduce_scatter", [&] {
