@@ -139,6 +139,37 @@ struct StepGroups {
 // replica groups of both modules, the plan's Ulysses groups. Collective order: as listed.
 std::vector<std::vector<std::vector<int>>> step_partitions(const Plan& plan);
 
+// A step in progress on this process: what StepExecutor::begin sets up before the waves
+// (checks, groups, loss normalisation, dispatched inputs, the boundary, gradient buckets)
+// and StepExecutor::end settles after them (gradient sync, loss and bytes over the world).
+// run() walks the schedule between the two with a StepModel; the LibTorch executor
+// (torch_step.hpp) walks the same schedule with autograd.
+struct StepRun {
+  using Clock = std::chrono::steady_clock;
+
+  std::unique_ptr<StepSchedule> schedule;
+  StepGroups groups;
+  std::int64_t loss_tokens = 0;  // global
+  double loss_scale = 0;         // 1 / loss_tokens
+  std::vector<std::vector<std::int64_t>> tokens, labels;  // per wave, the local LLM rows
+  std::vector<std::byte> patches;                         // every wave's local patches
+  std::vector<std::int64_t> patch_offset;                 // [waves + 1] first local patch row
+  std::int64_t patch_bytes = 0;                           // bytes of one patch row
+  std::unique_ptr<Boundary> boundary;
+  GradBuckets* llm_buckets = nullptr;      // null: nothing to sync (one replica, or no module)
+  GradBuckets* encoder_buckets = nullptr;
+  bool disjoint = false;
+  StepStats stats;
+  Clock::time_point start;
+  std::int64_t created_before = 0;
+
+  // This process's patches of `wave` (null when it has none).
+  const std::byte* wave_patches(int wave) const;
+  // Adds an event [started, now) of this process and its duration to `total`.
+  void record(StepEvent::Kind kind, int wave, Clock::time_point started, std::int64_t tokens,
+              double& total);
+};
+
 class StepExecutor {
  public:
   StepExecutor(Communicator& world, GroupPool& pool, StepOptions options);
@@ -152,6 +183,15 @@ class StepExecutor {
   // Collective over the world. Checks the plan on every rank (plan-hash agreement, the
   // plan against the batch, the inputs against the plan) before anything else moves.
   StepStats run(const Batch& batch, const Plan& plan, const StepInputs& inputs, StepModel& model);
+
+  // The parts of run() around the waves, for executors that walk the schedule themselves.
+  // The gradient lists are the model's (StepModel::llm_gradients / encoder_gradients).
+  StepRun begin(const Batch& batch, const Plan& plan, const StepInputs& inputs,
+                std::vector<GradBuckets::Gradient> llm_gradients,
+                std::vector<GradBuckets::Gradient> encoder_gradients);
+  // Collective: waits the gradient sync, sums the loss (`local_loss`: this process's sum of
+  // scaled per-token losses) and the boundary bytes over the world.
+  StepStats end(StepRun& run, double local_loss);
 
   const StepOptions& options() const { return options_; }
   Communicator& world() { return world_; }

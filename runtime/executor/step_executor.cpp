@@ -196,7 +196,6 @@ namespace {
 
 // The step's buffers on this process, per wave.
 struct WaveBuffers {
-  std::vector<std::int64_t> tokens, labels;
   std::vector<std::byte> embeddings, d_embeddings, visual, d_visual;
   CommRequestPtr embeddings_sent, gradients_sent;
 };
@@ -249,77 +248,121 @@ std::int64_t count_loss_rows(const StepSchedule& schedule, const StepInputs& inp
 
 }  // namespace
 
-StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInputs& inputs,
-                            StepModel& model) {
-  const auto step_start = Clock::now();
-  StepStats stats;
-  const auto record = [&](StepEvent::Kind kind, int wave, Clock::time_point start,
-                          std::int64_t tokens, double& total) {
-    const double begin = std::chrono::duration<double, std::milli>(start - step_start).count();
-    const double end = ms_since(step_start);
-    stats.events.push_back({kind, wave, begin, end, tokens});
-    total += end - begin;
-  };
+const std::byte* StepRun::wave_patches(int wave) const {
+  if (patches.empty()) return nullptr;
+  return patches.data() + patch_offset[static_cast<std::size_t>(wave)] * patch_bytes;
+}
 
+void StepRun::record(StepEvent::Kind kind, int wave, Clock::time_point started,
+                     std::int64_t tokens, double& total) {
+  const double begin = std::chrono::duration<double, std::milli>(started - start).count();
+  const double end = ms_since(start);
+  stats.events.push_back({kind, wave, begin, end, tokens});
+  total += end - begin;
+}
+
+StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInputs& inputs,
+                            std::vector<GradBuckets::Gradient> llm_gradients,
+                            std::vector<GradBuckets::Gradient> encoder_gradients) {
+  StepRun run;
+  run.start = Clock::now();
   // --- checks: the same plan and owners everywhere, then each rank's inputs, agreed on ---
   check_same_everywhere(world_, plan, inputs.sample_owners);
   std::string local_error;
-  std::unique_ptr<StepSchedule> schedule_ptr;
   try {
-    schedule_ptr = std::make_unique<StepSchedule>(batch, plan, options_.encoder, world_.rank(),
+    run.schedule = std::make_unique<StepSchedule>(batch, plan, options_.encoder, world_.rank(),
                                                   world_.size());
-    local_error = check_inputs(*schedule_ptr, inputs, options_);
+    local_error = check_inputs(*run.schedule, inputs, options_);
   } catch (const Error& e) {
     local_error = e.message();
   }
   agree_or_throw(world_, local_error);
-  const StepSchedule& schedule = *schedule_ptr;
+  const StepSchedule& schedule = *run.schedule;
 
   // --- groups (pool hits once prewarmed) and loss normalisation ---
-  const std::int64_t created_before = pool_.stats().creations;
-  const StepGroups groups = this->groups(plan);
-  auto dispatch_start = Clock::now();
-  stats.loss_tokens = global_count(world_, count_loss_rows(schedule, inputs));
-  const double loss_scale = stats.loss_tokens > 0 ? 1.0 / static_cast<double>(stats.loss_tokens) : 0;
+  run.created_before = pool_.stats().creations;
+  run.groups = groups(plan);
+  const auto dispatch_start = Clock::now();
+  run.loss_tokens = global_count(world_, count_loss_rows(schedule, inputs));
+  run.loss_scale = run.loss_tokens > 0 ? 1.0 / static_cast<double>(run.loss_tokens) : 0;
+  run.stats.loss_tokens = run.loss_tokens;
 
   // --- inputs to the processes that run them ---
   const int waves = schedule.waves();
-  std::vector<WaveBuffers> buffers(static_cast<std::size_t>(waves));
+  run.tokens.resize(static_cast<std::size_t>(waves));
+  run.labels.resize(static_cast<std::size_t>(waves));
   for (int w = 0; w < waves; ++w) {
     const WaveDispatch dispatch(plan, w, schedule.sample_lengths(), inputs.sample_owners,
                                 world_.rank(), world_.size());
-    WaveBuffers& b = buffers[static_cast<std::size_t>(w)];
-    b.tokens.resize(static_cast<std::size_t>(dispatch.local_rows()));
-    b.labels.resize(b.tokens.size());
-    dispatch.forward(world_, inputs.tokens, b.tokens.data(), sizeof(std::int64_t));
-    dispatch.forward(world_, inputs.labels, b.labels.data(), sizeof(std::int64_t));
+    auto& tokens = run.tokens[static_cast<std::size_t>(w)];
+    auto& labels = run.labels[static_cast<std::size_t>(w)];
+    tokens.resize(static_cast<std::size_t>(dispatch.local_rows()));
+    labels.resize(tokens.size());
+    dispatch.forward(world_, inputs.tokens, tokens.data(), sizeof(std::int64_t));
+    dispatch.forward(world_, inputs.labels, labels.data(), sizeof(std::int64_t));
   }
-  const auto elem = static_cast<std::size_t>(kernels::dtype_size(options_.dtype));
-  const std::int64_t patch_bytes = options_.patch_dim * static_cast<std::int64_t>(elem);
-  std::vector<std::byte> patches;
-  std::unique_ptr<ItemDispatch> items;
+  const auto elem = static_cast<std::int64_t>(kernels::dtype_size(options_.dtype));
+  run.patch_bytes = options_.patch_dim * elem;
+  run.patch_offset.assign(static_cast<std::size_t>(waves) + 1, 0);
   if (!plan.encoder_tasks.empty()) {
-    items = std::make_unique<ItemDispatch>(schedule, inputs.sample_owners);
-    patches.resize(static_cast<std::size_t>(items->local_rows() * patch_bytes));
-    items->forward(world_, inputs.patches, patches.data(), patch_bytes);
+    const ItemDispatch items(schedule, inputs.sample_owners);
+    for (int w = 0; w <= waves; ++w) run.patch_offset[static_cast<std::size_t>(w)] = items.wave_offset(w);
+    run.patches.resize(static_cast<std::size_t>(items.local_rows() * run.patch_bytes));
+    items.forward(world_, inputs.patches, run.patches.data(), run.patch_bytes);
   }
-  record(StepEvent::Kind::Dispatch, -1, dispatch_start, 0, stats.dispatch_ms);
+  run.record(StepEvent::Kind::Dispatch, -1, dispatch_start, 0, run.stats.dispatch_ms);
 
-  // --- gradient buckets of the modules this process holds ---
+  // --- gradient buckets of the modules this process holds; the boundary ---
   const DataType grad_type = data_type(options_.dtype);
-  GradBuckets* llm_buckets =
-      schedule.runs_llm()
-          ? impl_->buckets_for(impl_->llm, groups.llm_replicas, model.llm_gradients(), grad_type)
-          : nullptr;
-  GradBuckets* encoder_buckets =
-      schedule.runs_encoder() ? impl_->buckets_for(impl_->encoder, groups.encoder_replicas,
-                                                   model.encoder_gradients(), grad_type)
-                              : nullptr;
+  if (schedule.runs_llm())
+    run.llm_buckets = impl_->buckets_for(impl_->llm, run.groups.llm_replicas,
+                                         std::move(llm_gradients), grad_type);
+  if (schedule.runs_encoder())
+    run.encoder_buckets = impl_->buckets_for(impl_->encoder, run.groups.encoder_replicas,
+                                             std::move(encoder_gradients), grad_type);
+  run.boundary = std::make_unique<Boundary>(schedule, options_.llm_hidden * elem);
+  run.disjoint = plan.placement == EncoderPlacement::Disjoint && plan.encoder.ranks > 0;
+  return run;
+}
 
-  // --- the waves, in this process's order ---
-  Boundary boundary(schedule, options_.llm_hidden * static_cast<std::int64_t>(elem));
+StepStats StepExecutor::end(StepRun& run, double local_loss) {
+  const StepSchedule& schedule = *run.schedule;
+  StepStats& stats = run.stats;
+  const auto sync_start = Clock::now();
+  for (GradBuckets* buckets : {run.llm_buckets, run.encoder_buckets}) {
+    if (buckets == nullptr) continue;
+    stats.grad_buckets_before_finish += buckets->issued_before_finish();
+    buckets->finish();
+  }
+  run.record(StepEvent::Kind::GradSync, -1, sync_start, 0, stats.grad_sync_ms);
+  // A TP group's processes all compute the same loss: count it once, from TP index 0.
+  double loss = schedule.llm_tp_index() > 0 ? 0.0 : local_loss;
+  world_.all_reduce(&loss, &loss, 1, DataType::F64, ReduceOp::Sum);
+  stats.loss = loss;
+  const BoundaryBytes& bytes = run.boundary->bytes();
+  std::int64_t sent[2] = {bytes.sent_forward, bytes.sent_backward};
+  world_.all_reduce(sent, sent, 2, DataType::I64, ReduceOp::Sum);
+  stats.boundary = bytes;
+  stats.boundary.sent_forward = sent[0];
+  stats.boundary.sent_backward = sent[1];
+  stats.comm_created = pool_.stats().creations - run.created_before;
+  stats.step_ms = ms_since(run.start);
+  DHP_LOG_DEBUG("{}: step {} loss {:.6f} in {:.1f} ms ({} communicators created)",
+                world_.describe(), schedule.plan().step, stats.loss, stats.step_ms,
+                stats.comm_created);
+  return stats;
+}
+
+StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInputs& inputs,
+                            StepModel& model) {
+  StepRun run = begin(batch, plan, inputs, model.llm_gradients(), model.encoder_gradients());
+  const StepSchedule& schedule = *run.schedule;
+  StepStats& stats = run.stats;
+  Boundary& boundary = *run.boundary;
+  const int waves = schedule.waves();
   const std::int64_t row_bytes = boundary.row_bytes();
-  const bool disjoint = plan.placement == EncoderPlacement::Disjoint && plan.encoder.ranks > 0;
+  const bool disjoint = run.disjoint;
+  std::vector<WaveBuffers> buffers(static_cast<std::size_t>(waves));
   const auto encoder_context = [&](int w) {
     EncoderContext ctx;
     ctx.wave = w;
@@ -328,8 +371,8 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
     ctx.attention.shape = options_.encoder_attention;
     ctx.attention.wave = &schedule.encoder(w);
     ctx.attention.world = &world_;
-    ctx.tp = {groups.encoder_tp, plan.encoder.tp, schedule.encoder_tp_index()};
-    ctx.gradients = w + 1 == waves ? encoder_buckets : nullptr;
+    ctx.tp = {run.groups.encoder_tp, plan.encoder.tp, schedule.encoder_tp_index()};
+    ctx.gradients = w + 1 == waves ? run.encoder_buckets : nullptr;
     return ctx;
   };
   double loss = 0;
@@ -343,14 +386,12 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
         const auto start = Clock::now();
         b.embeddings.resize(static_cast<std::size_t>(enc.token_rows * row_bytes));
         EncoderContext ctx = encoder_context(w);
-        const std::byte* wave_patches =
-            items != nullptr ? patches.data() + items->wave_offset(w) * patch_bytes : nullptr;
-        model.encoder_forward(enc, ctx, wave_patches, b.embeddings.data());
-        record(StepEvent::Kind::EncoderForward, w, start, enc.patch_rows, stats.encoder_ms);
+        model.encoder_forward(enc, ctx, run.wave_patches(w), b.embeddings.data());
+        run.record(StepEvent::Kind::EncoderForward, w, start, enc.patch_rows, stats.encoder_ms);
         if (disjoint) {
           const auto sent = Clock::now();
           b.embeddings_sent = boundary.send_embeddings(world_, w, b.embeddings.data());
-          record(StepEvent::Kind::Boundary, w, sent, enc.token_rows, stats.boundary_ms);
+          run.record(StepEvent::Kind::Boundary, w, sent, enc.token_rows, stats.boundary_ms);
         }
         break;
       }
@@ -363,7 +404,7 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
         boundary.receive_embeddings(world_, w, disjoint ? nullptr : b.embeddings.data(),
                                     b.visual.data());
         if (!disjoint) b.embeddings_sent->wait();
-        record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
+        run.record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
         if (schedule.runs_llm()) {
           start = Clock::now();
           LlmContext ctx;
@@ -375,11 +416,12 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
           ctx.attention.world = &world_;
           ctx.attention.pool = &pool_;
           ctx.attention.ranks_per_node = options_.ranks_per_node;
-          ctx.tp = {groups.llm_tp, plan.llm.tp, schedule.llm_tp_index()};
-          ctx.gradients = ctx.last_wave ? llm_buckets : nullptr;
-          loss += model.llm_forward_backward(llm, ctx, b.tokens.data(), b.labels.data(),
-                                             b.visual.data(), loss_scale, b.d_visual.data());
-          record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
+          ctx.tp = {run.groups.llm_tp, plan.llm.tp, schedule.llm_tp_index()};
+          ctx.gradients = ctx.last_wave ? run.llm_buckets : nullptr;
+          loss += model.llm_forward_backward(llm, ctx, run.tokens[static_cast<std::size_t>(w)].data(),
+                                             run.labels[static_cast<std::size_t>(w)].data(),
+                                             b.visual.data(), run.loss_scale, b.d_visual.data());
+          run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
         }
         start = Clock::now();
         b.gradients_sent = boundary.send_gradients(world_, w, b.d_visual.data());
@@ -388,7 +430,7 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
           boundary.receive_gradients(world_, w, b.d_visual.data(), b.d_embeddings.data());
           b.gradients_sent->wait();
         }
-        record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
+        run.record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
         break;
       }
       case StepActionKind::EncoderBackward: {
@@ -397,45 +439,19 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
           b.d_embeddings.resize(b.embeddings.size());
           boundary.receive_gradients(world_, w, nullptr, b.d_embeddings.data());
           b.embeddings_sent->wait();
-          record(StepEvent::Kind::Boundary, w, start, enc.token_rows, stats.boundary_ms);
+          run.record(StepEvent::Kind::Boundary, w, start, enc.token_rows, stats.boundary_ms);
           start = Clock::now();
         }
         EncoderContext ctx = encoder_context(w);
         model.encoder_backward(enc, ctx, b.d_embeddings.data());
-        record(StepEvent::Kind::EncoderBackward, w, start, enc.patch_rows, stats.encoder_ms);
+        run.record(StepEvent::Kind::EncoderBackward, w, start, enc.patch_rows, stats.encoder_ms);
         break;
       }
     }
   }
   for (WaveBuffers& b : buffers)
     if (b.gradients_sent != nullptr) b.gradients_sent->wait();
-
-  // --- gradient sync, loss and bytes over the world ---
-  const auto sync_start = Clock::now();
-  if (llm_buckets != nullptr) {
-    stats.grad_buckets_before_finish += llm_buckets->issued_before_finish();
-    llm_buckets->finish();
-  }
-  if (encoder_buckets != nullptr) {
-    stats.grad_buckets_before_finish += encoder_buckets->issued_before_finish();
-    encoder_buckets->finish();
-  }
-  record(StepEvent::Kind::GradSync, -1, sync_start, 0, stats.grad_sync_ms);
-  // A TP group's processes all compute the same loss: count it once, from TP index 0.
-  if (schedule.llm_tp_index() > 0) loss = 0;
-  double totals[1] = {loss};
-  world_.all_reduce(totals, totals, 1, DataType::F64, ReduceOp::Sum);
-  stats.loss = totals[0];
-  std::int64_t sent[2] = {boundary.bytes().sent_forward, boundary.bytes().sent_backward};
-  world_.all_reduce(sent, sent, 2, DataType::I64, ReduceOp::Sum);
-  stats.boundary = boundary.bytes();
-  stats.boundary.sent_forward = sent[0];
-  stats.boundary.sent_backward = sent[1];
-  stats.comm_created = pool_.stats().creations - created_before;
-  stats.step_ms = ms_since(step_start);
-  DHP_LOG_DEBUG("{}: step {} loss {:.6f} in {:.1f} ms ({} communicators created)",
-                world_.describe(), plan.step, stats.loss, stats.step_ms, stats.comm_created);
-  return stats;
+  return end(run, loss);
 }
 
 }  // namespace dhp
