@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
-#include <set>
 
 #include "dhp/error.hpp"
 #include "dhp/plan_svg.hpp"

@@ -4,6 +4,8 @@
 // a palette of saturated hues; encoder work is grey and hatched, gradient sync dark and
 // cross-hatched, so neither can be taken for a group. Ring communication is a dark strip
 // under the work, waits a white inset, idle time the light-grey row background.
+#include "dhp/timeline.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -13,8 +15,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#include "dhp/timeline.hpp"
 
 namespace dhp {
 namespace {
