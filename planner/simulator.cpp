@@ -206,8 +206,9 @@ class Run {
       busy_[static_cast<size_t>(d)] += busy;
     });
   }
-  void event(int device, int wave, int group, EventKind kind, double start, double end) {
-    if (record_ && end > start) timeline_.push_back({device, wave, group, kind, start, end});
+  void event(int device, int wave, int group, EventKind kind, double start, double end,
+             int task = -1) {
+    if (record_ && end > start) timeline_.push_back({device, wave, group, kind, start, end, task});
   }
   void wait_event(int device, int wave, int group, double start, double end) {
     if (end - start >= wait_threshold_ms_) event(device, wave, group, EventKind::Wait, start, end);
@@ -280,7 +281,7 @@ class Run {
         if (start > now) wait_event(device, w, -1, now, start);
         now = start + task_ms_[m] * share;
         occupy(plan_.encoder, rank, now, now - start);
-        event(device, w, -1, EventKind::Encoder, start, now);
+        event(device, w, -1, EventKind::Encoder, start, now, static_cast<int>(m));
         if (backward) {
           enc_end_[static_cast<size_t>(rank)] = std::max(enc_end_[static_cast<size_t>(rank)], now);
         } else {
