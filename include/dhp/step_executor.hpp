@@ -135,6 +135,11 @@ struct StepGroups {
   Communicator* encoder_replicas = nullptr;
 };
 
+// Collective over `world`: each rank passes the error it found ("" when none); if any rank
+// found one, every rank throws InvalidArgument with the message of the lowest failing rank
+// (so no rank is left waiting on another that refused to go on).
+void agree_on_errors(Communicator& world, const std::string& local_error);
+
 // Every group partition (world ranks) a plan's step acquires: TP groups of both modules,
 // replica groups of both modules, the plan's Ulysses groups. Collective order: as listed.
 std::vector<std::vector<std::vector<int>>> step_partitions(const Plan& plan);

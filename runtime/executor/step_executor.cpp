@@ -1,6 +1,7 @@
 #include "dhp/step_executor.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <memory>
 #include <numeric>
@@ -48,19 +49,6 @@ std::uint64_t hash_owners(std::span<const int> owners) {
   return h ^ owners.size();
 }
 
-// Every rank checks its own inputs, then one reduction tells every rank whether any rank
-// failed and which, so that all of them refuse the step together instead of leaving the
-// others waiting in the next collective.
-void agree_or_throw(Communicator& world, const std::string& local_error) {
-  std::int64_t failed = local_error.empty() ? world.size() : world.rank();
-  world.all_reduce(&failed, &failed, 1, DataType::I64, ReduceOp::Min);
-  if (failed == world.size()) return;
-  if (!local_error.empty()) DHP_THROW(InvalidArgument, "{}", local_error);
-  DHP_THROW(InvalidArgument,
-            "step refused on every rank: world rank {} found a bad input (its error says which)",
-            failed);
-}
-
 // The plan and the sample owners, the same on every rank (min and max of both hashes).
 void check_same_everywhere(Communicator& world, const Plan& plan, std::span<const int> owners) {
   std::uint64_t values[4] = {plan_hash(plan), hash_owners(owners), 0, 0};
@@ -84,6 +72,20 @@ double ms_since(Clock::time_point start) {
 }
 
 }  // namespace
+
+void agree_on_errors(Communicator& world, const std::string& local_error) {
+  std::int64_t failed = local_error.empty() ? world.size() : world.rank();
+  world.all_reduce(&failed, &failed, 1, DataType::I64, ReduceOp::Min);
+  if (failed == world.size()) return;
+  // The lowest failing rank's message, for every rank (only on this failure path).
+  std::array<char, 1024> text{};
+  if (world.rank() == failed)
+    std::copy_n(local_error.begin(), std::min(local_error.size(), text.size() - 1), text.begin());
+  world.broadcast(text.data(), static_cast<std::int64_t>(text.size()), DataType::U8,
+                  static_cast<int>(failed));
+  if (!local_error.empty()) DHP_THROW(InvalidArgument, "{}", local_error);
+  DHP_THROW(InvalidArgument, "world rank {} refused the step: {}", failed, text.data());
+}
 
 const char* to_string(StepEvent::Kind kind) noexcept {
   switch (kind) {
@@ -276,7 +278,7 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
   } catch (const Error& e) {
     local_error = e.message();
   }
-  agree_or_throw(world_, local_error);
+  agree_on_errors(world_, local_error);
   const StepSchedule& schedule = *run.schedule;
 
   // --- groups (pool hits once prewarmed) and loss normalisation ---
