@@ -1,10 +1,14 @@
 // LibTorch tensors through dhp's adapter: a tensor's kernel dtype, and the error that
-// names a tensor of the wrong type. dhp/error.hpp brings fmt into a translation unit that
-// sees LibTorch's include directories (the torch component puts dhp's fmt first).
+// names a tensor of the wrong type. The same translation unit formats with fmt and logs
+// with spdlog while it sees LibTorch's include directories: with LibTorch 2.x (which ships
+// its own fmt headers) that compiles and links only if the torch component put the fmt
+// that dhp and spdlog were built with first.
 #include <dhp/error.hpp>
+#include <dhp/log.hpp>
 #include <dhp/torch.hpp>
 
 #include <cstdio>
+#include <string>
 
 int main() {
   const at::Tensor t = torch::ones({2, 3}, torch::kFloat64);
@@ -17,6 +21,9 @@ int main() {
   } catch (const dhp::Error& e) {
     std::printf("consumer: %s\n", e.what());
   }
+  const std::string shape = fmt::format("{}x{} {:.1f}", t.size(0), t.size(1), 0.5);
+  ok = ok && shape == "2x3 0.5";
+  DHP_LOG_INFO("consumer: tensor {} through dhp::torch", shape);
   std::printf("consumer: dhp::torch %s\n", ok ? "ok" : "FAILED");
   return ok ? 0 : 1;
 }
