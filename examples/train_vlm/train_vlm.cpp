@@ -29,39 +29,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A CPU "cluster" of `world` processes on `nodes` nodes, whose memory the run chooses so that
-// the longest samples need context parallelism (see choose_capacity).
-dhp::ClusterSpec cpu_cluster(int world, int nodes, double capacity_gib) {
-  dhp::ClusterSpec c;
-  c.name = fmt::format("cpu-{}", world);
-  c.device = "cpu";
-  c.num_nodes = nodes;
-  c.devices_per_node = world / nodes;
-  c.peak_tflops = 0.05;
-  c.hbm_gbs = 20;
-  c.mem_capacity_gib = capacity_gib;
-  c.mem_reserved_gib = 0;
-  c.intra_node = {5, 20};
-  c.inter_node = {1, 50};
-  return c;
-}
-
-// The smallest memory (on a x1.25 grid) with which every one of `batches` plans, times
-// 1.25: memory stays a binding constraint, so long samples run on CP groups.
-double choose_capacity(const vlm::Config& config, int world, int nodes,
-                       const dhp::PlannerOptions& options, const std::vector<dhp::Batch>& batches) {
-  for (double cap = 0.001; cap < 1024; cap *= 1.25) {
-    try {
-      dhp::Planner planner(cpu_cluster(world, nodes, cap), config.spec(), options);
-      for (const dhp::Batch& b : batches) (void)planner.plan(b);
-      return cap * 1.25;
-    } catch (const dhp::Error& e) {
-      if (e.kind() != dhp::ErrorKind::DoesNotFit) throw;
-    }
-  }
-  DHP_THROW(DoesNotFit, "no memory size up to 1 TiB lets every batch plan");
-}
-
 std::string json_list(const std::vector<int>& v) { return fmt::format("[{}]", fmt::join(v, ",")); }
 
 int train(dhp::CommandLine& cli) {
@@ -103,9 +70,9 @@ int train(dhp::CommandLine& cli) {
       config, steps + 1, static_cast<int>(cli.integer("--batch-size", 8, 1)), seed,
       cli.real("--text-scale", 2.0), cli.real("--visual-scale", 8.0),
       cli.integer("--max-tokens", 2048, 16));
-  const double capacity = choose_capacity(config, n, nodes, options,
+  const double capacity = vlm::choose_capacity(config, n, nodes, options,
                                           {data.begin(), data.begin() + std::min<int>(steps, 4)});
-  const dhp::Planner planner(cpu_cluster(n, nodes, capacity), config.spec(), options);
+  const dhp::Planner planner(vlm::cpu_cluster(n, nodes, capacity), config.spec(), options);
 
   vlm::TrainerOptions trainer_options;
   trainer_options.config = config;

@@ -21,6 +21,8 @@
 #include <vector>
 
 #include "dhp/batch.hpp"
+#include "dhp/cluster.hpp"
+#include "dhp/planner.hpp"
 #include "dhp/model.hpp"
 #include "dhp/tensor_parallel.hpp"
 #include "dhp/torch_step.hpp"
@@ -123,6 +125,16 @@ SampleData sample_data(const Config& config, const dhp::Sample& sample, std::uin
 std::vector<dhp::Batch> batches(const Config& config, int count, int samples_per_batch,
                                 std::uint64_t seed, double text_scale, double visual_scale,
                                 std::int64_t max_tokens);
+
+// --- planning ---
+
+// A modelled CPU "cluster" of `world` processes on `nodes` nodes with `capacity_gib` of memory
+// each (the planner's view of this machine).
+dhp::ClusterSpec cpu_cluster(int world, int nodes, double capacity_gib);
+// The smallest memory (on a x1.25 grid) with which every one of `batches` plans, times 1.25:
+// memory stays a binding constraint, so long samples run on CP groups. Same on every rank.
+double choose_capacity(const Config& config, int world, int nodes,
+                       const dhp::PlannerOptions& options, const std::vector<dhp::Batch>& batches);
 
 // --- the single-process reference ---
 

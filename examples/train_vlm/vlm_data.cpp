@@ -4,9 +4,12 @@
 #include <cmath>
 #include <random>
 
+#include <fmt/format.h>
+
 #include "dhp/dataset.hpp"
 #include "dhp/encoder_geometry.hpp"
 #include "dhp/error.hpp"
+#include "dhp/planner.hpp"
 #include "dhp/step_schedule.hpp"
 #include "vlm.hpp"
 
@@ -104,6 +107,39 @@ std::vector<dhp::Batch> batches(const Config& c, int count, int samples_per_batc
     }
   }
   return out;
+}
+
+// A CPU "cluster" of `world` processes on `nodes` nodes, whose memory the run chooses so that
+// the longest samples need context parallelism (see choose_capacity).
+dhp::ClusterSpec cpu_cluster(int world, int nodes, double capacity_gib) {
+  dhp::ClusterSpec c;
+  c.name = fmt::format("cpu-{}", world);
+  c.device = "cpu";
+  c.num_nodes = nodes;
+  c.devices_per_node = world / nodes;
+  c.peak_tflops = 0.05;
+  c.hbm_gbs = 20;
+  c.mem_capacity_gib = capacity_gib;
+  c.mem_reserved_gib = 0;
+  c.intra_node = {5, 20};
+  c.inter_node = {1, 50};
+  return c;
+}
+
+// The smallest memory (on a x1.25 grid) with which every one of `batches` plans, times
+// 1.25: memory stays a binding constraint, so long samples run on CP groups.
+double choose_capacity(const Config& config, int world, int nodes,
+                       const dhp::PlannerOptions& options, const std::vector<dhp::Batch>& batches) {
+  for (double cap = 0.001; cap < 1024; cap *= 1.25) {
+    try {
+      dhp::Planner planner(cpu_cluster(world, nodes, cap), config.spec(), options);
+      for (const dhp::Batch& b : batches) (void)planner.plan(b);
+      return cap * 1.25;
+    } catch (const dhp::Error& e) {
+      if (e.kind() != dhp::ErrorKind::DoesNotFit) throw;
+    }
+  }
+  DHP_THROW(DoesNotFit, "no memory size up to 1 TiB lets every batch plan");
 }
 
 ReferenceResult reference_step(Model& model, const dhp::Batch& batch, std::uint64_t seed) {
