@@ -130,16 +130,32 @@ dhp::ClusterSpec cpu_cluster(int world, int nodes, double capacity_gib) {
 // 1.25: memory stays a binding constraint, so long samples run on CP groups.
 double choose_capacity(const Config& config, int world, int nodes,
                        const dhp::PlannerOptions& options, const std::vector<dhp::Batch>& batches) {
-  for (double cap = 0.001; cap < 1024; cap *= 1.25) {
+  // Grid point k is 0.001 GiB x 1.25^k; a batch that plans at k plans above it too, so each
+  // batch's smallest k is found by bisection, and the run takes the largest.
+  constexpr int kPoints = 64;
+  const auto capacity = [](int k) { return 0.001 * std::pow(1.25, k); };
+  const auto fits = [&](const dhp::Batch& b, int k) {
     try {
-      dhp::Planner planner(cpu_cluster(world, nodes, cap), config.spec(), options);
-      for (const dhp::Batch& b : batches) (void)planner.plan(b);
-      return cap * 1.25;
+      (void)dhp::Planner(cpu_cluster(world, nodes, capacity(k)), config.spec(), options).plan(b);
+      return true;
     } catch (const dhp::Error& e) {
       if (e.kind() != dhp::ErrorKind::DoesNotFit) throw;
+      return false;
     }
+  };
+  int needed = 0;
+  for (const dhp::Batch& b : batches) {
+    if (fits(b, needed)) continue;
+    int lo = needed, hi = kPoints;  // fits(lo) is false; hi is assumed to fit
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      (fits(b, mid) ? hi : lo) = mid;
+    }
+    DHP_CHECK(hi < kPoints || fits(b, hi), DoesNotFit,
+              "batch of step {}: no memory up to {:.0f} GiB lets it plan", b.step, capacity(kPoints));
+    needed = hi;
   }
-  DHP_THROW(DoesNotFit, "no memory size up to 1 TiB lets every batch plan");
+  return capacity(needed) * 1.25;
 }
 
 ReferenceResult reference_step(Model& model, const dhp::Batch& batch, std::uint64_t seed) {

@@ -188,7 +188,9 @@ class GlooCommunicator final : public Communicator {
                     static_cast<std::size_t>(in_bytes[i]));
     c10d::AllToAllOptions options;
     options.timeout = timeout();
-    post(name, [&] { return group_->alltoall_base(out, in, out_bytes, in_bytes, options); })->wait();
+    // Gloo's work moves the count vectors out of the references it is given: pass copies.
+    std::vector<std::int64_t> out_counts = out_bytes, in_counts = in_bytes;
+    post(name, [&] { return group_->alltoall_base(out, in, out_counts, in_counts, options); })->wait();
     for (std::size_t i = 0, at = 0; i < n; at += static_cast<std::size_t>(out_bytes[i]), ++i)
       if (out_bytes[i] > 0)
         std::memcpy(static_cast<std::byte*>(recv) + recv_displs[i] * elem,
@@ -270,22 +272,25 @@ class GlooCommunicator final : public Communicator {
   }
 
   // Waits for `works` against `limit`; a failure or a timeout aborts the communicator.
+  // (Gloo's send and receive complete only inside wait(), which takes the timeout.)
   void wait_works(const char* op, std::vector<c10::intrusive_ptr<c10d::Work>>& works,
                   std::chrono::milliseconds limit) {
     const auto start = Clock::now();
     for (auto& work : works) {
+      const auto elapsed =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+      bool completed = false;
       try {
-        while (!work->isCompleted()) {
-          const auto elapsed =
-              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-          if (elapsed >= limit) fail_timeout(op, elapsed, limit);
-          std::this_thread::sleep_for(std::chrono::microseconds(50));
-        }
-        work->wait();  // rethrows the work's exception, if any
-      } catch (const Error&) {
-        throw;
+        completed = work->wait(std::max(limit - elapsed, std::chrono::milliseconds(1)));
       } catch (const std::exception& e) {
+        const auto now =
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+        if (now >= limit) fail_timeout(op, now, limit);
         fail(op, e.what());
+      }
+      if (!completed) {
+        fail_timeout(op, std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start),
+                     limit);
       }
     }
   }
