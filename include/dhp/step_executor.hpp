@@ -32,6 +32,7 @@
 #include "dhp/communicator.hpp"
 #include "dhp/cp_attention.hpp"
 #include "dhp/encoder_attention.hpp"
+#include "dhp/error.hpp"
 #include "dhp/grad_sync.hpp"
 #include "dhp/group_pool.hpp"
 #include "dhp/kernels.hpp"
@@ -140,6 +141,19 @@ struct StepGroups {
 // (so no rank is left waiting on another that refused to go on).
 void agree_on_errors(Communicator& world, const std::string& local_error);
 
+// Runs `body`, one action of a step; a dhp::Error leaving it is rethrown (same kind) with
+// the step, the wave and the action in front of its message, so that a timeout in a ring
+// or at the boundary says where the step was.
+template <typename Body>
+void run_action(std::int64_t step, const StepAction& action, Body&& body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    throw Error(e.kind(), fmt::format("step {}, wave {}, {}: {}", step, action.wave,
+                                      to_string(action.kind), e.message()));
+  }
+}
+
 // Every group partition (world ranks) a plan's step acquires: TP groups of both modules,
 // replica groups of both modules, the plan's Ulysses groups. Collective order: as listed.
 std::vector<std::vector<std::vector<int>>> step_partitions(const Plan& plan);
@@ -205,6 +219,8 @@ class StepExecutor {
   StepGroups groups(const Plan& plan);
 
  private:
+  StepStats settle(StepRun& run, double local_loss);
+
   struct Impl;
   Communicator& world_;
   GroupPool& pool_;
