@@ -136,14 +136,27 @@ class CostModel {
 };
 
 // --- calibration: fit coefficients to measured profiles with least squares ---
+// One measured time and what it covered. The kinds a runtime measures for a whole rank:
+// "llm_rank" (one rank's LLM forward and backward in a wave: the shares of the group's
+// zigzag sequences, split_tokens, and its whole ones, whole_tokens, on a ring of `degree`),
+// "encoder_rank" (one encoder rank's forward and backward in a wave: its parts, each whole
+// or one shard of a ring of `ring` parts). Profiles of single pieces: "llm_sequence",
+// "encoder_item", "p2p".
+struct EncoderPartMeasurement {
+  VisualItem item;  // the part encoded (ring == 1), or the whole item a shard belongs to
+  int ring = 1;     // shards of the item's ring (1: encoded on its own)
+};
+
 struct Measurement {
-  std::string kind;  // "llm_sequence" | "encoder_item" | "p2p"
+  std::string kind;  // "llm_sequence" | "encoder_item" | "p2p" | "llm_rank" | "encoder_rank"
   std::int64_t tokens = 0;
   int degree = 1;
   bool crosses_nodes = false;
   std::int64_t patches = 0;  // encoder_item
   int frames = 1;            // encoder_item: video frames of the item (1 for an image)
   double bytes = 0;          // p2p
+  std::vector<std::int64_t> split_tokens, whole_tokens;  // llm_rank
+  std::vector<EncoderPartMeasurement> encoder_parts;     // encoder_rank
   double measured_ms = 0;
 };
 
