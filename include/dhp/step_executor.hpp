@@ -79,6 +79,9 @@ struct StepStats {
   std::int64_t loss_tokens = 0;  // global
   std::int64_t comm_created = 0;  // group communicators created during run() (pool misses)
   BoundaryBytes boundary;         // world totals: sent, and the plan's minimum
+  // The step's inputs (token ids, labels, patches) sent between processes, world totals,
+  // and the minimum the plan allows (every row to every process that runs it, once).
+  std::int64_t dispatch_bytes = 0, dispatch_min_bytes = 0;
   // This process's time per phase and in all (ms), and its events.
   double dispatch_ms = 0, encoder_ms = 0, boundary_ms = 0, llm_ms = 0, grad_sync_ms = 0;
   double step_ms = 0;
@@ -184,9 +187,10 @@ struct StepRun {
 
   // This process's patches of `wave` (null when it has none).
   const std::byte* wave_patches(int wave) const;
-  // Adds an event [started, now) of this process and its duration to `total`.
+  // Adds an event [started, ended) of this process (ended: now when not given) and its
+  // duration to `total`.
   void record(StepEvent::Kind kind, int wave, Clock::time_point started, std::int64_t tokens,
-              double& total);
+              double& total, Clock::time_point ended = {});
 };
 
 class StepExecutor {

@@ -237,6 +237,45 @@ std::string check_inputs(const StepSchedule& schedule, const StepInputs& inputs,
   return "";
 }
 
+// The least the inputs can move, from the plan alone: every LLM row to every process of
+// the ranks that run it (token id and label), every part's patches to every process of its
+// encoder rank, except where the owner is that process.
+std::int64_t dispatch_min_bytes(const Plan& plan, const StepSchedule& schedule,
+                                std::span<const int> owners, std::int64_t patch_bytes) {
+  const ModuleLayout& llm = plan.llm;
+  const std::int64_t token_row = 2 * static_cast<std::int64_t>(sizeof(std::int64_t));
+  std::int64_t bytes = 0;
+  const auto elsewhere = [&](const ModuleLayout& layout, int rank, int owner) {
+    std::int64_t n = 0;
+    for (int t = 0; t < layout.tp; ++t) n += layout.device_of(rank, t) != owner;
+    return n;
+  };
+  for (const WavePlan& wave : plan.waves) {
+    for (const SequencePlan& seq : wave.sequences) {
+      const GroupPlan& group = wave.groups[static_cast<std::size_t>(seq.group)];
+      const int owner = owners[static_cast<std::size_t>(seq.sample)];
+      const std::int64_t length = schedule.sample_lengths()[static_cast<std::size_t>(seq.sample)];
+      if (seq.sharding == Sharding::Whole) {
+        bytes += length * elsewhere(llm, group.ranks[static_cast<std::size_t>(seq.member)], owner) *
+                 token_row;
+        continue;
+      }
+      for (int m = 0; m < group.degree(); ++m)
+        bytes += zigzag_chunks(length, group.degree(), m).rows() *
+                 elsewhere(llm, group.ranks[static_cast<std::size_t>(m)], owner) * token_row;
+    }
+  }
+  for (const EncoderTask& task : plan.encoder_tasks) {
+    const int item = schedule.first_visual()[static_cast<std::size_t>(task.sample)] + task.visual;
+    const std::int64_t patches =
+        schedule.item_parts(item)[static_cast<std::size_t>(task.part)].patches();
+    bytes += patches *
+             elsewhere(plan.encoder, task.rank, owners[static_cast<std::size_t>(task.sample)]) *
+             patch_bytes;
+  }
+  return bytes;
+}
+
 std::int64_t count_loss_rows(const StepSchedule& schedule, const StepInputs& inputs) {
   std::int64_t rows = 0;
   for (std::size_t s = 0; s < schedule.batch().samples.size(); ++s)
@@ -254,9 +293,10 @@ const std::byte* StepRun::wave_patches(int wave) const {
 }
 
 void StepRun::record(StepEvent::Kind kind, int wave, Clock::time_point started, std::int64_t tokens,
-                     double& total) {
+                     double& total, Clock::time_point ended) {
+  if (ended == Clock::time_point{}) ended = Clock::now();
   const double begin = std::chrono::duration<double, std::milli>(started - start).count();
-  const double end = ms_since(start);
+  const double end = std::chrono::duration<double, std::milli>(ended - start).count();
   stats.events.push_back({kind, wave, begin, end, tokens});
   total += end - begin;
 }
@@ -291,9 +331,11 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
   const int waves = schedule.waves();
   run.tokens.resize(static_cast<std::size_t>(waves));
   run.labels.resize(static_cast<std::size_t>(waves));
+  std::int64_t sent_bytes = 0;
   for (int w = 0; w < waves; ++w) {
     const WaveDispatch dispatch(plan, w, schedule.sample_lengths(), inputs.sample_owners,
                                 world_.rank(), world_.size());
+    sent_bytes += dispatch.rows_sent_to_others() * 2 * static_cast<std::int64_t>(sizeof(std::int64_t));
     auto& tokens = run.tokens[static_cast<std::size_t>(w)];
     auto& labels = run.labels[static_cast<std::size_t>(w)];
     tokens.resize(static_cast<std::size_t>(dispatch.local_rows()));
@@ -310,7 +352,11 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
       run.patch_offset[static_cast<std::size_t>(w)] = items.wave_offset(w);
     run.patches.resize(static_cast<std::size_t>(items.local_rows() * run.patch_bytes));
     items.forward(world_, inputs.patches, run.patches.data(), run.patch_bytes);
+    sent_bytes += items.rows_sent_to_others() * run.patch_bytes;
   }
+  run.stats.dispatch_bytes = sent_bytes;
+  run.stats.dispatch_min_bytes = dispatch_min_bytes(plan, schedule, inputs.sample_owners,
+                                                    run.patch_bytes);
   run.record(StepEvent::Kind::Dispatch, -1, dispatch_start, 0, run.stats.dispatch_ms);
 
   // --- gradient buckets of the modules this process holds; the boundary ---
@@ -350,11 +396,12 @@ StepStats StepExecutor::settle(StepRun& run, double local_loss) {
   world_.all_reduce(&loss, &loss, 1, DataType::F64, ReduceOp::Sum);
   stats.loss = loss;
   const BoundaryBytes& bytes = run.boundary->bytes();
-  std::int64_t sent[2] = {bytes.sent_forward, bytes.sent_backward};
-  world_.all_reduce(sent, sent, 2, DataType::I64, ReduceOp::Sum);
+  std::int64_t sent[3] = {bytes.sent_forward, bytes.sent_backward, stats.dispatch_bytes};
+  world_.all_reduce(sent, sent, 3, DataType::I64, ReduceOp::Sum);
   stats.boundary = bytes;
   stats.boundary.sent_forward = sent[0];
   stats.boundary.sent_backward = sent[1];
+  stats.dispatch_bytes = sent[2];
   stats.comm_created = pool_.stats().creations - run.created_before;
   stats.step_ms = ms_since(run.start);
   DHP_LOG_DEBUG("{}: step {} loss {:.6f} in {:.1f} ms ({} communicators created)",

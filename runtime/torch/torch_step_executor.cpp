@@ -245,7 +245,19 @@ StepStats TorchStepExecutor::run(const Batch& batch, const Plan& plan, const Ste
             encoder_hooks_->armed = !disjoint;
           }
           total.backward();
-          run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
+          // One backward call ran the LLM, then the boundary, then (colocated) the encoder.
+          const BoundaryWave& bw = s.boundary;
+          if (!bw.backward_ran) {
+            run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
+            break;
+          }
+          run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms,
+                     bw.backward_begin);
+          run.record(StepEvent::Kind::Boundary, w, bw.backward_begin, bw.consumed_rows,
+                     stats.boundary_ms, bw.backward_end);
+          if (!disjoint && enc.patch_rows > 0)
+            run.record(StepEvent::Kind::EncoderBackward, w, bw.backward_end, enc.patch_rows,
+                       stats.encoder_ms);
           break;
         }
         case StepActionKind::EncoderBackward: {
@@ -253,7 +265,10 @@ StepStats TorchStepExecutor::run(const Batch& batch, const Plan& plan, const Ste
           const auto start = Clock::now();
           if (last) encoder_hooks_->armed = true;
           s.handle.backward();
-          run.record(StepEvent::Kind::EncoderBackward, w, start, enc.patch_rows, stats.encoder_ms);
+          run.record(StepEvent::Kind::Boundary, w, start, enc.token_rows, stats.boundary_ms,
+                     s.boundary.backward_end);
+          run.record(StepEvent::Kind::EncoderBackward, w, s.boundary.backward_end, enc.patch_rows,
+                     stats.encoder_ms);
           break;
         }
       }
