@@ -1,7 +1,10 @@
 // Shared machinery of all planning strategies (not installed; not public API).
 // Strategies decide *what* runs together (waves, group degrees, which sequence where);
 // build_plan() turns that into a concrete Plan: node-aware ranks, encoder work, estimate,
-// and the hard memory check.
+// and the hard memory check. Defined in module_layout.cpp (layouts), group_placement.cpp
+// (ranks of groups and rings), memory_budget.cpp (a rank's pieces, budgets, the fit check),
+// sample_costs.cpp, gradient_sync_timing.cpp, plan_assembly.cpp and encoder_assignment.cpp
+// (drafts -> plans).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Shared plan machinery: node-aware placement, layouts, the fit check, build_plan.
+// The fit check (memory_budget.cpp) and drafts -> plans (build_plan, plan_assembly.cpp).
 #include <gtest/gtest.h>
 
 #include <set>
@@ -10,87 +10,6 @@
 
 namespace dhp {
 namespace {
-
-int nodes_spanned(const std::vector<int>& ranks, int rpn) {
-  std::set<int> nodes;
-  for (int r : ranks) nodes.insert(r / rpn);
-  return static_cast<int>(nodes.size());
-}
-
-int boundary_crossings(const std::vector<int>& ring, int rpn) {
-  if (ring.size() < 2) return 0;
-  int crossings = 0;
-  for (std::size_t i = 0; i < ring.size(); ++i)
-    crossings += ring[i] / rpn != ring[(i + 1) % ring.size()] / rpn;
-  return crossings;
-}
-
-TEST(PlaceGroups, SmallGroupsStayInsideOneNode) {
-  const std::vector<int> degrees = {3, 5, 2, 6, 1, 7, 4, 4};  // 32 ranks, nodes of 8
-  const auto placed = detail::place_groups(degrees, 32, 8);
-  ASSERT_EQ(placed.size(), degrees.size());
-  std::set<int> used;
-  for (std::size_t g = 0; g < degrees.size(); ++g) {
-    EXPECT_EQ(static_cast<int>(placed[g].size()), degrees[g]);
-    EXPECT_EQ(nodes_spanned(placed[g], 8), 1) << "group " << g << " of degree " << degrees[g];
-    for (int r : placed[g]) EXPECT_TRUE(used.insert(r).second) << "rank " << r << " reused";
-  }
-}
-
-TEST(PlaceGroups, LargeRingsCrossTheFewestBoundaries) {
-  const std::vector<int> degrees = {20, 8, 4};  // 64 ranks, nodes of 8
-  const auto placed = detail::place_groups(degrees, 64, 8);
-  // 20 ranks need 3 nodes at least; a ring over k nodes crosses k boundaries.
-  EXPECT_EQ(nodes_spanned(placed[0], 8), 3);
-  EXPECT_EQ(boundary_crossings(placed[0], 8), 3);
-  EXPECT_EQ(nodes_spanned(placed[1], 8), 1);
-  EXPECT_EQ(nodes_spanned(placed[2], 8), 1);
-  EXPECT_FALSE(detail::crosses_nodes(placed[1], 8));
-  EXPECT_TRUE(detail::crosses_nodes(placed[0], 8));
-}
-
-TEST(PlaceGroups, TooManyRanksIsAnError) {
-  EXPECT_THROW(detail::place_groups({4, 5}, 8, 8), Error);
-  EXPECT_THROW(detail::place_groups({0}, 8, 8), Error);
-}
-
-TEST(ResolveLayout, ExplicitTpMustDivideHeads) {
-  const ModelSpec model = model_preset("qwen2-vl-7b");
-  PlannerOptions options;
-  options.llm_tp = 3;
-  try {
-    detail::resolve_layout(cluster_preset("h100-8"), model, options);
-    FAIL() << "tp=3 accepted";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
-    EXPECT_NE(std::string(e.what()).find("llm_tp=3"), std::string::npos) << e.what();
-  }
-}
-
-TEST(ResolveLayout, AutomaticTpDividesHeadsAndNode) {
-  const ModelSpec model = model_preset("llama3-70b");
-  const auto layout = detail::resolve_layout(cluster_preset("h100-64"), model, {});
-  EXPECT_EQ(model.llm.heads % layout.llm_tp, 0);
-  EXPECT_EQ(8 % layout.llm_tp, 0);
-  EXPECT_EQ(layout.llm.ranks * layout.llm_tp, 64);
-  EXPECT_EQ(layout.llm_ranks_per_node, 8 / layout.llm_tp);
-}
-
-TEST(ResolveLayout, DisjointPlacesEncoderFirst) {
-  PlannerOptions options;
-  options.placement = EncoderPlacement::Disjoint;
-  options.encoder_devices = 8;
-  const auto layout =
-      detail::resolve_layout(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), options);
-  EXPECT_EQ(layout.encoder.first_device, 0);
-  EXPECT_EQ(layout.encoder.num_devices(), 8);
-  EXPECT_EQ(layout.llm.first_device, 8);
-  EXPECT_EQ(layout.llm.num_devices(), 56);
-  options.encoder_devices = 12;  // not a node multiple
-  EXPECT_THROW(
-      detail::resolve_layout(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), options),
-      Error);
-}
 
 TEST(CheckBatchFits, NamesTheSampleThatCannotFit) {
   const ClusterSpec cluster = cluster_preset("h100-8");
