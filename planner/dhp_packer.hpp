@@ -58,7 +58,7 @@ struct Tables {
 };
 
 Tables make_tables(const Batch& batch, const CostModel& cost, const Layout& layout,
-                   const PlannerOptions& options);
+                   const PlannerOptions& options, const SampleCosts& sample_costs);
 
 enum class Fill { BestFit, Lpt };
 

@@ -75,6 +75,7 @@ class DhpSearch {
   const CostModel& cost_;
   const Layout& layout_;
   const PlannerOptions& options_;
+  const SampleCosts sample_costs_;
   const Tables tables_;
   const int R_;
   // Two packers: the bisection packs into `packer_` and swaps it with `kept_` on success, so
@@ -83,7 +84,6 @@ class DhpSearch {
   Packer packer_b_;
   Packer* packer_ = &packer_a_;
   Packer* kept_ = &packer_b_;
-  const SampleCosts sample_costs_;
   const bool has_encoder_;
   const bool at_scale_;
   const long long local_search_work_;
@@ -109,11 +109,11 @@ DhpSearch::DhpSearch(const Batch& batch, const CostModel& cost, const Layout& la
       cost_(cost),
       layout_(layout),
       options_(options),
-      tables_(make_tables(batch, cost, layout, options)),
+      sample_costs_(make_sample_costs(batch, cost, layout)),
+      tables_(make_tables(batch, cost, layout, options, sample_costs_)),
       R_(tables_.ranks),
       packer_a_(tables_),
       packer_b_(tables_),
-      sample_costs_(make_sample_costs(batch, cost, layout)),
       has_encoder_(layout.encoder.ranks > 0),
       at_scale_(static_cast<long long>(R_) * static_cast<long long>(tables_.seqs.size()) >
                 kPortfolioMaxWork),

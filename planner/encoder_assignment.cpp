@@ -20,53 +20,54 @@ bool longest_first(const EncoderItem& a, const EncoderItem& b) {
 }
 
 // Items longer than `share` (the wave's even share of encoder time per rank) are cut so that
-// no single image or video holds up its wave: a video into ranges of its temporal slices
-// (tiles), each about `share` long and encoded on its own; an image of one span into shards
-// that run as a ring, as many as it takes to bring a shard to `share` (or as fast as the ring
-// gets). Every part priced as what it is: its own launches, the lower efficiency of smaller
-// pieces, the ring's exchange.
-void split_long_items(const CostModel& cost, const Batch& batch, double share, int encoder_ranks,
-                      std::vector<EncoderItem>& items) {
+// no single image or video holds up its wave, and items holding more than `max_held` bytes so
+// that their parts find room beside the wave's LLM work: a video into ranges of its temporal
+// slices (tiles), each about `share` long (and within `max_held`) and encoded on its own; an
+// image of one span into shards that run as a ring, as many as it takes to bring a shard to
+// `share` (or as fast as the ring gets), and at least as many as its bytes need. Every part
+// priced as what it is: its own launches, the lower efficiency of smaller pieces, the ring's
+// exchange.
+void split_long_items(const CostModel& cost, const Batch& batch, double share, double max_held,
+                      int encoder_ranks, std::vector<EncoderItem>& items) {
   const EncoderSpec& enc = *cost.model().encoder;
   const int per_node = std::max(1, cost.cluster().devices_per_node / cost.encoder_tp());
-  // Shards below half_efficiency_tokens patches would run at under half efficiency.
-  const auto min_patches =
-      std::max<std::int64_t>(1, std::llround(cost.coefficients().half_efficiency_tokens));
   const std::size_t count = items.size();
   for (std::size_t i = 0; i < count; ++i) {
-    if (!(items[i].ms > share)) continue;
+    const bool long_item = items[i].ms > share;
+    const double memory_parts = std::ceil(items[i].bytes.held / max_held);
+    if (!long_item && !(memory_parts > 1)) continue;
     const VisualItem& v = batch.samples[items[i].sample].visuals[items[i].visual];
     const int spans = encoder_spans(enc, v);
+    const int most = most_encoder_parts(cost, v, encoder_ranks);
+    const int least = static_cast<int>(std::min<double>(most, memory_parts));
     if (spans == 1) {
-      const int most = static_cast<int>(
-          std::min<std::int64_t>({encoder_ranks, 4LL * per_node, v.patches / min_patches}));
       int best_n = 1;
       double best_ms = items[i].ms;
       for (int n = 2; n <= most; ++n) {
         const double ms = cost.encoder_shard_ms(v, RingSpan{n, n > per_node});
-        if (ms < best_ms) {
+        if (ms < best_ms || n <= least) {
           best_ms = ms;
           best_n = n;
         }
-        if (ms <= share) break;
+        if (n >= least && ms <= share) break;
       }
       if (best_n == 1) continue;
       items[i].parts = best_n;
       items[i].shards = true;
       items[i].ms = best_ms;
-      items[i].bytes = cost.encoder_shard_activation_bytes(encoder_part(enc, v, 0, best_n), best_n);
+      items[i].bytes = cost.encoder_shard_bytes(encoder_part(enc, v, 0, best_n), best_n);
       continue;
     }
-    const int parts = static_cast<int>(
-        std::min<double>({static_cast<double>(spans), static_cast<double>(encoder_ranks),
-                          std::ceil(items[i].ms / share)}));
+    const int parts = std::min(
+        most,
+        std::max(least, static_cast<int>(std::min<double>(most, std::ceil(items[i].ms / share)))));
     if (parts < 2) continue;
     const EncoderItem whole = items[i];
     for (int p = 0; p < parts; ++p) {
       const VisualItem part = encoder_part(enc, v, p, parts);
       EncoderItem it = whole;
       it.ms = cost.encoder_item_ms(part);
-      it.bytes = cost.encoder_activation_bytes(part);
+      it.bytes = cost.encoder_item_bytes(part);
       it.llm_tokens = part.llm_tokens;
       it.part = p;
       it.parts = parts;
@@ -80,6 +81,17 @@ void split_long_items(const CostModel& cost, const Batch& batch, double share, i
 
 }  // namespace
 
+int most_encoder_parts(const CostModel& cost, const VisualItem& item, int encoder_ranks) {
+  const int spans = encoder_spans(*cost.model().encoder, item);
+  if (spans > 1) return std::min(spans, encoder_ranks);
+  const int per_node = std::max(1, cost.cluster().devices_per_node / cost.encoder_tp());
+  // Shards below half_efficiency_tokens patches would run at under half efficiency.
+  const auto min_patches =
+      std::max<std::int64_t>(1, std::llround(cost.coefficients().half_efficiency_tokens));
+  return static_cast<int>(std::max<std::int64_t>(
+      1, std::min<std::int64_t>({encoder_ranks, 4LL * per_node, item.patches / min_patches})));
+}
+
 // Encoder work of the wave: longest item first onto the least-loaded encoder rank; on a tie
 // prefer a rank on the devices of the consuming group (no boundary traffic); never past a
 // rank's room where any rank can take the item (else the fewest-bytes rank). The room is what
@@ -89,9 +101,9 @@ void PlanAssembler::assign_encoder_items(std::size_t w) {
   if (layout_.split_visual_items) cut_long_items(w);
   const std::vector<EncoderItem>& items = wave_items_[w];
   order_encoder_ranks(w);
-  min_bytes_from_.assign(items.size() + 1, std::numeric_limits<double>::infinity());
+  min_held_from_.assign(items.size() + 1, std::numeric_limits<double>::infinity());
   for (std::size_t i = items.size(); i-- > 0;)
-    min_bytes_from_[i] = std::min(min_bytes_from_[i + 1], items[i].bytes);
+    min_held_from_[i] = std::min(min_held_from_[i + 1], items[i].bytes.held);
   full_.clear();
   for (std::size_t i = 0; i < items.size(); ++i) {
     if (items[i].shards)
@@ -102,16 +114,28 @@ void PlanAssembler::assign_encoder_items(std::size_t w) {
   record_boundary(w);
 }
 
-// Only the items longer than the wave's even share are cut: a prefix (the items are longest
-// first); its parts merge back in.
+// The items longer than the wave's even share are cut (a prefix: the items are longest
+// first), and the items holding more than half a rank's mean room (the room its devices have
+// beside the wave's LLM work): their parts merge back in.
 void PlanAssembler::cut_long_items(std::size_t w) {
   std::vector<EncoderItem>& items = wave_items_[w];
   const double share = wave_encoder_ms_[w] / E_;
+  double room = 0;
+  for (int e = 0; e < E_; ++e) room += std::min(room_llm_[e], room_pass_[e]);
+  const double max_held = room > 0 ? room / E_ / 2 : std::numeric_limits<double>::infinity();
   const auto longer = std::partition_point(items.begin(), items.end(),
                                            [&](const EncoderItem& it) { return it.ms > share; });
-  if (longer == items.begin()) return;
   cut_items_.assign(items.begin(), longer);
-  split_long_items(cost_, batch_, share, E_, cut_items_);
+  auto kept = longer;
+  for (auto it = longer; it != items.end(); ++it) {
+    if (it->bytes.held > max_held)
+      cut_items_.push_back(*it);
+    else if (kept++ != it)
+      *std::prev(kept) = *it;
+  }
+  items.erase(kept, items.end());
+  if (cut_items_.empty()) return;
+  split_long_items(cost_, batch_, share, max_held, E_, cut_items_);
   std::sort(cut_items_.begin(), cut_items_.end(), longest_first);
   merged_items_.clear();
   merged_items_.reserve(cut_items_.size() + static_cast<std::size_t>(items.end() - longer));
@@ -142,7 +166,7 @@ void PlanAssembler::order_encoder_ranks(std::size_t w) {
 // A ring of item.parts ranks that start together: the first ones in order with room (else
 // the fewest-bytes ones), in rank order.
 void PlanAssembler::assign_ring(const EncoderItem& item, std::size_t i, std::size_t w) {
-  const double b = item.bytes;
+  const EncoderBytes& b = item.bytes;
   ring_.clear();
   by_load_.visit_in_order([&](int e) {
     if (!no_room(e, b, i)) ring_.push_back(e);
@@ -153,7 +177,7 @@ void PlanAssembler::assign_ring(const EncoderItem& item, std::size_t i, std::siz
     int fewest = -1;
     for (int e = 0; e < E_; ++e)
       if (std::find(ring_.begin(), ring_.end(), e) == ring_.end() &&
-          (fewest < 0 || enc_bytes_[e] < enc_bytes_[fewest]))
+          (fewest < 0 || enc_held_[e] < enc_held_[fewest]))
         fewest = e;
     ring_.push_back(fewest);
   }
@@ -167,14 +191,14 @@ void PlanAssembler::assign_ring(const EncoderItem& item, std::size_t i, std::siz
   for (int e : ring_) start = std::max(start, key(e));
   for (int p = 0; p < item.parts; ++p) {
     const VisualItem shard = encoder_part(enc, v, p, item.parts);
-    assign(item, ring_[p], start - key(ring_[p]), ms,
-           cost_.encoder_shard_activation_bytes(shard, item.parts), shard.llm_tokens, p, w);
+    assign(item, ring_[p], start - key(ring_[p]), ms, cost_.encoder_shard_bytes(shard, item.parts),
+           shard.llm_tokens, p, w);
   }
 }
 
 // The first rank in order with room; on a tie of keys, one on the consuming group's devices.
 void PlanAssembler::assign_one(const EncoderItem& item, std::size_t i, std::size_t w) {
-  const double b = item.bytes;
+  const EncoderBytes& b = item.bytes;
   int chosen = -1;
   by_load_.visit_in_order([&](int e) {
     if (no_room(e, b, i)) return true;
@@ -190,7 +214,7 @@ void PlanAssembler::assign_one(const EncoderItem& item, std::size_t i, std::size
     double least = std::numeric_limits<double>::infinity();
     bool found = false;
     for (int e : group_encoder_ranks_[item.group]) {
-      if (key(e) == key(chosen) && enc_bytes_[e] + b <= enc_room_[e]) {
+      if (key(e) == key(chosen) && fits(e, b)) {
         chosen = e;
         found = true;
         break;
@@ -200,16 +224,17 @@ void PlanAssembler::assign_one(const EncoderItem& item, std::size_t i, std::size
     if (!found) group_least_key_[item.group] = least;
   }
   if (chosen < 0)
-    chosen = static_cast<int>(std::min_element(enc_bytes_.begin(), enc_bytes_.end()) -
-                              enc_bytes_.begin());
+    chosen =
+        static_cast<int>(std::min_element(enc_held_.begin(), enc_held_.end()) - enc_held_.begin());
   assign(item, chosen, 0.0, item.ms, b, item.llm_tokens, item.part, w);
 }
 
 // `wait`: idle before the task (a ring waiting for its last member), part of the load.
-void PlanAssembler::assign(const EncoderItem& item, int e, double wait, double ms, double bytes,
-                           std::int64_t tokens, int part, std::size_t w) {
+void PlanAssembler::assign(const EncoderItem& item, int e, double wait, double ms,
+                           EncoderBytes bytes, std::int64_t tokens, int part, std::size_t w) {
   enc_load_[e] += wait + ms;
-  enc_bytes_[e] += bytes;
+  enc_held_[e] += bytes.held;
+  enc_working_[e] = std::max(enc_working_[e], bytes.working);
   by_load_.raise(e, key(e));
 
   if (!on_group_devices(e, item.group)) enc_sent_[e] += tokens;

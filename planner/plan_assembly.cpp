@@ -48,13 +48,16 @@ PlanAssembler::PlanAssembler(const std::string& strategy, const Batch& batch, co
       rank_inputs_(R_, 0.0),
       rank_remote_(R_, 0),
       colocated_rank_(E_, -1),
-      enc_room_(E_),
+      room_llm_(E_),
+      room_pass_(E_),
       encoder_clock_(E_, -1.0),
       pending_ms_(E_, 0.0),
-      pending_bytes_(E_, 0.0),
+      pending_held_(E_, 0.0),
+      pending_working_(E_, 0.0),
       enc_load_(E_),
       enc_start_(E_),
-      enc_bytes_(E_),
+      enc_held_(E_),
+      enc_working_(E_),
       enc_sent_(E_),
       device_free_(chained_ ? world_ : 0, 0.0),
       device_bytes_(world_),
@@ -203,13 +206,15 @@ void PlanAssembler::hold_llm_memory() {
     for (int t = 0; t < layout_.llm.tp; ++t)
       device_bytes_[layout_.llm.device_of(r, t)] += llm_static_ + rank_bytes_[r];
   std::fill(enc_load_.begin(), enc_load_.end(), 0.0);
-  std::fill(enc_bytes_.begin(), enc_bytes_.end(), 0.0);
+  std::fill(enc_held_.begin(), enc_held_.end(), 0.0);
+  std::fill(enc_working_.begin(), enc_working_.end(), 0.0);
   std::fill(enc_sent_.begin(), enc_sent_.end(), 0);
   for (int e = 0; e < E_; ++e) {
     double used = 0;
     for (int t = 0; t < layout_.encoder.tp && colocated_; ++t)
       used = std::max(used, device_bytes_[layout_.encoder.device_of(e, t)]);
-    enc_room_[e] = std::min(capacity_ - enc_static_ - used, capacity_ - held_beside_forward(e));
+    room_llm_[e] = capacity_ - enc_static_ - used;
+    room_pass_[e] = capacity_ - held_beside_forward(e);
   }
 }
 
@@ -363,12 +368,12 @@ void PlanAssembler::run_pending_backward() {
   std::fill(pending_ms_.begin(), pending_ms_.end(), 0.0);
 }
 
-// Memory per device: the LLM's part (hold_llm_memory), plus the encoder's on shared devices;
-// and each encoder rank while its forward runs beside the previous wave's items.
+// Memory per device: the LLM's part (hold_llm_memory), plus the encoder's held bytes on shared
+// devices; and each encoder rank while its passes run beside the previous wave's items.
 void PlanAssembler::check_wave_memory(std::size_t w) {
   for (int e = 0; e < E_; ++e)
     for (int t = 0; t < layout_.encoder.tp; ++t)
-      device_bytes_[layout_.encoder.device_of(e, t)] += enc_static_ + enc_bytes_[e];
+      device_bytes_[layout_.encoder.device_of(e, t)] += enc_static_ + enc_held_[e];
   auto note_over = [&](double bytes, int rank) {
     if (bytes > capacity_ && bytes - capacity_ > over_bytes_) {
       over_capacity_ = true;
@@ -386,11 +391,13 @@ void PlanAssembler::check_wave_memory(std::size_t w) {
   }
   for (int e = 0; e < E_; ++e) {
     const int r = colocated_rank_[e];  // -1 unless colocated
-    const double b = held_beside_forward(e) + enc_bytes_[e];
+    const double b =
+        held_beside_forward(e) + enc_held_[e] + std::max(enc_working_[e], pending_working_[e]);
     if (r >= 0) peak_bytes_[r] = std::max(peak_bytes_[r], b);
     note_over(b, -1 - e);
   }
-  pending_bytes_ = enc_bytes_;
+  pending_held_ = enc_held_;
+  pending_working_ = enc_working_;
 }
 
 // The step: the waves on the devices' clocks (or a disjoint encoder one wave ahead), then

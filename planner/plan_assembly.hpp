@@ -21,7 +21,7 @@ struct EncoderItem {
   int sample, visual, group;
   int member;  // the group member that holds the sample whole; -1 when it is split
   double ms;
-  double bytes;
+  EncoderBytes bytes;
   std::int64_t llm_tokens;
   int parts = 1;
   bool shards = false;  // parts of one span: a ring over `parts` encoder ranks, placed together
@@ -57,7 +57,7 @@ class PlanAssembler {
   void order_encoder_ranks(std::size_t w);
   void assign_ring(const EncoderItem& item, std::size_t i, std::size_t w);
   void assign_one(const EncoderItem& item, std::size_t i, std::size_t w);
-  void assign(const EncoderItem& item, int e, double wait, double ms, double bytes,
+  void assign(const EncoderItem& item, int e, double wait, double ms, EncoderBytes bytes,
               std::int64_t tokens, int part, std::size_t w);
   void record_boundary(std::size_t w);
   // plan_assembly.cpp, on the devices' clocks
@@ -77,11 +77,19 @@ class PlanAssembler {
   void occupy(const ModuleLayout& m, int rank, double until) {
     for (int i = 0; i < m.tp; ++i) device_free_[m.device_of(rank, i)] = until;
   }
-  // Bytes on encoder rank e's devices besides the wave's own items while its forward runs:
+  // Bytes on encoder rank e's devices besides the wave's own items while its passes run:
   // the previous wave's items, still waiting for their backward (colocated, with the LLM's
   // static memory and no activations then; disjoint, the encoder runs a wave ahead).
   double held_beside_forward(int e) const {
-    return enc_static_ + pending_bytes_[e] + (colocated_rank_[e] >= 0 ? llm_static_ : 0.0);
+    return enc_static_ + pending_held_[e] + (colocated_rank_[e] >= 0 ? llm_static_ : 0.0);
+  }
+  // Whether encoder rank e takes one more item: its held bytes beside the wave's LLM work, and
+  // beside the previous wave's items with the largest working set of either wave while the
+  // encoder passes run.
+  bool fits(int e, const EncoderBytes& bytes) const {
+    const double held = enc_held_[e] + bytes.held;
+    return held <= room_llm_[e] &&
+           held + std::max({enc_working_[e], pending_working_[e], bytes.working}) <= room_pass_[e];
   }
   bool on_group_devices(int e, int group) const {
     return colocated_rank_[e] >= 0 && rank_group_[colocated_rank_[e]] == group;
@@ -89,9 +97,12 @@ class PlanAssembler {
   double key(int e) const { return enc_start_[e] + enc_load_[e]; }
   // A rank without room for the smallest item still to come can take nothing more in this
   // wave: it is noted to leave the order, so that later walks do not pass it again.
-  bool no_room(int e, double bytes, std::size_t i) {
-    if (enc_bytes_[e] + bytes <= enc_room_[e]) return false;
-    if (enc_bytes_[e] + min_bytes_from_[i] > enc_room_[e]) full_.push_back(e);
+  bool no_room(int e, const EncoderBytes& bytes, std::size_t i) {
+    if (fits(e, bytes)) return false;
+    const double least = enc_held_[e] + min_held_from_[i];
+    if (least > room_llm_[e] ||
+        least + std::max(enc_working_[e], pending_working_[e]) > room_pass_[e])
+      full_.push_back(e);
     return true;
   }
   void drop_full() {
@@ -136,13 +147,16 @@ class PlanAssembler {
 
   // --- per encoder rank ---
   std::vector<int> colocated_rank_;  // the LLM rank on whose devices it starts (-1: none)
-  std::vector<double> enc_room_;     // bytes its wave's items may take
+  std::vector<double> room_llm_;     // bytes its wave's items may hold beside the wave's LLM
+  std::vector<double> room_pass_;    // bytes while its passes run (room_llm_'s, and working)
   std::vector<double> encoder_clock_;
-  std::vector<double> pending_ms_;     // the previous wave's backward it owes
-  std::vector<double> pending_bytes_;  // the bytes of the previous wave's items
+  std::vector<double> pending_ms_;       // the previous wave's backward it owes
+  std::vector<double> pending_held_;     // the held bytes of the previous wave's items
+  std::vector<double> pending_working_;  // their largest working set
   std::vector<double> enc_load_;
-  std::vector<double> enc_start_;  // when it can start, in its wave's LPT
-  std::vector<double> enc_bytes_;
+  std::vector<double> enc_start_;    // when it can start, in its wave's LPT
+  std::vector<double> enc_held_;     // this wave's items' held bytes
+  std::vector<double> enc_working_;  // their largest working set
   std::vector<std::int64_t> enc_sent_;
   double encoder_end_ = 0;
   std::vector<PendingBackward> pending_;
@@ -182,7 +196,7 @@ class PlanAssembler {
   std::vector<double> group_least_key_;  // per group: a bound on its encoder ranks' keys
   RankHeap by_load_;                     // encoder ranks by (start + load, rank)
   std::vector<int> full_;                // ranks found with no room, to leave by_load_
-  std::vector<double> min_bytes_from_;   // [i]: least bytes of the wave's items i, i + 1, ...
+  std::vector<double> min_held_from_;    // [i]: least held bytes of the wave's items i, i + 1, ...
   std::vector<int> ring_;                // a ring's encoder ranks
 
   // --- the worst rank over capacity ---

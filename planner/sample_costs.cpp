@@ -10,6 +10,7 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
   SampleCosts sc;
   const bool has_encoder = layout.encoder.ranks > 0;
   sc.whole_bytes.reserve(batch.samples.size());
+  sc.encoder_held.reserve(batch.samples.size());
   sc.visual_offset.reserve(batch.samples.size() + 1);
   sc.tokens.reserve(batch.samples.size());
   for (int s = 0; s < static_cast<int>(batch.samples.size()); ++s) {
@@ -17,13 +18,16 @@ SampleCosts make_sample_costs(const Batch& batch, const CostModel& cost, const L
     sc.tokens.push_back(sample.llm_tokens());
     sc.whole_bytes.push_back(cost.llm_activation_bytes(sc.tokens.back(), 1));
     sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));
+    sc.encoder_held.push_back(0.0);
     if (!has_encoder) continue;
     for (int v = 0; v < static_cast<int>(sample.visuals.size()); ++v) {
       const VisualItem& item = sample.visuals[v];
       sc.encoder_ms.push_back(cost.encoder_item_ms(item));
       sc.encoder_spans.push_back(encoder_spans(*cost.model().encoder, item));
-      sc.visuals_longest_first.push_back(SampleCosts::Visual{
-          s, v, sc.encoder_ms.back(), cost.encoder_activation_bytes(item), item.llm_tokens});
+      const EncoderBytes bytes = cost.encoder_item_bytes(item);
+      sc.encoder_held.back() += bytes.held;
+      sc.visuals_longest_first.push_back(
+          SampleCosts::Visual{s, v, sc.encoder_ms.back(), bytes, item.llm_tokens});
     }
   }
   sc.visual_offset.push_back(static_cast<int>(sc.encoder_ms.size()));

@@ -18,7 +18,7 @@ void SimulationRun::price_encoder_tasks() {
             plan_.encoder_tasks.size(), cost_.model().name);
   tasks_by_wave_.assign(plan_.waves.size(), {});
   task_ms_.assign(plan_.encoder_tasks.size(), 0.0);
-  task_bytes_.assign(plan_.encoder_tasks.size(), 0.0);
+  task_bytes_.assign(plan_.encoder_tasks.size(), EncoderBytes{});
   task_tokens_.assign(plan_.encoder_tasks.size(), 0);
   ring_of_.assign(plan_.encoder_tasks.size(), -1);
   rings_.clear();
@@ -34,7 +34,7 @@ void SimulationRun::price_encoder_tasks() {
     task_tokens_[t] = part.llm_tokens;
     if (!encoder_parts_are_shards(*cost_.model().encoder, whole, task.parts)) {
       task_ms_[t] = cost_.encoder_item_ms(part);
-      task_bytes_[t] = cost_.encoder_activation_bytes(part);
+      task_bytes_[t] = cost_.encoder_item_bytes(part);
       continue;
     }
     int& ring = ring_of_item[static_cast<size_t>(first_visual[task.sample] + task.visual)];
@@ -44,7 +44,7 @@ void SimulationRun::price_encoder_tasks() {
     }
     rings_[static_cast<size_t>(ring)].push_back(t);
     ring_of_[t] = ring;
-    task_bytes_[t] = cost_.encoder_shard_activation_bytes(part, task.parts);
+    task_bytes_[t] = cost_.encoder_shard_bytes(part, task.parts);
   }
   // A ring's shards run on distinct ranks and take the same time, priced once.
   for (const std::vector<size_t>& ring : rings_) {
@@ -109,38 +109,51 @@ void SimulationRun::encoder_pass(int w, bool backward) {
         enc_end_[static_cast<size_t>(rank)] = std::max(enc_end_[static_cast<size_t>(rank)], now);
       } else {
         item_ready_[m] = now;
-        encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(rank)] += task_bytes_[m];
+        EncoderBytes& held = encoder_bytes_[static_cast<size_t>(w)][static_cast<size_t>(rank)];
+        held.held += task_bytes_[m].held;
+        held.working = std::max(held.working, task_bytes_[m].working);
       }
     }
   }
 }
 
 // Bytes encoder rank e holds for wave w's items, and the next wave's with `and_next`.
-double SimulationRun::items_held(int w, int e, bool and_next) const {
-  double held = encoder_activation_[static_cast<size_t>(w)][static_cast<size_t>(e)];
-  if (and_next && static_cast<size_t>(w + 1) < encoder_activation_.size())
-    held += encoder_activation_[static_cast<size_t>(w + 1)][static_cast<size_t>(e)];
+// Bytes encoder rank e holds for wave w's items, and the next wave's with `and_next`: their
+// held bytes and the largest working set among them (one item runs at a time).
+EncoderBytes SimulationRun::items_held(int w, int e, bool and_next) const {
+  EncoderBytes held = encoder_bytes_[static_cast<size_t>(w)][static_cast<size_t>(e)];
+  if (and_next && static_cast<size_t>(w + 1) < encoder_bytes_.size()) {
+    const EncoderBytes& next = encoder_bytes_[static_cast<size_t>(w + 1)][static_cast<size_t>(e)];
+    held.held += next.held;
+    held.working = std::max(held.working, next.working);
+  }
   return held;
 }
 
 // Colocated, between waves w and w + 1 a device holds both waves' encoder items and no LLM
-// activations.
+// activations while it runs the next wave's forward and this wave's backward.
 void SimulationRun::hold_two_waves(int w) {
   for (int e = 0; e < plan_.encoder.ranks; ++e) {
-    const double held = items_held(w, e, true);
+    const double peak = items_held(w, e, true).peak();
     for_devices(plan_.encoder, e, [&](int d) {
-      act_peak_[static_cast<size_t>(d)] = std::max(act_peak_[static_cast<size_t>(d)], held);
+      act_peak_[static_cast<size_t>(d)] = std::max(act_peak_[static_cast<size_t>(d)], peak);
     });
   }
 }
 
-// Encoder activations live from the forward to the backward of their wave; disjoint
-// encoders run one wave ahead, so they hold two waves at once.
+// Encoder activations live from the forward to the backward of their wave. Colocated, the
+// wave's LLM work runs beside their held bytes (no encoder layer runs then), and a wave's
+// passes alone need its working set on top; disjoint encoders run one wave ahead, so they
+// hold two waves at once while they compute.
 void SimulationRun::commit_wave_memory(int w) {
   const bool disjoint = plan_.placement == EncoderPlacement::Disjoint;
   for (int e = 0; e < plan_.encoder.ranks; ++e) {
-    const double held = items_held(w, e, disjoint);
-    for_devices(plan_.encoder, e, [&](int d) { wave_activation_[static_cast<size_t>(d)] += held; });
+    const EncoderBytes held = items_held(w, e, disjoint);
+    const double beside_llm = disjoint ? held.peak() : held.held;
+    for_devices(plan_.encoder, e, [&](int d) {
+      wave_activation_[static_cast<size_t>(d)] += beside_llm;
+      act_peak_[static_cast<size_t>(d)] = std::max(act_peak_[static_cast<size_t>(d)], held.peak());
+    });
   }
   for (size_t d = 0; d < act_peak_.size(); ++d) {
     act_peak_[d] = std::max(act_peak_[d], wave_activation_[d]);

@@ -110,7 +110,7 @@ class SimulationRun {
   }
   void price_encoder_tasks();
   void encoder_pass(int w, bool backward);
-  double items_held(int w, int e, bool and_next) const;
+  EncoderBytes items_held(int w, int e, bool and_next) const;
   void hold_two_waves(int w);
   void commit_wave_memory(int w);
 
@@ -139,14 +139,15 @@ class SimulationRun {
   std::vector<double> llm_end_, enc_end_, last_backward_ms_;
   std::vector<std::vector<std::size_t>> tasks_by_wave_;
   std::vector<double> item_ready_, grad_ready_;
-  std::vector<double> consumer_done_;  // per encoder task: when its consumers' LLM ended
-  std::vector<std::size_t> order_;     // a wave's tasks in the order a backward pass runs them
-  std::vector<double> encoder_clock_;  // per encoder rank: encoder_pass's clock
-  std::vector<double> task_ms_, task_bytes_;     // per encoder task: fwd + bwd time, bytes
-  std::vector<std::int64_t> task_tokens_;        // per encoder task: its part's LLM tokens
-  std::vector<int> ring_of_;                     // per encoder task: index into rings_, -1: none
-  std::vector<std::vector<std::size_t>> rings_;  // each ring's tasks, in task order
-  std::vector<std::vector<double>> encoder_activation_;  // [wave][encoder rank] bytes
+  std::vector<double> consumer_done_;      // per encoder task: when its consumers' LLM ended
+  std::vector<std::size_t> order_;         // a wave's tasks in the order a backward pass runs them
+  std::vector<double> encoder_clock_;      // per encoder rank: encoder_pass's clock
+  std::vector<double> task_ms_;            // per encoder task: fwd + bwd time
+  std::vector<EncoderBytes> task_bytes_;   // per encoder task: its activations
+  std::vector<std::int64_t> task_tokens_;  // per encoder task: its part's LLM tokens
+  std::vector<int> ring_of_;               // per encoder task: index into rings_, -1: none
+  std::vector<std::vector<std::size_t>> rings_;           // each ring's tasks, in task order
+  std::vector<std::vector<EncoderBytes>> encoder_bytes_;  // [wave][encoder rank] items' bytes
   std::vector<TimelineEvent> timeline_;
 };
 

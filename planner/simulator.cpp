@@ -86,8 +86,8 @@ SimulationResult SimulationRun::run() {
   grad_ready_.assign(plan_.encoder_tasks.size(), 0.0);
   consumer_done_.assign(plan_.encoder_tasks.size(), 0.0);
   encoder_clock_.resize(static_cast<size_t>(plan_.encoder.ranks));
-  encoder_activation_.assign(static_cast<size_t>(waves),
-                             std::vector<double>(static_cast<size_t>(plan_.encoder.ranks), 0.0));
+  encoder_bytes_.assign(static_cast<size_t>(waves),
+                        std::vector<EncoderBytes>(static_cast<size_t>(plan_.encoder.ranks)));
 
   const bool disjoint = plan_.placement == EncoderPlacement::Disjoint;
   if (waves > 0) encoder_pass(0, /*backward=*/false);

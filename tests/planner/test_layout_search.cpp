@@ -62,18 +62,6 @@ TEST(LayoutSearch, Deterministic) {
   EXPECT_EQ(a.encoder_devices, b.encoder_devices);
 }
 
-TEST(LayoutSearch, EncoderHeavyBatchPicksEncoderTpAboveOne) {
-  const ClusterSpec cluster = test::one_node(8);
-  const ModelSpec model = model_preset("qwen2-vl-7b");
-  const std::vector<Batch> batches = {encoder_heavy_batch(16)};
-
-  const PlannerOptions chosen = best_dhp_options(cluster, model, batches);
-  EXPECT_GT(chosen.encoder_tp, 1) << describe_layout(chosen);
-  // It pays: strictly faster than the default layout, which runs the encoder at TP 1.
-  EXPECT_LT(summed_estimate_ms(cluster, model, batches, chosen),
-            summed_estimate_ms(cluster, model, batches, PlannerOptions{}));
-}
-
 TEST(LayoutSearch, KeepsAnExplicitTpAndSearchesTheRest) {
   const ClusterSpec cluster = test::one_node(8);
   const ModelSpec model = model_preset("qwen2-vl-7b");
