@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "baselines.hpp"
@@ -47,12 +48,15 @@ struct Candidate {
 // count a bisection on T and its candidates, the portfolio, local moves and the waves' order.
 class DhpSearch {
  public:
+  // Only plans estimated below `to_beat` are kept (another layout's best, in a layout
+  // search).
   DhpSearch(const Batch& batch, const CostModel& cost, const Layout& layout,
-            const PlannerOptions& options);
+            const PlannerOptions& options, double to_beat);
   DhpSearch(const DhpSearch&) = delete;  // the packers point into it
   DhpSearch& operator=(const DhpSearch&) = delete;
 
-  Plan run() &&;
+  // nullopt when no plan is estimated below `to_beat`.
+  std::optional<Plan> run() &&;
 
  private:
   void bound_the_makespan();
@@ -104,7 +108,7 @@ class DhpSearch {
 };
 
 DhpSearch::DhpSearch(const Batch& batch, const CostModel& cost, const Layout& layout,
-                     const PlannerOptions& options)
+                     const PlannerOptions& options, double to_beat)
     : batch_(batch),
       cost_(cost),
       layout_(layout),
@@ -118,9 +122,12 @@ DhpSearch::DhpSearch(const Batch& batch, const CostModel& cost, const Layout& la
       at_scale_(static_cast<long long>(R_) * static_cast<long long>(tables_.seqs.size()) >
                 kPortfolioMaxWork),
       local_search_work_((R_ + static_cast<long long>(sample_costs_.visuals_longest_first.size())) *
-                         static_cast<long long>(tables_.seqs.size())) {}
+                         static_cast<long long>(tables_.seqs.size())) {
+  best_.step_ms = to_beat;
+}
 
-Plan DhpSearch::run() && {
+std::optional<Plan> DhpSearch::run() && {
+  const bool unbounded = !std::isfinite(best_.step_ms);
   bound_the_makespan();
   find_min_waves();
   search_wave_counts();
@@ -132,6 +139,7 @@ Plan DhpSearch::run() && {
       local_search_work_ <= kLocalSearchMaxWork)
     move_sequences();
   if (!at_scale_) order_waves();
+  if (best_.waves.empty() && !unbounded) return std::nullopt;
   if (!std::isfinite(best_.step_ms)) fall_back_to_more_waves();
   // A finite estimate means every rank fits (the estimate is infinite over capacity), so
   // this is build_plan's plan for the winning drafts.
@@ -423,7 +431,12 @@ void DhpSearch::fall_back_to_more_waves() {
 
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               const PlannerOptions& options) {
-  return DhpSearch(batch, cost, layout, options).run();
+  return *DhpSearch(batch, cost, layout, options, kInf).run();
+}
+
+std::optional<Plan> plan_dhp_below(const Batch& batch, const CostModel& cost, const Layout& layout,
+                                   const PlannerOptions& options, double to_beat) {
+  return DhpSearch(batch, cost, layout, options, to_beat).run();
 }
 
 }  // namespace dhp::detail

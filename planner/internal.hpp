@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -224,6 +225,10 @@ ExactResult solve_exact_wave(const Batch& batch, const CostModel& cost, const La
 // Per-strategy entry points (one source file each).
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               const PlannerOptions& options);
+// plan_dhp keeping only plans estimated below `to_beat` (finite): nullopt when none is (a
+// layout search prices a layout against the best of the others).
+std::optional<Plan> plan_dhp_below(const Batch& batch, const CostModel& cost, const Layout& layout,
+                                   const PlannerOptions& options, double to_beat);
 Plan plan_exact(const Batch& batch, const CostModel& cost, const Layout& layout,
                 const PlannerOptions& options);
 Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& layout,

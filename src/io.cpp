@@ -451,6 +451,7 @@ PlanEstimate estimate_from(const json& obj, const std::string& path) {
   if (const json* m = find(obj, "peak_mem_gib"))
     e.peak_mem_gib = doubles_from(*m, field_path(path, "peak_mem_gib"));
   read_non_negative(obj, path, "mem_capacity_gib", e.mem_capacity_gib);
+  read_non_negative(obj, path, "layout_switch_ms", e.layout_switch_ms);
   return e;
 }
 
@@ -691,7 +692,8 @@ std::string to_json(const Plan& plan, int indent) {
                    {"grad_sync_ms", e.grad_sync_ms},
                    {"wave_ms", e.wave_ms},
                    {"peak_mem_gib", e.peak_mem_gib},
-                   {"mem_capacity_gib", e.mem_capacity_gib}};
+                   {"mem_capacity_gib", e.mem_capacity_gib},
+                   {"layout_switch_ms", e.layout_switch_ms}};
   return j.dump(indent);
 }
 

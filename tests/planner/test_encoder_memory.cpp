@@ -55,6 +55,7 @@ TEST(EncoderMemory, AWholeLongVideoPlansAtEveryEncoderTp) {
   const Batch batch = video_batch(video);
   for (int etp : {1, 2, 4}) {
     PlannerOptions options;
+    options.layout_search = LayoutSearch::Off;
     options.llm_tp = 2;
     options.encoder_tp = etp;
     const Planner planner(cluster, model, options);
