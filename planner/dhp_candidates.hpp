@@ -15,10 +15,10 @@
 namespace dhp::detail {
 
 // The cheap constructions of the baselines as further candidates (docs/algorithm.md,
-// "Portfolio"): static_balanced's LPT at a few CP degrees, static_best's packing at the
-// smallest CP that holds the longest sequence, megatron_dcp's and paper_bfd_dp's drafts. All
-// are kept or dropped by the same estimate; a construction that cannot hold the batch is
-// simply not a candidate.
+// "Portfolio"): static_balanced's LPT at the first CP degrees dividing the ranks from the
+// smallest that holds the longest sequence, static_best's packing at that smallest CP,
+// megatron_dcp's and paper_bfd_dp's drafts. All are kept or dropped by the same estimate; a
+// construction that cannot hold the batch is simply not a candidate.
 void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layout,
                    const PlannerOptions& options, const Tables& tables,
                    const std::function<void(std::vector<WaveDraft>)>& consider);

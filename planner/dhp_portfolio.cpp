@@ -6,6 +6,12 @@
 #include "dhp_candidates.hpp"
 
 namespace dhp::detail {
+namespace {
+
+// static_balanced's constructions tried per batch, at that many CP degrees.
+constexpr int kBalancedCpDegrees = 4;
+
+}  // namespace
 
 void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layout,
                    const PlannerOptions& options, const Tables& tables,
@@ -24,8 +30,10 @@ void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layo
     }
   };
   if (cp_min > 0) {
+    // The CP degrees dividing the ranks from the smallest that holds the longest sequence up,
+    // any integer (3 on 6 ranks), not only its doublings.
     int tried = 0;
-    for (int c = cp_min; c <= R && tried < 3; c *= 2) {
+    for (int c = cp_min; c <= R && tried < kBalancedCpDegrees; ++c) {
       if (R % c != 0) continue;
       ++tried;
       attempt([&] { return static_balanced_waves(batch, cost, layout, c, budget, max_tokens); });
