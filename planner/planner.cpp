@@ -53,7 +53,16 @@ detail::Layout validated_layout(const ClusterSpec& cluster, const ModelSpec& mod
   validate(cluster);
   validate(model);
   DHP_CHECK(options.max_waves >= 1, InvalidArgument, "max_waves={} < 1", options.max_waves);
-  detail::Layout layout = detail::resolve_layout(cluster, model, options);
+  // A static strategy given its run's layout plans at that layout's TP degrees: batches are
+  // checked against it, not against the default.
+  PlannerOptions at = options;
+  const bool fixed_static = options.static_layout && (options.strategy == Strategy::StaticBest ||
+                                                      options.strategy == Strategy::StaticBalanced);
+  if (fixed_static) {
+    at.llm_tp = options.static_layout->tp;
+    if (options.static_layout->encoder_tp > 0) at.encoder_tp = options.static_layout->encoder_tp;
+  }
+  detail::Layout layout = detail::resolve_layout(cluster, model, at);
   DHP_LOG_DEBUG("planner: {} on {}: llm tp={} ranks={}, encoder tp={} ranks={}, {}", model.name,
                 cluster.name, layout.llm_tp, layout.llm.ranks, layout.encoder_tp,
                 layout.encoder.ranks, to_string(layout.placement));

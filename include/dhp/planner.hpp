@@ -41,6 +41,7 @@ struct StaticLayout {
   int cp = 1;
   int dp = 1;
   std::int64_t pack_tokens = 0;  // StaticBest: fixed packed length per CP group
+  int encoder_tp = 0;            // 0: PlannerOptions::encoder_tp (or the smallest that fits)
 };
 
 // Dhp: how the module layout (LLM TP, encoder TP, the encoder's placement and devices) is
@@ -103,7 +104,8 @@ class Planner {
 };
 
 // The static layout that minimises the summed estimated step time over `batches`,
-// by exhaustive search over TP (divisors of the heads within a node), CP and DP.
+// by exhaustive search over TP (divisors of the heads within a node), encoder TP (likewise,
+// unless options.encoder_tp is set), CP and DP.
 StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& model,
                                 std::span<const Batch> batches, Strategy strategy,
                                 const PlannerOptions& options = {});
