@@ -11,6 +11,10 @@
 namespace dhp::detail {
 namespace {
 
+// Ranks without room an assignment walks past, in the order they finish, before it takes the
+// rank with the most room instead.
+constexpr int kRoomScan = 64;
+
 // The encoder LPT's order: longest first, then by sample, visual and part (a total order).
 bool longest_first(const EncoderItem& a, const EncoderItem& b) {
   if (a.ms != b.ms) return a.ms > b.ms;
@@ -161,6 +165,9 @@ void PlanAssembler::order_encoder_ranks(std::size_t w) {
     enc_start_[e] = chained_ ? devices_free(layout_.encoder, e) + pending_ms_[e] : 0.0;
   // By (key, rank): the first rank in order with room finishes earliest.
   by_load_.reset(enc_start_);  // no load yet: the key is the start
+  room_keys_.resize(E_);
+  for (int e = 0; e < E_; ++e) room_keys_[e] = -free_room(e);
+  by_room_.reset(room_keys_);
 }
 
 // A ring of item.parts ranks that start together: the first ones in order with room (else
@@ -168,11 +175,20 @@ void PlanAssembler::order_encoder_ranks(std::size_t w) {
 void PlanAssembler::assign_ring(const EncoderItem& item, std::size_t i, std::size_t w) {
   const EncoderBytes& b = item.bytes;
   ring_.clear();
+  int visited = 0;
   by_load_.visit_in_order([&](int e) {
     if (!no_room(e, b, i)) ring_.push_back(e);
-    return static_cast<int>(ring_.size()) < item.parts;
+    return static_cast<int>(ring_.size()) < item.parts && ++visited < kRoomScan + item.parts;
   });
   drop_full();
+  if (static_cast<int>(ring_.size()) < item.parts) {
+    // Where memory binds: the ranks with the most room that hold a shard.
+    by_room_.visit_in_order([&](int e) {
+      if (!fits(e, b)) return false;
+      if (std::find(ring_.begin(), ring_.end(), e) == ring_.end()) ring_.push_back(e);
+      return static_cast<int>(ring_.size()) < item.parts;
+    });
+  }
   while (static_cast<int>(ring_.size()) < item.parts) {
     int fewest = -1;
     for (int e = 0; e < E_; ++e)
@@ -200,12 +216,21 @@ void PlanAssembler::assign_ring(const EncoderItem& item, std::size_t i, std::siz
 void PlanAssembler::assign_one(const EncoderItem& item, std::size_t i, std::size_t w) {
   const EncoderBytes& b = item.bytes;
   int chosen = -1;
+  int visited = 0;
   by_load_.visit_in_order([&](int e) {
-    if (no_room(e, b, i)) return true;
+    if (no_room(e, b, i)) return ++visited < kRoomScan;
     chosen = e;
     return false;
   });
   drop_full();
+  if (chosen < 0) {
+    // Where memory binds, the rank with the most room, if it holds the item: a walk past
+    // every rank without room, item after item, would cost O(ranks) each.
+    by_room_.visit_in_order([&](int e) {
+      if (fits(e, b)) chosen = e;
+      return false;
+    });
+  }
   if (chosen >= 0 && colocated_ && !on_group_devices(chosen, item.group) &&
       group_least_key_[item.group] <= key(chosen)) {
     // Same load on the consuming group's devices: no boundary traffic. A scan that finds
@@ -236,6 +261,7 @@ void PlanAssembler::assign(const EncoderItem& item, int e, double wait, double m
   enc_held_[e] += bytes.held;
   enc_working_[e] = std::max(enc_working_[e], bytes.working);
   by_load_.raise(e, key(e));
+  by_room_.raise(e, -free_room(e));
 
   if (!on_group_devices(e, item.group)) enc_sent_[e] += tokens;
   plan_.encoder_tasks.push_back(

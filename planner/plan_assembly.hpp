@@ -109,6 +109,12 @@ class PlanAssembler {
     for (int e : full_) by_load_.remove(e);
     full_.clear();
   }
+  // What encoder rank e can still take: its room beside the LLM work and while the encoder
+  // passes run, whichever is less.
+  double free_room(int e) const {
+    return std::min(room_llm_[e] - enc_held_[e],
+                    room_pass_[e] - enc_held_[e] - std::max(enc_working_[e], pending_working_[e]));
+  }
 
   // --- inputs ---
   const std::string& strategy_;
@@ -195,9 +201,11 @@ class PlanAssembler {
   std::vector<std::vector<int>> group_encoder_ranks_;  // colocated, per group, in rank order
   std::vector<double> group_least_key_;  // per group: a bound on its encoder ranks' keys
   RankHeap by_load_;                     // encoder ranks by (start + load, rank)
-  std::vector<int> full_;                // ranks found with no room, to leave by_load_
-  std::vector<double> min_held_from_;    // [i]: least held bytes of the wave's items i, i + 1, ...
-  std::vector<int> ring_;                // a ring's encoder ranks
+  RankHeap by_room_;                     // encoder ranks by (-free_room, rank): most room first
+  std::vector<double> room_keys_;
+  std::vector<int> full_;              // ranks found with no room, to leave by_load_
+  std::vector<double> min_held_from_;  // [i]: least held bytes of the wave's items i, i + 1, ...
+  std::vector<int> ring_;              // a ring's encoder ranks
 
   // --- the worst rank over capacity ---
   bool over_capacity_ = false;

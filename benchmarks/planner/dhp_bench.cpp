@@ -35,9 +35,10 @@ struct Options {
   std::vector<Strategy> strategies;    // empty: each scenario's own list
   bool json = false;
   bool list = false;
-  // --dhp-layout: dhp's module layout searched per batch by the planner (batch, default),
-  // chosen once per run by best_run_layout (run), or the smallest TP that fits (off).
-  std::string dhp_layout = "batch";
+  // --dhp-layout: dhp's module layout searched by the planner itself (planner, default: its
+  // default policy; per-batch: LayoutSearch::PerBatch), chosen once per run by
+  // best_run_layout (run), or the smallest TP that fits (off).
+  std::string dhp_layout = "planner";
   dhp::bench::ScenarioConfig config;
 };
 
@@ -280,9 +281,11 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
       }
     }
   }
-  if (options.dhp_layout == "off") {
+  if (options.dhp_layout == "off" || options.dhp_layout == "per-batch") {
     run_options[Strategy::Dhp].assign(data.clusters.size(), data.options);
-    for (auto& o : run_options[Strategy::Dhp]) o->layout_search = dhp::LayoutSearch::Off;
+    for (auto& o : run_options[Strategy::Dhp])
+      o->layout_search =
+          options.dhp_layout == "off" ? dhp::LayoutSearch::Off : dhp::LayoutSearch::PerBatch;
   }
 
   std::vector<Row> rows;
@@ -544,23 +547,26 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
 // --- command line ---
 
 void print_usage(std::FILE* out) {
-  fmt::print(out,
-             "usage: dhp_bench [--list] [--scenario NAME]... [--strategy NAME]... "
-             "[--format table|json]\n"
-             "                 [--batches N] [--quick] [--seed S] [--dhp-layout batch|run|off]\n"
-             "  --list            name the scenarios with one-line descriptions\n"
-             "  --scenario NAME   run this scenario (or family, e.g. megatron-dcp-repro); "
-             "repeatable; default all\n"
-             "  --strategy NAME   run only this strategy (dhp, static_best, static_balanced,\n"
-             "                    megatron_dcp, paper_bfd_dp, exact); repeatable\n"
-             "  --format F        table (default, with the checks) or json (one object per "
-             "line; checks on stderr)\n"
-             "  --batches N       batches per scenario instead of the scenario's default\n"
-             "  --quick           few batches per scenario (CI: about 10 s)\n"
-             "  --seed S          seed of the batch draws (default 1)\n"
-             "  --dhp-layout L    dhp's module layout: batch (default): searched per batch by the\n"
-             "                    planner; run: chosen once per run by best_run_layout; off: the\n"
-             "                    smallest TP that fits\n");
+  fmt::print(
+      out,
+      "usage: dhp_bench [--list] [--scenario NAME]... [--strategy NAME]... "
+      "[--format table|json]\n"
+      "                 [--batches N] [--quick] [--seed S] [--dhp-layout "
+      "planner|per-batch|run|off]\n"
+      "  --list            name the scenarios with one-line descriptions\n"
+      "  --scenario NAME   run this scenario (or family, e.g. megatron-dcp-repro); "
+      "repeatable; default all\n"
+      "  --strategy NAME   run only this strategy (dhp, static_best, static_balanced,\n"
+      "                    megatron_dcp, paper_bfd_dp, exact); repeatable\n"
+      "  --format F        table (default, with the checks) or json (one object per "
+      "line; checks on stderr)\n"
+      "  --batches N       batches per scenario instead of the scenario's default\n"
+      "  --quick           few batches per scenario (CI: about 10 s)\n"
+      "  --seed S          seed of the batch draws (default 1)\n"
+      "  --dhp-layout L    dhp's module layout: planner (default): the planner's own search\n"
+      "                    (fixed after the first batches); per-batch: searched for every\n"
+      "                    batch, switches charged; run: chosen once per run by\n"
+      "                    best_run_layout; off: the smallest TP that fits\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -598,8 +604,8 @@ Options parse(int argc, char** argv) {
       o.config.quick = true;
     } else if (arg == "--dhp-layout") {
       const std::string l = value(i);
-      DHP_CHECK(l == "batch" || l == "run" || l == "off", InvalidArgument,
-                "--dhp-layout expects batch, run or off, got '{}'", l);
+      DHP_CHECK(l == "planner" || l == "per-batch" || l == "run" || l == "off", InvalidArgument,
+                "--dhp-layout expects planner, per-batch, run or off, got '{}'", l);
       o.dhp_layout = l;
     } else if (arg == "--seed") {
       o.config.seed = static_cast<std::uint64_t>(integer(arg, value(i)));

@@ -69,7 +69,9 @@ struct PlannerOptions {
   // weights and optimizer state, and switching batch by batch on the estimate with that
   // charge can stay in a layout that later batches would leave (docs/algorithm.md).
   LayoutSearch layout_search = LayoutSearch::FixedAfterFirstBatches;
-  int layout_warmup_batches = 4;  // FixedAfterFirstBatches
+  // FixedAfterFirstBatches: the batches searched before the layout is kept. Each costs the
+  // search (several layouts planned where their bounds are close); later batches cost one.
+  int layout_warmup_batches = 1;
   // Dhp with a layout search: also try a disjoint encoder (a few encoder device counts). An
   // explicit Disjoint placement is kept as given.
   bool search_placement = true;
