@@ -210,22 +210,18 @@ Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy st
   return row;
 }
 
-std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, int index,
-                              int count) {
-  const auto t0 = std::chrono::steady_clock::now();
-  std::cerr << fmt::format("[{}/{}] {}: building batches\n", index, count, scenario.name);
-  const ScenarioData data = scenario.build(options.config, scenario.parameter);
+// The batches of one cluster of the scenario.
+std::vector<dhp::Batch> batches_of_cluster(const ScenarioData& data, std::size_t c) {
+  std::vector<dhp::Batch> batches;
+  for (std::size_t b = 0; b < data.batches.size(); ++b)
+    if (data.cluster_of_batch[b] == static_cast<int>(c)) batches.push_back(data.batches[b]);
+  return batches;
+}
 
-  std::vector<Strategy> strategies = data.strategies;
-  if (!options.strategies.empty()) {
-    std::erase_if(strategies, [&](Strategy s) {
-      return std::find(options.strategies.begin(), options.strategies.end(), s) ==
-             options.strategies.end();
-    });
-  }
-  // The run-wide static layouts, once per cluster over that cluster's batches, each static
-  // strategy its own. static_best's is always computed: it is the reference of the speedup
-  // column.
+// The run-wide static layouts, once per cluster over that cluster's batches, each static
+// strategy its own. static_best's is always computed: it is the reference of the speedup
+// column.
+StaticLayouts static_layouts(const ScenarioData& data, const std::vector<Strategy>& strategies) {
   StaticLayouts layouts;
   const bool runs_balanced = std::find(strategies.begin(), strategies.end(),
                                        Strategy::StaticBalanced) != strategies.end() &&
@@ -236,9 +232,7 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
     found.errors.resize(data.clusters.size());
     if (s == Strategy::StaticBalanced && !runs_balanced) continue;
     for (std::size_t c = 0; c < data.clusters.size(); ++c) {
-      std::vector<dhp::Batch> batches;
-      for (std::size_t b = 0; b < data.batches.size(); ++b)
-        if (data.cluster_of_batch[b] == static_cast<int>(c)) batches.push_back(data.batches[b]);
+      const std::vector<dhp::Batch> batches = batches_of_cluster(data, c);
       if (batches.empty()) continue;
       try {
         found.layouts[c] =
@@ -248,12 +242,17 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
       }
     }
   }
+  return layouts;
+}
 
-  // Run-level module layouts (TP per module, encoder placement), once per cluster, as a user
-  // tuning a fixed layout would pick it: for megatron_dcp and paper_bfd_dp (the static ones
-  // have theirs above), and for dhp with --dhp-layout run. Without one (a scenario that opts
-  // out, or no layout fits) a strategy plans with the planner's default layout; dhp's own
-  // default searches the layout per batch.
+// Run-level module layouts (TP per module, encoder placement), once per cluster, as a user
+// tuning a fixed layout would pick it: for megatron_dcp and paper_bfd_dp (the static ones
+// have theirs from static_layouts), and for dhp with --dhp-layout run. Without one (a
+// scenario that opts out, or no layout fits) a strategy plans with the planner's default
+// layout; dhp's own default searches its layout.
+RunOptions run_layouts(const Scenario& scenario, const ScenarioData& data,
+                       const std::vector<Strategy>& strategies, const Options& options, int index,
+                       int count) {
   RunOptions run_options;
   std::vector<Strategy> run_searched;
   if (data.search_baseline_layouts) run_searched = {Strategy::MegatronDcp, Strategy::PaperBfdDp};
@@ -262,9 +261,7 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
     if (std::find(strategies.begin(), strategies.end(), s) == strategies.end()) continue;
     run_options[s].resize(data.clusters.size());
     for (std::size_t c = 0; c < data.clusters.size(); ++c) {
-      std::vector<dhp::Batch> batches;
-      for (std::size_t b = 0; b < data.batches.size(); ++b)
-        if (data.cluster_of_batch[b] == static_cast<int>(c)) batches.push_back(data.batches[b]);
+      const std::vector<dhp::Batch> batches = batches_of_cluster(data, c);
       if (batches.empty()) continue;
       const auto start = std::chrono::steady_clock::now();
       dhp::PlannerOptions base = data.options;
@@ -287,6 +284,24 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
       o->layout_search =
           options.dhp_layout == "off" ? dhp::LayoutSearch::Off : dhp::LayoutSearch::PerBatch;
   }
+  return run_options;
+}
+
+std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, int index,
+                              int count) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::cerr << fmt::format("[{}/{}] {}: building batches\n", index, count, scenario.name);
+  const ScenarioData data = scenario.build(options.config, scenario.parameter);
+
+  std::vector<Strategy> strategies = data.strategies;
+  if (!options.strategies.empty()) {
+    std::erase_if(strategies, [&](Strategy s) {
+      return std::find(options.strategies.begin(), options.strategies.end(), s) ==
+             options.strategies.end();
+    });
+  }
+  const StaticLayouts layouts = static_layouts(data, strategies);
+  const RunOptions run_options = run_layouts(scenario, data, strategies, options, index, count);
 
   std::vector<Row> rows;
   for (Strategy s : strategies) {
