@@ -11,11 +11,18 @@
 namespace dhp {
 namespace {
 
+// Qwen2-VL-7B on one node of 8 at the planner's default layout.
+struct DefaultSetup {
+  ClusterSpec cluster = cluster_preset("h100-8");
+  ModelSpec model = model_preset("qwen2-vl-7b");
+  detail::Layout layout = detail::resolve_layout(cluster, model, {});
+  CostModel cost = detail::make_cost_model(cluster, model, layout, {});
+};
+
 TEST(CheckBatchFits, NamesTheSampleThatCannotFit) {
-  const ClusterSpec cluster = cluster_preset("h100-8");
-  const ModelSpec model = model_preset("qwen2-vl-7b");
-  const auto layout = detail::resolve_layout(cluster, model, {});
-  const CostModel cost = detail::make_cost_model(cluster, model, layout, {});
+  const DefaultSetup setup;
+  const detail::Layout& layout = setup.layout;
+  const CostModel& cost = setup.cost;
   Batch batch;
   batch.samples.push_back(Sample{7, 1000, {}});
   batch.samples.push_back(Sample{424242, 50'000'000, {}});
@@ -63,10 +70,9 @@ TEST(BuildPlan, LlmOnlyWavesRunBackToBackPerRank) {
 }
 
 TEST(BuildPlan, DraftBecomesAValidPlanWithEstimates) {
-  const ClusterSpec cluster = cluster_preset("h100-8");
-  const ModelSpec model = model_preset("qwen2-vl-7b");
-  const auto layout = detail::resolve_layout(cluster, model, {});
-  const CostModel cost = detail::make_cost_model(cluster, model, layout, {});
+  const DefaultSetup setup;
+  const detail::Layout& layout = setup.layout;
+  const CostModel& cost = setup.cost;
   Batch batch;
   for (int i = 0; i < 6; ++i) {
     Sample s{100 + i, 200 + 100 * i, {}};
