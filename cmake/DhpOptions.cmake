@@ -23,9 +23,10 @@ macro(dhp_find_optional_dependencies)
     check_language(CUDA)
     if(CMAKE_CUDA_COMPILER)
       find_package(CUDAToolkit QUIET)
-      find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include /usr/include)
-      find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu)
-      if(CUDAToolkit_FOUND AND NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+      if(CUDAToolkit_FOUND)
+        find_package(NCCL QUIET)  # cmake/FindNCCL.cmake, installed with the package too
+      endif()
+      if(CUDAToolkit_FOUND AND NCCL_FOUND)
         set(_cuda_found ON)
       endif()
     endif()
@@ -39,9 +40,6 @@ macro(dhp_find_optional_dependencies)
     set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 does not know nvcc's C++20 flag
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)
-    add_library(dhp_nccl INTERFACE IMPORTED)
-    target_include_directories(dhp_nccl INTERFACE ${NCCL_INCLUDE_DIR})
-    target_link_libraries(dhp_nccl INTERFACE ${NCCL_LIBRARY})
   endif()
 
   # MPI

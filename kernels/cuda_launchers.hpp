@@ -34,6 +34,8 @@ inline double effective_softmax_scale(const AttentionShape& shape) {
 
 namespace dhp::kernels::cuda {
 
+// Host-only: whether the CUDA attention supports this dtype and shape (no launch).
+Status attention_support(DType dtype, const AttentionShape& shape, std::string& error);
 Status attention_forward(const AttentionForwardArgs& args, std::string& error);
 Status attention_backward(const AttentionBackwardArgs& args, std::string& error);
 Status merge_attention_partial(const MergeArgs& args, std::string& error);

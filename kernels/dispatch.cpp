@@ -174,10 +174,10 @@ Status run_cuda(const char* op, Fn&& fn) noexcept {
     return fail(Status::DeviceError, concat(op, ": ", e.what()));
   }
 }
-#define DHP_KERNEL_RUN_CUDA(op, fn, args) \
-  return run_cuda(op, [&](std::string& error) { return cuda::fn(args, error); })
+#define DHP_KERNEL_RUN_CUDA(op, fn, ...) \
+  return run_cuda(op, [&](std::string& error) { return cuda::fn(__VA_ARGS__, error); })
 #else
-#define DHP_KERNEL_RUN_CUDA(op, fn, args) return Status::Unsupported  // refused by choose_impl
+#define DHP_KERNEL_RUN_CUDA(op, fn, ...) return Status::Unsupported  // refused by choose_impl
 #endif
 
 }  // namespace
@@ -254,6 +254,16 @@ Status attention_forward(const AttentionForwardArgs& args) {
     else
       cpu::attention_forward<float>(args);
   });
+}
+
+Status check_attention_support(DType dtype, Device device, const AttentionShape& shape) {
+  constexpr const char* op = "attention";
+  Impl impl{};
+  DHP_KERNEL_TRY(require_dtype(op, dtype));
+  DHP_KERNEL_TRY(choose_impl(op, device, impl));
+  DHP_KERNEL_TRY(check_shape(op, shape));
+  if (impl == Impl::Cuda) DHP_KERNEL_RUN_CUDA(op, attention_support, dtype, shape);
+  return require_cpu_float(op, dtype);
 }
 
 Status attention_backward(const AttentionBackwardArgs& args) {

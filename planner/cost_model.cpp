@@ -267,14 +267,6 @@ CostTerms llm_sequence_terms(const CostModel& cost, std::int64_t tokens, RingSpa
   return llm_rank_terms(cost, one, ring, {});
 }
 
-// Temporal slices of a video (1 for an image, or when all frames attend together).
-int temporal_slices(const EncoderSpec& enc, const VisualItem& item) {
-  const int frames = std::max(1, item.frames);
-  return enc.temporal_patch_size > 0
-             ? (frames + enc.temporal_patch_size - 1) / enc.temporal_patch_size
-             : 1;
-}
-
 double encoder_attention_pairs(const EncoderSpec& enc, const VisualItem& item) {
   const double slices = temporal_slices(enc, item);
   const double per_slice = static_cast<double>(item.patches) / slices;
@@ -332,56 +324,6 @@ CostTerms encoder_item_terms(const CostModel& cost, const VisualItem& item) {
 }
 
 }  // namespace detail
-
-int encoder_spans(const EncoderSpec& encoder, const VisualItem& item) {
-  const int slices = detail::temporal_slices(encoder, item);
-  if (slices > 1 || encoder.attention_tile_patches <= 0) return slices;
-  const std::int64_t tiles =
-      (item.patches + encoder.attention_tile_patches - 1) / encoder.attention_tile_patches;
-  return static_cast<int>(std::clamp<std::int64_t>(tiles, 1, std::numeric_limits<int>::max()));
-}
-
-bool encoder_parts_are_shards(const EncoderSpec& encoder, const VisualItem& item, int parts) {
-  return parts > 1 && encoder_spans(encoder, item) == 1;
-}
-
-VisualItem encoder_part(const EncoderSpec& encoder, const VisualItem& item, int part, int parts) {
-  const int spans = encoder_spans(encoder, item);
-  DHP_CHECK(parts >= 1 && part >= 0 && part < parts && (spans == 1 || parts <= spans) &&
-                parts <= item.patches,
-            InvalidArgument,
-            "encoder part {} of {}: an item of {} patches, {} frames and {} spans is cut into at "
-            "most its spans (or, with one span, its patches)",
-            part, parts, item.patches, item.frames, spans);
-  if (parts == 1) return item;
-  // A range [lo, hi) of the `parts` shares of `total`, rounded so that shares add up:
-  // floor(total * k / parts) without overflow (total = q * parts + r).
-  auto share = [](std::int64_t total, std::int64_t lo, std::int64_t hi, std::int64_t of) {
-    const auto at = [&](std::int64_t k) { return total / of * k + total % of * k / of; };
-    return at(hi) - at(lo);
-  };
-  VisualItem out;
-  if (spans == 1) {  // a shard of the patches
-    out.patches = share(item.patches, part, part + 1, parts);
-    out.llm_tokens = share(item.llm_tokens, part, part + 1, parts);
-    out.frames = item.frames;
-    return out;
-  }
-  const int first = static_cast<int>(share(spans, 0, part, parts));
-  const int count = static_cast<int>(share(spans, part, part + 1, parts));
-  // Patches follow the spans (each part gets at least one, as every span has one); an item
-  // with fewer patches than spans shares them by part instead (parts <= patches is checked).
-  out.patches = item.patches >= spans ? share(item.patches, first, first + count, spans)
-                                      : share(item.patches, part, part + 1, parts);
-  out.llm_tokens = share(item.llm_tokens, first, first + count, spans);
-  if (detail::temporal_slices(encoder, item) > 1) {
-    const int tps = encoder.temporal_patch_size;
-    out.frames = std::min(item.frames, (first + count) * tps) - first * tps;
-  } else {
-    out.frames = item.frames;  // tiles of one image (or of frames that attend together)
-  }
-  return out;
-}
 
 CostCoefficients defaults_for(const ClusterSpec& cluster) {
   CostCoefficients c;  // the struct's defaults are the H100 ones

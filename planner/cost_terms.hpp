@@ -36,8 +36,6 @@ CostTerms encoder_shard_terms(const CostModel& cost, const VisualItem& item, Rin
 // (query, key) pairs of the ViT's full attention over one item: the sum over its attention
 // spans (temporal slices of a video, tiles of an image) of span^2.
 double encoder_attention_pairs(const EncoderSpec& enc, const VisualItem& item);
-// Temporal slices of a video item (encoder_spans when it has more than one).
-int temporal_slices(const EncoderSpec& enc, const VisualItem& item);
 CostTerms p2p_terms(const CostModel& cost, double bytes, bool cross_node);
 
 }  // namespace dhp::detail

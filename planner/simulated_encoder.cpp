@@ -104,7 +104,7 @@ void SimulationRun::encoder_pass(int w, bool backward) {
       if (start > now) wait_event(device, w, -1, now, start);
       now = start + task_ms_[m] * share;
       occupy(plan_.encoder, rank, now, now - start);
-      event(device, w, -1, EventKind::Encoder, start, now);
+      event(device, w, -1, EventKind::Encoder, start, now, static_cast<int>(m));
       if (backward) {
         enc_end_[static_cast<size_t>(rank)] = std::max(enc_end_[static_cast<size_t>(rank)], now);
       } else {

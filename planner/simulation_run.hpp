@@ -94,8 +94,9 @@ class SimulationRun {
       busy_[i] += busy;
     });
   }
-  void event(int device, int wave, int group, EventKind kind, double start, double end) {
-    if (record_ && end > start) timeline_.push_back({device, wave, group, kind, start, end});
+  void event(int device, int wave, int group, EventKind kind, double start, double end,
+             int task = -1) {
+    if (record_ && end > start) timeline_.push_back({device, wave, group, kind, start, end, task});
   }
   void wait_event(int device, int wave, int group, double start, double end) {
     if (end - start >= wait_threshold_ms_) event(device, wave, group, EventKind::Wait, start, end);

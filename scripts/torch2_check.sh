@@ -5,7 +5,8 @@
 # load time: the toolkit's from $CUDA_HOME (default /usr/local/cuda; this machine's image
 # also has cuDNN 9 and NCCL 2 there), the rest (cuSPARSELt, NVSHMEM, cuFile; cuDNN and NCCL
 # too when the toolkit lacks them) from their own PyPI wheels, at the versions the torch
-# wheel pins (cuFile: the newest, its pin is only through cuda-toolkit). Everything goes
+# wheel pins (cuFile: the newest, its pin is only through cuda-toolkit). Then installs dhp
+# and builds a trainer against the installed package's torch component. Everything goes
 # under .torch2/ (ignored by git). Not part of CI: it downloads about 800 MB.
 #   scripts/torch2_check.sh [TORCH_VERSION]
 #   DHP_WITH_CUDA=ON scripts/torch2_check.sh   (dhp's CUDA and NCCL parts compiled too, as
@@ -54,4 +55,11 @@ cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDHP_WITH_TORC
 cmake --build "$build" -j"${DHP_BUILD_JOBS:-2}" --target runtime_torch_bootstrap runtime_torch_cp_attention
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ctest --test-dir "$build" -L torch --output-on-failure --no-tests=error
-echo "torch2_check.sh: dhp_torch (DHP_WITH_CUDA=$cuda) builds and passes its tests against LibTorch $version"
+# The installed package's torch component against the same LibTorch: installed, moved, and a
+# trainer (tests/install/torch) built and run against it; that trainer finds LibTorch and
+# the toolkit through Torch_ROOT / CUDAToolkit_ROOT. dhp_plan and dhp_torch bring every
+# installed library with them.
+cmake --build "$build" -j"${DHP_BUILD_JOBS:-2}" --target dhp_plan dhp_torch
+Torch_ROOT="$root/torch" CUDAToolkit_ROOT="$cuda_home" \
+  ctest --test-dir "$build" -R '^install_(prefix|consumer_torch)$' --output-on-failure --no-tests=error
+echo "torch2_check.sh: dhp_torch (DHP_WITH_CUDA=$cuda) builds and passes its tests against LibTorch $version, installed too"

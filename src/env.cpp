@@ -57,6 +57,13 @@ int group_pool_size() {
   return static_cast<int>(n);
 }
 
+double grad_bucket_mb() {
+  const double mb = get_double("DHP_GRAD_BUCKET_MB", 25.0);
+  DHP_CHECK(mb > 0 && mb <= 1 << 20, InvalidArgument,
+            "DHP_GRAD_BUCKET_MB={} must be in (0, 1048576]", mb);
+  return mb;
+}
+
 std::int64_t mpi_max_count() {
   const auto n = get_int("DHP_MPI_MAX_COUNT", INT_MAX);
   DHP_CHECK(n >= 1 && n <= INT_MAX, InvalidArgument, "DHP_MPI_MAX_COUNT={} must be in [1, {}]",

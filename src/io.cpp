@@ -729,4 +729,12 @@ ModelSpec load_model(const std::string& preset_or_path) {
       [](const std::string& t) { return model_from_json(t); }, "model");
 }
 
+std::vector<Batch> load_batches(const std::string& path) {
+  const std::string text = read_text_file(path);
+  const json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const bool stream = parsed.is_array() || (parsed.is_object() && parsed.contains("batches"));
+  // The readers also report malformed JSON with its position.
+  return stream ? batches_from_json(text) : std::vector<Batch>{batch_from_json(text)};
+}
+
 }  // namespace dhp

@@ -112,14 +112,20 @@ std::uint64_t plan_hash(const Plan& plan) {
 
 namespace {
 
-void validate_layouts(const Plan& plan) {
+// DHP_CHECK with the error kind chosen by the caller of validate().
+#define PLAN_CHECK(cond, kind, ...)                                \
+  do {                                                             \
+    if (!(cond)) throw Error(kind, fmt::format(__VA_ARGS__));      \
+  } while (0)
+
+void validate_layouts(const Plan& plan, ErrorKind kind) {
   const ModuleLayout& llm = plan.llm;
   const ModuleLayout& enc = plan.encoder;
-  DHP_CHECK(llm.ranks >= 1 && llm.tp >= 1 && llm.first_device >= 0, Internal,
+  PLAN_CHECK(llm.ranks >= 1 && llm.tp >= 1 && llm.first_device >= 0, kind,
             "plan '{}' step {}: llm layout ranks={} tp={} first_device={} (need ranks >= 1, "
             "tp >= 1, first_device >= 0)",
             plan.strategy, plan.step, llm.ranks, llm.tp, llm.first_device);
-  DHP_CHECK(enc.ranks >= 0 && enc.tp >= 1 && enc.first_device >= 0, Internal,
+  PLAN_CHECK(enc.ranks >= 0 && enc.tp >= 1 && enc.first_device >= 0, kind,
             "plan '{}' step {}: encoder layout ranks={} tp={} first_device={} (need ranks >= 0, "
             "tp >= 1, first_device >= 0)",
             plan.strategy, plan.step, enc.ranks, enc.tp, enc.first_device);
@@ -128,12 +134,12 @@ void validate_layouts(const Plan& plan) {
   const std::int64_t llm_end = llm.first_device + std::int64_t{llm.ranks} * llm.tp;
   const std::int64_t enc_end = enc.first_device + std::int64_t{enc.ranks} * enc.tp;
   if (plan.placement == EncoderPlacement::Colocated) {
-    DHP_CHECK(enc.first_device >= llm.first_device && enc_end <= llm_end, Internal,
+    PLAN_CHECK(enc.first_device >= llm.first_device && enc_end <= llm_end, kind,
               "plan '{}' step {}: colocated encoder devices [{}, {}) are not inside the LLM's "
               "devices [{}, {})",
               plan.strategy, plan.step, enc.first_device, enc_end, llm.first_device, llm_end);
   } else {
-    DHP_CHECK(enc_end <= llm.first_device || enc.first_device >= llm_end, Internal,
+    PLAN_CHECK(enc_end <= llm.first_device || enc.first_device >= llm_end, kind,
               "plan '{}' step {}: disjoint encoder devices [{}, {}) overlap the LLM's devices "
               "[{}, {})",
               plan.strategy, plan.step, enc.first_device, enc_end, llm.first_device, llm_end);
@@ -142,8 +148,8 @@ void validate_layouts(const Plan& plan) {
 
 }  // namespace
 
-void validate(const Plan& plan, const Batch& batch) {
-  validate_layouts(plan);
+void validate(const Plan& plan, const Batch& batch, ErrorKind kind) {
+  validate_layouts(plan, kind);
   const int num_samples = static_cast<int>(batch.samples.size());
   std::vector<int> wave_of_sample(batch.samples.size(), -1);
 
@@ -152,37 +158,37 @@ void validate(const Plan& plan, const Batch& batch) {
     std::vector<int> group_of_rank(plan.llm.ranks, -1);
     for (int g = 0; g < static_cast<int>(wave.groups.size()); ++g) {
       const GroupPlan& group = wave.groups[g];
-      DHP_CHECK(!group.ranks.empty(), Internal, "plan '{}' step {}: wave {} group {} has no ranks",
+      PLAN_CHECK(!group.ranks.empty(), kind, "plan '{}' step {}: wave {} group {} has no ranks",
                 plan.strategy, plan.step, w, g);
       for (int rank : group.ranks) {
-        DHP_CHECK(rank >= 0 && rank < plan.llm.ranks, Internal,
+        PLAN_CHECK(rank >= 0 && rank < plan.llm.ranks, kind,
                   "plan '{}' step {}: wave {} group {} has rank {} outside [0, {})", plan.strategy,
                   plan.step, w, g, rank, plan.llm.ranks);
-        DHP_CHECK(group_of_rank[rank] == -1, Internal,
+        PLAN_CHECK(group_of_rank[rank] == -1, kind,
                   "plan '{}' step {}: wave {} rank {} is in group {} and group {}", plan.strategy,
                   plan.step, w, rank, group_of_rank[rank], g);
         group_of_rank[rank] = g;
       }
     }
     for (const SequencePlan& seq : wave.sequences) {
-      DHP_CHECK(seq.sample >= 0 && seq.sample < num_samples, Internal,
+      PLAN_CHECK(seq.sample >= 0 && seq.sample < num_samples, kind,
                 "plan '{}' step {}: wave {} places sample {} outside [0, {})", plan.strategy,
                 plan.step, w, seq.sample, num_samples);
-      DHP_CHECK(wave_of_sample[seq.sample] == -1, Internal,
+      PLAN_CHECK(wave_of_sample[seq.sample] == -1, kind,
                 "plan '{}' step {}: sample {} is placed twice (waves {} and {})", plan.strategy,
                 plan.step, seq.sample, wave_of_sample[seq.sample], w);
       wave_of_sample[seq.sample] = w;
-      DHP_CHECK(seq.group >= 0 && seq.group < static_cast<int>(wave.groups.size()), Internal,
+      PLAN_CHECK(seq.group >= 0 && seq.group < static_cast<int>(wave.groups.size()), kind,
                 "plan '{}' step {}: wave {} sample {} in group {} outside [0, {})", plan.strategy,
                 plan.step, w, seq.sample, seq.group, wave.groups.size());
       const int degree = wave.groups[seq.group].degree();
       if (seq.sharding == Sharding::Whole) {
-        DHP_CHECK(seq.member >= 0 && seq.member < degree, Internal,
+        PLAN_CHECK(seq.member >= 0 && seq.member < degree, kind,
                   "plan '{}' step {}: wave {} sample {} kept whole on member {} of a group of "
                   "degree {}",
                   plan.strategy, plan.step, w, seq.sample, seq.member, degree);
       } else {
-        DHP_CHECK(seq.member == -1, Internal,
+        PLAN_CHECK(seq.member == -1, kind,
                   "plan '{}' step {}: wave {} sample {} is zigzag-split but has member {} "
                   "(expected -1)",
                   plan.strategy, plan.step, w, seq.sample, seq.member);
@@ -190,14 +196,14 @@ void validate(const Plan& plan, const Batch& batch) {
     }
   }
   for (int s = 0; s < num_samples; ++s) {
-    DHP_CHECK(wave_of_sample[s] != -1, Internal,
+    PLAN_CHECK(wave_of_sample[s] != -1, kind,
               "plan '{}' step {}: sample {} (id {}) is in no wave", plan.strategy, plan.step, s,
               batch.samples[s].id);
   }
 
   // Encoder work: with no encoder ranks (text-only model) there must be no tasks.
   if (plan.encoder.ranks == 0) {
-    DHP_CHECK(plan.encoder_tasks.empty(), Internal,
+    PLAN_CHECK(plan.encoder_tasks.empty(), kind,
               "plan '{}' step {}: {} encoder tasks but the encoder has no ranks", plan.strategy,
               plan.step, plan.encoder_tasks.size());
     return;
@@ -214,26 +220,26 @@ void validate(const Plan& plan, const Batch& batch) {
   };
   for (std::size_t t = 0; t < plan.encoder_tasks.size(); ++t) {
     const EncoderTask& task = plan.encoder_tasks[t];
-    DHP_CHECK(task.sample >= 0 && task.sample < num_samples, Internal,
+    PLAN_CHECK(task.sample >= 0 && task.sample < num_samples, kind,
               "plan '{}' step {}: encoder task {} names sample {} outside [0, {})", plan.strategy,
               plan.step, t, task.sample, num_samples);
     const int num_visuals = first_visual[task.sample + 1] - first_visual[task.sample];
-    DHP_CHECK(task.visual >= 0 && task.visual < num_visuals, Internal,
+    PLAN_CHECK(task.visual >= 0 && task.visual < num_visuals, kind,
               "plan '{}' step {}: encoder task {} names visual {} of sample {} outside [0, {})",
               plan.strategy, plan.step, t, task.visual, task.sample, num_visuals);
-    DHP_CHECK(task.rank >= 0 && task.rank < plan.encoder.ranks, Internal,
+    PLAN_CHECK(task.rank >= 0 && task.rank < plan.encoder.ranks, kind,
               "plan '{}' step {}: encoder task {} on encoder rank {} outside [0, {})",
               plan.strategy, plan.step, t, task.rank, plan.encoder.ranks);
-    DHP_CHECK(task.wave == wave_of_sample[task.sample], Internal,
+    PLAN_CHECK(task.wave == wave_of_sample[task.sample], kind,
               "plan '{}' step {}: encoder task {} (sample {} visual {}) is in wave {} but the "
               "sample runs in wave {}",
               plan.strategy, plan.step, t, task.sample, task.visual, task.wave,
               wave_of_sample[task.sample]);
-    DHP_CHECK(task.parts >= 1 && task.part >= 0 && task.part < task.parts, Internal,
+    PLAN_CHECK(task.parts >= 1 && task.part >= 0 && task.part < task.parts, kind,
               "plan '{}' step {}: encoder task {} is part {} of {} parts", plan.strategy, plan.step,
               t, task.part, task.parts);
     const int item = first_visual[task.sample] + task.visual;
-    DHP_CHECK(parts_of[item] == 0 || parts_of[item] == task.parts, Internal,
+    PLAN_CHECK(parts_of[item] == 0 || parts_of[item] == task.parts, kind,
               "{}, but another task has a different count ({})", describe(task, t), parts_of[item]);
     parts_of[item] = task.parts;
     ++tasks_of[item];
@@ -242,10 +248,10 @@ void validate(const Plan& plan, const Batch& batch) {
   std::vector<int> first_part(parts_of.size() + 1, 0);
   for (int s = 0; s < num_samples; ++s) {
     for (int v = first_visual[s]; v < first_visual[s + 1]; ++v) {
-      DHP_CHECK(tasks_of[v] > 0, Internal,
+      PLAN_CHECK(tasks_of[v] > 0, kind,
                 "plan '{}' step {}: sample {} (id {}) visual {} is never encoded", plan.strategy,
                 plan.step, s, batch.samples[s].id, v - first_visual[s]);
-      DHP_CHECK(tasks_of[v] == parts_of[v], Internal,
+      PLAN_CHECK(tasks_of[v] == parts_of[v], kind,
                 "plan '{}' step {}: sample {} visual {} has {} encoder tasks for {} parts (encoded "
                 "more than once, or a part missing)",
                 plan.strategy, plan.step, s, v - first_visual[s], tasks_of[v], parts_of[v]);
@@ -256,7 +262,7 @@ void validate(const Plan& plan, const Batch& batch) {
   for (std::size_t t = 0; t < plan.encoder_tasks.size(); ++t) {
     const EncoderTask& task = plan.encoder_tasks[t];
     char& slot = seen[first_part[first_visual[task.sample] + task.visual] + task.part];
-    DHP_CHECK(!slot, Internal, "{}, but another task has that part", describe(task, t));
+    PLAN_CHECK(!slot, kind, "{}, but another task has that part", describe(task, t));
     slot = 1;
   }
 }

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "dhp/command_line.hpp"
 #include "dhp/kernels.hpp"
 
 namespace dk = dhp::kernels;
@@ -34,44 +35,26 @@ struct Options {
   bool causal = true;
 };
 
-[[noreturn]] void usage(const char* message) {
-  std::fprintf(stderr,
-               "%s\nusage: dhp_attention_bench [--format table|json] [--runs N] [--warmup N] "
-               "[--max-tokens N] [--dtype bf16|f16] [--full]\n",
-               message);
-  std::exit(2);
+void declare_options(dhp::CommandLine& cli) {
+  cli.option("--format", "F", "table (default) or json (one object per line)")
+      .option("--runs", "N", "timed runs per shape; the median is reported (default 10)")
+      .option("--warmup", "N", "untimed runs first (default 3)")
+      .option("--max-tokens", "N",
+              "largest total tokens per shape, from 512 doubling (default 32768)")
+      .option("--dtype", "T", "bf16 (default) or f16")
+      .flag("--full", "non-causal attention (default: causal)")
+      .note("Without a CUDA device it prints \"SKIPPED: no CUDA device\" and exits 0.");
 }
 
-Options parse(int argc, char** argv) {
+Options parse(const dhp::CommandLine& cli) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(("missing value after " + arg).c_str());
-      return argv[++i];
-    };
-    if (arg == "--format") {
-      const std::string f = value();
-      if (f != "json" && f != "table")
-        usage(("--format " + f + ": expected table or json").c_str());
-      o.json = f == "json";
-    } else if (arg == "--runs") {
-      o.runs = std::atoi(value().c_str());
-    } else if (arg == "--warmup") {
-      o.warmup = std::atoi(value().c_str());
-    } else if (arg == "--max-tokens") {
-      o.max_tokens = std::atoi(value().c_str());
-    } else if (arg == "--dtype") {
-      const std::string d = value();
-      if (d != "bf16" && d != "f16") usage(("--dtype " + d + ": expected bf16 or f16").c_str());
-      o.dtype = d == "bf16" ? dk::DType::BF16 : dk::DType::F16;
-    } else if (arg == "--full") {
-      o.causal = false;
-    } else {
-      usage(("unknown argument " + arg).c_str());
-    }
-  }
-  if (o.runs < 1 || o.warmup < 0) usage("--runs must be >= 1 and --warmup >= 0");
+  o.json = cli.choice("--format", {"table", "json"}, "table") == "json";
+  o.runs = static_cast<int>(cli.integer("--runs", o.runs, 1));
+  o.warmup = static_cast<int>(cli.integer("--warmup", o.warmup, 0));
+  o.max_tokens = static_cast<int>(cli.integer("--max-tokens", o.max_tokens, 512));
+  o.dtype =
+      cli.choice("--dtype", {"bf16", "f16"}, "bf16") == "bf16" ? dk::DType::BF16 : dk::DType::F16;
+  o.causal = !cli.has("--full");
   return o;
 }
 
@@ -210,10 +193,7 @@ Row bench_shape(const Options& o, const std::string& layout, int tokens, int hea
   return row;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const Options o = parse(argc, argv);
+int run(const Options& o) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("SKIPPED: no CUDA device\n");
@@ -244,4 +224,14 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dhp::CommandLine cli("dhp_attention_bench",
+                       "  dhp_attention_bench [--format table|json] [--runs N] [--warmup N] "
+                       "[--max-tokens N]\n                      [--dtype bf16|f16] [--full]");
+  declare_options(cli);
+  return dhp::run_tool(cli, argc, argv, [&] { return run(parse(cli)); });
 }

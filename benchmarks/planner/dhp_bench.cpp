@@ -1,6 +1,7 @@
-// dhp_bench: every planning strategy on every scenario, planned batch by batch on one
-// thread and executed on the simulator, one fixed-schema row per (scenario, strategy),
-// then the checks (dhp never slower, speedups, exact gap, Megatron repro, planner time).
+// dhp_bench: every planning strategy on every scenario (or on a user's batch, cluster and
+// model files), planned batch by batch on one thread and executed on the simulator, one
+// fixed-schema row per (scenario, strategy), then the goal checks (dhp never slower,
+// speedups, exact gap, Megatron repro, planner time).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -16,7 +18,9 @@
 #include <string>
 #include <vector>
 
+#include "dhp/command_line.hpp"
 #include "dhp/error.hpp"
+#include "dhp/io.hpp"
 #include "dhp/planner.hpp"
 #include "dhp/simulator.hpp"
 #include "scenarios.hpp"
@@ -40,6 +44,8 @@ struct Options {
   // best_run_layout (run), or the smallest TP that fits (off).
   std::string dhp_layout = "planner";
   dhp::bench::ScenarioConfig config;
+  // A user's own inputs instead of the scenarios (all three or none).
+  std::string batch_file, cluster, model;
 };
 
 // One (scenario, strategy) result. Per-batch vectors hold NaN where the batch failed.
@@ -111,10 +117,10 @@ struct StaticLayouts {
 
 // Plans every batch of the scenario with one strategy and simulates each plan, with the
 // strategy's run-level options (run_options, per cluster) where there are some.
-Row run_strategy(const Scenario& scenario, const ScenarioData& data, Strategy strategy,
+Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy strategy,
                  const StaticLayouts& static_layouts, const RunOptions& run_options) {
   Row row;
-  row.scenario = scenario.name;
+  row.scenario = scenario;
   row.strategy = dhp::to_string(strategy);
   row.batches = static_cast<int>(data.batches.size());
   row.ranks_min = std::numeric_limits<int>::max();
@@ -250,7 +256,7 @@ StaticLayouts static_layouts(const ScenarioData& data, const std::vector<Strateg
 // have theirs from static_layouts), and for dhp with --dhp-layout run. Without one (a
 // scenario that opts out, or no layout fits) a strategy plans with the planner's default
 // layout; dhp's own default searches its layout.
-RunOptions run_layouts(const Scenario& scenario, const ScenarioData& data,
+RunOptions run_layouts(const std::string& scenario, const ScenarioData& data,
                        const std::vector<Strategy>& strategies, const Options& options, int index,
                        int count) {
   RunOptions run_options;
@@ -269,12 +275,12 @@ RunOptions run_layouts(const Scenario& scenario, const ScenarioData& data,
       try {
         run_options[s][c] = dhp::best_run_layout(data.clusters[c], data.model, batches, base);
         std::cerr << fmt::format(
-            "[{}/{}] {}: {} layout {} (searched in {:.1f} s)\n", index, count, scenario.name,
+            "[{}/{}] {}: {} layout {} (searched in {:.1f} s)\n", index, count, scenario,
             dhp::to_string(s), dhp::describe_layout(*run_options[s][c]),
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       } catch (const std::exception& e) {
         std::cerr << fmt::format("[{}/{}] {}: {} layout search failed: {}\n", index, count,
-                                 scenario.name, dhp::to_string(s), short_error(e));
+                                 scenario, dhp::to_string(s), short_error(e));
       }
     }
   }
@@ -287,11 +293,9 @@ RunOptions run_layouts(const Scenario& scenario, const ScenarioData& data,
   return run_options;
 }
 
-std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, int index,
-                              int count) {
+std::vector<Row> run_scenario(const std::string& name, const ScenarioData& data,
+                              const Options& options, int index, int count) {
   const auto t0 = std::chrono::steady_clock::now();
-  std::cerr << fmt::format("[{}/{}] {}: building batches\n", index, count, scenario.name);
-  const ScenarioData data = scenario.build(options.config, scenario.parameter);
 
   std::vector<Strategy> strategies = data.strategies;
   if (!options.strategies.empty()) {
@@ -301,13 +305,13 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
     });
   }
   const StaticLayouts layouts = static_layouts(data, strategies);
-  const RunOptions run_options = run_layouts(scenario, data, strategies, options, index, count);
+  const RunOptions run_options = run_layouts(name, data, strategies, options, index, count);
 
   std::vector<Row> rows;
   for (Strategy s : strategies) {
-    std::cerr << fmt::format("[{}/{}] {}: {} ({} batches)\n", index, count, scenario.name,
-                             dhp::to_string(s), data.batches.size());
-    rows.push_back(run_strategy(scenario, data, s, layouts, run_options));
+    std::cerr << fmt::format("[{}/{}] {}: {} ({} batches)\n", index, count, name, dhp::to_string(s),
+                             data.batches.size());
+    rows.push_back(run_strategy(name, data, s, layouts, run_options));
   }
   // The reference: static_best of this run, even when it was not asked for as a row.
   std::optional<double> static_best_ms;
@@ -316,7 +320,7 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
       static_best_ms = r.step_ms;
   if (!static_best_ms &&
       std::find(strategies.begin(), strategies.end(), Strategy::StaticBest) == strategies.end()) {
-    Row ref = run_strategy(scenario, data, Strategy::StaticBest, layouts, run_options);
+    Row ref = run_strategy(name, data, Strategy::StaticBest, layouts, run_options);
     if (ref.failed_batches == 0) static_best_ms = ref.step_ms;
   }
   for (Row& r : rows)
@@ -324,7 +328,7 @@ std::vector<Row> run_scenario(const Scenario& scenario, const Options& options, 
       r.speedup_vs_static_best = *static_best_ms / r.step_ms;
 
   std::cerr << fmt::format(
-      "[{}/{}] {}: done in {:.1f} s\n", index, count, scenario.name,
+      "[{}/{}] {}: done in {:.1f} s\n", index, count, name,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return rows;
 }
@@ -393,7 +397,7 @@ void print_table(const std::vector<Row>& rows) {
   }
 }
 
-// --- the checks ---
+// --- the goal checks ---
 
 const Row* find_row(const std::vector<Row>& rows, const std::string& scenario, Strategy s) {
   for (const Row& r : rows)
@@ -561,93 +565,118 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
 
 // --- command line ---
 
-void print_usage(std::FILE* out) {
-  fmt::print(
-      out,
-      "usage: dhp_bench [--list] [--scenario NAME]... [--strategy NAME]... "
-      "[--format table|json]\n"
-      "                 [--batches N] [--quick] [--seed S] [--dhp-layout "
-      "planner|per-batch|run|off]\n"
-      "  --list            name the scenarios with one-line descriptions\n"
-      "  --scenario NAME   run this scenario (or family, e.g. megatron-dcp-repro); "
-      "repeatable; default all\n"
-      "  --strategy NAME   run only this strategy (dhp, static_best, static_balanced,\n"
-      "                    megatron_dcp, paper_bfd_dp, exact); repeatable\n"
-      "  --format F        table (default, with the checks) or json (one object per "
-      "line; checks on stderr)\n"
-      "  --batches N       batches per scenario instead of the scenario's default\n"
-      "  --quick           few batches per scenario (CI: about 10 s)\n"
-      "  --seed S          seed of the batch draws (default 1)\n"
-      "  --dhp-layout L    dhp's module layout: planner (default): the planner's own search\n"
-      "                    (fixed after the first batches); per-batch: searched for every\n"
-      "                    batch, switches charged; run: chosen once per run by\n"
-      "                    best_run_layout; off: the smallest TP that fits\n");
+void declare_options(dhp::CommandLine& cli) {
+  cli.section("What to run:")
+      .flag("--list", "name the scenarios with one-line descriptions")
+      .repeatable("--scenario", "NAME",
+                  "run this scenario (or family, e.g. megatron-dcp-repro); default all")
+      .repeatable("--strategy", "NAME",
+                  "run only this strategy (dhp, static_best, static_balanced,\n"
+                  "megatron_dcp, paper_bfd_dp, exact)")
+      .option("--batches", "N", "batches per scenario (with --batch: the file's first N)")
+      .flag("--quick", "few batches per scenario (CI: about 10 s)")
+      .option("--seed", "S", "seed of the scenarios' batch draws (default 1)")
+      .option("--dhp-layout", "L",
+              "dhp's module layout: planner (default): the planner's own search\n"
+              "(fixed after the first batches); per-batch: searched for every\n"
+              "batch, switches charged; run: chosen once per run by\n"
+              "best_run_layout; off: the smallest TP that fits");
+  cli.section("Your own data instead of the scenarios (schemas: docs/schemas.md):")
+      .option("--batch", "FILE", "a batch, or a batch stream ({\"batches\": [...]} or an array)")
+      .option("--cluster", "PRESET|FILE", "a cluster preset (h100-8, h100-64, ...) or a JSON file")
+      .option("--model", "PRESET|FILE", "a model preset (qwen2-vl-7b, ...) or a JSON file");
+  cli.section("Output:").option("--format", "F",
+                                "table (default, with the checks) or json (one object per\n"
+                                "line; checks on stderr)");
 }
 
-Options parse(int argc, char** argv) {
+Options parse(const dhp::CommandLine& cli) {
   Options o;
-  auto value = [&](int& i) -> std::string {
-    DHP_CHECK(i + 1 < argc, InvalidArgument, "{} needs a value", argv[i]);
-    return argv[++i];
-  };
-  auto integer = [](const std::string& flag, const std::string& text) {
-    char* end = nullptr;
-    const long long v = std::strtoll(text.c_str(), &end, 10);
-    DHP_CHECK(end && *end == '\0' && !text.empty() && v >= 0, InvalidArgument,
-              "{} expects a non-negative integer, got '{}'", flag, text);
-    return v;
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      print_usage(stdout);
-      std::exit(0);
-    } else if (arg == "--list") {
-      o.list = true;
-    } else if (arg == "--scenario") {
-      o.scenarios.push_back(value(i));
-    } else if (arg == "--strategy") {
-      o.strategies.push_back(dhp::strategy_from_string(value(i)));
-    } else if (arg == "--format") {
-      const std::string f = value(i);
-      DHP_CHECK(f == "table" || f == "json", InvalidArgument,
-                "--format expects table or json, got '{}'", f);
-      o.json = f == "json";
-    } else if (arg == "--batches") {
-      o.config.batches = static_cast<int>(integer(arg, value(i)));
-    } else if (arg == "--quick") {
-      o.config.quick = true;
-    } else if (arg == "--dhp-layout") {
-      const std::string l = value(i);
-      DHP_CHECK(l == "planner" || l == "per-batch" || l == "run" || l == "off", InvalidArgument,
-                "--dhp-layout expects planner, per-batch, run or off, got '{}'", l);
-      o.dhp_layout = l;
-    } else if (arg == "--seed") {
-      o.config.seed = static_cast<std::uint64_t>(integer(arg, value(i)));
-    } else {
-      DHP_THROW(InvalidArgument, "unknown argument '{}'", arg);
+  o.list = cli.has("--list");
+  o.scenarios = cli.values("--scenario");
+  for (const std::string& name : o.scenarios) {
+    try {
+      dhp::bench::find_scenarios(name);
+    } catch (const dhp::Error& e) {
+      throw dhp::UsageError(fmt::format("--scenario: {}", e.message()));
     }
+  }
+  for (const std::string& name : cli.values("--strategy")) {
+    try {
+      o.strategies.push_back(dhp::strategy_from_string(name));
+    } catch (const dhp::Error& e) {
+      throw dhp::UsageError(fmt::format("--strategy: {}", e.message()));
+    }
+  }
+  o.json = cli.choice("--format", {"table", "json"}, "table") == "json";
+  o.config.batches = static_cast<int>(cli.integer("--batches", 0, 1));
+  o.config.quick = cli.has("--quick");
+  o.config.seed = static_cast<std::uint64_t>(cli.integer("--seed", 1));
+  o.dhp_layout = cli.choice("--dhp-layout", {"planner", "per-batch", "run", "off"}, "planner");
+  if (cli.has("--batch") || cli.has("--cluster") || cli.has("--model")) {
+    cli.only(
+        {"--batch", "--cluster", "--model", "--strategy", "--batches", "--dhp-layout", "--format"},
+        "with --batch (the batches come from the file)");
+    o.batch_file = cli.value("--batch");
+    o.cluster = cli.value("--cluster");
+    o.model = cli.value("--model");
   }
   return o;
 }
 
-}  // namespace
+// The user's files as a scenario named after the batch file: every strategy but the exact
+// solver (asked for with --strategy exact), on every batch of the file, with the layout
+// freedom of a scenario (each static strategy its best_static_layout, megatron_dcp and
+// paper_bfd_dp best_run_layout's, dhp as --dhp-layout says).
+ScenarioData user_data(const Options& o) {
+  ScenarioData data;
+  data.search_baseline_layouts = true;
+  data.model = dhp::load_model(o.model);
+  data.clusters.push_back(dhp::load_cluster(o.cluster));
+  data.batches = dhp::load_batches(o.batch_file);
+  if (o.config.batches > 0 && static_cast<std::size_t>(o.config.batches) < data.batches.size())
+    data.batches.resize(static_cast<std::size_t>(o.config.batches));
+  data.cluster_of_batch.assign(data.batches.size(), 0);
+  for (Strategy s : dhp::all_strategies())
+    if (s != Strategy::Exact || !o.strategies.empty()) data.strategies.push_back(s);
+  return data;
+}
 
-int main(int argc, char** argv) {
-  Options options;
+std::string stem(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  const std::size_t dot = name.rfind('.');
+  return dot == 0 || dot == std::string::npos ? name : name.substr(0, dot);
+}
+
+// One scenario's rows; a scenario whose data cannot be built (a missing file, ...) gets one
+// row that says so.
+std::vector<Row> scenario_rows(const std::string& name, const std::function<ScenarioData()>& build,
+                               const Options& options, int index, int count) {
   try {
-    options = parse(argc, argv);
-  } catch (const dhp::Error& e) {
-    fmt::print(stderr, "dhp_bench: {}\n", e.what());
-    print_usage(stderr);
-    return 2;
+    std::cerr << fmt::format("[{}/{}] {}: building batches\n", index, count, name);
+    return run_scenario(name, build(), options, index, count);
+  } catch (const std::exception& e) {
+    Row r;
+    r.scenario = name;
+    r.strategy = std::string(1, '-');  // not = "-": GCC 12 false -Wrestrict
+    r.error = short_error(e);
+    std::cerr << fmt::format("{}: {}\n", r.scenario, r.error);
+    return {r};
   }
-  try {
-    if (options.list) {
-      for (const Scenario& s : dhp::bench::all_scenarios())
-        fmt::print("{:<22} {}\n", s.name, s.description);
-      return 0;
-    }
+}
+
+int run(const Options& options) {
+  if (options.list) {
+    for (const Scenario& s : dhp::bench::all_scenarios())
+      fmt::print("{:<22} {}\n", s.name, s.description);
+    return 0;
+  }
+  // What to run: the user's files, or the scenarios asked for (default all).
+  std::vector<std::pair<std::string, std::function<ScenarioData()>>> runs;
+  if (!options.batch_file.empty()) {
+    runs.emplace_back(stem(options.batch_file), [&] { return user_data(options); });
+  } else {
     std::vector<const Scenario*> selected;
     if (options.scenarios.empty()) {
       for (const Scenario& s : dhp::bench::all_scenarios()) selected.push_back(&s);
@@ -657,36 +686,40 @@ int main(int argc, char** argv) {
           if (std::find(selected.begin(), selected.end(), s) == selected.end())
             selected.push_back(s);
     }
+    for (const Scenario* s : selected)
+      runs.emplace_back(s->name, [s, &options] { return s->build(options.config, s->parameter); });
+  }
 
-    std::vector<Row> rows;
-    for (std::size_t i = 0; i < selected.size(); ++i) {
-      std::vector<Row> scenario_rows;
-      try {
-        scenario_rows = run_scenario(*selected[i], options, static_cast<int>(i) + 1,
-                                     static_cast<int>(selected.size()));
-      } catch (const std::exception& e) {
-        // The scenario's data could not be built (missing file, ...): one row says so.
-        Row r;
-        r.scenario = selected[i]->name;
-        r.strategy = std::string(1, '-');  // not = "-": GCC 12 false -Wrestrict
-        r.error = short_error(e);
-        std::cerr << fmt::format("{}: {}\n", r.scenario, r.error);
-        scenario_rows.push_back(r);
-      }
-      if (options.json) {
-        for (const Row& r : scenario_rows) std::cout << to_json(r).dump() << "\n" << std::flush;
-      }
-      rows.insert(rows.end(), scenario_rows.begin(), scenario_rows.end());
-    }
-    if (options.json) {
-      print_checks(rows, stderr);
-    } else {
-      print_table(rows);
-      print_checks(rows, stdout);
-    }
-  } catch (const dhp::Error& e) {
-    fmt::print(stderr, "dhp_bench: {}\n", e.what());
-    return 1;
+  std::vector<Row> rows;
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    const std::vector<Row> scenario =
+        scenario_rows(runs[i].first, runs[i].second, options, static_cast<int>(i) + 1,
+                      static_cast<int>(runs.size()));
+    if (options.json)
+      for (const Row& r : scenario) std::cout << to_json(r).dump() << "\n" << std::flush;
+    rows.insert(rows.end(), scenario.begin(), scenario.end());
+  }
+  if (options.json) {
+    print_checks(rows, stderr);
+  } else {
+    print_table(rows);
+    print_checks(rows, stdout);
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dhp::CommandLine cli(
+      "dhp_bench",
+      "  dhp_bench [--scenario NAME]... [--strategy NAME]... [--format table|json] [--quick]\n"
+      "  dhp_bench --batch FILE --cluster PRESET|FILE --model PRESET|FILE [--strategy NAME]...\n"
+      "  dhp_bench --list");
+  declare_options(cli);
+  cli.note(
+      "Plans every batch with every strategy, simulates each plan, and prints one row per\n"
+      "(scenario, strategy) followed by the checks: dhp never slower than a baseline, its\n"
+      "speedups, its gap to the exact solver, the planner's time.");
+  return dhp::run_tool(cli, argc, argv, [&] { return run(parse(cli)); });
 }

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "dhp/command_line.hpp"
 #include "dhp/dataset.hpp"
 #include "dhp/error.hpp"
 #include "dhp/simulator.hpp"
@@ -309,86 +310,51 @@ void print_json(const std::vector<Row>& rows) {
   }
 }
 
-double parse_number(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  const double value = std::strtod(text.c_str(), &end);
-  DHP_CHECK(!text.empty() && end == text.c_str() + text.size(), InvalidArgument,
-            "{} expects a number, got '{}'", flag, text);
-  return value;
+void declare_options(dhp::CommandLine& cli) {
+  cli.option("--gpus", "LIST", "megatron-dcp-repro scales to run, e.g. 8,32 (default: all five)")
+      .option("--per-gpu", "N", "sequences per GPU per batch (default 16, the scenario's)")
+      .option("--hef", "TOKENS", "half_efficiency_tokens for planner and simulator")
+      .option("--rso", "US", "ring_step_overhead_us for planner and simulator")
+      .option("--ovl", "FRACTION", "overlap_efficiency for planner and simulator")
+      .option("--format", "F", "table (default) or json (one object per line)")
+      .note("The coefficients default to defaults_for(cluster).");
 }
 
-int parse_positive_int(const std::string& flag, const std::string& text) {
-  const double value = parse_number(flag, text);
-  DHP_CHECK(value >= 1 && value <= INT_MAX && value == std::floor(value), InvalidArgument,
-            "{} expects a positive integer, got '{}'", flag, text);
-  return static_cast<int>(value);
-}
-
-const char* const kUsage =
-    "usage: dhp_megatron_study [--gpus 4,8,16,32,64] [--per-gpu N] [--hef TOKENS] [--rso US]\n"
-    "                          [--ovl FRACTION] [--format table|json]\n"
-    "  --gpus LIST    megatron-dcp-repro scales to run (default: all five)\n"
-    "  --per-gpu N    sequences per GPU per batch (default 16, the scenario's)\n"
-    "  --hef, --rso, --ovl  half_efficiency_tokens, ring_step_overhead_us, overlap_efficiency\n"
-    "                 for planner and simulator (default: defaults_for(cluster))\n";
-
-Options parse(int argc, char** argv) {
+Options parse(const dhp::CommandLine& cli) {
   Options options;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    DHP_CHECK(i + 1 < argc, InvalidArgument, "{} needs a value", flag);
-    const std::string value = argv[++i];
-    if (flag == "--gpus") {
-      options.gpus.clear();
-      std::size_t start = 0;
-      while (start <= value.size()) {
-        const std::size_t comma = std::min(value.find(',', start), value.size());
-        options.gpus.push_back(parse_positive_int(flag, value.substr(start, comma - start)));
-        start = comma + 1;
-      }
-    } else if (flag == "--per-gpu") {
-      options.setting.sequences_per_gpu = parse_positive_int(flag, value);
-    } else if (flag == "--hef") {
-      options.setting.half_efficiency_tokens = parse_number(flag, value);
-    } else if (flag == "--rso") {
-      options.setting.ring_step_overhead_us = parse_number(flag, value);
-    } else if (flag == "--ovl") {
-      options.setting.overlap_efficiency = parse_number(flag, value);
-    } else if (flag == "--format") {
-      DHP_CHECK(value == "table" || value == "json", InvalidArgument,
-                "--format expects table or json, got '{}'", value);
-      options.json = value == "json";
-    } else {
-      DHP_THROW(InvalidArgument, "unknown argument '{}' (see --help)", flag);
-    }
-  }
+  for (std::int64_t gpus : cli.integer_list("--gpus", {}, 1))
+    options.gpus.push_back(static_cast<int>(gpus));
+  if (cli.has("--per-gpu"))
+    options.setting.sequences_per_gpu = static_cast<int>(cli.integer("--per-gpu", 0, 1));
+  if (cli.has("--hef")) options.setting.half_efficiency_tokens = cli.real("--hef", 0);
+  if (cli.has("--rso")) options.setting.ring_step_overhead_us = cli.real("--rso", 0);
+  if (cli.has("--ovl")) options.setting.overlap_efficiency = cli.real("--ovl", 0);
+  options.json = cli.choice("--format", {"table", "json"}, "table") == "json";
   return options;
+}
+
+int run(Options options) {
+  if (options.gpus.empty())
+    for (const dhp::bench::Scenario* scale : dhp::bench::find_scenarios("megatron-dcp-repro"))
+      options.gpus.push_back(scale->parameter);
+  std::vector<Row> rows;
+  for (int gpus : options.gpus) {
+    auto scale = run_scale(gpus, options.setting);
+    rows.insert(rows.end(), scale.begin(), scale.end());
+  }
+  if (options.json)
+    print_json(rows);
+  else
+    print_table(rows);
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    Options options = parse(argc, argv);
-    if (options.gpus.empty())
-      for (const dhp::bench::Scenario* scale : dhp::bench::find_scenarios("megatron-dcp-repro"))
-        options.gpus.push_back(scale->parameter);
-    std::vector<Row> rows;
-    for (int gpus : options.gpus) {
-      auto scale = run_scale(gpus, options.setting);
-      rows.insert(rows.end(), scale.begin(), scale.end());
-    }
-    if (options.json)
-      print_json(rows);
-    else
-      print_table(rows);
-    return 0;
-  } catch (const std::exception& e) {
-    std::cerr << "dhp_megatron_study: " << e.what() << '\n';
-    return 1;
-  }
+  dhp::CommandLine cli("dhp_megatron_study",
+                       "  dhp_megatron_study [--gpus 4,8,16,32,64] [--per-gpu N] [--hef TOKENS] "
+                       "[--rso US]\n                     [--ovl FRACTION] [--format table|json]");
+  declare_options(cli);
+  return dhp::run_tool(cli, argc, argv, [&] { return run(parse(cli)); });
 }

@@ -20,10 +20,10 @@
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "dhp/command_line.hpp"
 #include "dhp/communicator.hpp"
 #include "dhp/error.hpp"
 #include "dhp/group_pool.hpp"
@@ -59,53 +59,38 @@ struct Row {
   double time_us = 0, algbw_gbps = 0, busbw_gbps = 0;
 };
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
+void declare_options(dhp::CommandLine& cli) {
+  cli.option("--backend", "B", "mpi (default) or nccl")
+      .option("--format", "F", "table (default) or json (one object per line)")
+      .option("--tests", "LIST",
+              "which tests, comma-separated (default: create,pool,ring,\nalltoall,allreduce)")
+      .option("--min-bytes", "B", "smallest message (default 65536)")
+      .option("--max-bytes", "B",
+              "largest message (default 268435456); sizes grow 4x from the smallest")
+      .option("--iters", "N", "timed iterations per row (default 20)")
+      .option("--warmup", "N", "untimed iterations first (default 3)")
+      .note(
+          "Rows: backend, test, world_size, group_size, bytes, iters, time_us (mean per\n"
+          "iteration, the slowest rank's), algbw_gbps, busbw_gbps (as nccl-tests defines them).");
 }
 
-Options parse(int argc, char** argv) {
+Options parse(const dhp::CommandLine& cli) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      DHP_CHECK(i + 1 < argc, InvalidArgument, "{} needs a value", arg);
-      return argv[++i];
-    };
-    if (arg == "--backend")
-      o.backend = value();
-    else if (arg == "--format")
-      o.format = value();
-    else if (arg == "--tests")
-      o.tests = split_list(value());
-    else if (arg == "--min-bytes")
-      o.min_bytes = std::stoll(value());
-    else if (arg == "--max-bytes")
-      o.max_bytes = std::stoll(value());
-    else if (arg == "--iters")
-      o.iters = std::stoi(value());
-    else if (arg == "--warmup")
-      o.warmup = std::stoi(value());
-    else if (arg == "--help" || arg == "-h") {
-      std::printf(
-          "usage: mpirun -np N dhp_comm_bench [--backend mpi|nccl] [--format table|json]\n"
-          "  [--tests create,pool,ring,alltoall,allreduce] [--min-bytes B] [--max-bytes B]\n"
-          "  [--iters N] [--warmup N]\n");
-      std::exit(0);
-    } else {
-      DHP_THROW(InvalidArgument, "unknown argument '{}' (see --help)", arg);
-    }
-  }
-  DHP_CHECK(o.backend == "mpi" || o.backend == "nccl", InvalidArgument,
-            "--backend {}: expected mpi or nccl", o.backend);
-  DHP_CHECK(o.format == "table" || o.format == "json", InvalidArgument,
-            "--format {}: expected table or json", o.format);
-  DHP_CHECK(o.min_bytes >= 4 && o.min_bytes <= o.max_bytes && o.iters >= 1 && o.warmup >= 0,
-            InvalidArgument, "need 4 <= --min-bytes ({}) <= --max-bytes ({}), --iters >= 1",
-            o.min_bytes, o.max_bytes);
+  o.backend = cli.choice("--backend", {"mpi", "nccl"}, o.backend);
+  o.format = cli.choice("--format", {"table", "json"}, o.format);
+  o.tests = cli.list("--tests", o.tests);
+  for (const std::string& test : o.tests)
+    if (test != "create" && test != "pool" && test != "ring" && test != "alltoall" &&
+        test != "allreduce")
+      throw dhp::UsageError(fmt::format(
+          "--tests: unknown test '{}' (known: create, pool, ring, alltoall, allreduce)", test));
+  o.min_bytes = cli.integer("--min-bytes", o.min_bytes, 4);
+  o.max_bytes = cli.integer("--max-bytes", o.max_bytes, 4);
+  if (o.min_bytes > o.max_bytes)
+    throw dhp::UsageError(
+        fmt::format("--min-bytes {} is above --max-bytes {}", o.min_bytes, o.max_bytes));
+  o.iters = static_cast<int>(cli.integer("--iters", o.iters, 1));
+  o.warmup = static_cast<int>(cli.integer("--warmup", o.warmup, 0));
   return o;
 }
 
@@ -336,11 +321,9 @@ void print(const std::vector<Row>& rows, const std::string& format) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// After MPI starts, an error on one rank aborts the job: the other ranks would wait forever.
+int run(const Options& options) {
   try {
-    const Options options = parse(argc, argv);
     dhp::MpiRuntime mpi;
     auto bootstrap = mpi.world();
     std::unique_ptr<dhp::Communicator> nccl;
@@ -363,4 +346,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dhp_comm_bench: %s\n", e.what());
     dhp::abort_job(1, e.what());
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dhp::CommandLine cli(
+      "dhp_comm_bench",
+      "  mpirun -np N dhp_comm_bench [--backend mpi|nccl] [--format table|json]\n"
+      "         [--tests create,pool,ring,alltoall,allreduce] [--min-bytes B] [--max-bytes B]\n"
+      "         [--iters N] [--warmup N]");
+  declare_options(cli);
+  return dhp::run_tool(cli, argc, argv, [&] { return run(parse(cli)); });
 }

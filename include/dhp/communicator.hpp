@@ -14,6 +14,12 @@
 //   send == recv (same pointer) is allowed for all_reduce (in place).
 // - Errors of the backend library are turned into dhp::Error(Communication) with the
 //   library's message (MPI_Error_string, ncclGetErrorString + ncclGetLastError).
+// - Arguments are checked before anything is posted: a bad count, peer, root or array size
+//   throws dhp::Error(InvalidArgument) and leaves the communicator usable. A failure found
+//   once an operation is posted (a timeout, a backend error, a request abandoned before it
+//   completed because an exception unwound past it) leaves peers mid-operation, so it
+//   aborts the communicator: every later call throws Error(Communication) at once, saying
+//   it was aborted and why, instead of matching stale messages or hanging.
 #pragma once
 
 #include <chrono>
@@ -135,6 +141,12 @@ class Communicator {
   virtual void broadcast(void* buffer, std::int64_t count, DataType type, int root) = 0;
   virtual void barrier() = 0;
 
+  // Non-blocking all_reduce (gradient buckets overlap it with the backward). The buffers
+  // must stay untouched until the request is waited; every member issues the same
+  // non-blocking collectives in the same order.
+  virtual CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count,
+                                     DataType type, ReduceOp op) = 0;
+
   // --- point to point (peer = rank in this communicator) ---
   virtual CommRequestPtr isend(const void* buffer, std::int64_t count, DataType type, int peer,
                                int tag = 0) = 0;
@@ -165,7 +177,14 @@ class Communicator {
   // cannot abort one communicator without ending the job (MPI_Abort kills every process
   // of it), so it only marks it aborted; see abort_job() in runtime.hpp.
   virtual void abort() noexcept = 0;
+  // abort(), remembering `reason` for the errors of every later call.
+  void abort_with_reason(const std::string& reason) noexcept {
+    mark_aborted(reason);
+    abort();
+  }
   bool aborted() const noexcept { return aborted_; }
+  // Why the communicator was aborted ("" while it is not).
+  const std::string& abort_reason() const noexcept { return abort_reason_; }
 
   // CUDA stream the backend runs on (cudaStream_t), nullptr for CPU backends.
   virtual void* stream() const noexcept { return nullptr; }
@@ -187,17 +206,25 @@ class Communicator {
   // name: empty = group_name(world_ranks); world communicators pass "world".
   Communicator(int rank, int size, Device device, std::vector<int> world_ranks,
                std::chrono::milliseconds timeout, std::string name = {});
-  // Throws Error(Communication) with describe(), the operation and what went wrong.
+  // A posted operation failed: marks the communicator aborted (mark_aborted) and throws
+  // Error(Communication) with describe(), the operation and what went wrong.
   [[noreturn]] void fail(const char* op, const std::string& what) const;
-  // Throws Error(Communication) for an operation that did not finish within `limit`.
+  // Throws Error(Communication) for an operation that did not finish within `limit`
+  // (through fail: the communicator is aborted).
   [[noreturn]] void fail_timeout(const char* op, std::chrono::milliseconds elapsed,
                                  std::chrono::milliseconds limit) const;
-  // Throws when abort() was called.
+  // A bad argument found before anything was posted: throws Error(InvalidArgument) with
+  // describe(), the operation and the value; the communicator stays usable.
+  [[noreturn]] void fail_argument(const char* op, const std::string& what) const;
+  // Throws Error(Communication), with the reason, when the communicator was aborted.
   void check_not_aborted(const char* op) const;
-  // Checks a peer / root rank is in [0, size()).
+  // Checks a peer / root rank is in [0, size()) (fail_argument otherwise).
   void check_peer(const char* op, int peer) const;
+  // Marks the communicator unusable and remembers why (the first reason wins). Backends
+  // with a library-level abort (NCCL) override abort() to call it as well.
+  void mark_aborted(const std::string& reason) const noexcept;
 
-  bool aborted_ = false;
+  mutable bool aborted_ = false;
 
  private:
   int rank_;
@@ -206,6 +233,7 @@ class Communicator {
   std::vector<int> world_ranks_;
   std::string name_;
   std::chrono::milliseconds timeout_;
+  mutable std::string abort_reason_;
 };
 
 // "group[0,3,5]" (long lists are shortened in the middle).

@@ -10,6 +10,7 @@
 
 #include "dhp/batch.hpp"
 #include "dhp/cluster.hpp"
+#include "dhp/encoder_geometry.hpp"
 #include "dhp/model.hpp"
 
 namespace dhp {
@@ -28,18 +29,6 @@ struct CostCoefficients {
 };
 
 CostCoefficients defaults_for(const ClusterSpec& cluster);
-
-// The parts of a visual item the encoder processes independently (EncoderSpec): a video's
-// temporal slices, else an image's tiles; 1 when it attends across all its patches. The
-// planner may give disjoint ranges of them to different encoder ranks, so that one long
-// video does not hold up a wave.
-int encoder_spans(const EncoderSpec& encoder, const VisualItem& item);
-// Part `part` of `parts` of an item (EncoderTask): with at least `parts` spans, a range of
-// whole spans (their frames, patches and LLM tokens); with one span, an equal shard of its
-// patches and LLM tokens (encoder_parts_are_shards: encoded as a ring). Integer shares that
-// add up to the item's. Throws InvalidArgument for 1 < spans < parts or part out of range.
-VisualItem encoder_part(const EncoderSpec& encoder, const VisualItem& item, int part, int parts);
-bool encoder_parts_are_shards(const EncoderSpec& encoder, const VisualItem& item, int parts);
 
 // Encoder activations of one visual item (or a part of it, encoder_part) on one device of its
 // encoder rank. `held` lives from the item's forward to its backward: each layer's input
@@ -167,14 +156,27 @@ class CostModel {
 };
 
 // --- calibration: fit coefficients to measured profiles with least squares ---
+// One measured time and what it covered. The kinds a runtime measures for a whole rank:
+// "llm_rank" (one rank's LLM forward and backward in a wave: the shares of the group's
+// zigzag sequences, split_tokens, and its whole ones, whole_tokens, on a ring of `degree`),
+// "encoder_rank" (one encoder rank's forward and backward in a wave: its parts, each whole
+// or one shard of a ring of `ring` parts). Profiles of single pieces: "llm_sequence",
+// "encoder_item", "p2p".
+struct EncoderPartMeasurement {
+  VisualItem item;  // the part encoded (ring == 1), or the whole item a shard belongs to
+  int ring = 1;     // shards of the item's ring (1: encoded on its own)
+};
+
 struct Measurement {
-  std::string kind;  // "llm_sequence" | "encoder_item" | "p2p"
+  std::string kind;  // "llm_sequence" | "encoder_item" | "p2p" | "llm_rank" | "encoder_rank"
   std::int64_t tokens = 0;
   int degree = 1;
   bool crosses_nodes = false;
   std::int64_t patches = 0;  // encoder_item
   int frames = 1;            // encoder_item: video frames of the item (1 for an image)
   double bytes = 0;          // p2p
+  std::vector<std::int64_t> split_tokens, whole_tokens;  // llm_rank
+  std::vector<EncoderPartMeasurement> encoder_parts;     // encoder_rank
   double measured_ms = 0;
 };
 

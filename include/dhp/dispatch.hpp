@@ -64,6 +64,13 @@ struct ZigzagChunks {
 };
 ZigzagChunks zigzag_chunks(std::int64_t length, int degree, int member);
 
+// What world rank `world_rank` runs in wave `wave` of `plan` (pure bookkeeping, no
+// communication). sample_lengths: LLM tokens of every sample of the batch. Checks the
+// wave the same way on every rank (groups, ranks, members; a Zigzag sequence must have
+// member -1) and throws InvalidArgument naming the sample, group or rank.
+WaveLayout wave_layout(const Plan& plan, int wave, std::span<const std::int64_t> sample_lengths,
+                       int world_rank, int world_size);
+
 class WaveDispatch {
  public:
   // sample_lengths: LLM tokens of every sample of the batch; sample_owners: world rank
@@ -81,10 +88,13 @@ class WaveDispatch {
   void forward(Communicator& world, const void* owned, void* local, std::int64_t row_bytes) const;
   // local -> owned: writes this wave's rows of the owned buffer, leaves the others.
   void inverse(Communicator& world, const void* local, void* owned, std::int64_t row_bytes) const;
+  // Rows forward() sends to other processes (rows staying on this one are copied).
+  std::int64_t rows_sent_to_others() const;
 
  private:
   WaveLayout layout_;
   std::int64_t owned_rows_ = 0;
+  int world_rank_ = 0;
   int world_size_ = 0;
   // Forward: rows of the owned buffer sent to each world rank, concatenated in rank order;
   // rows received from each rank (in rank order) and the local row each one lands on.

@@ -19,6 +19,8 @@ int group_pool_size();
 // DHP_MPI_MAX_COUNT: most elements one MPI call carries before the MPI backend splits a
 // reduction or describes a move with a derived datatype (default and maximum: INT_MAX)
 std::int64_t mpi_max_count();
+// DHP_GRAD_BUCKET_MB: size of a gradient-sync bucket in MiB (default: 25, as PyTorch DDP)
+double grad_bucket_mb();
 // DHP_DATA_DIR: where the raw length data lives (default: <repo>/data, then ../shared/data)
 std::string data_dir();
 // DHP_PLANNER_THREADS: threads the async planner may use (default: 1)

@@ -32,5 +32,7 @@ std::string to_json(const Plan& plan, int indent = 2);
 // A preset name ("h100-64") or a path to a JSON file.
 ClusterSpec load_cluster(const std::string& preset_or_path);
 ModelSpec load_model(const std::string& preset_or_path);
+// A batch file: one batch, or a stream of them (the forms of batches_from_json).
+std::vector<Batch> load_batches(const std::string& path);
 
 }  // namespace dhp

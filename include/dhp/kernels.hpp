@@ -111,6 +111,12 @@ struct AttentionBackwardArgs {
 Status attention_forward(const AttentionForwardArgs& args);
 Status attention_backward(const AttentionBackwardArgs& args);
 
+// Whether attention with this dtype, device and shape can run: the checks both attention
+// launchers make before reading any buffer (the shape, the dtype, an implementation built
+// for the device that supports this head_dim). Callers that post messages around the
+// kernels (ring attention) call it first, so that a bad shape fails before anything is sent.
+Status check_attention_support(DType dtype, Device device, const AttentionShape& shape);
+
 // Merges a partial result (out_b, lse_b) into an accumulator (out_a, lse_a) in place:
 // lse = log(exp(lse_a) + exp(lse_b)); out = out_a*exp(lse_a-lse) + out_b*exp(lse_b-lse).
 // -inf on either side is handled (an all -inf row stays out = 0, lse = -inf); a row of

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dhp/batch.hpp"
+#include "dhp/error.hpp"
 
 namespace dhp {
 
@@ -31,10 +32,17 @@ enum class CpAttention {
   UlyssesRing,  // Ulysses inside a node, ring across nodes
 };
 
+// Three ints that are easy to give in the wrong order: build one with a designated
+// initialiser, ModuleLayout{.tp = 2, .first_device = 0, .ranks = 4}, or with
+// ModuleLayout::on_devices(first_device, ranks, tp).
 struct ModuleLayout {
   int tp = 1;            // devices per rank
   int first_device = 0;  // ranks occupy devices [first_device, first_device + ranks * tp)
   int ranks = 0;
+
+  static ModuleLayout on_devices(int first_device, int ranks, int tp = 1) {
+    return ModuleLayout{.tp = tp, .first_device = first_device, .ranks = ranks};
+  }
 
   int device_of(int rank, int tp_index = 0) const { return first_device + rank * tp + tp_index; }
   int num_devices() const { return ranks * tp; }
@@ -47,11 +55,23 @@ struct GroupPlan {
   int degree() const { return static_cast<int>(ranks.size()); }
 };
 
+// Build one with SequencePlan::whole / SequencePlan::zigzag (or a designated initialiser):
+// a Zigzag sequence lives on every member, so its member is -1 and validate() refuses any
+// other value.
 struct SequencePlan {
   int sample = 0;  // index into Batch::samples
   int group = 0;   // index into WavePlan::groups
   Sharding sharding = Sharding::Whole;
   int member = 0;  // Whole: index into the group's ranks of the rank that holds it; Zigzag: -1
+
+  static SequencePlan whole(int sample, int group, int member) {
+    return SequencePlan{.sample = sample, .group = group, .sharding = Sharding::Whole,
+                        .member = member};
+  }
+  static SequencePlan zigzag(int sample, int group) {
+    return SequencePlan{.sample = sample, .group = group, .sharding = Sharding::Zigzag,
+                        .member = -1};
+  }
 };
 
 struct WavePlan {
@@ -106,9 +126,10 @@ std::uint64_t plan_hash(const Plan& plan);
 
 // Checks the invariants every plan must satisfy against its batch: every sample in
 // exactly one wave and one group; every visual item encoded exactly once on a valid
-// encoder rank; ranks in range; no rank in two groups of a wave; Whole members in range.
-// Throws dhp::Error (Internal) naming the first violation.
-void validate(const Plan& plan, const Batch& batch);
+// encoder rank; ranks in range; no rank in two groups of a wave; Whole members in range;
+// Zigzag members -1. Throws dhp::Error of `kind` naming the first violation: Internal for
+// the planner's own plans (a bug), InvalidArgument where a caller hands in a plan.
+void validate(const Plan& plan, const Batch& batch, ErrorKind kind = ErrorKind::Internal);
 
 const char* to_string(EncoderPlacement p) noexcept;
 const char* to_string(Sharding s) noexcept;

@@ -21,6 +21,7 @@ struct TimelineEvent {
   EventKind kind = EventKind::Compute;
   double start_ms = 0;
   double end_ms = 0;
+  int task = -1;  // Encoder events: index into Plan::encoder_tasks (what a picture names)
 };
 
 struct SimulationResult {

@@ -44,9 +44,13 @@ struct TorchrunEnv {
 // one (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are required).
 TorchrunEnv torchrun_env();
 
-// Rendezvous of all ranks through a c10d::TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 is
-// the server). The constructor returns once every rank has connected, or throws
-// Error(Communication) past `timeout`.
+// Rendezvous of all ranks through a c10d::TCPStore at MASTER_ADDR:MASTER_PORT. Under
+// torchrun's static rendezvous (TORCHELASTIC_USE_AGENT_STORE=True) the agent already serves
+// the store there and every rank connects to it; otherwise rank 0 serves it, shared with
+// any other store of the process on the same port (multi-tenant, as torch.distributed's
+// env:// store is), so that dhp and a Python torch.distributed job coexist on MASTER_PORT.
+// dhp's keys live under their own prefix (key_prefix()). The constructor returns once every
+// rank has connected, or throws Error(Communication) past `timeout`.
 class TorchrunBootstrap {
  public:
   explicit TorchrunBootstrap(std::chrono::milliseconds timeout);
@@ -60,6 +64,9 @@ class TorchrunBootstrap {
   const TorchrunEnv& env() const { return env_; }
   ProcessInfo process() const;
   c10d::Store& store() { return *store_; }
+  c10::intrusive_ptr<c10d::Store> shared_store() const { return store_; }
+  // The prefix of every key dhp writes ("dhp/", or per torchrun attempt on its agent's store).
+  const std::string& key_prefix() const { return prefix_; }
   std::chrono::milliseconds timeout() const { return timeout_; }
 
   // Rank 0 publishes `value` under `key`; every rank returns it (rank 0 included). Keys
@@ -72,8 +79,14 @@ class TorchrunBootstrap {
  private:
   TorchrunEnv env_;
   std::chrono::milliseconds timeout_;
+  std::string prefix_ = "dhp/";
   c10::intrusive_ptr<c10d::TCPStore> store_;
 };
+
+// The world of the torchrun ranks on Gloo (CPU buffers): c10d::ProcessGroupGloo on the
+// bootstrap's store, the CPU backend under torchrun (mpirun is not involved). Splits build
+// Gloo groups on prefixes of the same store. It keeps the contract of communicator.hpp.
+std::unique_ptr<Communicator> gloo_world(TorchrunBootstrap& bootstrap);
 
 #ifdef DHP_HAVE_NCCL
 // The NCCL world over the torchrun ranks: rank 0 creates the unique id and shares it

@@ -281,6 +281,10 @@ Status launch_forward(const AttentionForwardArgs& args, int max_seqlen_q, std::s
 
 }  // namespace
 
+Status attention_support(DType dtype, const AttentionShape& shape, std::string& error) {
+  return check_attention_support(dtype, shape, 0, {}, error);
+}
+
 Status attention_forward(const AttentionForwardArgs& args, std::string& error) {
   Status s = check_attention_support(args.dtype, args.shape, args.seqs.num_seqs,
                                      {args.q, args.k, args.v, args.out}, error);

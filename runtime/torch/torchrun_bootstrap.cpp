@@ -65,9 +65,19 @@ TorchrunBootstrap::TorchrunBootstrap(const TorchrunEnv& env, std::chrono::millis
     : env_(env), timeout_(timeout) {
   c10d::TCPStoreOptions options;
   options.port = static_cast<std::uint16_t>(env_.master_port);
-  options.isServer = env_.rank == 0;
-  options.numWorkers = static_cast<std::size_t>(env_.world_size);
-  options.waitWorkers = true;  // the server returns once every rank has connected
+  const char* agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  const bool use_agent_store = agent_store != nullptr && std::string(agent_store) == "True";
+  if (use_agent_store) {
+    // torchrun's agent serves MASTER_PORT: every rank is a client, per restart attempt.
+    const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
+    prefix_ = fmt::format("dhp/attempt_{}/", attempt != nullptr ? attempt : "0");
+    options.isServer = false;
+  } else {
+    options.isServer = env_.rank == 0;
+    options.numWorkers = static_cast<std::size_t>(env_.world_size);
+    options.waitWorkers = false;  // every rank checks in at the barrier below
+    options.multiTenant = true;   // shared with torch.distributed's env:// store on this port
+  }
   options.timeout = timeout_;
   try {
     store_ = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, options);
@@ -88,8 +98,8 @@ TorchrunBootstrap::TorchrunBootstrap(const TorchrunEnv& env, std::chrono::millis
 
 TorchrunBootstrap::~TorchrunBootstrap() {
   if (!store_ || env_.world_size == 1) return;
-  const std::string left_key = "dhp/left";
-  const std::string all_left_key = "dhp/all_left";
+  const std::string left_key = prefix_ + "left";
+  const std::string all_left_key = prefix_ + "all_left";
   try {
     if (env_.rank != 0) {
       if (store_->add(left_key, 1) == env_.world_size - 1) store_->set(all_left_key, to_bytes("1"));
@@ -115,7 +125,7 @@ ProcessInfo TorchrunBootstrap::process() const {
 
 std::vector<std::uint8_t> TorchrunBootstrap::broadcast(const std::string& key,
                                                        const std::vector<std::uint8_t>& value) {
-  const std::string full_key = "dhp/bcast/" + key;
+  const std::string full_key = prefix_ + "bcast/" + key;
   try {
     if (env_.rank == 0) {
       store_->set(full_key, value);
@@ -132,7 +142,7 @@ std::vector<std::uint8_t> TorchrunBootstrap::broadcast(const std::string& key,
 }
 
 void TorchrunBootstrap::barrier(const std::string& name) {
-  const std::string count_key = "dhp/barrier/" + name;
+  const std::string count_key = prefix_ + "barrier/" + name;
   const std::string done_key = count_key + "/done";
   try {
     // The last rank to arrive releases the others.

@@ -58,7 +58,7 @@ TEST(EncoderParts, PartsAddUpToTheItemForAwkwardCounts) {
       EXPECT_EQ(patches, item.patches) << parts << " parts";
       EXPECT_EQ(tokens, item.llm_tokens) << parts << " parts";
       // Slice ranges split a video's frames; tiles and shards each see all the frames.
-      const bool slices = detail::temporal_slices(enc, item) > 1;
+      const bool slices = temporal_slices(enc, item) > 1;
       EXPECT_EQ(frames, slices ? item.frames : parts * item.frames) << parts << " parts";
       EXPECT_EQ(encoder_parts_are_shards(enc, item, parts), spans == 1 && parts > 1);
     }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cost_test_fixtures.hpp"
+#include "tests/core/svg_test_util.hpp"
 
 namespace dhp {
 namespace {
@@ -17,39 +18,9 @@ namespace {
 using testing::h100_cluster;
 using testing::qwen2_vl_7b;
 
-// Tags must nest: every <x ...> closed by </x>, self-closing <x .../> allowed.
-bool tags_balanced(const std::string& svg, std::string* why) {
-  std::vector<std::string> open;
-  size_t pos = 0;
-  while ((pos = svg.find('<', pos)) != std::string::npos) {
-    const size_t end = svg.find('>', pos);
-    if (end == std::string::npos) {
-      *why = "unterminated tag";
-      return false;
-    }
-    const std::string tag = svg.substr(pos + 1, end - pos - 1);
-    pos = end + 1;
-    if (tag.empty()) return false;
-    if (tag[0] == '/') {
-      const std::string name = tag.substr(1);
-      if (open.empty() || open.back() != name) {
-        *why = "closing </" + name + "> does not match " + (open.empty() ? "nothing" : open.back());
-        return false;
-      }
-      open.pop_back();
-    } else if (tag.back() != '/') {
-      open.push_back(tag.substr(0, tag.find_first_of(" \n")));
-    }
-  }
-  if (!open.empty()) *why = "unclosed <" + open.back() + ">";
-  return open.empty();
-}
-
-int count(const std::string& text, const std::string& what) {
-  int n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
-  return n;
-}
+using testing::bars;
+using testing::count;
+using testing::tags_balanced;
 
 struct Scenario {
   Batch batch;
@@ -94,19 +65,72 @@ TEST(PlanSvg, IsWellFormedAndShowsEveryEvent) {
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   std::string why;
   EXPECT_TRUE(tags_balanced(svg, &why)) << why;
-  EXPECT_GE(count(svg, "<rect"), static_cast<int>(result.timeline.size()));
+  EXPECT_EQ(bars(svg).size(), result.timeline.size());
   EXPECT_EQ(count(svg, "<title>"), static_cast<int>(result.timeline.size()));
-  EXPECT_NE(svg.find("dhp &lt;test&gt;"), std::string::npos);  // escaped strategy in the title
+  EXPECT_NE(svg.find("dhp &lt;test&gt;: step"), std::string::npos);  // escaped strategy
   EXPECT_NE(svg.find("simulated time (ms)"), std::string::npos);
-  EXPECT_NE(svg.find("url(#hatch)"), std::string::npos);  // encoder work
-  EXPECT_NE(svg.find("ring_comm"), std::string::npos);    // ring overlay
+  EXPECT_NE(svg.find("url(#encoder)"), std::string::npos);
+  EXPECT_NE(svg.find("data-kind=\"ring_comm\""), std::string::npos);
   EXPECT_EQ(svg.find("showing the first"), std::string::npos);
+}
+
+// Every LLM bar names the samples its rank holds in that wave with the rank's tokens of
+// each; every encoder bar the item it encodes, forward then backward.
+TEST(PlanSvg, BarsNameTheirSamplesAndTokens) {
+  const CostModel cost(h100_cluster(1), qwen2_vl_7b(), 1, 1);
+  const Scenario s = scenario(5);
+  const SimulationResult result = Simulator(cost).run(s.plan, s.batch, true);
+  const StepTimeline timeline = plan_timeline(s.plan, s.batch, result);
+  auto tokens = [&](int sample) {
+    return s.batch.samples[static_cast<size_t>(sample)].llm_tokens();
+  };
+  int compute = 0, encoder = 0;
+  for (const Activity& a : timeline.activities) {
+    if (a.kind == ActivityKind::LlmCompute) {
+      ++compute;
+      std::vector<SampleShare> expected;
+      // Wave 0: device 0..2 ring over sample 100 (zigzag); 3: sample 101; 4: sample 102.
+      // Wave 1: devices 0, 1 hold sample 103 split in two; 2..4 share sample 105, and
+      // device 4 (member 2) also holds sample 104 whole.
+      if (a.wave == 0 && a.device <= 2)
+        expected = {{100, (tokens(0) + 2) / 3, ""}};
+      else if (a.wave == 0)
+        expected = {{a.device == 3 ? 101 : 102, tokens(a.device - 2), ""}};
+      else if (a.device <= 1)
+        expected = {{103, (tokens(3) + 1) / 2, ""}};
+      else if (a.device == 4)
+        expected = {{104, tokens(4), ""}, {105, (tokens(5) + 2) / 3, ""}};
+      else
+        expected = {{105, (tokens(5) + 2) / 3, ""}};
+      ASSERT_EQ(a.samples.size(), expected.size()) << "device " << a.device << " wave " << a.wave;
+      for (size_t i = 0; i < expected.size(); ++i) {
+        EXPECT_EQ(a.samples[i].id, expected[i].id) << "device " << a.device;
+        EXPECT_EQ(a.samples[i].tokens, expected[i].tokens) << "device " << a.device;
+      }
+    } else if (a.kind == ActivityKind::Encoder) {
+      ASSERT_EQ(a.samples.size(), 1u);
+      EXPECT_EQ(a.samples[0].tokens, 1024);
+      EXPECT_EQ(a.samples[0].id % 2, a.device - 5);  // task i on encoder rank i % 2
+      ++encoder;
+    }
+  }
+  EXPECT_EQ(compute, 10);  // 5 ranks x 2 waves
+  EXPECT_EQ(encoder, 12);  // 6 items, forward and backward
+  const std::string svg = timeline_to_svg(timeline);
+  EXPECT_NE(
+      svg.find("sample 100: " + std::to_string((tokens(0) + 2) / 3) +
+               " tokens (zigzag share 1 of 3, " + std::to_string(tokens(0)) + " tokens in all)"),
+      std::string::npos);
+  EXPECT_NE(svg.find("sample 103: 1024 tokens (forward, image 0: 4096 patches)"),
+            std::string::npos);
+  EXPECT_NE(svg.find("sample 103: 1024 tokens (backward, image 0: 4096 patches)"),
+            std::string::npos);
 }
 
 // "<title>dev D ...</title>" of every drawn event, the rest of the title per device.
 std::map<int, std::multiset<std::string>> titles_by_device(const std::string& svg) {
   std::map<int, std::multiset<std::string>> out;
-  const std::regex title("<title>dev ([0-9]+) ([^<]*)</title>");
+  const std::regex title("<title>dev ([0-9]+): ([^<]*)</title>");
   for (auto it = std::sregex_iterator(svg.begin(), svg.end(), title); it != std::sregex_iterator();
        ++it)
     out[std::stoi((*it)[1].str())].insert((*it)[2].str());
@@ -133,9 +157,8 @@ TEST(PlanSvg, DrawsEachRankOnAllItsTpDevices) {
   for (const auto& [device, events] : titles) drawn += events.size();
   EXPECT_EQ(drawn, 2 * result.timeline.size());  // each event once per TP device
   const auto& partner = titles.at(11);           // encoder rank 0's TP partner
-  EXPECT_TRUE(std::any_of(partner.begin(), partner.end(), [](const std::string& t) {
-    return t.find(": encoder ") != std::string::npos;
-  }));
+  EXPECT_TRUE(std::any_of(partner.begin(), partner.end(),
+                          [](const std::string& t) { return t.rfind("encoder, wave ", 0) == 0; }));
 }
 
 TEST(PlanSvg, CapsRowsForLargeClusters) {

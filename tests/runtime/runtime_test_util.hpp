@@ -109,8 +109,8 @@ struct Reference {
 
 inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq, int hkv, int hd,
                                      const std::vector<double>& q, const std::vector<double>& k,
-                                     const std::vector<double>& v,
-                                     const std::vector<double>& dout) {
+                                     const std::vector<double>& v, const std::vector<double>& dout,
+                                     bool causal = true) {
   const std::int64_t total = cu.back();
   Reference r;
   r.out.assign(static_cast<std::size_t>(total * hq * hd), 0.0);
@@ -130,9 +130,10 @@ inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq
     for (int h = 0; h < hq; ++h) {
       const int kh = h / group;
       for (std::int64_t i = 0; i < n; ++i) {
-        std::vector<double> p(static_cast<std::size_t>(i + 1));
+        const std::int64_t keys = causal ? i + 1 : n;  // keys [0, keys) are visible
+        std::vector<double> p(static_cast<std::size_t>(keys));
         double mx = -std::numeric_limits<double>::infinity();
-        for (std::int64_t j = 0; j <= i; ++j) {
+        for (std::int64_t j = 0; j < keys; ++j) {
           double dot = 0;
           for (int c = 0; c < hd; ++c) dot += q[qi(b + i, h, c)] * k[ki(b + j, kh, c)];
           p[static_cast<std::size_t>(j)] = dot * scale;
@@ -141,13 +142,13 @@ inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq
         double sum = 0;
         for (auto& x : p) sum += (x = std::exp(x - mx));
         for (auto& x : p) x /= sum;
-        for (std::int64_t j = 0; j <= i; ++j)
+        for (std::int64_t j = 0; j < keys; ++j)
           for (int c = 0; c < hd; ++c)
             r.out[qi(b + i, h, c)] += p[static_cast<std::size_t>(j)] * v[ki(b + j, kh, c)];
         // Backward: dP = dO V^T, dS = P (dP - rowsum(dO * O)).
         double delta = 0;
         for (int c = 0; c < hd; ++c) delta += dout[qi(b + i, h, c)] * r.out[qi(b + i, h, c)];
-        for (std::int64_t j = 0; j <= i; ++j) {
+        for (std::int64_t j = 0; j < keys; ++j) {
           const double pj = p[static_cast<std::size_t>(j)];
           double dp = 0;
           for (int c = 0; c < hd; ++c) dp += dout[qi(b + i, h, c)] * v[ki(b + j, kh, c)];
@@ -162,6 +163,15 @@ inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq
     }
   }
   return r;
+}
+
+// The same without the causal mask: every row attends to its whole sequence.
+inline Reference reference_attention_full(const std::vector<std::int64_t>& cu, int hq, int hkv,
+                                          int hd, const std::vector<double>& q,
+                                          const std::vector<double>& k,
+                                          const std::vector<double>& v,
+                                          const std::vector<double>& dout) {
+  return reference_attention(cu, hq, hkv, hd, q, k, v, dout, false);
 }
 
 }  // namespace dhp::testing

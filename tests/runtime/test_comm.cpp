@@ -144,7 +144,9 @@ TEST(Comm, SplitIntoGroupsKnowsWorldRanks) {
 }
 
 TEST(Comm, UnmatchedReceiveTimesOutWithAClearError) {
-  Communicator& c = world();
+  // A timeout aborts the communicator it happened on: a copy of the world takes it.
+  const std::unique_ptr<Communicator> copy = world().split(0, world().rank());
+  Communicator& c = *copy;
   double sink = 0;
   auto request = c.irecv(&sink, 1, DataType::F64, c.rank(), /*tag=*/999);
   const auto start = std::chrono::steady_clock::now();
@@ -160,7 +162,18 @@ TEST(Comm, UnmatchedReceiveTimesOutWithAClearError) {
   }
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
   request.reset();  // cancels the receive
-  c.barrier();
+  // The next call fails at once, saying why, instead of matching a stale message.
+  try {
+    c.barrier();
+    FAIL() << "a communicator that timed out mid-operation was still used";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Communication);
+    EXPECT_NE(std::string(e.what()).find("aborted (irecv failed: did not complete"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(c.aborted());
+  world().barrier();
 }
 
 TEST(Comm, PeerOutOfRangeNamesTheGroup) {

@@ -5,6 +5,7 @@
 
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
+#include "dispatch/row_moves.hpp"
 
 namespace dhp {
 namespace {
@@ -29,51 +30,6 @@ std::vector<RowRange> rows_on(const WavePlan& wave, const SequencePlan& seq, std
   return {};
 }
 
-std::vector<std::int64_t> displacements(const std::vector<std::int64_t>& counts,
-                                        std::int64_t scale) {
-  std::vector<std::int64_t> displs(counts.size());
-  std::int64_t offset = 0;
-  for (std::size_t i = 0; i < counts.size(); ++i) {
-    displs[i] = offset * scale;
-    offset += counts[i];
-  }
-  return displs;
-}
-
-std::vector<std::int64_t> scaled(const std::vector<std::int64_t>& counts, std::int64_t scale) {
-  std::vector<std::int64_t> out(counts.size());
-  for (std::size_t i = 0; i < counts.size(); ++i) out[i] = counts[i] * scale;
-  return out;
-}
-
-// all_to_all_v of rows: gathers `src` rows `send_rows` into the send buffer, exchanges,
-// and scatters the received rows to `recv_rows` of `dst`.
-void move_rows(Communicator& world, const char* what, const void* src, void* dst,
-               std::int64_t row_bytes, const std::vector<std::int64_t>& send_counts,
-               const std::vector<std::int64_t>& send_rows,
-               const std::vector<std::int64_t>& recv_counts,
-               const std::vector<std::int64_t>& recv_rows) {
-  DHP_CHECK(world.device() == Device::CPU, InvalidArgument,
-            "{}: {} moves host rows and needs a CPU communicator (token ids and labels are "
-            "dispatched on the host, then copied to the device)",
-            world.describe(), what);
-  DHP_CHECK(row_bytes > 0, InvalidArgument, "{}: row_bytes={} must be > 0", what, row_bytes);
-  const auto* src_bytes = static_cast<const std::uint8_t*>(src);
-  auto* dst_bytes = static_cast<std::uint8_t*>(dst);
-  const auto bytes = static_cast<std::size_t>(row_bytes);
-  std::vector<std::uint8_t> send(send_rows.size() * bytes), recv(recv_rows.size() * bytes);
-  for (std::size_t i = 0; i < send_rows.size(); ++i) {
-    std::memcpy(send.data() + i * bytes, src_bytes + send_rows[i] * row_bytes, bytes);
-  }
-  world.all_to_all_v(send.data(), scaled(send_counts, row_bytes),
-                     displacements(send_counts, row_bytes), recv.data(),
-                     scaled(recv_counts, row_bytes), displacements(recv_counts, row_bytes),
-                     DataType::U8);
-  for (std::size_t i = 0; i < recv_rows.size(); ++i) {
-    std::memcpy(dst_bytes + recv_rows[i] * row_bytes, recv.data() + i * bytes, bytes);
-  }
-}
-
 }  // namespace
 
 ZigzagChunks zigzag_chunks(std::int64_t length, int degree, int member) {
@@ -83,35 +39,23 @@ ZigzagChunks zigzag_chunks(std::int64_t length, int degree, int member) {
   return {boundary(member), boundary(member + 1), boundary(second), boundary(second + 1)};
 }
 
-WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
-                           std::span<const std::int64_t> sample_lengths,
-                           std::span<const int> sample_owners, int world_rank, int world_size)
-    : world_size_(world_size) {
+namespace {
+
+// The plan's wave checked the same way on every rank, so that a bad plan fails everywhere
+// instead of only on the ranks it touches (the others would wait on them). Returns the
+// group of every plan rank (-1: idle in the wave).
+std::vector<int> checked_groups(const Plan& plan, int wave_index, std::size_t num_samples,
+                                int world_size) {
   DHP_CHECK(wave_index >= 0 && wave_index < static_cast<int>(plan.waves.size()), InvalidArgument,
             "dispatch: wave {} outside the plan's {} waves", wave_index, plan.waves.size());
-  DHP_CHECK(sample_lengths.size() == sample_owners.size(), InvalidArgument,
-            "dispatch: {} sample lengths but {} sample owners", sample_lengths.size(),
-            sample_owners.size());
-  DHP_CHECK(world_rank >= 0 && world_rank < world_size, InvalidArgument,
-            "dispatch: world rank {} outside [0, {})", world_rank, world_size);
   const ModuleLayout& llm = plan.llm;
-  DHP_CHECK(
-      llm.tp >= 1 && llm.first_device >= 0 && llm.first_device + llm.num_devices() <= world_size,
-      InvalidArgument,
-      "dispatch: LLM layout (first device {}, {} ranks x tp {}) does not fit "
-      "in a world of {}",
-      llm.first_device, llm.ranks, llm.tp, world_size);
+  DHP_CHECK(llm.tp >= 1 && llm.ranks >= 0 && llm.first_device >= 0 &&
+                llm.first_device + std::int64_t{llm.ranks} * llm.tp <= world_size,
+            InvalidArgument,
+            "dispatch: LLM layout (first device {}, {} ranks x tp {}) does not fit "
+            "in a world of {}",
+            llm.first_device, llm.ranks, llm.tp, world_size);
   const WavePlan& wave = plan.waves[static_cast<std::size_t>(wave_index)];
-  const std::size_t num_samples = sample_lengths.size();
-  for (std::size_t s = 0; s < num_samples; ++s) {
-    DHP_CHECK(sample_owners[s] >= 0 && sample_owners[s] < world_size, InvalidArgument,
-              "dispatch: sample {} owned by rank {} outside [0, {})", s, sample_owners[s],
-              world_size);
-    DHP_CHECK(sample_lengths[s] >= 0, InvalidArgument, "dispatch: sample {} has length {}", s,
-              sample_lengths[s]);
-  }
-  // The groups, checked the same way on every rank so that a bad plan fails everywhere
-  // instead of only on the ranks it touches (the others would wait on them).
   std::vector<int> group_of_rank(static_cast<std::size_t>(llm.ranks), -1);
   for (std::size_t g = 0; g < wave.groups.size(); ++g) {
     const GroupPlan& group = wave.groups[g];
@@ -136,27 +80,32 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
               "dispatch: sample {} in group {} of a wave with {} groups", seq.sample, seq.group,
               wave.groups.size());
     const int degree = wave.groups[static_cast<std::size_t>(seq.group)].degree();
-    DHP_CHECK(seq.sharding == Sharding::Zigzag || (seq.member >= 0 && seq.member < degree),
-              InvalidArgument, "dispatch: sample {} Whole on member {} of a group of {}",
-              seq.sample, seq.member, degree);
+    if (seq.sharding == Sharding::Zigzag) {
+      DHP_CHECK(seq.member == -1, InvalidArgument,
+                "dispatch: sample {} of wave {} is zigzag-split over its group but has member {} "
+                "(a zigzag sequence lives on every member: use member -1, or "
+                "SequencePlan::zigzag)",
+                seq.sample, wave_index, seq.member);
+    } else {
+      DHP_CHECK(seq.member >= 0 && seq.member < degree, InvalidArgument,
+                "dispatch: sample {} Whole on member {} of a group of {}", seq.sample, seq.member,
+                degree);
+    }
   }
+  return group_of_rank;
+}
 
-  // Owned rows: this rank's samples in increasing sample index.
-  std::vector<std::int64_t> owned_offset(num_samples, -1);
-  for (std::size_t s = 0; s < num_samples; ++s) {
-    if (sample_owners[s] != world_rank) continue;
-    owned_offset[s] = owned_rows_;
-    owned_rows_ += sample_lengths[s];
-  }
-
-  // Who this process is in the plan.
-  WaveLayout& L = layout_;
+WaveLayout build_layout(const Plan& plan, int wave_index, const std::vector<int>& group_of_rank,
+                        std::span<const std::int64_t> sample_lengths, int world_rank) {
+  const ModuleLayout& llm = plan.llm;
+  const WavePlan& wave = plan.waves[static_cast<std::size_t>(wave_index)];
+  WaveLayout L;
   const int llm_index = world_rank - llm.first_device;
   if (llm_index >= 0 && llm_index < llm.num_devices()) {
     L.plan_rank = llm_index / llm.tp;
     L.tp_index = llm_index % llm.tp;
   }
-  // This rank's group, from the check above (a rank is in at most one group).
+  // This rank's group (a rank is in at most one).
   if (L.plan_rank >= 0 && group_of_rank[static_cast<std::size_t>(L.plan_rank)] >= 0) {
     L.group = group_of_rank[static_cast<std::size_t>(L.plan_rank)];
     const GroupPlan& group = wave.groups[static_cast<std::size_t>(L.group)];
@@ -165,29 +114,22 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
     L.attention = group.attention;
     for (int r : group.ranks) L.group_world_ranks.push_back(llm.device_of(r, L.tp_index));
   }
-
   // Local pieces: the group's Zigzag sequences first, then this rank's Whole ones.
-  const auto length_of = [&](const SequencePlan& seq) {
-    return sample_lengths[static_cast<std::size_t>(seq.sample)];
-  };
-  std::vector<std::int64_t> piece_offset(wave.sequences.size(), -1);
-  std::vector<std::int64_t> piece_rows(wave.sequences.size(), 0);
   for (int pass = 0; pass < 2 && L.group >= 0; ++pass) {
     const Sharding wanted = pass == 0 ? Sharding::Zigzag : Sharding::Whole;
     for (std::size_t i = 0; i < wave.sequences.size(); ++i) {
       const SequencePlan& seq = wave.sequences[i];
       if (seq.sharding != wanted || seq.group != L.group) continue;
-      const auto ranges = rows_on(wave, seq, length_of(seq), L.plan_rank);
-      if (wanted == Sharding::Zigzag) L.zigzag_lengths.push_back(length_of(seq));
+      const std::int64_t length = sample_lengths[static_cast<std::size_t>(seq.sample)];
+      const auto ranges = rows_on(wave, seq, length, L.plan_rank);
+      if (wanted == Sharding::Zigzag) L.zigzag_lengths.push_back(length);
       if (ranges.empty()) continue;
-      LocalPiece piece{static_cast<int>(i), seq.sample, seq.sharding, length_of(seq), L.rows, 0};
+      LocalPiece piece{static_cast<int>(i), seq.sample, seq.sharding, length, L.rows, 0};
       for (const RowRange& r : ranges) {
         for (std::int64_t p = r.begin; p < r.end; ++p)
           L.positions.push_back(static_cast<std::int32_t>(p));
         piece.rows += r.end - r.begin;
       }
-      piece_offset[i] = L.rows;
-      piece_rows[i] = piece.rows;
       L.rows += piece.rows;
       L.pieces.push_back(piece);
       if (wanted == Sharding::Zigzag) {
@@ -201,6 +143,61 @@ WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
   L.cu_seqlens.push_back(0);
   for (const LocalPiece& p : L.pieces)
     L.cu_seqlens.push_back(static_cast<std::int32_t>(p.offset + p.rows));
+  return L;
+}
+
+}  // namespace
+
+WaveLayout wave_layout(const Plan& plan, int wave, std::span<const std::int64_t> sample_lengths,
+                       int world_rank, int world_size) {
+  DHP_CHECK(world_rank >= 0 && world_rank < world_size, InvalidArgument,
+            "wave_layout: world rank {} outside [0, {})", world_rank, world_size);
+  for (std::size_t s = 0; s < sample_lengths.size(); ++s)
+    DHP_CHECK(sample_lengths[s] >= 0, InvalidArgument, "wave_layout: sample {} has length {}", s,
+              sample_lengths[s]);
+  const std::vector<int> groups = checked_groups(plan, wave, sample_lengths.size(), world_size);
+  return build_layout(plan, wave, groups, sample_lengths, world_rank);
+}
+
+WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
+                           std::span<const std::int64_t> sample_lengths,
+                           std::span<const int> sample_owners, int world_rank, int world_size)
+    : world_rank_(world_rank), world_size_(world_size) {
+  DHP_CHECK(sample_lengths.size() == sample_owners.size(), InvalidArgument,
+            "dispatch: {} sample lengths but {} sample owners", sample_lengths.size(),
+            sample_owners.size());
+  DHP_CHECK(world_rank >= 0 && world_rank < world_size, InvalidArgument,
+            "dispatch: world rank {} outside [0, {})", world_rank, world_size);
+  const std::size_t num_samples = sample_lengths.size();
+  for (std::size_t s = 0; s < num_samples; ++s) {
+    DHP_CHECK(sample_owners[s] >= 0 && sample_owners[s] < world_size, InvalidArgument,
+              "dispatch: sample {} owned by rank {} outside [0, {})", s, sample_owners[s],
+              world_size);
+    DHP_CHECK(sample_lengths[s] >= 0, InvalidArgument, "dispatch: sample {} has length {}", s,
+              sample_lengths[s]);
+  }
+  const std::vector<int> group_of_rank = checked_groups(plan, wave_index, num_samples, world_size);
+  layout_ = build_layout(plan, wave_index, group_of_rank, sample_lengths, world_rank);
+  const ModuleLayout& llm = plan.llm;
+  const WavePlan& wave = plan.waves[static_cast<std::size_t>(wave_index)];
+  const WaveLayout& L = layout_;
+
+  // Owned rows: this rank's samples in increasing sample index.
+  std::vector<std::int64_t> owned_offset(num_samples, -1);
+  for (std::size_t s = 0; s < num_samples; ++s) {
+    if (sample_owners[s] != world_rank) continue;
+    owned_offset[s] = owned_rows_;
+    owned_rows_ += sample_lengths[s];
+  }
+  const auto length_of = [&](const SequencePlan& seq) {
+    return sample_lengths[static_cast<std::size_t>(seq.sample)];
+  };
+  std::vector<std::int64_t> piece_offset(wave.sequences.size(), -1);
+  std::vector<std::int64_t> piece_rows(wave.sequences.size(), 0);
+  for (const LocalPiece& piece : L.pieces) {
+    piece_offset[static_cast<std::size_t>(piece.sequence)] = piece.offset;
+    piece_rows[static_cast<std::size_t>(piece.sequence)] = piece.rows;
+  }
 
   // Forward traffic. Sender order = receiver order: destination (source) rank, then the
   // wave's sequences in plan order, then the piece's rows.
@@ -262,6 +259,13 @@ void WaveDispatch::inverse(Communicator& world, const void* local, void* owned,
             world_size_);
   move_rows(world, "dispatch inverse", local, owned, row_bytes, back_send_counts_, back_send_rows_,
             back_recv_counts_, back_recv_rows_);
+}
+
+std::int64_t WaveDispatch::rows_sent_to_others() const {
+  std::int64_t rows = 0;
+  for (std::size_t r = 0; r < send_counts_.size(); ++r)
+    if (static_cast<int>(r) != world_rank_) rows += send_counts_[r];
+  return rows;
 }
 
 std::int64_t global_count(Communicator& world, std::int64_t local_count) {

@@ -142,6 +142,15 @@ class NcclCommunicator final : public Communicator {
     wait_stream("all_reduce");
   }
 
+  CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count, DataType type,
+                             ReduceOp op) override {
+    enqueue("iall_reduce", [&] {
+      return ncclAllReduce(send, recv, static_cast<size_t>(count), nccl_type(type), nccl_op(op),
+                           comm_, stream_);
+    });
+    return record("iall_reduce");
+  }
+
   void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
                       ReduceOp op) override {
     enqueue("reduce_scatter", [&] {
@@ -166,10 +175,11 @@ class NcclCommunicator final : public Communicator {
     const auto n = static_cast<std::size_t>(size());
     if (send_counts.size() != n || send_displs.size() != n || recv_counts.size() != n ||
         recv_displs.size() != n) {
-      fail("all_to_all_v",
-           fmt::format("counts/displacements have sizes {}/{}/{}/{}, expected {} (one per rank)",
-                       send_counts.size(), send_displs.size(), recv_counts.size(),
-                       recv_displs.size(), n));
+      fail_argument(
+          "all_to_all_v",
+          fmt::format("counts/displacements have sizes {}/{}/{}/{}, expected {} (one per rank)",
+                      send_counts.size(), send_displs.size(), recv_counts.size(),
+                      recv_displs.size(), n));
     }
     const std::size_t elem = static_cast<std::size_t>(data_type_size(type));
     std::vector<P2POp> ops;
@@ -265,7 +275,7 @@ class NcclCommunicator final : public Communicator {
       ncclCommAbort(comm_);
       comm_ = nullptr;
     }
-    aborted_ = true;
+    mark_aborted("abort() was called");
   }
 
   // Polls the (non-blocking) initialisation or split until done, against timeout().
@@ -316,7 +326,12 @@ class NcclCommunicator final : public Communicator {
    public:
     Request(NcclCommunicator& comm, cudaEvent_t event, const char* op)
         : comm_(comm), event_(event), op_(op) {}
-    ~Request() override { cudaEventDestroy(event_); }
+    // Abandoned before it completed (an error unwound past it): the kernels still run on
+    // the stream against buffers the caller may free, and the peers are mid-operation.
+    ~Request() override {
+      if (!comm_.aborted() && cudaEventQuery(event_) == cudaErrorNotReady) comm_.abort();
+      cudaEventDestroy(event_);
+    }
     bool test() override { return comm_.poll_event(event_, op_); }
     void wait(std::chrono::milliseconds timeout) override {
       comm_.wait_event(event_, op_, timeout);

@@ -113,7 +113,23 @@ void Communicator::set_timeout(std::chrono::milliseconds timeout) {
 void Communicator::fail(const char* op, const std::string& what) const {
   const std::string message = fmt::format("{}: {} failed: {}", describe(), op, what);
   DHP_LOG_ERROR("{}", message);
+  mark_aborted(fmt::format("{} failed: {}", op, what));
   throw Error(ErrorKind::Communication, message);
+}
+
+void Communicator::fail_argument(const char* op, const std::string& what) const {
+  throw Error(ErrorKind::InvalidArgument,
+              fmt::format("{}: {}: {} (nothing was sent; the communicator is still usable)",
+                          describe(), op, what));
+}
+
+void Communicator::mark_aborted(const std::string& reason) const noexcept {
+  if (aborted_) return;
+  aborted_ = true;
+  try {
+    abort_reason_ = reason;
+  } catch (...) {  // out of memory while failing: the flag alone still stops every call
+  }
 }
 
 void Communicator::fail_timeout(const char* op, std::chrono::milliseconds elapsed,
@@ -125,11 +141,17 @@ void Communicator::fail_timeout(const char* op, std::chrono::milliseconds elapse
 }
 
 void Communicator::check_not_aborted(const char* op) const {
-  if (aborted_) fail(op, "the communicator was aborted");
+  if (!aborted_) return;
+  throw Error(ErrorKind::Communication,
+              fmt::format("{}: {} refused: the communicator was aborted ({}); peers may be "
+                          "mid-operation, so nothing more can run on it: create a new one (or "
+                          "end the job with dhp::abort_job)",
+                          describe(), op, abort_reason_.empty() ? "abort()" : abort_reason_));
 }
 
 void Communicator::check_peer(const char* op, int peer) const {
-  if (peer < 0 || peer >= size_) fail(op, fmt::format("peer rank {} outside [0, {})", peer, size_));
+  if (peer < 0 || peer >= size_)
+    fail_argument(op, fmt::format("peer rank {} outside [0, {})", peer, size_));
 }
 
 }  // namespace dhp

@@ -156,17 +156,21 @@ class MpiCommunicator;
 
 class MpiRequest final : public CommRequest {
  public:
-  MpiRequest(const MpiCommunicator& comm, const char* op, std::vector<MPI_Request> requests)
-      : comm_(comm), op_(op), requests_(std::move(requests)) {}
+  // collective: a non-blocking collective, which MPI forbids cancelling or freeing while
+  // active (an abandoned one is left to MPI, and the communicator is aborted).
+  MpiRequest(MpiCommunicator& comm, const char* op, std::vector<MPI_Request> requests,
+             bool collective = false)
+      : comm_(comm), op_(op), requests_(std::move(requests)), collective_(collective) {}
   ~MpiRequest() override;
   bool test() override;
   void wait(std::chrono::milliseconds timeout) override;
   void wait() override;
 
  private:
-  const MpiCommunicator& comm_;
+  MpiCommunicator& comm_;
   const char* op_;
   std::vector<MPI_Request> requests_;
+  bool collective_ = false;
   bool done_ = false;
 };
 
@@ -196,6 +200,8 @@ class MpiCommunicator final : public Communicator {
     begin(name);
     check_reducible(name, type);
     check_count(name, count);
+    check_buffer(name, "send buffer", send, count);
+    check_buffer(name, "receive buffer", recv, count);
     // Chunks of at most max_count elements, all posted before waiting (MPI matches
     // collectives on one communicator in issue order).
     std::vector<MPI_Request> requests;
@@ -209,12 +215,34 @@ class MpiCommunicator final : public Communicator {
     wait_all(name, requests.data(), static_cast<int>(requests.size()), timeout());
   }
 
+  CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count, DataType type,
+                             ReduceOp op) override {
+    const char* name = "iall_reduce";
+    begin(name);
+    check_reducible(name, type);
+    check_count(name, count);
+    check_buffer(name, "send buffer", send, count);
+    check_buffer(name, "receive buffer", recv, count);
+    std::vector<MPI_Request> requests;
+    for (std::int64_t offset = 0; offset < count || requests.empty(); offset += max_count_) {
+      const int n = static_cast<int>(std::min(count - offset, max_count_));
+      requests.emplace_back(MPI_REQUEST_NULL);
+      const int code = MPI_Iallreduce(send == recv ? MPI_IN_PLACE : at(send, offset, type),
+                                      at(recv, offset, type), n, mpi_type(type), mpi_op(type, op),
+                                      comm_, &requests.back());
+      check(name, code);  // a failure aborts the communicator (chunks already posted leak)
+    }
+    return std::make_unique<MpiRequest>(*this, name, std::move(requests), /*collective=*/true);
+  }
+
   void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
                       ReduceOp op) override {
     const char* name = "reduce_scatter";
     begin(name);
     check_reducible(name, type);
     check_count(name, recv_count);
+    check_buffer(name, "send buffer", send, recv_count);
+    check_buffer(name, "receive buffer", recv, recv_count);
     MPI_Request request;
     if (recv_count <= max_count_) {
       check(name, MPI_Ireduce_scatter_block(send, recv, static_cast<int>(recv_count),
@@ -240,6 +268,8 @@ class MpiCommunicator final : public Communicator {
     const char* name = "all_gather";
     begin(name);
     check_count(name, send_count);
+    check_buffer(name, "send buffer", send, send_count);
+    check_buffer(name, "receive buffer", recv, send_count);
     MPI_Request request;
     if (send_count <= max_count_) {
       const int count = static_cast<int>(send_count);
@@ -261,9 +291,9 @@ class MpiCommunicator final : public Communicator {
     const auto n = static_cast<std::size_t>(size());
     if (send_counts.size() != n || send_displs.size() != n || recv_counts.size() != n ||
         recv_displs.size() != n) {
-      fail(name, fmt::format("count/displacement arrays of sizes {}/{}/{}/{}, expected {}",
-                             send_counts.size(), send_displs.size(), recv_counts.size(),
-                             recv_displs.size(), n));
+      fail_argument(name, fmt::format("count/displacement arrays of sizes {}/{}/{}/{}, expected {}",
+                                      send_counts.size(), send_displs.size(), recv_counts.size(),
+                                      recv_displs.size(), n));
     }
     // MPI_Ialltoallw on every rank, whatever its own counts: which collective a rank posts
     // must not depend on its local sizes (alltoallv on one rank and alltoallw on another is
@@ -290,6 +320,15 @@ class MpiCommunicator final : public Communicator {
       d = 0;
       t = blocks.back()->type();
     };
+    std::int64_t sending = 0, receiving = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      for (std::int64_t value : {send_counts[i], send_displs[i], recv_counts[i], recv_displs[i]})
+        check_count(name, value);
+      sending += send_counts[i];
+      receiving += recv_counts[i];
+    }
+    check_buffer(name, "send buffer", send, sending);
+    check_buffer(name, "receive buffer", recv, receiving);
     for (std::size_t i = 0; i < n; ++i) {
       describe_block(send_counts[i], send_displs[i], sc[i], sd[i], st[i]);
       describe_block(recv_counts[i], recv_displs[i], rc[i], rd[i], rt[i]);
@@ -305,6 +344,7 @@ class MpiCommunicator final : public Communicator {
     begin(name);
     check_peer(name, root);
     check_count(name, count);
+    check_buffer(name, "buffer", buffer, count);
     MPI_Request request;
     if (count <= max_count_) {
       check(name,
@@ -363,7 +403,15 @@ class MpiCommunicator final : public Communicator {
 
   void abort() noexcept override {
     if (!aborted_) DHP_LOG_WARN("{}: aborted", describe());
-    aborted_ = true;
+    mark_aborted("abort() was called");
+  }
+
+  // A request abandoned before it completed: its peers are mid-operation and a late
+  // message would match a later call's receive, so the communicator cannot be trusted.
+  void abandon(const char* op) noexcept {
+    if (!aborted_) DHP_LOG_WARN("{}: {} abandoned before it completed: aborted", describe(), op);
+    mark_aborted(fmt::format("{} was abandoned before it completed (an error unwound past it)",
+                             op));
   }
 
   // Polls `requests` until all complete, `limit` passes (Error naming op and elapsed
@@ -404,11 +452,17 @@ class MpiCommunicator final : public Communicator {
   }
 
   void check_reducible(const char* op, DataType type) const {
-    if (type == DataType::U8) fail(op, "u8 buffers are moved, not reduced (reduce i32)");
+    if (type == DataType::U8) fail_argument(op, "u8 buffers are moved, not reduced (reduce i32)");
   }
 
   void check_count(const char* op, std::int64_t value) const {
-    if (value < 0) fail(op, fmt::format("negative count/displacement {}", value));
+    if (value < 0) fail_argument(op, fmt::format("negative count/displacement {}", value));
+  }
+
+  void check_buffer(const char* op, const char* name, const void* buffer,
+                    std::int64_t count) const {
+    if (count > 0 && buffer == nullptr)
+      fail_argument(op, fmt::format("{} is null for {} elements", name, count));
   }
 
   static void* at(const void* buffer, std::int64_t offset, DataType type) {
@@ -417,11 +471,15 @@ class MpiCommunicator final : public Communicator {
 
   CommRequestPtr post(const char* op, std::span<const P2POp> ops) {
     begin(op);
+    for (const P2POp& p : ops) {  // every op checked before the first is posted
+      check_peer(op, p.peer);
+      check_count(op, p.count);
+      check_buffer(op, p.kind == P2POp::Kind::Send ? "send buffer" : "receive buffer", p.buffer,
+                   p.count);
+    }
     std::vector<MPI_Request> requests(ops.size(), MPI_REQUEST_NULL);
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const P2POp& p = ops[i];
-      check_peer(op, p.peer);
-      check_count(op, p.count);
       // Above max_count the message is one element of a derived datatype; both sides
       // describe the same element sequence, which is all MPI matches.
       std::unique_ptr<LargeType> block;
@@ -469,12 +527,27 @@ class MpiCommunicator final : public Communicator {
 
 MpiRequest::~MpiRequest() {
   if (done_) return;
-  // Abandoned (an exception unwound past it): cancel so MPI does not write into freed memory.
+  // Abandoned (an exception unwound past it). A receive must be cancelled *and completed*
+  // before its buffer is freed, or a late message lands in freed memory; cancelling a
+  // receive is local, so its completion comes at once. A send that cannot be cancelled is
+  // left to finish on its own (it only reads). Either way the peers are mid-operation.
+  bool pending = false;
   for (MPI_Request& r : requests_) {
     if (r == MPI_REQUEST_NULL) continue;
+    int complete = 0;
+    MPI_Test(&r, &complete, MPI_STATUS_IGNORE);
+    if (complete) continue;
+    pending = true;
+    if (collective_) continue;
     MPI_Cancel(&r);
-    MPI_Request_free(&r);
+    const auto start = Clock::now();
+    for (int polls = 0; !complete && Clock::now() - start < std::chrono::seconds(1); ++polls) {
+      MPI_Test(&r, &complete, MPI_STATUS_IGNORE);
+      poll_pause(polls);
+    }
+    if (!complete) MPI_Request_free(&r);
   }
+  if (pending) comm_.abandon(op_);
 }
 
 bool MpiRequest::test() {

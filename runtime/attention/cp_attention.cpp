@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
+#include <string>
 #include <vector>
 
 #include "dhp/error.hpp"
 #include "dhp/group_pool.hpp"
 #include "dhp/log.hpp"
+#include "attention/abort_on_unwind.hpp"
+#include "attention/scratch.hpp"
 
 namespace dhp {
 namespace {
@@ -26,46 +30,6 @@ void check_kernel(Status status, const char* kernel, const WaveLayout& layout) {
             layout.group, layout.member, layout.degree(), kernels::status_string(status),
             kernels::last_error());
 }
-
-// Scratch buffers on the tensors' device, freed at scope exit.
-class Scratch {
- public:
-  explicit Scratch(BufferAllocator* allocator) : allocator_(allocator) {}
-  ~Scratch() {
-    if (allocator_ != nullptr) {
-      for (void* p : device_) allocator_->deallocate(p);
-    }
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-
-  void* bytes(std::size_t n) {
-    if (n == 0) n = 1;  // distinct non-null pointers keep the kernels' null checks meaningful
-    if (allocator_ != nullptr) {
-      device_.push_back(allocator_->allocate(n));
-      return device_.back();
-    }
-    host_.emplace_back(n);
-    return host_.back().data();
-  }
-  // A host index array, copied to the device when there is one.
-  const std::int32_t* index(const std::vector<std::int32_t>& host) {
-    const std::size_t n = host.size() * sizeof(std::int32_t);
-    void* p = bytes(n);
-    if (n == 0) return static_cast<const std::int32_t*>(p);
-    if (allocator_ != nullptr) {
-      allocator_->copy_from_host(p, host.data(), n);
-    } else {
-      std::memcpy(p, host.data(), n);
-    }
-    return static_cast<const std::int32_t*>(p);
-  }
-
- private:
-  BufferAllocator* allocator_;
-  std::vector<std::vector<std::byte>> host_;
-  std::vector<void*> device_;
-};
 
 // A travelling KV block laid against the local sequences: per-sequence key lengths (0 for
 // sequences the block has no rows of) and the block's key positions.
@@ -151,30 +115,65 @@ Sizes sizes_of(DType dtype, const kernels::AttentionShape& shape) {
 
 bool is_accumulator_type(DType dtype) { return dtype == DType::F32 || dtype == DType::F64; }
 
+// This rank's world rank in the layout's group (-1 when idle in the wave).
+int layout_world_rank(const WaveLayout& L) {
+  if (L.group < 0 || L.member < 0 || L.member >= L.degree()) return -1;
+  return L.group_world_ranks[static_cast<std::size_t>(L.member)];
+}
+
+// The context alone: what every rank can check, idle or not, before anything is sent.
 void check_context(const CpAttentionContext& ctx, const char* op) {
   DHP_CHECK(ctx.layout != nullptr && ctx.world != nullptr, InvalidArgument,
             "{}: the context needs a layout and a world communicator", op);
   DHP_CHECK(ctx.ranks_per_node >= 0, InvalidArgument, "{}: ranks_per_node={} < 0", op,
             ctx.ranks_per_node);
-  // The CPU kernels compute in f32/f64 only; refusing here, before any message is posted,
-  // fails every rank of the group the same way instead of leaving exchanges in flight.
-  DHP_CHECK(ctx.world->device() != Device::CPU || is_accumulator_type(ctx.dtype), InvalidArgument,
-            "{}: dtype {} on CPU buffers: the CPU attention kernels support f32 and f64 only "
-            "(bf16/f16 CP attention runs on CUDA buffers; convert to f32 on the CPU)",
-            op, kernels::to_string(ctx.dtype));
+  const kernels::Status support =
+      kernels::check_attention_support(ctx.dtype, ctx.world->device(), ctx.shape);
+  DHP_CHECK(support == kernels::Status::Ok, InvalidArgument,
+            "{} on {}: {} (heads_q={}, heads_kv={}, head_dim={}, dtype {}; nothing was sent)", op,
+            ctx.world->describe(), kernels::last_error(), ctx.shape.heads_q, ctx.shape.heads_kv,
+            ctx.shape.head_dim, kernels::to_string(ctx.dtype));
+  DHP_CHECK(ctx.shape.softmax_scale >= 0, InvalidArgument,
+            "{}: softmax_scale={} < 0 (0 means 1/sqrt(head_dim))", op, ctx.shape.softmax_scale);
   const WaveLayout& L = *ctx.layout;
+  DHP_CHECK(L.group < 0 || (L.member >= 0 && L.member < L.degree()), InvalidArgument,
+            "{}: the layout's member {} is outside its group of {} ranks", op, L.member,
+            L.degree());
   // The ring addresses peers by world rank: a communicator whose ranks are not the
   // layout's (a sub-communicator, another world) would exchange with the wrong processes.
-  DHP_CHECK(
-      L.group < 0 || ctx.world->rank() == L.group_world_ranks[static_cast<std::size_t>(L.member)],
-      InvalidArgument,
-      "{}: {} is rank {} but the layout is world rank {}'s (member {} of group {})", op,
-      ctx.world->describe(), ctx.world->rank(),
-      L.group < 0 ? -1 : L.group_world_ranks[static_cast<std::size_t>(L.member)], L.member,
-      L.group);
-  DHP_CHECK(L.group < 0 || L.num_zigzag == static_cast<int>(L.zigzag_lengths.size()), Internal,
-            "{}: layout holds {} zigzag pieces of the group's {} zigzag sequences", op,
-            L.num_zigzag, L.zigzag_lengths.size());
+  DHP_CHECK(L.group < 0 || ctx.world->rank() == layout_world_rank(L), InvalidArgument,
+            "{}: {} is rank {} but the layout is world rank {}'s (member {} of group {})", op,
+            ctx.world->describe(), ctx.world->rank(), layout_world_rank(L), L.member, L.group);
+}
+
+struct NamedBuffer {
+  const char* name;
+  const void* pointer;
+};
+
+// The layout's bookkeeping and the buffers of a rank that computes in the wave.
+void check_layout_and_buffers(const CpAttentionContext& ctx, const char* op,
+                              std::initializer_list<NamedBuffer> buffers) {
+  const WaveLayout& L = *ctx.layout;
+  const int me = ctx.world->rank();
+  DHP_CHECK(L.cu_seqlens.size() == L.pieces.size() + 1 && L.cu_seqlens.back() == L.rows &&
+                static_cast<std::int64_t>(L.positions.size()) == L.rows,
+            InvalidArgument,
+            "{}: world rank {}: inconsistent layout ({} pieces, {} cu_seqlens ending at {}, {} "
+            "positions, {} rows): build it with WaveDispatch or PackedCpAttention",
+            op, me, L.pieces.size(), L.cu_seqlens.size(),
+            L.cu_seqlens.empty() ? -1 : L.cu_seqlens.back(), L.positions.size(), L.rows);
+  DHP_CHECK(L.num_zigzag == static_cast<int>(L.zigzag_lengths.size()) &&
+                L.num_zigzag <= static_cast<int>(L.pieces.size()) && L.zigzag_rows <= L.rows,
+            InvalidArgument,
+            "{}: world rank {}: layout holds {} zigzag pieces ({} rows of {}) of the group's {} "
+            "zigzag sequences",
+            op, me, L.num_zigzag, L.zigzag_rows, L.rows, L.zigzag_lengths.size());
+  if (L.rows == 0) return;
+  for (const NamedBuffer& b : buffers)
+    DHP_CHECK(b.pointer != nullptr, InvalidArgument,
+              "{}: world rank {}: {} is null but the rank holds {} rows (nothing was sent)", op, me,
+              b.name, L.rows);
 }
 
 bool runs_ring(const WaveLayout& L) { return L.degree() > 1 && !L.zigzag_lengths.empty(); }
@@ -699,7 +698,7 @@ void ulysses_backward_typed(const CpAttentionContext& ctx, int u, const void* q,
 
 // The Ulysses degree this rank runs with (1: the plain ring), logging why a group that
 // asked for Ulysses runs the ring.
-int chosen_ulysses_degree(const CpAttentionContext& ctx) {
+int chosen_ulysses_degree(const CpAttentionContext& ctx, const char* op) {
   const WaveLayout& L = *ctx.layout;
   if (L.attention == CpAttention::Ring || !runs_ring(L)) return 1;
   const int u = ulysses_degree(L, ctx.shape, ctx.ranks_per_node);
@@ -715,6 +714,11 @@ int chosen_ulysses_degree(const CpAttentionContext& ctx) {
         ctx.world->device() == Device::CPU ? "CPU" : "CUDA", kernels::to_string(ctx.dtype));
     return 1;
   }
+  DHP_CHECK(ctx.pool->contains(L.group_world_ranks), InvalidArgument,
+            "{}: world rank {}: the {} group {} has no communicator in the pool: call "
+            "GroupPool::prewarm(plan) (or acquire its groups) on every rank before the wave "
+            "(nothing was sent)",
+            op, layout_world_rank(L), to_string(L.attention), group_name(L.group_world_ranks));
   return u;
 }
 
@@ -748,10 +752,13 @@ bool uses_ulysses(const WaveLayout& layout, const kernels::AttentionShape& shape
 
 void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const void* k,
                           const void* v, void* out, void* lse) {
-  check_context(ctx, "cp_attention_forward");
+  constexpr const char* op = "cp_attention_forward";
+  check_context(ctx, op);
   const WaveLayout& L = *ctx.layout;
   if (L.group < 0) return;  // idle in this wave
-  const int u = chosen_ulysses_degree(ctx);
+  check_layout_and_buffers(ctx, op, {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
+  const int u = chosen_ulysses_degree(ctx, op);
+  AbortOnUnwind guard(op, {ctx.world, u > 1 ? &ctx.pool->get(L.group_world_ranks) : nullptr});
   if (u == 1) {
     ring_forward(ctx, plain_ring(ctx), q, k, v, out, lse);
   } else if (ctx.dtype == DType::F64) {
@@ -764,10 +771,22 @@ void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const vo
 void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const void* k,
                            const void* v, const void* out, const void* lse, const void* dout,
                            void* dq, void* dk, void* dv) {
-  check_context(ctx, "cp_attention_backward");
+  constexpr const char* op = "cp_attention_backward";
+  check_context(ctx, op);
   const WaveLayout& L = *ctx.layout;
   if (L.group < 0) return;
-  const int u = chosen_ulysses_degree(ctx);
+  check_layout_and_buffers(ctx, op,
+                           {{"q", q},
+                            {"k", k},
+                            {"v", v},
+                            {"out", out},
+                            {"lse", lse},
+                            {"dout", dout},
+                            {"dq", dq},
+                            {"dk", dk},
+                            {"dv", dv}});
+  const int u = chosen_ulysses_degree(ctx, op);
+  AbortOnUnwind guard(op, {ctx.world, u > 1 ? &ctx.pool->get(L.group_world_ranks) : nullptr});
   if (u == 1) {
     ring_backward(ctx, plain_ring(ctx), q, k, v, out, lse, dout, dq, dk, dv);
   } else if (ctx.dtype == DType::F64) {

@@ -1,0 +1,237 @@
+// The small vision-language model (vlm.hpp): parameters, tensor-parallel slices, forward.
+#include <cmath>
+#include <map>
+
+#include "dhp/error.hpp"
+#include "vlm.hpp"
+
+namespace vlm {
+namespace F = torch::nn::functional;
+
+dhp::ModelSpec Config::spec() const {
+  dhp::ModelSpec m;
+  m.name = "tiny-vlm";
+  m.llm = {layers, hidden, heads, kv_heads, ffn, false, vocab};
+  dhp::EncoderSpec e;
+  e.arch = {encoder_layers, encoder_hidden, encoder_heads, encoder_heads, encoder_ffn, false, 0};
+  e.patch_size = 4;
+  e.tokens_per_llm_token = merge;
+  e.temporal_patch_size = temporal_patch;
+  e.projector_parameters = static_cast<double>(hidden) * (merge * encoder_hidden + 1);
+  m.encoder = e;
+  m.training.recompute = dhp::Recompute::None;
+  m.training.encoder_recompute = dhp::Recompute::None;
+  m.training.zero_stage = 0;
+  m.training.bytes_per_param = 8;
+  m.training.bytes_per_grad = 8;
+  m.training.bytes_optimizer_state = 16;
+  m.training.bytes_per_activation = 8;
+  return m;
+}
+
+std::vector<ParamInfo> param_infos(const Config& c) {
+  std::vector<ParamInfo> out;
+  const auto add = [&](std::string name, std::vector<std::int64_t> shape, int split, bool enc) {
+    out.push_back({std::move(name), std::move(shape), split, enc});
+  };
+  const std::int64_t E = c.encoder_hidden, H = c.hidden, d = c.hidden / c.heads;
+  add("enc.patch.w", {E, c.patch_dim}, -1, true);
+  add("enc.patch.b", {E}, -1, true);
+  for (int l = 0; l < c.encoder_layers; ++l) {
+    const std::string b = "enc." + std::to_string(l) + ".";
+    add(b + "ln1.w", {E}, -1, true);
+    add(b + "ln1.b", {E}, -1, true);
+    // No key bias: it shifts every score of a query alike, so softmax cancels it (its
+    // gradient is zero).
+    add(b + "q.w", {E, E}, 0, true);
+    add(b + "q.b", {E}, 0, true);
+    add(b + "k.w", {E, E}, 0, true);
+    add(b + "v.w", {E, E}, 0, true);
+    add(b + "v.b", {E}, 0, true);
+    add(b + "o.w", {E, E}, 1, true);
+    add(b + "o.b", {E}, -1, true);
+    add(b + "ln2.w", {E}, -1, true);
+    add(b + "ln2.b", {E}, -1, true);
+    add(b + "fc1.w", {c.encoder_ffn, E}, 0, true);
+    add(b + "fc1.b", {c.encoder_ffn}, 0, true);
+    add(b + "fc2.w", {E, c.encoder_ffn}, 1, true);
+    add(b + "fc2.b", {E}, -1, true);
+  }
+  add("enc.ln.w", {E}, -1, true);
+  add("enc.ln.b", {E}, -1, true);
+  add("enc.proj.w", {H, c.merge * E}, -1, true);
+  add("enc.proj.b", {H}, -1, true);
+  add("llm.embed", {c.vocab, H}, -1, false);
+  for (int l = 0; l < c.layers; ++l) {
+    const std::string b = "llm." + std::to_string(l) + ".";
+    add(b + "ln1.w", {H}, -1, false);
+    add(b + "ln1.b", {H}, -1, false);
+    add(b + "q.w", {c.heads * d, H}, 0, false);
+    add(b + "k.w", {c.kv_heads * d, H}, 0, false);
+    add(b + "v.w", {c.kv_heads * d, H}, 0, false);
+    add(b + "o.w", {H, c.heads * d}, 1, false);
+    add(b + "ln2.w", {H}, -1, false);
+    add(b + "ln2.b", {H}, -1, false);
+    add(b + "fc1.w", {c.ffn, H}, 0, false);
+    add(b + "fc1.b", {c.ffn}, 0, false);
+    add(b + "fc2.w", {H, c.ffn}, 1, false);
+    add(b + "fc2.b", {H}, -1, false);
+  }
+  add("llm.ln.w", {H}, -1, false);
+  add("llm.ln.b", {H}, -1, false);
+  add("llm.head", {c.vocab, H}, -1, false);
+  return out;
+}
+
+std::vector<at::Tensor> full_parameters(const Config& config, std::uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  std::vector<at::Tensor> out;
+  for (const ParamInfo& info : param_infos(config)) {
+    const bool norm = info.name.find(".ln") != std::string::npos;
+    const bool bias = info.shape.size() == 1;
+    if (norm && info.name.back() == 'w') {
+      out.push_back(at::ones(info.shape, f64));
+    } else if (bias) {
+      out.push_back(at::zeros(info.shape, f64));
+    } else {
+      const double fan_in = static_cast<double>(info.shape.back());
+      out.push_back(at::randn(info.shape, gen, f64) / std::sqrt(fan_in));
+    }
+  }
+  return out;
+}
+
+at::Tensor slice_parameter(const ParamInfo& info, const at::Tensor& full,
+                           const dhp::TensorParallel& tp) {
+  if (info.split_dim < 0 || tp.size == 1) return full;
+  const dhp::FeatureRange r = tp.even_slice(full.size(info.split_dim), info.name.c_str());
+  return full.slice(info.split_dim, r.begin, r.end);
+}
+
+Model::Model(Config config, std::vector<at::Tensor> params, dhp::TensorParallel encoder_tp,
+             dhp::TensorParallel llm_tp)
+    : config_(config),
+      infos_(param_infos(config)),
+      params_(std::move(params)),
+      encoder_tp_(encoder_tp),
+      llm_tp_(llm_tp) {
+  DHP_CHECK(params_.size() == infos_.size(), InvalidArgument, "vlm: {} parameters for {}",
+            params_.size(), infos_.size());
+  for (std::size_t i = 0; i < infos_.size(); ++i) index_[infos_[i].name] = i;
+}
+
+void Model::set_tp(dhp::TensorParallel encoder_tp, dhp::TensorParallel llm_tp) {
+  encoder_tp_ = encoder_tp;
+  llm_tp_ = llm_tp;
+}
+
+const at::Tensor& Model::p(const std::string& name) const { return params_[index_.at(name)]; }
+
+std::vector<at::Tensor> Model::encoder_parameters() const {
+  std::vector<at::Tensor> out;
+  for (std::size_t i = 0; i < infos_.size(); ++i)
+    if (infos_[i].encoder) out.push_back(params_[i]);
+  return out;
+}
+
+std::vector<at::Tensor> Model::llm_parameters() const {
+  std::vector<at::Tensor> out;
+  for (std::size_t i = 0; i < infos_.size(); ++i)
+    if (!infos_[i].encoder) out.push_back(params_[i]);
+  return out;
+}
+
+at::Tensor Model::rotary(const at::Tensor& x, const at::Tensor& positions) const {
+  const std::int64_t d = x.size(2), half = d / 2;
+  const auto options = x.options();
+  const at::Tensor inv =
+      at::exp(at::arange(0, half, options) * (-2.0 * std::log(config_.rope_base) / static_cast<double>(d)));
+  const at::Tensor angles = positions.to(x.scalar_type()).unsqueeze(1) * inv.unsqueeze(0);
+  const at::Tensor cos = angles.cos().unsqueeze(1), sin = angles.sin().unsqueeze(1);
+  const at::Tensor x1 = x.slice(2, 0, half), x2 = x.slice(2, half, d);
+  return at::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, 2).contiguous();
+}
+
+at::Tensor Model::encode(const at::Tensor& patches, const Attention& attention) const {
+  const Config& c = config_;
+  const std::int64_t rows = patches.size(0), E = c.encoder_hidden, d = E / c.encoder_heads;
+  const std::int64_t heads = c.encoder_heads / encoder_tp_.size;
+  at::Tensor x = F::linear(patches, p("enc.patch.w"), p("enc.patch.b"));
+  for (int l = 0; l < c.encoder_layers; ++l) {
+    const std::string b = "enc." + std::to_string(l) + ".";
+    const at::Tensor h = dhp::copy_to_tensor_parallel(
+        F::layer_norm(x, F::LayerNormFuncOptions({E}).weight(p(b + "ln1.w")).bias(p(b + "ln1.b"))),
+        encoder_tp_);
+    const auto project = [&](const char* m, bool bias) {
+      return F::linear(h, p(b + m + ".w"), bias ? p(b + m + ".b") : at::Tensor())
+          .view({rows, heads, d})
+          .contiguous();
+    };
+    const at::Tensor a =
+        attention(project("q", true), project("k", false), project("v", true)).reshape({rows, heads * d});
+    x = x + dhp::row_parallel_linear(a, p(b + "o.w"), p(b + "o.b"), encoder_tp_);
+    const at::Tensor h2 =
+        F::layer_norm(x, F::LayerNormFuncOptions({E}).weight(p(b + "ln2.w")).bias(p(b + "ln2.b")));
+    const at::Tensor f =
+        at::gelu(dhp::column_parallel_linear(h2, p(b + "fc1.w"), p(b + "fc1.b"), encoder_tp_));
+    x = x + dhp::row_parallel_linear(f, p(b + "fc2.w"), p(b + "fc2.b"), encoder_tp_);
+  }
+  x = F::layer_norm(x, F::LayerNormFuncOptions({E}).weight(p("enc.ln.w")).bias(p("enc.ln.b")));
+  const at::Tensor merged = x.reshape({rows / c.merge, c.merge * E});
+  return F::linear(merged, p("enc.proj.w"), p("enc.proj.b"));
+}
+
+at::Tensor Model::llm_loss(const at::Tensor& tokens, const at::Tensor& visual,
+                           const at::Tensor& visual_rows, const at::Tensor& labels,
+                           const at::Tensor& positions, const Attention& attention) const {
+  const Config& c = config_;
+  const std::int64_t rows = tokens.size(0), H = c.hidden, d = H / c.heads;
+  const std::int64_t heads = c.heads / llm_tp_.size, kv_heads = c.kv_heads / llm_tp_.size;
+  at::Tensor x = F::embedding(tokens, p("llm.embed"));
+  if (visual_rows.numel() > 0) x = x.index_put({visual_rows}, visual);
+  for (int l = 0; l < c.layers; ++l) {
+    const std::string b = "llm." + std::to_string(l) + ".";
+    const at::Tensor h = dhp::copy_to_tensor_parallel(
+        F::layer_norm(x, F::LayerNormFuncOptions({H}).weight(p(b + "ln1.w")).bias(p(b + "ln1.b"))),
+        llm_tp_);
+    const at::Tensor q = rotary(F::linear(h, p(b + "q.w")).view({rows, heads, d}), positions);
+    const at::Tensor k = rotary(F::linear(h, p(b + "k.w")).view({rows, kv_heads, d}), positions);
+    const at::Tensor v = F::linear(h, p(b + "v.w")).view({rows, kv_heads, d}).contiguous();
+    const at::Tensor a = attention(q, k, v).reshape({rows, heads * d});
+    x = x + dhp::row_parallel_linear(a, p(b + "o.w"), at::Tensor(), llm_tp_);
+    const at::Tensor h2 =
+        F::layer_norm(x, F::LayerNormFuncOptions({H}).weight(p(b + "ln2.w")).bias(p(b + "ln2.b")));
+    const at::Tensor f = at::gelu(dhp::column_parallel_linear(h2, p(b + "fc1.w"), p(b + "fc1.b"), llm_tp_));
+    x = x + dhp::row_parallel_linear(f, p(b + "fc2.w"), p(b + "fc2.b"), llm_tp_);
+  }
+  x = F::layer_norm(x, F::LayerNormFuncOptions({H}).weight(p("llm.ln.w")).bias(p("llm.ln.b")));
+  const at::Tensor logits = F::linear(x, p("llm.head"));
+  const at::Tensor labelled = labels.ge(0).nonzero().squeeze(1);
+  return F::cross_entropy(logits.index_select(0, labelled), labels.index_select(0, labelled),
+                          F::CrossEntropyFuncOptions().reduction(torch::kSum));
+}
+
+at::Tensor StepModel::encode(const at::Tensor& patches, dhp::TorchEncoderContext& ctx) {
+  return model_.encode(patches, [&ctx](const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v) { return ctx.attention(q, k, v); });
+}
+
+at::Tensor StepModel::llm_loss(const at::Tensor& tokens, const at::Tensor& visual,
+                               const at::Tensor& visual_rows, const at::Tensor& labels,
+                               dhp::TorchLlmContext& ctx) {
+  return model_.llm_loss(tokens, visual, visual_rows, labels, ctx.positions,
+                         [&ctx](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+                           return ctx.attention(q, k, v);
+                         });
+}
+
+std::vector<at::Tensor> StepModel::llm_parameters() {
+  return holds_llm ? model_.llm_parameters() : std::vector<at::Tensor>{};
+}
+
+std::vector<at::Tensor> StepModel::encoder_parameters() {
+  return holds_encoder ? model_.encoder_parameters() : std::vector<at::Tensor>{};
+}
+
+}  // namespace vlm
