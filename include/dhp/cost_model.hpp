@@ -30,6 +30,20 @@ struct CostCoefficients {
 
 CostCoefficients defaults_for(const ClusterSpec& cluster);
 
+// Encoder activations of one visual item (or a part of it, encoder_part) on one device of its
+// encoder rank. `held` lives from the item's forward to its backward: each layer's input
+// under full recompute (every layer's activations without), and the outputs handed to the
+// LLM. `working` is what the layer being computed needs on top while it runs: with full
+// recompute its full activations, one span group at a time where the item's spans are
+// independent (TrainingSetup::encoder_span_group_patches); a ring shard's KV blocks in
+// flight. A rank runs one item at a time: it holds the held bytes of all its items and the
+// working bytes of one.
+struct EncoderBytes {
+  double held = 0;
+  double working = 0;
+  double peak() const { return held + working; }
+};
+
 // How a group's ring is laid out on the cluster.
 struct RingSpan {
   int degree = 1;
@@ -91,10 +105,16 @@ class CostModel {
   // Activations kept for backward of one sequence's share on one device, plus the ring's
   // KV send/receive buffers when degree > 1.
   double llm_activation_bytes(std::int64_t tokens, int degree) const;
-  double encoder_activation_bytes(const VisualItem& item) const;
+  EncoderBytes encoder_item_bytes(const VisualItem& item) const;
   // A ring shard (encoder_part) of an item cut into `degree` shards: its own activations
   // plus the KV blocks in flight (the one in use and the one arriving).
+  EncoderBytes encoder_shard_bytes(const VisualItem& shard, int degree) const;
+  // Their peak while the item (or shard) runs alone: held + working.
+  double encoder_activation_bytes(const VisualItem& item) const;
   double encoder_shard_activation_bytes(const VisualItem& shard, int degree) const;
+  // The patches one encoder layer runs at once for `item`: a span group of whole spans
+  // (TrainingSetup::encoder_span_group_patches), or all of them.
+  std::int64_t encoder_span_group_patches(const VisualItem& item) const;
   double capacity_bytes() const;  // device memory minus the reserve
 
   // Flop counts (forward, whole model) used by compute times and by calibration.
