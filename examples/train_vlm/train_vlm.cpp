@@ -69,6 +69,8 @@ struct Planning {
     const int nodes = static_cast<int>(cli.integer("--nodes", 1, 1));
     DHP_CHECK(world % nodes == 0, InvalidArgument, "--nodes {} does not divide the world of {}",
               nodes, world);
+    // The run's layout is the command line's: the model's slices follow it.
+    options.layout_search = dhp::LayoutSearch::Off;
     options.llm_tp = static_cast<int>(cli.integer("--llm-tp", 1, 1));
     options.encoder_tp = static_cast<int>(cli.integer("--encoder-tp", 1, 1));
     const std::string placement =
