@@ -38,14 +38,15 @@ void declare_options(CommandLine& cli) {
       .option("--batch", "FILE", "a batch, or a batch stream ({\"batches\": [...]} or an array)")
       .option("--batch-index", "I", "which batch of a stream (default 0)")
       .option("--strategy", "S",
-              "dhp (default), static_best, static_balanced, megatron_dcp,\npaper_bfd_dp, exact")
+              "dhp (default), static_best, static_balanced, megatron_dcp,\n"
+              "megatron_dcp_dev, megatron_dp_balanced, paper_bfd_dp, entrain, exact")
       .option("--tp", "N", "LLM tensor-parallel degree (default: chosen by the planner)")
       .option("--encoder-tp", "N",
               "encoder tensor-parallel degree (default: chosen by the planner)")
       .option("--placement", "P", "colocated (default) or disjoint")
       .option("--encoder-devices", "N", "devices given to the encoder (disjoint placement)")
       .option("--max-tokens-per-rank", "N",
-              "megatron_dcp's per-rank token limit (default: from memory)")
+              "the Megatron strategies' per-rank token limit (default: from memory)")
       .flag("--whole-visuals",
             "dhp, exact: encode every image/video whole on one encoder rank\n"
             "(default: long ones are cut across encoder ranks)")
