@@ -37,12 +37,14 @@ void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layo
       if (R % c != 0) continue;
       ++tried;
       attempt([&] { return static_balanced_waves(batch, cost, layout, c, budget, max_tokens); });
+      attempt([&] { return entrain_waves(batch, cost, layout, c, budget, max_tokens); });
     }
     const auto packs = static_pack_candidates(cost, cp_min, budget, longest, max_tokens);
     for (std::size_t i = 0; i < packs.size() && i < 3; ++i)
       attempt([&] { return static_best_waves(batch, cost, layout, cp_min, packs[i], budget); });
   }
   attempt([&] { return megatron_dcp_waves(batch, cost, layout, options); });
+  attempt([&] { return megatron_dcp_dev_waves(batch, cost, layout, options); });
   attempt([&] { return paper_bfd_dp_waves(batch, cost, layout, options); });
 }
 
