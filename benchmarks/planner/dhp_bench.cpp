@@ -77,6 +77,7 @@ struct Row {
 using dhp::bench::mean;
 using dhp::bench::median;
 using dhp::bench::percentile;
+using dhp::bench::trimmed_mean;
 
 std::string short_error(const std::exception& e) {
   // dhp::Error messages already name their kind.
@@ -86,10 +87,6 @@ std::string short_error(const std::exception& e) {
 
 std::string describe(const dhp::StaticLayout& l) {
   return fmt::format("tp{} etp{} cp{} dp{} pack{}", l.tp, l.encoder_tp, l.cp, l.dp, l.pack_tokens);
-}
-
-bool uses_static_layout(Strategy s) {
-  return s == Strategy::StaticBest || s == Strategy::StaticBalanced;
 }
 
 std::string plan_layout(const dhp::Plan& plan) {
@@ -105,15 +102,30 @@ std::string plan_layout(const dhp::Plan& plan) {
 // layout), else the scenario's.
 using RunOptions = std::map<Strategy, std::vector<std::optional<dhp::PlannerOptions>>>;
 
-// Each static strategy's run-wide layout per cluster (best_static_layout), or why none.
+// Each static strategy's run-wide layout per cluster (the scenario's fixed one, else
+// best_static_layout's), or why none.
 struct StaticLayouts {
   struct Found {
     std::vector<std::optional<dhp::StaticLayout>> layouts;
     std::vector<std::string> errors;
   };
-  Found best, balanced;
-  const Found& of(Strategy s) const { return s == Strategy::StaticBalanced ? balanced : best; }
+  std::map<Strategy, Found> found;
+  const Found* of(Strategy s) const {
+    const auto it = found.find(s);
+    return it == found.end() ? nullptr : &it->second;
+  }
 };
+
+// The batch as a strategy's data pipeline hands it over: every sequence padded to a multiple
+// of `pad_to` tokens (ScenarioData::pad_to).
+dhp::Batch padded(const dhp::Batch& batch, int pad_to) {
+  dhp::Batch out = batch;
+  for (dhp::Sample& s : out.samples) {
+    const std::int64_t tokens = s.llm_tokens();
+    s.text_tokens += (pad_to - tokens % pad_to) % pad_to;
+  }
+  return out;
+}
 
 // Plans every batch of the scenario with one strategy and simulates each plan, with the
 // strategy's run-level options (run_options, per cluster) where there are some.
@@ -150,17 +162,17 @@ Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy
     if (const auto it = run_options.find(strategy); it != run_options.end() && it->second[c])
       options = *it->second[c];
     options.strategy = strategy;
-    if (uses_static_layout(strategy)) {
-      const StaticLayouts::Found& found = static_layouts.of(strategy);
-      std::optional<dhp::StaticLayout> layout = found.layouts[c];
-      if (strategy == Strategy::StaticBalanced && data.static_balanced_layout)
-        layout = data.static_balanced_layout;
-      if (!layout) {
-        fail(mine.size(), "static layout: " + found.errors[c]);
+    if (dhp::runs_static_layout(strategy)) {
+      // A static strategy without a layout search (megatron_dp_balanced) sizes its CP itself.
+      const StaticLayouts::Found* found = static_layouts.of(strategy);
+      if (found && !found->layouts[c]) {
+        fail(mine.size(), "static layout: " + found->errors[c]);
         continue;
       }
-      options.static_layout = layout;
-      row.static_layout = describe(*layout);
+      if (found) {
+        options.static_layout = found->layouts[c];
+        row.static_layout = describe(*options.static_layout);
+      }
     }
     std::optional<dhp::Planner> planner;
     try {
@@ -171,8 +183,10 @@ Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy
     }
 
     const dhp::Simulator simulator(planner->cost_model());
+    const auto pad = data.pad_to.find(strategy);
     for (std::size_t b : mine) {
-      const dhp::Batch& batch = data.batches[b];
+      const dhp::Batch batch =
+          pad == data.pad_to.end() ? data.batches[b] : padded(data.batches[b], pad->second);
       try {
         // A fast planner is timed several times per batch so that p50 is not one noisy
         // sample; every repeat must give the same plan (determinism).
@@ -225,18 +239,24 @@ std::vector<dhp::Batch> batches_of_cluster(const ScenarioData& data, std::size_t
 }
 
 // The run-wide static layouts, once per cluster over that cluster's batches, each static
-// strategy its own. static_best's is always computed: it is the reference of the speedup
-// column.
+// strategy its own: the scenario's fixed one, else best_static_layout's (megatron_dp_balanced
+// has no search: without a fixed layout its plan sizes CP itself). static_best's is always
+// computed: it is the reference of the speedup column.
 StaticLayouts static_layouts(const ScenarioData& data, const std::vector<Strategy>& strategies) {
   StaticLayouts layouts;
-  const bool runs_balanced = std::find(strategies.begin(), strategies.end(),
-                                       Strategy::StaticBalanced) != strategies.end() &&
-                             !data.static_balanced_layout;
-  for (Strategy s : {Strategy::StaticBest, Strategy::StaticBalanced}) {
-    StaticLayouts::Found& found = s == Strategy::StaticBest ? layouts.best : layouts.balanced;
+  for (Strategy s : {Strategy::StaticBest, Strategy::StaticBalanced, Strategy::Entrain,
+                     Strategy::MegatronDpBalanced}) {
+    const bool runs = std::find(strategies.begin(), strategies.end(), s) != strategies.end();
+    if (s != Strategy::StaticBest && !runs) continue;
+    const auto fixed = data.fixed_layouts.find(s);
+    if (fixed == data.fixed_layouts.end() && s == Strategy::MegatronDpBalanced) continue;
+    StaticLayouts::Found& found = layouts.found[s];
     found.layouts.resize(data.clusters.size());
     found.errors.resize(data.clusters.size());
-    if (s == Strategy::StaticBalanced && !runs_balanced) continue;
+    if (fixed != data.fixed_layouts.end()) {
+      found.layouts.assign(data.clusters.size(), fixed->second);
+      continue;
+    }
     for (std::size_t c = 0; c < data.clusters.size(); ++c) {
       const std::vector<dhp::Batch> batches = batches_of_cluster(data, c);
       if (batches.empty()) continue;
@@ -252,7 +272,8 @@ StaticLayouts static_layouts(const ScenarioData& data, const std::vector<Strateg
 }
 
 // Run-level module layouts (TP per module, encoder placement), once per cluster, as a user
-// tuning a fixed layout would pick it: for megatron_dcp and paper_bfd_dp (the static ones
+// tuning a fixed layout would pick it: for megatron_dcp, megatron_dcp_dev and paper_bfd_dp (the
+// static ones
 // have theirs from static_layouts), and for dhp with --dhp-layout run. Without one (a
 // scenario that opts out, or no layout fits) a strategy plans with the planner's default
 // layout; dhp's own default searches its layout.
@@ -261,7 +282,8 @@ RunOptions run_layouts(const std::string& scenario, const ScenarioData& data,
                        int count) {
   RunOptions run_options;
   std::vector<Strategy> run_searched;
-  if (data.search_baseline_layouts) run_searched = {Strategy::MegatronDcp, Strategy::PaperBfdDp};
+  if (data.search_baseline_layouts)
+    run_searched = {Strategy::MegatronDcp, Strategy::MegatronDcpDev, Strategy::PaperBfdDp};
   if (options.dhp_layout == "run") run_searched.push_back(Strategy::Dhp);
   for (Strategy s : run_searched) {
     if (std::find(strategies.begin(), strategies.end(), s) == strategies.end()) continue;
@@ -414,8 +436,6 @@ void print_never_slower(const std::vector<Row>& rows, const std::vector<std::str
   fmt::print(out,
              "- dhp never slower than any baseline (median step; batches lost and the per-batch "
              "speedup over that batch's best baseline shown beside):\n");
-  const Strategy baselines[] = {Strategy::StaticBest, Strategy::StaticBalanced,
-                                Strategy::MegatronDcp, Strategy::PaperBfdDp};
   for (const std::string& sc : scenarios) {
     const Row* dhp_row = find_row(rows, sc, Strategy::Dhp);
     if (!dhp_row) continue;
@@ -429,7 +449,8 @@ void print_never_slower(const std::vector<Row>& rows, const std::vector<std::str
     int batch_losses = 0, compared = 0;
     double worst_loss = 0;  // largest dhp / baseline - 1 over the lost batches
     std::vector<double> batch_best(dhp_row->batch_step_ms.size(), kNaN);  // best baseline
-    for (Strategy b : baselines) {
+    for (Strategy b : dhp::all_strategies()) {
+      if (b == Strategy::Dhp || b == Strategy::Exact) continue;  // exact is not a baseline
       const Row* r = find_row(rows, sc, b);
       if (!r || std::isnan(r->step_ms)) continue;
       if (r->step_ms < best_ms) {
@@ -466,6 +487,37 @@ void print_never_slower(const std::vector<Row>& rows, const std::vector<std::str
                batch_losses, compared,
                batch_losses ? fmt::format(" (worst by {:.1f}%)", 100 * worst_loss) : "",
                *std::min_element(speedups.begin(), speedups.end()), median(speedups));
+  }
+}
+
+// The Megatron reproduction: megatron_dcp over megatron_dp_balanced (10% trimmed means, as
+// published) against the published speedup, within +-0.15; the dev scheduler and dhp beside.
+void print_megatron_repro(const std::vector<Row>& rows, const std::vector<std::string>& scenarios,
+                          std::FILE* out) {
+  bool header = false;
+  for (const std::string& sc : scenarios) {
+    if (sc.rfind("megatron-dcp-repro", 0) != 0) continue;
+    const Row* dcp = find_row(rows, sc, Strategy::MegatronDcp);
+    const Row* base = find_row(rows, sc, Strategy::MegatronDpBalanced);
+    if (!dcp || !base || dcp->failed_batches > 0 || base->failed_batches > 0) continue;
+    if (!header) {
+      fmt::print(out,
+                 "- Megatron repro: megatron_dcp over megatron_dp_balanced, 10% trimmed means "
+                 "(published per GPU count, target within +-0.15):\n");
+      header = true;
+    }
+    const double base_ms = trimmed_mean(base->batch_step_ms, 0.1);
+    const double ratio = base_ms / trimmed_mean(dcp->batch_step_ms, 0.1);
+    const double published = dhp::bench::published_dcp_speedup(dcp->ranks);
+    auto beside = [&](Strategy s) {
+      const Row* r = find_row(rows, sc, s);
+      if (!r || r->failed_batches > 0) return std::string();
+      return fmt::format("; {} {:.3f}x", r->strategy,
+                         base_ms / trimmed_mean(r->batch_step_ms, 0.1));
+    };
+    fmt::print(out, "    {:<22} {:.3f}x against {:.3f}x: {}{}{}\n", sc, ratio, published,
+               std::abs(ratio - published) <= 0.15 ? "PASS" : "FAIL",
+               beside(Strategy::MegatronDcpDev), beside(Strategy::Dhp));
   }
 }
 
@@ -517,25 +569,7 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
     }
   }
 
-  bool repro_header = false;
-  for (const std::string& sc : scenarios) {
-    if (sc.rfind("megatron-dcp-repro", 0) != 0) continue;
-    const Row* dcp = find_row(rows, sc, Strategy::MegatronDcp);
-    const Row* bal = find_row(rows, sc, Strategy::StaticBalanced);
-    const Row* ours = find_row(rows, sc, Strategy::Dhp);
-    if (!dcp || !bal || std::isnan(dcp->step_ms) || std::isnan(bal->step_ms)) continue;
-    if (!repro_header) {
-      fmt::print(out,
-                 "- Megatron repro: megatron_dcp over static_balanced (published 1.21-1.50x):\n");
-      repro_header = true;
-    }
-    const double ratio = bal->step_ms / dcp->step_ms;
-    fmt::print(out, "    {:<22} {:.3f}x ({}){}\n", sc, ratio,
-               ratio >= 1.21 && ratio <= 1.50 ? "inside" : "outside",
-               ours && !std::isnan(ours->step_ms)
-                   ? fmt::format("; dhp over static_balanced {:.3f}x", bal->step_ms / ours->step_ms)
-                   : std::string());
-  }
+  print_megatron_repro(rows, scenarios, out);
 
   auto planner_target = [&](const char* scenario, double limit_ms) {
     if (const Row* r = find_row(rows, scenario, Strategy::Dhp); r && !std::isnan(r->planner_ms_p50))
@@ -572,7 +606,8 @@ void declare_options(dhp::CommandLine& cli) {
                   "run this scenario (or family, e.g. megatron-dcp-repro); default all")
       .repeatable("--strategy", "NAME",
                   "run only this strategy (dhp, static_best, static_balanced,\n"
-                  "megatron_dcp, paper_bfd_dp, exact)")
+                  "megatron_dcp, megatron_dcp_dev, paper_bfd_dp, entrain,\n"
+                  "megatron_dp_balanced, exact)")
       .option("--batches", "N", "batches per scenario (with --batch: the file's first N)")
       .flag("--quick", "few batches per scenario (CI: about 10 s)")
       .option("--seed", "S", "seed of the scenarios' batch draws (default 1)")
@@ -625,7 +660,8 @@ Options parse(const dhp::CommandLine& cli) {
 }
 
 // The user's files as a scenario named after the batch file: every strategy but the exact
-// solver (asked for with --strategy exact), on every batch of the file, with the layout
+// solver and megatron_dp_balanced (asked for with --strategy), on every batch of the file, with
+// the layout
 // freedom of a scenario (each static strategy its best_static_layout, megatron_dcp and
 // paper_bfd_dp best_run_layout's, dhp as --dhp-layout says).
 ScenarioData user_data(const Options& o) {
@@ -638,7 +674,8 @@ ScenarioData user_data(const Options& o) {
     data.batches.resize(static_cast<std::size_t>(o.config.batches));
   data.cluster_of_batch.assign(data.batches.size(), 0);
   for (Strategy s : dhp::all_strategies())
-    if (s != Strategy::Exact || !o.strategies.empty()) data.strategies.push_back(s);
+    if ((s != Strategy::Exact && s != Strategy::MegatronDpBalanced) || !o.strategies.empty())
+      data.strategies.push_back(s);
   return data;
 }
 
