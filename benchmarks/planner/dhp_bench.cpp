@@ -23,6 +23,7 @@
 #include "dhp/io.hpp"
 #include "dhp/planner.hpp"
 #include "dhp/simulator.hpp"
+#include "dhp/step_bound.hpp"
 #include "scenarios.hpp"
 #include "stats.hpp"
 
@@ -69,9 +70,12 @@ struct Row {
   double speedup_vs_static_best = kNaN;
   double waves = kNaN;                    // median
   double idle_fraction = kNaN;            // mean over batches of the mean device idle fraction
+  double lower_bound_ms = kNaN;           // median over batches of step_lower_bound
+  double step_over_bound = kNaN;          // median over batches of simulated step / bound
   bool deterministic = true;              // repeated plans of a batch hashed the same
   std::vector<double> batch_step_ms;      // simulated
   std::vector<double> batch_estimate_ms;  // the planner's own estimate
+  std::vector<double> batch_bound_ms;     // step_lower_bound of each batch
 };
 
 using dhp::bench::mean;
@@ -315,6 +319,33 @@ RunOptions run_layouts(const std::string& scenario, const ScenarioData& data,
   return run_options;
 }
 
+// Every row's lower bound and its step over it: per batch step_lower_bound on the batch as the
+// scenario gives it (unpadded: padding is a strategy's own cost), at the scenario's options
+// over every layout they leave open; medians over the batches a row planned.
+void add_lower_bounds(const ScenarioData& data, std::vector<Row>& rows) {
+  std::vector<double> bounds(data.batches.size(), kNaN);
+  for (std::size_t b = 0; b < data.batches.size(); ++b) {
+    try {
+      bounds[b] = dhp::step_lower_bound(data.clusters[data.cluster_of_batch[b]], data.model,
+                                        data.batches[b], data.options)
+                      .ms;
+    } catch (const dhp::Error&) {
+      // No layout fits: every strategy fails that batch too.
+    }
+  }
+  for (Row& r : rows) {
+    r.batch_bound_ms = bounds;
+    std::vector<double> planned, ratios;
+    for (std::size_t b = 0; b < r.batch_step_ms.size() && b < bounds.size(); ++b) {
+      if (std::isnan(r.batch_step_ms[b]) || std::isnan(bounds[b])) continue;
+      planned.push_back(bounds[b]);
+      ratios.push_back(r.batch_step_ms[b] / bounds[b]);
+    }
+    r.lower_bound_ms = median(planned);
+    r.step_over_bound = median(ratios);
+  }
+}
+
 std::vector<Row> run_scenario(const std::string& name, const ScenarioData& data,
                               const Options& options, int index, int count) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -348,6 +379,7 @@ std::vector<Row> run_scenario(const std::string& name, const ScenarioData& data,
   for (Row& r : rows)
     if (static_best_ms && r.failed_batches == 0)
       r.speedup_vs_static_best = *static_best_ms / r.step_ms;
+  add_lower_bounds(data, rows);
 
   std::cerr << fmt::format(
       "[{}/{}] {}: done in {:.1f} s\n", index, count, name,
@@ -377,6 +409,8 @@ nlohmann::json to_json(const Row& r) {
   j["speedup_vs_static_best"] = number_or_null(r.speedup_vs_static_best);
   j["waves"] = number_or_null(r.waves);
   j["idle_fraction"] = number_or_null(r.idle_fraction);
+  j["lower_bound_ms"] = number_or_null(r.lower_bound_ms);
+  j["step_over_bound"] = number_or_null(r.step_over_bound);
   j["batches"] = r.batches;
   j["failed_batches"] = r.failed_batches;
   j["deterministic"] = r.deterministic;
@@ -392,9 +426,9 @@ std::string cell(double v, int precision) {
 
 void print_table(const std::vector<Row>& rows) {
   std::string header = fmt::format(
-      "{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
-      "scenario", "ranks", "seqs", "strategy", "step_ms", "plan_p50", "plan_p99", "peak_GiB",
-      "cap_GiB", "vs_static", "waves", "idle", "layout");
+      "{:<22} {:>5} {:>6} {:<20} {:>10} {:>7} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
+      "scenario", "ranks", "seqs", "strategy", "step_ms", "/bound", "plan_p50", "plan_p99",
+      "peak_GiB", "cap_GiB", "vs_static", "waves", "idle", "layout");
   fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
   std::string last;
   for (const Row& r : rows) {
@@ -403,9 +437,10 @@ void print_table(const std::vector<Row>& rows) {
     std::string ranks = r.ranks_min != r.ranks ? fmt::format("{}-{}", r.ranks_min, r.ranks)
                                                : std::to_string(r.ranks);
     fmt::print(
-        "{:<22} {:>5} {:>6} {:<16} {:>10} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
-        r.scenario, ranks, r.sequences, r.strategy, cell(r.step_ms, 1), cell(r.planner_ms_p50, 2),
-        cell(r.planner_ms_p99, 2), cell(r.peak_mem_gib, 1), cell(r.mem_capacity_gib, 1),
+        "{:<22} {:>5} {:>6} {:<20} {:>10} {:>7} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5}  {:<26}",
+        r.scenario, ranks, r.sequences, r.strategy, cell(r.step_ms, 1), cell(r.step_over_bound, 3),
+        cell(r.planner_ms_p50, 2), cell(r.planner_ms_p99, 2), cell(r.peak_mem_gib, 1),
+        cell(r.mem_capacity_gib, 1),
         std::isnan(r.speedup_vs_static_best) ? std::string("-")
                                              : fmt::format("{:.3f}x", r.speedup_vs_static_best),
         cell(r.waves, 0), cell(r.idle_fraction, 2), r.layout.empty() ? "-" : r.layout);
@@ -594,6 +629,22 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
     }
   }
   if (over == 0) fmt::print(out, "- simulated peak memory within capacity on every row: PASS\n");
+  // The bound holds for the planner's estimate of any plan (step_bound.hpp); a plan estimated
+  // below it would be a bug in one of them.
+  int below = 0, compared = 0;
+  for (const Row& r : rows) {
+    for (std::size_t b = 0; b < r.batch_estimate_ms.size() && b < r.batch_bound_ms.size(); ++b) {
+      if (std::isnan(r.batch_estimate_ms[b]) || std::isnan(r.batch_bound_ms[b])) continue;
+      ++compared;
+      if (r.batch_estimate_ms[b] < r.batch_bound_ms[b] * (1 - 1e-9)) {
+        ++below;
+        fmt::print(out, "- {} {} batch {}: estimate {:.1f} ms below the lower bound {:.1f} ms\n",
+                   r.scenario, r.strategy, b, r.batch_estimate_ms[b], r.batch_bound_ms[b]);
+      }
+    }
+  }
+  fmt::print(out, "- every plan's estimate at or above its batch's lower bound ({} plans): {}\n",
+             compared, verdict(below == 0));
   if (nondet == 0) fmt::print(out, "- repeated planning gave identical plans on every row: PASS\n");
 }
 

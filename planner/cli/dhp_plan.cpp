@@ -20,6 +20,7 @@
 #include "dhp/plan_svg.hpp"
 #include "dhp/planner.hpp"
 #include "dhp/simulator.hpp"
+#include "dhp/step_bound.hpp"
 
 namespace {
 
@@ -178,8 +179,15 @@ int run_plan(const CommandLine& cli) {
 
   const dhp::StrategyRun subject = dhp::run_strategy(cluster, model, options, batch);
   nlohmann::json out = nlohmann::json::parse(dhp::to_json(subject.plan, -1));
-  if (cli.has("--simulate") || cli.has("--svg") || cli.has("--report"))
+  if (cli.has("--simulate") || cli.has("--svg") || cli.has("--report")) {
     out["simulation"] = simulation_json(subject.simulation);
+    // How far the plan is from the best possible: no plan of this batch under the layouts
+    // the options leave open is estimated below the bound (docs/cli.md).
+    const dhp::StepBound bound = dhp::step_lower_bound(cluster, model, batch, options);
+    out["simulation"]["lower_bound_ms"] = bound.ms;
+    out["simulation"]["step_over_bound"] = subject.simulation.step_ms / bound.ms;
+    out["simulation"]["lower_bound_binding"] = bound.binding;
+  }
   if (cli.has("--svg")) write_svg(cli, cluster, model, options, batch, subject);
   if (cli.has("--report")) {
     const dhp::PlanReport report{cluster, model, batch, subject,
