@@ -83,13 +83,16 @@ class EntrainAssignment {
     r.bytes += bytes_[s];
     r.tokens_per_rank += local_share(batch_.samples[s].llm_tokens(), cp_);
   }
-  bool room_fits(const std::vector<Replica>& replicas, int s) const {
-    double encoder = room_.sample_bytes(s), fullest = bytes_[s];
-    for (const Replica& r : replicas) {
-      for (int t : r.samples) encoder += room_.sample_bytes(t);
-      fullest = std::max(fullest, r.bytes);
+  // Whether the micro-batch of `replicas`, whose items total `encoder` bytes, still fits its
+  // encoder's room with `s` on replica `r` (a micro-batch's first sample always does).
+  bool room_fits(const std::vector<Replica>& replicas, double encoder, int r, int s) const {
+    double fullest = replicas[r].bytes + bytes_[s];
+    bool empty = true;
+    for (const Replica& other : replicas) {
+      fullest = std::max(fullest, other.bytes);
+      empty = empty && other.samples.empty();
     }
-    return room_.fits(encoder, fullest);
+    return empty || room_.fits(encoder + room_.sample_bytes(s), fullest);
   }
   // The least-loaded replica of a micro-batch that takes `s`, or -1.
   int least_loaded(const std::vector<Replica>& replicas, int s) const {
@@ -151,14 +154,16 @@ bool EntrainAssignment::try_assign(int m, std::vector<std::vector<Replica>>& out
     deferred.clear();
     std::stable_sort(mine.begin(), mine.end(),
                      [&](int a, int b) { return llm_ms_[a] > llm_ms_[b]; });
+    double encoder = 0;  // the micro-batch's items
     for (int s : mine) {
       const int r = least_loaded(out[i], s);
-      if (r < 0 || !room_fits(out[i], s)) {
+      if (r < 0 || !room_fits(out[i], encoder, r, s)) {
         if (i + 1 == m) return false;
         deferred.push_back(s);
         continue;
       }
       put(out[i][r], s);
+      encoder += room_.sample_bytes(s);
     }
     if (i + 1 == m) break;
     // Defer the excess: while a replica is above the target, its lightest sample moves on.
