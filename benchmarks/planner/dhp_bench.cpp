@@ -24,6 +24,7 @@
 #include "dhp/planner.hpp"
 #include "dhp/simulator.hpp"
 #include "dhp/step_bound.hpp"
+#include "robustness.hpp"
 #include "scenarios.hpp"
 #include "stats.hpp"
 
@@ -45,6 +46,8 @@ struct Options {
   // best_run_layout (run), or the smallest TP that fits (off).
   std::string dhp_layout = "planner";
   dhp::bench::ScenarioConfig config;
+  // --robustness N: after the rows, every scenario's plans scored on N perturbed machines.
+  int robustness_draws = 0;
   // A user's own inputs instead of the scenarios (all three or none).
   std::string batch_file, cluster, model;
 };
@@ -76,6 +79,7 @@ struct Row {
   std::vector<double> batch_step_ms;      // simulated
   std::vector<double> batch_estimate_ms;  // the planner's own estimate
   std::vector<double> batch_bound_ms;     // step_lower_bound of each batch
+  std::vector<std::optional<dhp::Plan>> plans;  // each batch's plan (with --robustness)
 };
 
 using dhp::bench::mean;
@@ -120,21 +124,11 @@ struct StaticLayouts {
   }
 };
 
-// The batch as a strategy's data pipeline hands it over: every sequence padded to a multiple
-// of `pad_to` tokens (ScenarioData::pad_to).
-dhp::Batch padded(const dhp::Batch& batch, int pad_to) {
-  dhp::Batch out = batch;
-  for (dhp::Sample& s : out.samples) {
-    const std::int64_t tokens = s.llm_tokens();
-    s.text_tokens += (pad_to - tokens % pad_to) % pad_to;
-  }
-  return out;
-}
-
 // Plans every batch of the scenario with one strategy and simulates each plan, with the
 // strategy's run-level options (run_options, per cluster) where there are some.
 Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy strategy,
-                 const StaticLayouts& static_layouts, const RunOptions& run_options) {
+                 const StaticLayouts& static_layouts, const RunOptions& run_options,
+                 bool keep_plans) {
   Row row;
   row.scenario = scenario;
   row.strategy = dhp::to_string(strategy);
@@ -148,6 +142,7 @@ Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy
   }
   row.batch_step_ms.assign(data.batches.size(), kNaN);
   row.batch_estimate_ms.assign(data.batches.size(), kNaN);
+  if (keep_plans) row.plans.resize(data.batches.size());
 
   std::vector<double> planner_ms, waves, idle;
   double peak = 0, capacity = 0;
@@ -187,10 +182,8 @@ Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy
     }
 
     const dhp::Simulator simulator(planner->cost_model());
-    const auto pad = data.pad_to.find(strategy);
     for (std::size_t b : mine) {
-      const dhp::Batch batch =
-          pad == data.pad_to.end() ? data.batches[b] : padded(data.batches[b], pad->second);
+      const dhp::Batch batch = dhp::bench::batch_for(data, strategy, b);
       try {
         // A fast planner is timed several times per batch so that p50 is not one noisy
         // sample; every repeat must give the same plan (determinism).
@@ -212,6 +205,7 @@ Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy
         row.batch_step_ms[b] = sim.step_ms;
         row.batch_estimate_ms[b] = plan.estimate.step_ms;
         if (row.layout.empty()) row.layout = plan_layout(plan);
+        if (keep_plans) row.plans[b] = plan;
         waves.push_back(static_cast<double>(plan.waves.size()));
         idle.push_back(sim.mean_idle_fraction);
         peak = std::max(peak, sim.max_peak_mem_gib);
@@ -364,7 +358,7 @@ std::vector<Row> run_scenario(const std::string& name, const ScenarioData& data,
   for (Strategy s : strategies) {
     std::cerr << fmt::format("[{}/{}] {}: {} ({} batches)\n", index, count, name, dhp::to_string(s),
                              data.batches.size());
-    rows.push_back(run_strategy(name, data, s, layouts, run_options));
+    rows.push_back(run_strategy(name, data, s, layouts, run_options, options.robustness_draws > 0));
   }
   // The reference: static_best of this run, even when it was not asked for as a row.
   std::optional<double> static_best_ms;
@@ -373,7 +367,7 @@ std::vector<Row> run_scenario(const std::string& name, const ScenarioData& data,
       static_best_ms = r.step_ms;
   if (!static_best_ms &&
       std::find(strategies.begin(), strategies.end(), Strategy::StaticBest) == strategies.end()) {
-    Row ref = run_strategy(name, data, Strategy::StaticBest, layouts, run_options);
+    Row ref = run_strategy(name, data, Strategy::StaticBest, layouts, run_options, false);
     if (ref.failed_batches == 0) static_best_ms = ref.step_ms;
   }
   for (Row& r : rows)
@@ -648,6 +642,56 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
   if (nondet == 0) fmt::print(out, "- repeated planning gave identical plans on every row: PASS\n");
 }
 
+// --- robustness ---
+
+nlohmann::json robustness_json(const dhp::bench::RobustnessResult& r) {
+  nlohmann::json j;
+  j["scenario"] = r.scenario;
+  j["robustness"] = {{"draws", r.config.draws},
+                     {"coefficient_spread", r.config.coefficient_spread},
+                     {"kernel_sigma", r.config.kernel_sigma},
+                     {"seed", r.config.seed},
+                     {"dhp_ahead_of_every_baseline", r.dhp_ahead_of_all},
+                     {"dhp_over_best_baseline_p5", r.dhp_over_best_p5},
+                     {"dhp_over_best_baseline_p50", r.dhp_over_best_p50},
+                     {"dhp_over_best_baseline_p95", r.dhp_over_best_p95}};
+  nlohmann::json strategies = nlohmann::json::array();
+  for (const auto& row : r.rows)
+    strategies.push_back({{"strategy", row.strategy},
+                          {"draws", row.draws},
+                          {"nominal_ms", number_or_null(row.nominal_ms)},
+                          {"speedup_vs_static_best_p5", number_or_null(row.speedup_p5)},
+                          {"speedup_vs_static_best_p50", number_or_null(row.speedup_p50)},
+                          {"speedup_vs_static_best_p95", number_or_null(row.speedup_p95)},
+                          {"dhp_ahead", number_or_null(row.dhp_ahead)}});
+  j["robustness"]["strategies"] = strategies;
+  return j;
+}
+
+// Per scenario: each strategy's speedup over static_best on the perturbed machines (p5, p50,
+// p95 over the draws) and how often dhp's run was at most its own; then the target: dhp ahead
+// of every baseline in at least 95% of the draws.
+void print_robustness(const std::vector<dhp::bench::RobustnessResult>& results, std::FILE* out) {
+  for (const auto& r : results) {
+    fmt::print(out,
+               "\nRobustness on {}: {} draws, coefficients x U(1 -+ {:g}), kernels x lognormal "
+               "(sigma {:g}), seed {}\n",
+               r.scenario, r.config.draws, r.config.coefficient_spread, r.config.kernel_sigma,
+               r.config.seed);
+    fmt::print(out, "{:<20} {:>11} {:>8} {:>8} {:>8} {:>10}\n", "strategy", "nominal_ms", "p5",
+               "p50", "p95", "dhp_ahead");
+    for (const auto& row : r.rows)
+      fmt::print(out, "{:<20} {:>11} {:>8} {:>8} {:>8} {:>10}\n", row.strategy,
+                 cell(row.nominal_ms, 1), cell(row.speedup_p5, 3), cell(row.speedup_p50, 3),
+                 cell(row.speedup_p95, 3), cell(100 * row.dhp_ahead, 1) + "%");
+    fmt::print(out,
+               "- dhp over the draw's best baseline: p5 {:.3f}x, p50 {:.3f}x, p95 {:.3f}x; dhp "
+               "ahead of every baseline in {:.1f}% of draws (target >= 95%): {}\n",
+               r.dhp_over_best_p5, r.dhp_over_best_p50, r.dhp_over_best_p95,
+               100 * r.dhp_ahead_of_all, r.dhp_ahead_of_all >= 0.95 ? "PASS" : "FAIL");
+  }
+}
+
 // --- command line ---
 
 void declare_options(dhp::CommandLine& cli) {
@@ -667,6 +711,11 @@ void declare_options(dhp::CommandLine& cli) {
               "(fixed after the first batches); per-batch: searched for every\n"
               "batch, switches charged; run: chosen once per run by\n"
               "best_run_layout; off: the smallest TP that fits");
+  cli.section("Robustness to cost-model error:")
+      .option("--robustness", "N",
+              "also score every plan on N perturbed machines (each coefficient\n"
+              "x U(0.8, 1.2), every kernel x lognormal sigma 0.1; seed --seed);\n"
+              "default scenario video-longtail");
   cli.section("Your own data instead of the scenarios (schemas: docs/schemas.md):")
       .option("--batch", "FILE", "a batch, or a batch stream ({\"batches\": [...]} or an array)")
       .option("--cluster", "PRESET|FILE", "a cluster preset (h100-8, h100-64, ...) or a JSON file")
@@ -699,10 +748,12 @@ Options parse(const dhp::CommandLine& cli) {
   o.config.quick = cli.has("--quick");
   o.config.seed = static_cast<std::uint64_t>(cli.integer("--seed", 1));
   o.dhp_layout = cli.choice("--dhp-layout", {"planner", "per-batch", "run", "off"}, "planner");
+  o.robustness_draws = static_cast<int>(cli.integer("--robustness", 0, 1));
+  if (o.robustness_draws > 0 && o.scenarios.empty()) o.scenarios = {"video-longtail"};
   if (cli.has("--batch") || cli.has("--cluster") || cli.has("--model")) {
-    cli.only(
-        {"--batch", "--cluster", "--model", "--strategy", "--batches", "--dhp-layout", "--format"},
-        "with --batch (the batches come from the file)");
+    cli.only({"--batch", "--cluster", "--model", "--strategy", "--batches", "--dhp-layout",
+              "--format", "--robustness"},
+             "with --batch (the batches come from the file)");
     o.batch_file = cli.value("--batch");
     o.cluster = cli.value("--cluster");
     o.model = cli.value("--model");
@@ -737,13 +788,42 @@ std::string stem(const std::string& path) {
   return dot == 0 || dot == std::string::npos ? name : name.substr(0, dot);
 }
 
+// --robustness: the scenario's plans, as its rows kept them, on perturbed machines.
+dhp::bench::RobustnessResult score_robustness(const std::string& name, const ScenarioData& data,
+                                              const std::vector<Row>& rows,
+                                              const Options& options) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<dhp::CostCoefficients> nominal;
+  for (const dhp::ClusterSpec& cluster : data.clusters)
+    nominal.push_back(data.options.coefficients_set ? data.options.coefficients
+                                                    : dhp::defaults_for(cluster));
+  std::vector<dhp::bench::StrategyPlans> plans;
+  for (const Row& r : rows)
+    if (!r.plans.empty()) plans.push_back({dhp::strategy_from_string(r.strategy), r.plans});
+  dhp::bench::RobustnessConfig config;
+  config.draws = options.robustness_draws;
+  config.seed = options.config.seed;
+  dhp::bench::RobustnessResult result = dhp::bench::robustness(name, data, nominal, plans, config);
+  std::cerr << fmt::format(
+      "{}: robustness over {} draws in {:.1f} s\n", name, config.draws,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return result;
+}
+
 // One scenario's rows; a scenario whose data cannot be built (a missing file, ...) gets one
 // row that says so.
 std::vector<Row> scenario_rows(const std::string& name, const std::function<ScenarioData()>& build,
-                               const Options& options, int index, int count) {
+                               const Options& options, int index, int count,
+                               std::vector<dhp::bench::RobustnessResult>& robustness) {
   try {
     std::cerr << fmt::format("[{}/{}] {}: building batches\n", index, count, name);
-    return run_scenario(name, build(), options, index, count);
+    const ScenarioData data = build();
+    std::vector<Row> rows = run_scenario(name, data, options, index, count);
+    if (options.robustness_draws > 0) {
+      robustness.push_back(score_robustness(name, data, rows, options));
+      for (Row& r : rows) r.plans.clear();
+    }
+    return rows;
   } catch (const std::exception& e) {
     Row r;
     r.scenario = name;
@@ -779,19 +859,23 @@ int run(const Options& options) {
   }
 
   std::vector<Row> rows;
+  std::vector<dhp::bench::RobustnessResult> robustness;
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const std::vector<Row> scenario =
         scenario_rows(runs[i].first, runs[i].second, options, static_cast<int>(i) + 1,
-                      static_cast<int>(runs.size()));
+                      static_cast<int>(runs.size()), robustness);
     if (options.json)
       for (const Row& r : scenario) std::cout << to_json(r).dump() << "\n" << std::flush;
     rows.insert(rows.end(), scenario.begin(), scenario.end());
   }
   if (options.json) {
+    for (const auto& r : robustness) std::cout << robustness_json(r).dump() << "\n";
     print_checks(rows, stderr);
+    print_robustness(robustness, stderr);
   } else {
     print_table(rows);
     print_checks(rows, stdout);
+    print_robustness(robustness, stdout);
   }
   return 0;
 }
