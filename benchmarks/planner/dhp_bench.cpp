@@ -126,12 +126,17 @@ struct StaticLayouts {
 
 // Plans every batch of the scenario with one strategy and simulates each plan, with the
 // strategy's run-level options (run_options, per cluster) where there are some.
+// The ablation of dhp's encoder side (kAblationWholeItems): dhp with every visual item encoded
+// whole on one rank and the encoder's memory reserved per wave, as the baselines have it; what
+// it loses against dhp is the encoder side's share of dhp's lead, the rest the LLM side's.
+constexpr const char* kAblationWholeItems = "dhp_whole_items";
+
 Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy strategy,
                  const StaticLayouts& static_layouts, const RunOptions& run_options,
-                 bool keep_plans) {
+                 bool keep_plans, bool whole_items = false) {
   Row row;
   row.scenario = scenario;
-  row.strategy = dhp::to_string(strategy);
+  row.strategy = whole_items ? kAblationWholeItems : dhp::to_string(strategy);
   row.batches = static_cast<int>(data.batches.size());
   row.ranks_min = std::numeric_limits<int>::max();
   for (std::size_t b = 0; b < data.batches.size(); ++b) {
@@ -161,6 +166,7 @@ Row run_strategy(const std::string& scenario, const ScenarioData& data, Strategy
     if (const auto it = run_options.find(strategy); it != run_options.end() && it->second[c])
       options = *it->second[c];
     options.strategy = strategy;
+    if (whole_items) options.split_visual_items = false;
     if (dhp::runs_static_layout(strategy)) {
       // A static strategy without a layout search (megatron_dp_balanced) sizes its CP itself.
       const StaticLayouts::Found* found = static_layouts.of(strategy);
@@ -360,6 +366,14 @@ std::vector<Row> run_scenario(const std::string& name, const ScenarioData& data,
                              data.batches.size());
     rows.push_back(run_strategy(name, data, s, layouts, run_options, options.robustness_draws > 0));
   }
+  // The ablation row, where dhp runs on a model with an encoder.
+  if (data.model.encoder &&
+      std::find(strategies.begin(), strategies.end(), Strategy::Dhp) != strategies.end()) {
+    std::cerr << fmt::format("[{}/{}] {}: {} ({} batches)\n", index, count, name,
+                             kAblationWholeItems, data.batches.size());
+    rows.push_back(
+        run_strategy(name, data, Strategy::Dhp, layouts, run_options, false, /*whole_items=*/true));
+  }
   // The reference: static_best of this run, even when it was not asked for as a row.
   std::optional<double> static_best_ms;
   for (const Row& r : rows)
@@ -550,6 +564,44 @@ void print_megatron_repro(const std::vector<Row>& rows, const std::vector<std::s
   }
 }
 
+// Where dhp's lead over the scenario's best baseline (median steps) comes from: without its
+// encoder side (dhp_whole_items) dhp keeps the LLM side's share of it and loses the rest.
+void print_ablation(const std::vector<Row>& rows, const std::vector<std::string>& scenarios,
+                    std::FILE* out) {
+  bool header = false;
+  for (const std::string& sc : scenarios) {
+    const Row* ours = find_row(rows, sc, Strategy::Dhp);
+    const Row* whole = nullptr;
+    for (const Row& r : rows)
+      if (r.scenario == sc && r.strategy == kAblationWholeItems) whole = &r;
+    if (!ours || !whole || std::isnan(ours->step_ms) || std::isnan(whole->step_ms)) continue;
+    const Row* best = nullptr;
+    for (Strategy b : dhp::all_strategies()) {
+      const Row* r = find_row(rows, sc, b);
+      if (b == Strategy::Dhp || b == Strategy::Exact || !r || std::isnan(r->step_ms)) continue;
+      if (!best || r->step_ms < best->step_ms) best = r;
+    }
+    if (!best) continue;
+    if (!header) {
+      fmt::print(out,
+                 "- ablation, dhp's lead over the best baseline (median steps): the encoder side "
+                 "(cutting and spreading items) is what dhp loses with every item whole:\n");
+      header = true;
+    }
+    const double lead = best->step_ms - ours->step_ms;
+    const double encoder_side = whole->step_ms - ours->step_ms;
+    fmt::print(out,
+               "    {:<22} lead {:.1f} ms over {} ({:.3f}x); {} {:.1f} ms: encoder side {:.1f} ms "
+               "({}), LLM side {:.1f} ms ({})\n",
+               sc, lead, best->strategy, best->step_ms / ours->step_ms, kAblationWholeItems,
+               whole->step_ms, encoder_side,
+               lead > 0 ? fmt::format("{:.0f}%", 100 * encoder_side / lead) : std::string(1, '-'),
+               lead - encoder_side,
+               lead > 0 ? fmt::format("{:.0f}%", 100 * (lead - encoder_side) / lead)
+                        : std::string(1, '-'));
+  }
+}
+
 void print_checks(const std::vector<Row>& rows, std::FILE* out) {
   auto verdict = [](bool ok) { return ok ? "PASS" : "FAIL"; };
   fmt::print(out, "\nChecks\n");
@@ -599,6 +651,7 @@ void print_checks(const std::vector<Row>& rows, std::FILE* out) {
   }
 
   print_megatron_repro(rows, scenarios, out);
+  print_ablation(rows, scenarios, out);
 
   auto planner_target = [&](const char* scenario, double limit_ms) {
     if (const Row* r = find_row(rows, scenario, Strategy::Dhp); r && !std::isnan(r->planner_ms_p50))
