@@ -61,6 +61,10 @@ class WaveEncoderRoom {
 std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
                                               const Layout& layout, std::vector<WaveDraft> waves);
 
+// `batch` with every sample's text padded so that its LLM tokens are a multiple of `granule`
+// (a data pipeline's padding: Megatron's THD datasets).
+Batch padded_batch(const Batch& batch, int granule);
+
 // --- static baselines ---
 // Length every sequence is padded to in a packed bin split over `cp` ranks (zigzag needs
 // a multiple of 2*cp).

@@ -166,6 +166,16 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
   return limited;
 }
 
+Batch padded_batch(const Batch& batch, int granule) {
+  DHP_CHECK(granule >= 1, InvalidArgument, "padded_batch: granule={} must be >= 1", granule);
+  Batch out = batch;
+  for (Sample& s : out.samples) {
+    const std::int64_t tokens = s.llm_tokens();
+    s.text_tokens += (granule - tokens % granule) % granule;
+  }
+  return out;
+}
+
 std::int64_t padded_tokens(std::int64_t tokens, int cp) {
   if (cp <= 1) return tokens;
   const std::int64_t granule = 2 * static_cast<std::int64_t>(cp);
