@@ -24,14 +24,20 @@ struct StepBound {
   // The longest sample's fastest time on any group the layout allows that holds it (a
   // micro-batch's overhead and the unhidden LLM sync included).
   double longest_sample_ms = 0;
-  std::string binding;    // "work" or "longest sample": the larger term at `layout`
+  // A visual item at its fastest cut (one span of a video; ring shards of an image up to the
+  // planner's most parts), its sample's LLM work at its fastest degree between its forward and
+  // its backward, and a micro-batch's overhead: the longest over the batch's longest items
+  // (0 for a text-only model).
+  double longest_item_ms = 0;
+  std::string binding;    // "work", "longest sample" or "longest item": the largest at `layout`
   PlannerOptions layout;  // llm_tp, encoder_tp, placement, encoder_devices of the bound
   int layouts_tried = 0;
 };
 
 // The bound under the planner's cost model (options.coefficients when set, else
 // defaults_for(cluster)), over every LLM and encoder TP and placement `options` leaves open
-// (layout_candidates, as dhp's layout search and best_run_layout see them). The planner's
+// (layout_candidates, as dhp's layout search and best_run_layout see them), items allowed to be
+// cut whatever options.strategy and options.split_visual_items say. The planner's
 // estimate of any plan of `batch` (plan.estimate.step_ms) is at least `ms`; the simulator
 // re-derives times at a finer grain and may differ by the estimate's error. Throws DoesNotFit
 // when no layout's parameters fit the devices.

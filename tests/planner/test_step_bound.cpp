@@ -86,5 +86,21 @@ TEST(StepBound, NamesTheTermThatBinds) {
   EXPECT_DOUBLE_EQ(many.ms, many.work_ms);
 }
 
+TEST(StepBound, AnItemThatCannotBeCutFinerBindsMultimodalBatches) {
+  // One large image (a single attention span) among short captions: however its ring shards
+  // spread, its encoding and its sample's LLM work run one after the other.
+  const ClusterSpec cluster = test::one_node(8);
+  const ModelSpec model = model_preset("qwen2-vl-2b");
+  Batch batch;
+  Sample big{.id = 1, .text_tokens = 64};
+  big.visuals.push_back(VisualItem{64 * 1024, 16 * 1024, 1});
+  batch.samples.push_back(big);
+  for (int i = 0; i < 6; ++i) batch.samples.push_back(Sample{.id = 2 + i, .text_tokens = 100});
+  const StepBound bound = step_lower_bound(cluster, model, batch);
+  EXPECT_EQ(bound.binding, "longest item");
+  EXPECT_DOUBLE_EQ(bound.ms, bound.longest_item_ms);
+  expect_every_strategy_above(cluster, model, batch, PlannerOptions{});
+}
+
 }  // namespace
 }  // namespace dhp
