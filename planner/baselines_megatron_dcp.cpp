@@ -112,13 +112,7 @@ std::vector<int> next_micro_batch(MegatronMicroBatch& mb, const Batch& batch,
 
 std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,
                                           const Layout& layout, const PlannerOptions& options) {
-  const int ranks = layout.llm.ranks;
-  const double budget = llm_activation_budget(cost, layout, batch);
-  const std::int64_t max_tokens = megatron_max_tokens(cost, budget, options, "megatron_dcp");
-  const std::vector<int> cp_of =
-      megatron_cp_sizes(batch, cost, ranks, budget, max_tokens, "megatron_dcp");
-  const WaveEncoderRoom room(batch, cost, layout);
-  const MegatronSamples samples(batch, cost, ranks);
+  const MegatronInputs in(batch, cost, layout, options, "megatron_dcp");
 
   auto longest_first = [&](std::vector<int>& samples) {
     std::stable_sort(samples.begin(), samples.end(), [&](int a, int b) {
@@ -131,8 +125,9 @@ std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& c
 
   std::vector<WaveDraft> waves;
   while (!pending.empty()) {
-    MegatronMicroBatch mb(samples, room, ranks, budget, static_cast<double>(max_tokens));
-    std::vector<int> left = next_micro_batch(mb, batch, pending, cp_of);
+    MegatronMicroBatch mb(in.samples, in.room, in.ranks, in.budget,
+                          static_cast<double>(in.max_tokens));
+    std::vector<int> left = next_micro_batch(mb, batch, pending, in.cp_of);
     DHP_CHECK(!mb.empty(), Internal, "megatron_dcp: a micro-batch placed none of {} sequences",
               pending.size());
     mb.fill_by_doubling();
@@ -141,7 +136,7 @@ std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& c
     pending = std::move(left);
   }
   DHP_LOG_DEBUG("megatron_dcp: {} sequences, max {} tokens per rank -> {} micro-batches",
-                batch.samples.size(), max_tokens, waves.size());
+                batch.samples.size(), in.max_tokens, waves.size());
   return waves;
 }
 

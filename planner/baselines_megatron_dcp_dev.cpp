@@ -101,13 +101,7 @@ std::pair<WaveDraft, std::vector<int>> next_micro_batch(const MegatronSamples& s
 
 std::vector<WaveDraft> megatron_dcp_dev_waves(const Batch& batch, const CostModel& cost,
                                               const Layout& layout, const PlannerOptions& options) {
-  const int ranks = layout.llm.ranks;
-  const double budget = llm_activation_budget(cost, layout, batch);
-  const std::int64_t max_tokens = megatron_max_tokens(cost, budget, options, "megatron_dcp_dev");
-  const std::vector<int> cp_of =
-      megatron_cp_sizes(batch, cost, ranks, budget, max_tokens, "megatron_dcp_dev");
-  const WaveEncoderRoom room(batch, cost, layout);
-  const MegatronSamples samples(batch, cost, ranks);
+  const MegatronInputs in(batch, cost, layout, options, "megatron_dcp_dev");
 
   std::vector<int> pending(batch.samples.size());
   std::iota(pending.begin(), pending.end(), 0);
@@ -116,15 +110,15 @@ std::vector<WaveDraft> megatron_dcp_dev_waves(const Batch& batch, const CostMode
     std::stable_sort(pending.begin(), pending.end(), [&](int a, int b) {
       return batch.samples[a].llm_tokens() > batch.samples[b].llm_tokens();
     });
-    auto [wave, left] = next_micro_batch(samples, room, ranks, budget,
-                                         static_cast<double>(max_tokens), pending, cp_of);
+    auto [wave, left] = next_micro_batch(in.samples, in.room, in.ranks, in.budget,
+                                         static_cast<double>(in.max_tokens), pending, in.cp_of);
     DHP_CHECK(left.size() < pending.size(), Internal,
               "megatron_dcp_dev: a micro-batch placed none of {} sequences", pending.size());
     waves.push_back(std::move(wave));
     pending = std::move(left);
   }
   DHP_LOG_DEBUG("megatron_dcp_dev: {} sequences, max {} tokens per rank -> {} micro-batches",
-                batch.samples.size(), max_tokens, waves.size());
+                batch.samples.size(), in.max_tokens, waves.size());
   return waves;
 }
 

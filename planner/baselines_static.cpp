@@ -584,62 +584,60 @@ Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& l
   return build_plan(to_string(Strategy::StaticBest), batch, setup.cost, setup.layout, waves);
 }
 
+namespace {
+
+// The static layout's TP setup, budget and CP, or without one the smallest CP (dividing the
+// ranks) whose groups hold the batch's longest sequence: what static_balanced and entrain plan
+// at.
+struct StaticCpSetup {
+  TpSetup setup;
+  double budget;
+  int cp;
+};
+
+StaticCpSetup static_cp_setup(const Batch& batch, const CostModel& cost, const Layout& layout,
+                              const PlannerOptions& options, const char* strategy) {
+  TpSetup setup = options.static_layout
+                      ? setup_for_tp(cost, layout, options, options.static_layout->tp,
+                                     options.static_layout->encoder_tp)
+                      : TpSetup{layout, cost};
+  const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
+  const int ranks = setup.layout.llm.ranks;
+  if (options.static_layout) {
+    check_static_layout(*options.static_layout, setup.layout);
+    return StaticCpSetup{std::move(setup), budget, options.static_layout->cp};
+  }
+  const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
+  const int cp =
+      smallest_cp_holding(setup.cost, longest, ranks, budget, options.max_tokens_per_rank);
+  DHP_CHECK(cp > 0, DoesNotFit,
+            "{}: no CP degree dividing the {} LLM ranks holds the longest sequence ({} tokens) "
+            "within {:.3g} GiB of activations per device and max_tokens_per_rank={} (0: no limit)",
+            strategy, ranks, longest, budget / (1 << 30), options.max_tokens_per_rank);
+  return StaticCpSetup{std::move(setup), budget, cp};
+}
+
+}  // namespace
+
 Plan plan_static_balanced(const Batch& batch, const CostModel& cost, const Layout& layout,
                           const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
-  const TpSetup setup = options.static_layout
-                            ? setup_for_tp(cost, layout, options, options.static_layout->tp,
-                                           options.static_layout->encoder_tp)
-                            : TpSetup{layout, cost};
-  const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
-  const int ranks = setup.layout.llm.ranks;
-  int cp = 0;
-  if (options.static_layout) {
-    check_static_layout(*options.static_layout, setup.layout);
-    cp = options.static_layout->cp;
-  } else {
-    // The smallest CP (dividing the ranks) whose groups hold the longest sequence.
-    const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
-    cp = smallest_cp_holding(setup.cost, longest, ranks, budget, options.max_tokens_per_rank);
-    DHP_CHECK(cp > 0, DoesNotFit,
-              "static_balanced: no CP degree dividing the {} LLM ranks holds the longest "
-              "sequence ({} tokens) within {:.3g} GiB of activations per device and "
-              "max_tokens_per_rank={} (0: no limit)",
-              ranks, longest, budget / (1 << 30), options.max_tokens_per_rank);
-  }
-  const auto waves = static_balanced_waves(batch, setup.cost, setup.layout, cp, budget,
+  const StaticCpSetup s = static_cp_setup(batch, cost, layout, options, "static_balanced");
+  const auto waves = static_balanced_waves(batch, s.setup.cost, s.setup.layout, s.cp, s.budget,
                                            options.max_tokens_per_rank);
-  DHP_LOG_DEBUG("static_balanced: tp={} cp={} dp={} -> {} waves", setup.layout.llm_tp, cp,
-                ranks / cp, waves.size());
-  return build_plan(to_string(Strategy::StaticBalanced), batch, setup.cost, setup.layout, waves);
+  DHP_LOG_DEBUG("static_balanced: tp={} cp={} dp={} -> {} waves", s.setup.layout.llm_tp, s.cp,
+                s.setup.layout.llm.ranks / s.cp, waves.size());
+  return build_plan(to_string(Strategy::StaticBalanced), batch, s.setup.cost, s.setup.layout,
+                    waves);
 }
 
 Plan plan_entrain(const Batch& batch, const CostModel& cost, const Layout& layout,
                   const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
-  const TpSetup setup = options.static_layout
-                            ? setup_for_tp(cost, layout, options, options.static_layout->tp,
-                                           options.static_layout->encoder_tp)
-                            : TpSetup{layout, cost};
-  const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
-  int cp = 0;
-  if (options.static_layout) {
-    check_static_layout(*options.static_layout, setup.layout);
-    cp = options.static_layout->cp;
-  } else {
-    // The smallest CP (dividing the ranks) whose groups hold the longest sequence.
-    const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
-    cp = smallest_cp_holding(setup.cost, longest, setup.layout.llm.ranks, budget,
-                             options.max_tokens_per_rank);
-    DHP_CHECK(cp > 0, DoesNotFit,
-              "entrain: no CP degree dividing the {} LLM ranks holds the longest sequence ({} "
-              "tokens) within {:.3g} GiB of activations per device and max_tokens_per_rank={} "
-              "(0: no limit)",
-              setup.layout.llm.ranks, longest, budget / (1 << 30), options.max_tokens_per_rank);
-  }
-  const auto waves =
-      entrain_waves(batch, setup.cost, setup.layout, cp, budget, options.max_tokens_per_rank);
-  return build_plan(to_string(Strategy::Entrain), batch, setup.cost, setup.layout, waves);
+  const StaticCpSetup s = static_cp_setup(batch, cost, layout, options, "entrain");
+  const auto waves = entrain_waves(batch, s.setup.cost, s.setup.layout, s.cp, s.budget,
+                                   options.max_tokens_per_rank);
+  return build_plan(to_string(Strategy::Entrain), batch, s.setup.cost, s.setup.layout, waves);
 }
 
 }  // namespace dhp::detail

@@ -50,6 +50,15 @@ std::vector<int> megatron_cp_sizes(const Batch& batch, const CostModel& cost, in
   return cp_of;
 }
 
+MegatronInputs::MegatronInputs(const Batch& batch, const CostModel& cost, const Layout& layout,
+                               const PlannerOptions& options, const char* strategy)
+    : ranks(layout.llm.ranks),
+      budget(llm_activation_budget(cost, layout, batch)),
+      max_tokens(megatron_max_tokens(cost, budget, options, strategy)),
+      cp_of(megatron_cp_sizes(batch, cost, ranks, budget, max_tokens, strategy)),
+      room(batch, cost, layout),
+      samples(batch, cost, ranks) {}
+
 MegatronSamples::MegatronSamples(const Batch& batch, const CostModel& cost, int ranks)
     : batch_(batch), cost_(cost), ranks_(ranks), bytes_(batch.samples.size()) {
   tokens_.reserve(batch.samples.size());

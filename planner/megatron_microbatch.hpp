@@ -96,6 +96,19 @@ class MegatronMicroBatch {
   std::vector<std::pair<int, std::vector<int>>> by_size_;  // (size, groups of that size)
 };
 
+// What both schedulers read for a batch: the ranks, the activation budget, the per-rank token
+// limit, every sequence's CP size, the encoder's room and the samples' table.
+struct MegatronInputs {
+  MegatronInputs(const Batch& batch, const CostModel& cost, const Layout& layout,
+                 const PlannerOptions& options, const char* strategy);
+  int ranks;
+  double budget;
+  std::int64_t max_tokens;
+  std::vector<int> cp_of;
+  WaveEncoderRoom room;
+  MegatronSamples samples;
+};
+
 // Megatron's per-sequence CP size as both schedulers use it: megatron_cp_size of its tokens,
 // raised to the next power of two while its activations do not fit at that size (a user's
 // answer to an OOM). Throws DoesNotFit naming the sample when it needs more than the largest
