@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
   libtorch-dev libgloo-dev
+  python3-torch  # Debian's torch for /usr/bin/python3, and its torchrun launcher
   pybind11-dev python3-dev
   clang libclang-rt-14-dev
 )

@@ -182,6 +182,7 @@ TEST(TorchStep, FiftyStepsOfPlannedBatchesLowerTheLoss) {
   const std::vector<Batch> batches = vlm::batches(config, 50, 6, 5, 4.0, 16.0, 320);
   PlannerOptions options;
   options.llm_tp = options.encoder_tp = 1;
+  options.layout_search = LayoutSearch::Off;
   const double capacity = vlm::choose_capacity(config, 3, 1, options, {batches.begin(), batches.begin() + 4});
   const Planner planner(vlm::cpu_cluster(3, 1, capacity), config.spec(), options);
   Plan plan = planner.plan(batches[0]);
