@@ -25,6 +25,33 @@ double group_llm_ms(const CostModel& cost, const Layout& layout, const Batch& ba
 // A group draft whose samples are all split over the group (kept whole when degree 1).
 GroupDraft split_group(int degree, std::vector<int> samples);
 
+// What a wave's colocated encoder may hold when every visual item is encoded whole on one
+// rank (the baselines): build_plan spreads the wave's items over the encoder ranks within the
+// room its LLM leaves them, at least encoder_reserve_bytes (2 x the largest item), so the
+// wave fits while its encoder bytes total at most (encoder ranks) x (largest item + the room
+// the wave's fullest LLM rank leaves). A wave being formed asks fits() before it takes a
+// sample; a text-only model or a disjoint encoder always fits.
+class WaveEncoderRoom {
+ public:
+  WaveEncoderRoom(const Batch& batch, const CostModel& cost, const Layout& layout);
+  // False where the check never binds (no colocated encoder work).
+  bool applies() const { return applies_; }
+  // Encoder activation bytes of one sample's visual items, whole.
+  double sample_bytes(int sample) const { return sample_bytes_[static_cast<std::size_t>(sample)]; }
+  // Whether a wave whose items total `encoder_bytes` and whose fullest LLM rank holds
+  // `fullest_llm_bytes` of activations fits.
+  bool fits(double encoder_bytes, double fullest_llm_bytes) const {
+    return !applies_ || encoder_bytes <= encoder_ranks_ * (largest_ + budget_ - fullest_llm_bytes);
+  }
+
+ private:
+  bool applies_ = false;
+  std::vector<double> sample_bytes_;
+  double largest_ = 0;
+  double budget_ = 0;
+  int encoder_ranks_ = 0;
+};
+
 // Colocated encoders: build_plan spreads a wave's visual items over the encoder ranks
 // within the room the wave's LLM leaves them, at least encoder_reserve_bytes (2 x the
 // largest item) where the LLM was packed to its budget; that always holds when
@@ -33,6 +60,10 @@ GroupDraft split_group(int degree, std::vector<int> samples);
 // wave, as the real system would defer them to another micro-batch. No-op otherwise.
 std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
                                               const Layout& layout, std::vector<WaveDraft> waves);
+
+// `batch` with every sample's text padded so that its LLM tokens are a multiple of `granule`
+// (a data pipeline's padding: Megatron's THD datasets).
+Batch padded_batch(const Batch& batch, int granule);
 
 // --- static baselines ---
 // Length every sequence is padded to in a packed bin split over `cp` ranks (zigzag needs
@@ -57,6 +88,14 @@ std::vector<std::int64_t> static_pack_candidates(const CostModel& cost, int cp, 
 std::vector<WaveDraft> static_balanced_waves(const Batch& batch, const CostModel& cost,
                                              const Layout& layout, int cp, double budget,
                                              std::int64_t max_tokens_per_rank = 0);
+
+// --- entrain ---
+// Entrain-like drafts at a fixed `cp` (baselines_entrain.cpp): the fewest micro-batches memory
+// allows, samples balanced over them by encoder work, then over each one's DP replicas by LLM
+// work, excess deferred to the next micro-batch.
+std::vector<WaveDraft> entrain_waves(const Batch& batch, const CostModel& cost,
+                                     const Layout& layout, int cp, double budget,
+                                     std::int64_t max_tokens_per_rank);
 
 // --- paper_bfd_dp ---
 struct AtomicGroup {
@@ -86,6 +125,12 @@ std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& c
                                           const Layout& layout, const PlannerOptions& options);
 std::vector<WaveDraft> megatron_dcp_waves(const Batch& batch, const CostModel& cost,
                                           const Layout& layout, const PlannerOptions& options);
+std::vector<WaveDraft> megatron_dcp_dev_waves(const Batch& batch, const CostModel& cost,
+                                              const Layout& layout, const PlannerOptions& options);
+// Megatron's dp_balanced packing at a fixed `cp` (baselines_megatron_packed.cpp).
+std::vector<WaveDraft> megatron_dp_balanced_waves(const Batch& batch, const CostModel& cost,
+                                                  const Layout& layout, int cp,
+                                                  std::int64_t max_tokens_per_rank);
 
 // --- megatron_dcp ---
 // Megatron's per-sequence CP size: max(1, next power of two >= ceil(tokens / max_tokens)).

@@ -1,9 +1,13 @@
 // The DHP paper's planner (arXiv 2602.21788): memory-aware best-fit-decreasing packing of
 // sequences into atomic groups, then a 2-D dynamic program that gives every atomic group
-// its number of devices so that the slowest group finishes first. See docs/baselines.md.
+// its number of devices so that the slowest group finishes first. Micro-batches are formed
+// before the packing (so encoder memory never splits a wave after the DP); text-only batches
+// take the better of that and the cut in BFD order. See docs/baselines.md.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 #include "baselines.hpp"
 #include "dhp/error.hpp"
@@ -120,54 +124,177 @@ DeviceAllocation allocate_devices_dp(const std::vector<std::vector<double>>& tim
   return allocation;
 }
 
-std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& cost,
-                                          const Layout& layout, const PlannerOptions& options) {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// The paper's dynamic program over one wave's atomic groups: each group's time at every degree
+// from its minimum (infinity where it does not fit memory), then the allocation.
+WaveDraft allocate_wave(const Batch& batch, const CostModel& cost, const Layout& layout,
+                        double budget, const std::vector<AtomicGroup>& groups) {
   const int ranks = layout.llm.ranks;
-  const double budget = llm_activation_budget(cost, layout, batch);
-  // The run's per-rank token limit, when set, caps the atomic groups like memory does.
+  std::vector<std::vector<double>> time;
+  std::vector<int> min_degree;
+  for (const AtomicGroup& group : groups) {
+    std::vector<double> row(ranks + 1, kInf);
+    for (int m = group.min_degree; m <= ranks; ++m) {
+      // More devices than the minimum leave each fewer tokens, but check: the hard memory
+      // constraint holds whatever the activation model does.
+      if (group_activation_bytes(cost, batch, group.samples, m) <= budget)
+        row[m] = group_llm_ms(cost, layout, batch, group.samples, m);
+    }
+    time.push_back(std::move(row));
+    min_degree.push_back(group.min_degree);
+  }
+  const DeviceAllocation allocation = allocate_devices_dp(time, min_degree, ranks);
+  WaveDraft wave;
+  for (std::size_t j = 0; j < groups.size(); ++j)
+    wave.groups.push_back(split_group(allocation.degrees[j], groups[j].samples));
+  return wave;
+}
+
+// Atomic groups of the samples `members` (indices into the batch), BFD as the paper packs.
+std::vector<AtomicGroup> atomic_groups_of(const Batch& batch, const std::vector<int>& members,
+                                          const CostModel& cost, double budget, int ranks,
+                                          std::int64_t max_tokens_per_rank) {
+  Batch part;
+  part.samples.reserve(members.size());
+  for (int s : members) part.samples.push_back(batch.samples[s]);
+  std::vector<AtomicGroup> groups =
+      bfd_atomic_groups(part, cost, budget, ranks, max_tokens_per_rank);
+  for (AtomicGroup& g : groups)
+    for (int& s : g.samples) s = members[static_cast<std::size_t>(s)];
+  return groups;
+}
+
+// Cut 1, the atomic groups of the whole batch in BFD order, a wave filled until the next
+// group's minimal degree would not fit; the DP per wave.
+std::vector<WaveDraft> bfd_order_cut(const Batch& batch, const CostModel& cost,
+                                     const Layout& layout, double budget,
+                                     const PlannerOptions& options) {
+  const int ranks = layout.llm.ranks;
   const std::vector<AtomicGroup> groups =
       bfd_atomic_groups(batch, cost, budget, ranks, options.max_tokens_per_rank);
-
-  // More atomic groups than devices at their minimal degrees: fill waves in BFD order.
-  std::vector<std::vector<int>> wave_groups(1);
+  std::vector<std::vector<AtomicGroup>> wave_groups(1);
   int wave_min_devices = 0;
-  for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
-    if (wave_min_devices + groups[g].min_degree > ranks) {
+  for (const AtomicGroup& g : groups) {
+    if (wave_min_devices + g.min_degree > ranks) {
       wave_groups.emplace_back();
       wave_min_devices = 0;
     }
     wave_groups.back().push_back(g);
-    wave_min_devices += groups[g].min_degree;
+    wave_min_devices += g.min_degree;
   }
-
-  constexpr double kInf = std::numeric_limits<double>::infinity();
   std::vector<WaveDraft> waves;
-  for (const std::vector<int>& members : wave_groups) {
-    std::vector<std::vector<double>> time;
-    std::vector<int> min_degree;
-    for (int g : members) {
-      const AtomicGroup& group = groups[g];
-      std::vector<double> row(ranks + 1, kInf);
-      for (int m = group.min_degree; m <= ranks; ++m) {
-        // More devices than the minimum leave each fewer tokens, but check: the hard
-        // memory constraint holds whatever the activation model does.
-        if (group_activation_bytes(cost, batch, group.samples, m) <= budget) {
-          row[m] = group_llm_ms(cost, layout, batch, group.samples, m);
-        }
-      }
-      time.push_back(std::move(row));
-      min_degree.push_back(group.min_degree);
-    }
-    const DeviceAllocation allocation = allocate_devices_dp(time, min_degree, ranks);
-    WaveDraft wave;
-    for (std::size_t j = 0; j < members.size(); ++j) {
-      wave.groups.push_back(split_group(allocation.degrees[j], groups[members[j]].samples));
-    }
-    waves.push_back(std::move(wave));
+  for (const auto& members : wave_groups)
+    waves.push_back(allocate_wave(batch, cost, layout, budget, members));
+  DHP_LOG_DEBUG("paper_bfd_dp (BFD-order cut): {} atomic groups in {} waves", groups.size(),
+                waves.size());
+  return waves;
+}
+
+// Cut 2, micro-batches first: the batch split into the fewest micro-batches whose atomic
+// groups fit the ranks and whose encoder items fit the wave's room (WaveEncoderRoom), samples
+// spread over them by work (longest processing time first on each sample's rank-time at its
+// minimal degree plus its encoder time); then the paper's BFD and DP within each. Encoder
+// memory never has to split a wave after the DP. nullopt when no split up to one sample per
+// micro-batch fits.
+std::optional<std::vector<WaveDraft>> micro_batches_first(const Batch& batch, const CostModel& cost,
+                                                          const Layout& layout, double budget,
+                                                          const PlannerOptions& options) {
+  const int ranks = layout.llm.ranks;
+  const int n = static_cast<int>(batch.samples.size());
+  const WaveEncoderRoom room(batch, cost, layout);
+  std::vector<double> work(n, 0.0), bytes(n, 0.0);
+  double total_bytes = 0, total_encoder = 0;
+  for (int s = 0; s < n; ++s) {
+    const std::int64_t tokens = batch.samples[s].llm_tokens();
+    int d = 1;
+    while (d < ranks && group_activation_bytes(cost, batch, {s}, d) > budget) ++d;
+    work[s] = d * cost.llm_sequence_ms(tokens, expected_ring(d, layout));
+    for (const VisualItem& v : batch.samples[s].visuals) work[s] += cost.encoder_item_ms(v);
+    bytes[s] = cost.llm_activation_bytes(tokens, 1);
+    total_bytes += bytes[s];
+    total_encoder += room.sample_bytes(s);
   }
-  DHP_LOG_DEBUG("paper_bfd_dp: {} sequences -> {} atomic groups in {} waves", batch.samples.size(),
-                groups.size(), waves.size());
-  return limit_encoder_per_wave(batch, cost, layout, std::move(waves));
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return work[a] > work[b]; });
+  // Memory alone needs at least this many micro-batches.
+  int m = std::max(1, static_cast<int>(std::ceil(total_bytes / (ranks * budget) - 1e-9)));
+  for (; m <= n; ++m) {
+    std::vector<std::vector<int>> members(m);
+    std::vector<double> load(m, 0.0);
+    for (int s : order) {
+      const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+      members[least].push_back(s);
+      load[least] += work[s];
+    }
+    std::vector<WaveDraft> waves;
+    bool fits = true;
+    for (const std::vector<int>& mb : members) {
+      if (mb.empty()) continue;
+      std::vector<AtomicGroup> groups;
+      try {
+        groups = atomic_groups_of(batch, mb, cost, budget, ranks, options.max_tokens_per_rank);
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::DoesNotFit) throw;
+        return std::nullopt;
+      }
+      // The room the wave's encoder gets is what the DP's allocation leaves: its groups are
+      // split over at least their minimal degrees, so each device holds less than BFD packed.
+      int min_devices = 0;
+      double encoder = 0;
+      for (const AtomicGroup& g : groups) {
+        min_devices += g.min_degree;
+        for (int s : g.samples) encoder += room.sample_bytes(s);
+      }
+      if (min_devices > ranks) {
+        fits = false;
+        break;
+      }
+      WaveDraft wave = allocate_wave(batch, cost, layout, budget, groups);
+      double fullest = 0;
+      for (const GroupDraft& g : wave.groups)
+        fullest = std::max(fullest, group_activation_bytes(cost, batch, samples_of(g), g.degree));
+      if (!room.fits(encoder, fullest)) {
+        fits = false;
+        break;
+      }
+      waves.push_back(std::move(wave));
+    }
+    if (fits) {
+      DHP_LOG_DEBUG("paper_bfd_dp (micro-batches first): {} micro-batches (encoder {:.3g} GiB)",
+                    waves.size(), total_encoder / (1 << 30));
+      return waves;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::vector<WaveDraft> paper_bfd_dp_waves(const Batch& batch, const CostModel& cost,
+                                          const Layout& layout, const PlannerOptions& options) {
+  const double budget = llm_activation_budget(cost, layout, batch);
+  std::optional<std::vector<WaveDraft>> first =
+      micro_batches_first(batch, cost, layout, budget, options);
+  const bool encoder_memory = WaveEncoderRoom(batch, cost, layout).applies();
+  if (encoder_memory) {
+    if (first) return std::move(*first);
+    // No split holds a sample's items beside its LLM work (a sample of many large items on
+    // few encoder ranks): the BFD-order cut, its waves split where the encoder overflows.
+    return limit_encoder_per_wave(batch, cost, layout,
+                                  bfd_order_cut(batch, cost, layout, budget, options));
+  }
+  // Text only: the better of the two cuts by the estimate.
+  std::vector<WaveDraft> bfd = bfd_order_cut(batch, cost, layout, budget, options);
+  if (!first) return bfd;
+  const SampleCosts sample_costs = make_sample_costs(batch, cost, layout);
+  return estimate_step_ms(batch, cost, layout, *first, sample_costs) <
+                 estimate_step_ms(batch, cost, layout, bfd, sample_costs)
+             ? std::move(*first)
+             : std::move(bfd);
 }
 
 Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,

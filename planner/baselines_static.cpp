@@ -75,32 +75,37 @@ GroupDraft split_group(int degree, std::vector<int> samples) {
   return group;
 }
 
-std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
-                                              const Layout& layout, std::vector<WaveDraft> waves) {
-  if (layout.placement != EncoderPlacement::Colocated || layout.encoder.ranks == 0) return waves;
-  std::vector<double> sample_bytes(batch.samples.size(), 0.0);
-  double largest = 0;
+WaveEncoderRoom::WaveEncoderRoom(const Batch& batch, const CostModel& cost, const Layout& layout)
+    : sample_bytes_(batch.samples.size(), 0.0) {
+  if (layout.placement != EncoderPlacement::Colocated || layout.encoder.ranks == 0) return;
   for (std::size_t s = 0; s < batch.samples.size(); ++s) {
     for (const VisualItem& v : batch.samples[s].visuals) {
       const double bytes = cost.encoder_activation_bytes(v);
-      sample_bytes[s] += bytes;
-      largest = std::max(largest, bytes);
+      sample_bytes_[s] += bytes;
+      largest_ = std::max(largest_, bytes);
     }
   }
-  if (largest <= 0) return waves;
+  applies_ = largest_ > 0;
   // build_plan keeps every encoder rank within its device's room (at least the reserve,
   // 2 x largest) while it can, then uses the rank with the fewest bytes, which holds at most
-  // the wave's mean: so an encoder rank never exceeds max(room, total / ranks + largest). That fits
-  // the reserve plus the LLM's unused room on the fullest LLM rank when total <= ranks * (largest +
-  // room).
-  const double budget = llm_activation_budget(cost, layout, batch);
-  const int encoder_ranks = layout.encoder.ranks;
+  // the wave's mean: so an encoder rank never exceeds max(room, total / ranks + largest). That
+  // fits the reserve plus the LLM's unused room on the fullest LLM rank when total <= ranks *
+  // (largest + room).
+  budget_ = llm_activation_budget(cost, layout, batch);
+  encoder_ranks_ = layout.encoder.ranks;
+}
+
+std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostModel& cost,
+                                              const Layout& layout, std::vector<WaveDraft> waves) {
+  const WaveEncoderRoom room(batch, cost, layout);
+  if (!room.applies()) return waves;
   auto fits = [&](double encoder_total, double fullest_llm_rank) {
-    return encoder_total <= encoder_ranks * (largest + budget - fullest_llm_rank);
+    return room.fits(encoder_total, fullest_llm_rank);
   };
   auto llm_bytes = [&](int s, int degree) {
     return cost.llm_activation_bytes(batch.samples[s].llm_tokens(), degree);
   };
+  const auto sample_bytes = [&](int s) { return room.sample_bytes(s); };
 
   std::vector<WaveDraft> limited;
   for (WaveDraft& wave : waves) {
@@ -136,7 +141,7 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
         const double rank_after = member < 0 ? piece_split + llm + piece_whole_max
                                              : piece_split + piece_whole[member] + llm;
         const bool ok =
-            fits(current_encoder + sample_bytes[s], std::max(current_fullest, rank_after));
+            fits(current_encoder + sample_bytes(s), std::max(current_fullest, rank_after));
         if (!ok && !(piece_empty && current.groups.empty())) {
           if (!piece_empty) current.groups.push_back(std::move(piece));
           flush();
@@ -146,7 +151,7 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
         (member < 0 ? piece.split : piece.whole[member]).push_back(s);
         (member < 0 ? piece_split : piece_whole[member]) += llm;
         if (member >= 0) piece_whole_max = std::max(piece_whole_max, piece_whole[member]);
-        current_encoder += sample_bytes[s];
+        current_encoder += sample_bytes(s);
         current_fullest = std::max(current_fullest, piece_split + piece_whole_max);
         piece_empty = false;
       };
@@ -159,6 +164,16 @@ std::vector<WaveDraft> limit_encoder_per_wave(const Batch& batch, const CostMode
     flush();
   }
   return limited;
+}
+
+Batch padded_batch(const Batch& batch, int granule) {
+  DHP_CHECK(granule >= 1, InvalidArgument, "padded_batch: granule={} must be >= 1", granule);
+  Batch out = batch;
+  for (Sample& s : out.samples) {
+    const std::int64_t tokens = s.llm_tokens();
+    s.text_tokens += (granule - tokens % granule) % granule;
+  }
+  return out;
 }
 
 std::int64_t padded_tokens(std::int64_t tokens, int cp) {
@@ -458,7 +473,7 @@ void score_static_splits(const StaticRun& run, Strategy strategy, const detail::
                                      run.fewest_tokens / (2 * std::int64_t{ranks / cp}));
     } else if (rank_activation_bytes(cost, {run.longest}, cp, {}) <= budget &&
                (run.max_tokens == 0 || local_share(run.longest, cp) <= run.max_tokens)) {
-      packs = {0};  // static_balanced packs by memory and the token limit, not a length
+      packs = {0};  // static_balanced and entrain pack by memory and the token limit
     }
     for (std::int64_t pack : packs) {
       double total_ms = 0;
@@ -467,6 +482,8 @@ void score_static_splits(const StaticRun& run, Strategy strategy, const detail::
         const auto waves =
             strategy == Strategy::StaticBest
                 ? static_best_waves(batch, cost, layout, cp, pack, budget)
+            : strategy == Strategy::Entrain
+                ? entrain_waves(batch, cost, layout, cp, budget, run.max_tokens)
                 : static_balanced_waves(batch, cost, layout, cp, budget, run.max_tokens);
         total_ms += estimate_step_ms(batch, cost, layout, waves);
       }
@@ -489,8 +506,11 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
                                 std::span<const Batch> batches, Strategy strategy,
                                 const PlannerOptions& options) {
   using namespace detail;
-  DHP_CHECK(strategy == Strategy::StaticBest || strategy == Strategy::StaticBalanced,
-            InvalidArgument, "best_static_layout: strategy {} is not a static one",
+  DHP_CHECK(strategy == Strategy::StaticBest || strategy == Strategy::StaticBalanced ||
+                strategy == Strategy::Entrain,
+            InvalidArgument,
+            "best_static_layout: strategy {} has no layout search (static_best, static_balanced, "
+            "entrain)",
             to_string(strategy));
   DHP_CHECK(!batches.empty(), InvalidArgument, "best_static_layout: no batches given");
   for (const Batch& batch : batches) validate(batch);
@@ -564,34 +584,60 @@ Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& l
   return build_plan(to_string(Strategy::StaticBest), batch, setup.cost, setup.layout, waves);
 }
 
+namespace {
+
+// The static layout's TP setup, budget and CP, or without one the smallest CP (dividing the
+// ranks) whose groups hold the batch's longest sequence: what static_balanced and entrain plan
+// at.
+struct StaticCpSetup {
+  TpSetup setup;
+  double budget;
+  int cp;
+};
+
+StaticCpSetup static_cp_setup(const Batch& batch, const CostModel& cost, const Layout& layout,
+                              const PlannerOptions& options, const char* strategy) {
+  TpSetup setup = options.static_layout
+                      ? setup_for_tp(cost, layout, options, options.static_layout->tp,
+                                     options.static_layout->encoder_tp)
+                      : TpSetup{layout, cost};
+  const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
+  const int ranks = setup.layout.llm.ranks;
+  if (options.static_layout) {
+    check_static_layout(*options.static_layout, setup.layout);
+    return StaticCpSetup{std::move(setup), budget, options.static_layout->cp};
+  }
+  const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
+  const int cp =
+      smallest_cp_holding(setup.cost, longest, ranks, budget, options.max_tokens_per_rank);
+  DHP_CHECK(cp > 0, DoesNotFit,
+            "{}: no CP degree dividing the {} LLM ranks holds the longest sequence ({} tokens) "
+            "within {:.3g} GiB of activations per device and max_tokens_per_rank={} (0: no limit)",
+            strategy, ranks, longest, budget / (1 << 30), options.max_tokens_per_rank);
+  return StaticCpSetup{std::move(setup), budget, cp};
+}
+
+}  // namespace
+
 Plan plan_static_balanced(const Batch& batch, const CostModel& cost, const Layout& layout,
                           const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
-  const TpSetup setup = options.static_layout
-                            ? setup_for_tp(cost, layout, options, options.static_layout->tp,
-                                           options.static_layout->encoder_tp)
-                            : TpSetup{layout, cost};
-  const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
-  const int ranks = setup.layout.llm.ranks;
-  int cp = 0;
-  if (options.static_layout) {
-    check_static_layout(*options.static_layout, setup.layout);
-    cp = options.static_layout->cp;
-  } else {
-    // The smallest CP (dividing the ranks) whose groups hold the longest sequence.
-    const std::int64_t longest = longest_sequence(std::span<const Batch>(&batch, 1));
-    cp = smallest_cp_holding(setup.cost, longest, ranks, budget, options.max_tokens_per_rank);
-    DHP_CHECK(cp > 0, DoesNotFit,
-              "static_balanced: no CP degree dividing the {} LLM ranks holds the longest "
-              "sequence ({} tokens) within {:.3g} GiB of activations per device and "
-              "max_tokens_per_rank={} (0: no limit)",
-              ranks, longest, budget / (1 << 30), options.max_tokens_per_rank);
-  }
-  const auto waves = static_balanced_waves(batch, setup.cost, setup.layout, cp, budget,
+  const StaticCpSetup s = static_cp_setup(batch, cost, layout, options, "static_balanced");
+  const auto waves = static_balanced_waves(batch, s.setup.cost, s.setup.layout, s.cp, s.budget,
                                            options.max_tokens_per_rank);
-  DHP_LOG_DEBUG("static_balanced: tp={} cp={} dp={} -> {} waves", setup.layout.llm_tp, cp,
-                ranks / cp, waves.size());
-  return build_plan(to_string(Strategy::StaticBalanced), batch, setup.cost, setup.layout, waves);
+  DHP_LOG_DEBUG("static_balanced: tp={} cp={} dp={} -> {} waves", s.setup.layout.llm_tp, s.cp,
+                s.setup.layout.llm.ranks / s.cp, waves.size());
+  return build_plan(to_string(Strategy::StaticBalanced), batch, s.setup.cost, s.setup.layout,
+                    waves);
+}
+
+Plan plan_entrain(const Batch& batch, const CostModel& cost, const Layout& layout,
+                  const PlannerOptions& options) {
+  check_batch_fits(batch, cost, layout);
+  const StaticCpSetup s = static_cp_setup(batch, cost, layout, options, "entrain");
+  const auto waves = entrain_waves(batch, s.setup.cost, s.setup.layout, s.cp, s.budget,
+                                   options.max_tokens_per_rank);
+  return build_plan(to_string(Strategy::Entrain), batch, s.setup.cost, s.setup.layout, waves);
 }
 
 }  // namespace dhp::detail

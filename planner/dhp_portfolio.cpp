@@ -8,8 +8,10 @@
 namespace dhp::detail {
 namespace {
 
-// static_balanced's constructions tried per batch, at that many CP degrees.
+// static_balanced's constructions tried per batch, at that many CP degrees; entrain's (about
+// twice the cost) at the first of them.
 constexpr int kBalancedCpDegrees = 4;
+constexpr int kEntrainCpDegrees = 2;
 
 }  // namespace
 
@@ -37,12 +39,23 @@ void add_portfolio(const Batch& batch, const CostModel& cost, const Layout& layo
       if (R % c != 0) continue;
       ++tried;
       attempt([&] { return static_balanced_waves(batch, cost, layout, c, budget, max_tokens); });
+      if (tried <= kEntrainCpDegrees)
+        attempt([&] { return entrain_waves(batch, cost, layout, c, budget, max_tokens); });
     }
     const auto packs = static_pack_candidates(cost, cp_min, budget, longest, max_tokens);
     for (std::size_t i = 0; i < packs.size() && i < 3; ++i)
       attempt([&] { return static_best_waves(batch, cost, layout, cp_min, packs[i], budget); });
   }
   attempt([&] { return megatron_dcp_waves(batch, cost, layout, options); });
+  attempt([&] { return megatron_dcp_dev_waves(batch, cost, layout, options); });
+  // Megatron's dynamic-CP data pipeline pads every sequence to 2 x DP x CP tokens, and its
+  // greedy decides on those lengths: its drafts on the padded batch are other drafts (valid
+  // for the real one, whose sequences are no longer), sometimes better ones.
+  if (R > 1) {
+    const Batch padded = padded_batch(batch, 2 * R);
+    attempt([&] { return megatron_dcp_waves(padded, cost, layout, options); });
+    attempt([&] { return megatron_dcp_dev_waves(padded, cost, layout, options); });
+  }
   attempt([&] { return paper_bfd_dp_waves(batch, cost, layout, options); });
 }
 

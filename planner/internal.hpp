@@ -239,5 +239,11 @@ Plan plan_megatron_dcp(const Batch& batch, const CostModel& cost, const Layout& 
                        const PlannerOptions& options);
 Plan plan_paper_bfd_dp(const Batch& batch, const CostModel& cost, const Layout& layout,
                        const PlannerOptions& options);
+Plan plan_megatron_dcp_dev(const Batch& batch, const CostModel& cost, const Layout& layout,
+                           const PlannerOptions& options);
+Plan plan_megatron_dp_balanced(const Batch& batch, const CostModel& cost, const Layout& layout,
+                               const PlannerOptions& options);
+Plan plan_entrain(const Batch& batch, const CostModel& cost, const Layout& layout,
+                  const PlannerOptions& options);
 
 }  // namespace dhp::detail

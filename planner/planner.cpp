@@ -28,13 +28,31 @@ const char* to_string(Strategy s) noexcept {
       return "paper_bfd_dp";
     case Strategy::Exact:
       return "exact";
+    case Strategy::MegatronDcpDev:
+      return "megatron_dcp_dev";
+    case Strategy::MegatronDpBalanced:
+      return "megatron_dp_balanced";
+    case Strategy::Entrain:
+      return "entrain";
   }
   return "unknown";
 }
 
+bool runs_static_layout(Strategy s) noexcept {
+  return s == Strategy::StaticBest || s == Strategy::StaticBalanced ||
+         s == Strategy::MegatronDpBalanced || s == Strategy::Entrain;
+}
+
 std::vector<Strategy> all_strategies() {
-  return {Strategy::Dhp,         Strategy::StaticBest, Strategy::StaticBalanced,
-          Strategy::MegatronDcp, Strategy::PaperBfdDp, Strategy::Exact};
+  return {Strategy::Dhp,
+          Strategy::StaticBest,
+          Strategy::StaticBalanced,
+          Strategy::MegatronDcp,
+          Strategy::PaperBfdDp,
+          Strategy::Exact,
+          Strategy::MegatronDcpDev,
+          Strategy::MegatronDpBalanced,
+          Strategy::Entrain};
 }
 
 Strategy strategy_from_string(std::string_view name) {
@@ -56,8 +74,7 @@ detail::Layout validated_layout(const ClusterSpec& cluster, const ModelSpec& mod
   // A static strategy given its run's layout plans at that layout's TP degrees: batches are
   // checked against it, not against the default.
   PlannerOptions at = options;
-  const bool fixed_static = options.static_layout && (options.strategy == Strategy::StaticBest ||
-                                                      options.strategy == Strategy::StaticBalanced);
+  const bool fixed_static = options.static_layout && runs_static_layout(options.strategy);
   if (fixed_static) {
     at.llm_tp = options.static_layout->tp;
     if (options.static_layout->encoder_tp > 0) at.encoder_tp = options.static_layout->encoder_tp;
@@ -144,6 +161,15 @@ Plan Planner::plan(const Batch& batch) const {
       break;
     case Strategy::Exact:
       plan = detail::plan_exact(batch, m.cost, m.layout, m.options);
+      break;
+    case Strategy::MegatronDcpDev:
+      plan = detail::plan_megatron_dcp_dev(batch, m.cost, m.layout, m.options);
+      break;
+    case Strategy::MegatronDpBalanced:
+      plan = detail::plan_megatron_dp_balanced(batch, m.cost, m.layout, m.options);
+      break;
+    case Strategy::Entrain:
+      plan = detail::plan_entrain(batch, m.cost, m.layout, m.options);
       break;
   }
   plan.strategy = to_string(m.options.strategy);

@@ -60,6 +60,12 @@ void SimulationRun::price_encoder_tasks() {
         RingSpan{first.parts, encoder_ring_crosses_nodes(cost_.cluster(), plan_.encoder, ranks)});
     for (size_t t : ring) task_ms_[t] = ms;
   }
+  // Kernel noise per task; a ring's shards run in lockstep, so they share their ring's draw.
+  for (size_t t = 0; t < task_ms_.size(); ++t) {
+    const int ring = ring_of_[t];
+    task_ms_[t] *=
+        noise(Kernel::Encoder, ring < 0 ? t : rings_[static_cast<size_t>(ring)].front(), 0);
+  }
 }
 
 // Forward of every item of wave w on its encoder rank, in task order; the backward (the

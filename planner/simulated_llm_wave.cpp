@@ -150,8 +150,15 @@ void SimulationRun::start_ranks(WaveRun& wr) {
     wr.wave_start[static_cast<size_t>(r)] = start;
   }
   wr.times.resize(static_cast<size_t>(ranks));
-  for (int r = 0; r < ranks; ++r)
-    wr.times[static_cast<size_t>(r)] = layer_times(wr.work[static_cast<size_t>(r)]);
+  for (int r = 0; r < ranks; ++r) {
+    LayerTimes& t = wr.times[static_cast<size_t>(r)];
+    t = layer_times(wr.work[static_cast<size_t>(r)]);
+    const auto w = static_cast<std::uint64_t>(wr.w), rank = static_cast<std::uint64_t>(r);
+    t.qkv *= noise(Kernel::Qkv, w, rank);
+    t.attention *= noise(Kernel::Attention, w, rank);
+    t.post *= noise(Kernel::Post, w, rank);
+    t.output *= noise(Kernel::Output, w, rank);
+  }
 }
 
 // Commit: devices busy until the rank's end; activation peak of this wave; the gradients of

@@ -74,6 +74,16 @@ class SimulationRun::GroupRun {
                          2.0 * cost.model().llm.kv_heads * cost.model().llm.head_dim()) *
                         cost.model().training.bytes_per_activation / tp;
     }
+    // Each member's step kernels on the ring (KernelNoise), keyed by its rank and step.
+    for (int i = 0; i < d_; ++i)
+      for (int s = 0; s < d_; ++s)
+        step_ms_[static_cast<size_t>(i * d_ + s)] *=
+            run.noise(Kernel::RingStep, static_cast<std::uint64_t>(wave),
+                      static_cast<std::uint64_t>(group.ranks[static_cast<size_t>(i)]) * 65536u +
+                          static_cast<std::uint64_t>(s));
+    ulysses_attention_ms_ *=
+        run.noise(Kernel::RingStep, static_cast<std::uint64_t>(wave),
+                  static_cast<std::uint64_t>(group.ranks.front()) * 65536u + 65535u);
     recv_.assign(static_cast<size_t>(d_), 0.0);
     start_.assign(static_cast<size_t>(d_), 0.0);
     link_free_.assign(static_cast<size_t>(d_), 0.0);

@@ -48,8 +48,14 @@ struct LayerTimes {
 
 class SimulationRun {
  public:
-  SimulationRun(const CostModel& cost, const Plan& plan, const Batch& batch, bool record);
+  SimulationRun(const CostModel& cost, const Plan& plan, const Batch& batch, bool record,
+                KernelNoise noise = {});
   SimulationResult run();
+
+  // The kernel-noise factor of one kernel (KernelNoise): exp(sigma z), z a standard normal
+  // drawn from a hash of the seed and the kernel's place (`kind`, `a`, `b`); 1 without noise.
+  enum class Kernel : std::uint64_t { Qkv = 1, Attention, Post, Output, RingStep, Encoder };
+  double noise(Kernel kind, std::uint64_t a, std::uint64_t b) const;
 
  private:
   class GroupRun;  // simulated_ring_group.cpp
@@ -133,6 +139,7 @@ class SimulationRun {
   const Plan& plan_;
   const Batch& batch_;
   bool record_;
+  KernelNoise noise_;
   double wait_threshold_ms_ = 0.01;
   std::vector<double> device_free_, busy_, act_peak_, static_;
   std::vector<double> wave_activation_;  // per device, bytes held in the current wave

@@ -45,11 +45,30 @@ namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
+// SplitMix64's finaliser: a well-mixed 64-bit hash of one word.
+std::uint64_t mix(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
 }  // namespace
 
+double SimulationRun::noise(Kernel kind, std::uint64_t a, std::uint64_t b) const {
+  if (noise_.sigma <= 0) return 1.0;
+  const std::uint64_t h =
+      mix(mix(mix(mix(noise_.seed) ^ static_cast<std::uint64_t>(kind)) ^ a) ^ b);
+  // Two uniforms in (0, 1] from the hash's halves, then Box-Muller.
+  const double u1 = (static_cast<double>(h >> 32) + 1.0) / 4294967296.0;
+  const double u2 = (static_cast<double>(h & 0xffffffffULL) + 1.0) / 4294967296.0;
+  const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * 3.14159265358979323846 * u2);
+  return std::exp(noise_.sigma * z);
+}
+
 SimulationRun::SimulationRun(const CostModel& cost, const Plan& plan, const Batch& batch,
-                             bool record)
-    : cost_(cost), plan_(plan), batch_(batch), record_(record) {
+                             bool record, KernelNoise noise)
+    : cost_(cost), plan_(plan), batch_(batch), record_(record), noise_(noise) {
   const int world = cost.cluster().world_size();
   DHP_CHECK(plan.llm.ranks >= 1 && plan.llm.first_device >= 0 &&
                 plan.llm.first_device + plan.llm.num_devices() <= world,
@@ -206,7 +225,11 @@ std::vector<TimelineEvent> SimulationRun::merge_waits(std::vector<TimelineEvent>
 
 }  // namespace detail
 
-Simulator::Simulator(CostModel cost_model) : cost_(std::move(cost_model)) {}
+Simulator::Simulator(CostModel cost_model, KernelNoise noise)
+    : cost_(std::move(cost_model)), noise_(noise) {
+  DHP_CHECK(noise.sigma >= 0 && std::isfinite(noise.sigma), InvalidArgument,
+            "Simulator: kernel noise sigma={} must be finite and >= 0", noise.sigma);
+}
 
 SimulationResult Simulator::run(const Plan& plan, const Batch& batch, bool record_timeline) const {
   // A static layout may fix other TP degrees than the planner's default: the plan's rule.
@@ -214,7 +237,8 @@ SimulationResult Simulator::run(const Plan& plan, const Batch& batch, bool recor
   std::optional<CostModel> at_plan;
   if (plan.llm.tp != cost_.llm_tp() || encoder_tp != cost_.encoder_tp())
     at_plan.emplace(cost_.cluster(), cost_.model(), plan.llm.tp, encoder_tp, cost_.coefficients());
-  return detail::SimulationRun(at_plan ? *at_plan : cost_, plan, batch, record_timeline).run();
+  return detail::SimulationRun(at_plan ? *at_plan : cost_, plan, batch, record_timeline, noise_)
+      .run();
 }
 
 }  // namespace dhp

@@ -289,7 +289,10 @@ void read_transformer(const json& obj, const std::string& path, TransformerSpec&
   read_int(obj, path, "kv_heads", t.kv_heads, 1);
   read_int(obj, path, "ffn_hidden", t.ffn_hidden, 1, required);
   read_bool(obj, path, "gated_mlp", t.gated_mlp);
-  if (has_vocab) read_int(obj, path, "vocab", t.vocab, 1, required);
+  if (has_vocab) {
+    read_int(obj, path, "vocab", t.vocab, 1, required);
+    read_bool(obj, path, "tied_embeddings", t.tied_embeddings);
+  }
 }
 
 ModelSpec model_from(const json& obj, const std::string& path) {
@@ -314,7 +317,8 @@ ModelSpec model_from(const json& obj, const std::string& path) {
     const std::string p = field_path(path, "llm");
     expect_object(*llm, p);
     expect_keys(*llm, p,
-                {"layers", "hidden", "heads", "kv_heads", "ffn_hidden", "gated_mlp", "vocab"});
+                {"layers", "hidden", "heads", "kv_heads", "ffn_hidden", "gated_mlp", "vocab",
+                 "tied_embeddings"});
     read_transformer(*llm, p, m.llm, required, /*has_vocab=*/true);
   }
 
@@ -545,7 +549,10 @@ void put_transformer(ordered_json& j, const TransformerSpec& t, bool has_vocab) 
   j["kv_heads"] = t.kv_heads;
   j["ffn_hidden"] = t.ffn_hidden;
   j["gated_mlp"] = t.gated_mlp;
-  if (has_vocab) j["vocab"] = t.vocab;
+  if (has_vocab) {
+    j["vocab"] = t.vocab;
+    j["tied_embeddings"] = t.tied_embeddings;
+  }
 }
 
 ordered_json batch_json(const Batch& b) {

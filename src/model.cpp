@@ -12,8 +12,9 @@ double TransformerSpec::parameters() const {
   // q and o are h x h; k and v are h x (kv_heads * head_dim) under grouped-query attention.
   const double attention = 2.0 * h * h + 2.0 * h * kv_width;
   const double mlp = (gated_mlp ? 3.0 : 2.0) * h * ffn_hidden;
-  const double norms = 2.0 * h;               // one before attention, one before the MLP
-  const double embeddings = 2.0 * vocab * h;  // input embedding + untied output layer
+  const double norms = 2.0 * h;  // one before attention, one before the MLP
+  // Input embedding, and the output layer unless it shares the embedding's weights.
+  const double embeddings = (tied_embeddings ? 1.0 : 2.0) * vocab * h;
   // Biases are left out: they are below 0.1% of any preset.
   return layers * (attention + mlp + norms) + h /* final norm */ + embeddings;
 }
@@ -86,8 +87,8 @@ ModelSpec internvl2_8b() {
             .gated_mlp = false,
             .vocab = 0};
   e.patch_size = 14;
-  e.tokens_per_llm_token = 4;  // pixel shuffle 0.5: 2x2 patches -> one token
-  e.temporal_patch_size = 1;   // every video frame is its own image
+  e.tokens_per_llm_token = 4;       // pixel shuffle 0.5: 2x2 patches -> one token
+  e.temporal_patch_size = 1;        // every video frame is its own image
   e.attention_tile_patches = 1024;  // (448 / 14)^2 patches per tile
   // mlp1: LayerNorm(4096) + Linear(4096, 4096) + GELU + Linear(4096, 4096).
   e.projector_parameters = 2.0 * 4096 + 2.0 * (4096.0 * 4096 + 4096);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,8 +22,9 @@ struct ScenarioConfig {
   int sequences_per_gpu = 0;  // megatron-dcp-repro only; 0: kReproSequencesPerGpu
 };
 
-// megatron-dcp-repro's sequences per GPU per global batch (Megatron's benchmark setup).
-inline constexpr int kReproSequencesPerGpu = 16;
+// megatron-dcp-repro's sequences per GPU per global batch: Megatron's benchmark_dcp.sh runs
+// NUM_MICROBATCHES = 8 samples per DP rank of CP 4, i.e. 2 per GPU.
+inline constexpr int kReproSequencesPerGpu = 2;
 
 // What a scenario resolves to. Most scenarios run every batch on one cluster; small-exact
 // draws a cluster per instance, so each batch names its cluster.
@@ -33,10 +35,13 @@ struct ScenarioData {
   std::vector<int> cluster_of_batch;  // index into clusters, per batch
   PlannerOptions options;             // strategy is set per run
   std::vector<Strategy> strategies;   // which strategies this scenario runs
-  // static_balanced's layout when the scenario reproduces a published setup whose CP is
-  // fixed by a rule (Megatron: CP sized so the longest sequence fits max tokens per rank);
-  // otherwise static_balanced takes the CP of the run-wide static_best layout.
-  std::optional<StaticLayout> static_balanced_layout;
+  // Layouts a published setup fixes for a static strategy (Megatron's benchmark runs
+  // megatron_dp_balanced at TP 1, CP 4); the other static strategies get best_static_layout's.
+  std::map<Strategy, StaticLayout> fixed_layouts;
+  // The granularity a system's data pipeline pads every sequence to, per strategy (Megatron's
+  // THD datasets: 2 x CP, and 2 x DP x CP under dynamic CP, which does not know the CP size
+  // ahead); the strategy plans and is simulated on the padded batch. Absent: no padding.
+  std::map<Strategy, int> pad_to;
   // megatron_dcp's and paper_bfd_dp's module layouts chosen once per run by best_run_layout
   // (it plans a sample of the batches under every layout), as static_best's and
   // static_balanced's are by best_static_layout. Off where a baseline's plan takes seconds
@@ -53,6 +58,11 @@ struct Scenario {
 };
 
 const std::vector<Scenario>& all_scenarios();
+
+// Megatron's published dynamic-CP speedup at `gpus` GPUs (examples/dynamic_context_parallel/
+// README.md at 192cbc3: 10% trimmed mean step of dp_balanced at CP 4 over that of dynamic CP):
+// 1.285, 1.412, 1.212, 1.375, 1.495 at 4, 8, 16, 32, 64; NaN at other counts.
+double published_dcp_speedup(int gpus);
 
 // Scenarios whose name or family equals `name`; throws dhp::Error naming the known ones.
 std::vector<const Scenario*> find_scenarios(const std::string& name);

@@ -34,4 +34,16 @@ inline double mean(const std::vector<double>& values) {
   return count == 0 ? std::numeric_limits<double>::quiet_NaN() : sum / static_cast<double>(count);
 }
 
+// Mean after dropping int(n x fraction) of the smallest and of the largest values, NaN entries
+// ignored (Megatron's benchmark_dcp.sh summarises its iterations with fraction 0.1).
+inline double trimmed_mean(std::vector<double> values, double fraction) {
+  std::erase_if(values, [](double v) { return std::isnan(v); });
+  if (values.empty()) return std::numeric_limits<double>::quiet_NaN();
+  std::sort(values.begin(), values.end());
+  const auto trim = static_cast<std::size_t>(static_cast<double>(values.size()) * fraction);
+  if (values.size() <= 2 * trim) return mean(values);
+  return mean(std::vector<double>(values.begin() + static_cast<std::ptrdiff_t>(trim),
+                                  values.end() - static_cast<std::ptrdiff_t>(trim)));
+}
+
 }  // namespace dhp::bench

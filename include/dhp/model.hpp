@@ -18,6 +18,9 @@ struct TransformerSpec {
   int ffn_hidden = 0;
   bool gated_mlp = true;  // SwiGLU: three ffn matrices instead of two
   int vocab = 0;          // 0 for an encoder (no embedding / output layer)
+  // The output layer shares the input embedding's weights (Megatron's default without
+  // --untie-embeddings-and-output-weights): counted once in the parameters, computed twice.
+  bool tied_embeddings = false;
 
   int head_dim() const { return hidden / heads; }
   // Parameters of the whole stack (attention, MLP, norms, embeddings and output layer).

@@ -26,12 +26,22 @@ enum class Strategy {
   Dhp,             // ours
   StaticBest,      // best fixed TP x CP x DP layout, sequences packed to a fixed length
   StaticBalanced,  // fixed CP, sequences spread over DP ranks by quadratic work
-  MegatronDcp,     // Megatron Core dynamic CP: power-of-two CP per sequence, greedy
+  MegatronDcp,     // Megatron Core dynamic CP as benchmarked: power-of-two CP, greedy
   PaperBfdDp,      // DHP paper: best-fit-decreasing atomic groups + 2-D dynamic program
   Exact,           // optimal over the plan space; small instances only
+  MegatronDcpDev,  // Megatron Core dynamic CP, the dev branch's packing-aware scheduler
+  // Megatron packed sequences with a fixed CP (dp_balanced): in-order next-fit packs of
+  // max_tokens_per_rank x CP tokens, the baseline of Megatron's dynamic-CP benchmark
+  MegatronDpBalanced,
+  // One static layout for the run, micro-batches assigned hierarchically: encoder work
+  // balanced over the micro-batches first, then the LLM's, excess deferred (Entrain)
+  Entrain,
 };
 
 const char* to_string(Strategy s) noexcept;
+// Whether the strategy runs one layout for the whole run (PlannerOptions::static_layout,
+// chosen by best_static_layout): static_best, static_balanced, megatron_dp_balanced, entrain.
+bool runs_static_layout(Strategy s) noexcept;
 Strategy strategy_from_string(std::string_view name);  // throws naming the known ones
 std::vector<Strategy> all_strategies();
 
@@ -75,7 +85,7 @@ struct PlannerOptions {
   // Dhp with a layout search: also try a disjoint encoder (a few encoder device counts). An
   // explicit Disjoint placement is kept as given.
   bool search_placement = true;
-  std::optional<StaticLayout> static_layout;  // StaticBest/StaticBalanced; else chosen per batch
+  std::optional<StaticLayout> static_layout;  // runs_static_layout strategies; else per batch
   std::int64_t max_tokens_per_rank = 0;       // MegatronDcp; 0: derived from memory
   int max_waves = 256;
   // Dhp, Exact: an item longer than a wave's even share of encoder work is encoded in parts

@@ -20,6 +20,7 @@
 #include "dhp/plan_svg.hpp"
 #include "dhp/planner.hpp"
 #include "dhp/simulator.hpp"
+#include "dhp/step_bound.hpp"
 
 namespace {
 
@@ -38,14 +39,15 @@ void declare_options(CommandLine& cli) {
       .option("--batch", "FILE", "a batch, or a batch stream ({\"batches\": [...]} or an array)")
       .option("--batch-index", "I", "which batch of a stream (default 0)")
       .option("--strategy", "S",
-              "dhp (default), static_best, static_balanced, megatron_dcp,\npaper_bfd_dp, exact")
+              "dhp (default), static_best, static_balanced, megatron_dcp,\n"
+              "megatron_dcp_dev, megatron_dp_balanced, paper_bfd_dp, entrain, exact")
       .option("--tp", "N", "LLM tensor-parallel degree (default: chosen by the planner)")
       .option("--encoder-tp", "N",
               "encoder tensor-parallel degree (default: chosen by the planner)")
       .option("--placement", "P", "colocated (default) or disjoint")
       .option("--encoder-devices", "N", "devices given to the encoder (disjoint placement)")
       .option("--max-tokens-per-rank", "N",
-              "megatron_dcp's per-rank token limit (default: from memory)")
+              "the Megatron strategies' per-rank token limit (default: from memory)")
       .flag("--whole-visuals",
             "dhp, exact: encode every image/video whole on one encoder rank\n"
             "(default: long ones are cut across encoder ranks)")
@@ -177,8 +179,15 @@ int run_plan(const CommandLine& cli) {
 
   const dhp::StrategyRun subject = dhp::run_strategy(cluster, model, options, batch);
   nlohmann::json out = nlohmann::json::parse(dhp::to_json(subject.plan, -1));
-  if (cli.has("--simulate") || cli.has("--svg") || cli.has("--report"))
+  if (cli.has("--simulate") || cli.has("--svg") || cli.has("--report")) {
     out["simulation"] = simulation_json(subject.simulation);
+    // How far the plan is from the best possible: no plan of this batch under the layouts
+    // the options leave open is estimated below the bound (docs/cli.md).
+    const dhp::StepBound bound = dhp::step_lower_bound(cluster, model, batch, options);
+    out["simulation"]["lower_bound_ms"] = bound.ms;
+    out["simulation"]["step_over_bound"] = subject.simulation.step_ms / bound.ms;
+    out["simulation"]["lower_bound_binding"] = bound.binding;
+  }
   if (cli.has("--svg")) write_svg(cli, cluster, model, options, batch, subject);
   if (cli.has("--report")) {
     const dhp::PlanReport report{cluster, model, batch, subject,

@@ -25,7 +25,7 @@ bool same(const ClusterSpec& a, const ClusterSpec& b) {
 bool same(const TransformerSpec& a, const TransformerSpec& b) {
   return a.layers == b.layers && a.hidden == b.hidden && a.heads == b.heads &&
          a.kv_heads == b.kv_heads && a.ffn_hidden == b.ffn_hidden && a.gated_mlp == b.gated_mlp &&
-         a.vocab == b.vocab;
+         a.vocab == b.vocab && a.tied_embeddings == b.tied_embeddings;
 }
 
 bool same(const ModelSpec& a, const ModelSpec& b) {
@@ -151,6 +151,14 @@ TEST(ModelJson, CustomModelAndPresetOverrides) {
   EXPECT_FALSE(m.encoder.has_value());
   EXPECT_EQ(m.training.recompute, Recompute::Full);
   EXPECT_EQ(m.training.zero_stage, 2);
+  EXPECT_FALSE(m.llm.tied_embeddings);
+  // A shared output layer counts the vocabulary's weights once.
+  ModelSpec tied = model_from_json(
+      R"({"name": "tied", "llm": {"layers": 2, "hidden": 64, "heads": 4, "ffn_hidden": 128,
+          "vocab": 100, "tied_embeddings": true}})");
+  EXPECT_TRUE(tied.llm.tied_embeddings);
+  EXPECT_DOUBLE_EQ(m.llm.parameters() - tied.llm.parameters(), 100.0 * 64);
+  EXPECT_TRUE(same(model_from_json(to_json(tied)), tied));
 
   const ModelSpec text_only = model_from_json(R"({"preset": "qwen2-vl-7b", "encoder": null})");
   EXPECT_FALSE(text_only.encoder.has_value());

@@ -102,6 +102,38 @@ TEST(Simulator, OneWholeSequenceMatchesTheCostModel) {
   EXPECT_DOUBLE_EQ(r.mem_capacity_gib, 74.0);
 }
 
+TEST(Simulator, KernelNoiseIsSeededAndCentredOnTheModel) {
+  const CostModel cost(h100_cluster(1), text_model(), 1, 1);
+  Batch batch;
+  batch.samples = {text_sample(7, 8192)};
+  Plan plan = one_wave_plan(1);
+  plan.waves[0].groups = {{.ranks = {0}}};
+  plan.waves[0].sequences = {SequencePlan::whole(0, 0, 0)};
+  const double nominal = Simulator(cost).run(plan, batch).step_ms;
+  EXPECT_DOUBLE_EQ(Simulator(cost, KernelNoise{0.0, 5}).run(plan, batch).step_ms, nominal);
+  const double a = Simulator(cost, KernelNoise{0.1, 5}).run(plan, batch).step_ms;
+  EXPECT_DOUBLE_EQ(Simulator(cost, KernelNoise{0.1, 5}).run(plan, batch).step_ms, a);
+  EXPECT_NE(Simulator(cost, KernelNoise{0.1, 6}).run(plan, batch).step_ms, a);
+  // The step is a sum of a few noisy kernels and fixed costs: over many seeds its ratio to
+  // the nominal step stays centred near 1 with a spread below the kernels' own.
+  double sum = 0, sum_sq = 0;
+  const int draws = 200;
+  for (int seed = 0; seed < draws; ++seed) {
+    const double ratio = Simulator(cost, KernelNoise{0.1, static_cast<std::uint64_t>(seed)})
+                             .run(plan, batch)
+                             .step_ms /
+                         nominal;
+    sum += ratio;
+    sum_sq += ratio * ratio;
+  }
+  const double mean = sum / draws;
+  const double sd = std::sqrt(sum_sq / draws - mean * mean);
+  EXPECT_NEAR(mean, 1.0, 0.02);
+  EXPECT_GT(sd, 0.02);
+  EXPECT_LT(sd, 0.1);
+  EXPECT_THROW(Simulator(cost, KernelNoise{-0.1, 0}), Error);
+}
+
 TEST(Simulator, ZigzagRingIsCloseToTheCostModelAndFasterThanWhole) {
   const CostModel cost(h100_cluster(1), text_model(), 1, 1);
   Batch batch;
