@@ -19,15 +19,22 @@
 # after writing the JSON. Without a GPU it prints a skip and exits 0 before building.
 #
 #   scripts/gpu_check.sh [build-dir]            (default build-gpu)
+#   scripts/gpu_check.sh --build-only [build-dir]   steps 1 alone, GPU or not (to check them)
 # Environment: DHP_CUDA_ARCH (default 90a), BENCH_RUNS (10), BENCH_TOKENS (65536 rows per
-# workload), DHP_GPU_CHECK_JSON (default docs/gpu_check.json), DHP_BUILD_JOBS (nproc).
+# workload), DHP_GPU_CHECK_JSON (default docs/gpu_check.json; point it at a folder that is
+# copied back when the machine is borrowed), DHP_BUILD_JOBS (nproc). Logs, the workloads
+# and the raw rows stay in <build-dir>/gpu_check/.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+build_only=0
+if [ "${1:-}" = "--build-only" ]; then
+  build_only=1
+  shift
+fi
 build=${1:-$repo/build-gpu}
-command_line="scripts/gpu_check.sh${1:+ $1}"
 gpus=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
-if [ "${gpus:-0}" -eq 0 ]; then
+if [ "${gpus:-0}" -eq 0 ] && [ "$build_only" = 0 ]; then
   echo "gpu_check.sh: SKIPPED: no GPU (nvidia-smi lists none): nothing built or run"
   exit 0
 fi
@@ -37,10 +44,11 @@ runs=${BENCH_RUNS:-10}
 tokens=${BENCH_TOKENS:-65536}
 json=${DHP_GPU_CHECK_JSON:-$repo/docs/gpu_check.json}
 jobs=${DHP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 8)}
+command_line="DHP_CUDA_ARCH=$arch BENCH_RUNS=$runs BENCH_TOKENS=$tokens scripts/gpu_check.sh${1:+ $1}"
 out=$build/gpu_check
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader |
-  tee "$out/nvidia-smi.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
+  2>/dev/null | tee "$out/nvidia-smi.txt" || true
 
 # --- what the machine lacks: the Debian packages of .gpu_deps/, unpacked into a prefix
 prefix=$build/deps
@@ -80,12 +88,16 @@ cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDHP_WITH_CUDA
   > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
 grep -E "^-- dhp:" "$out/configure.log" || true
 targets=(gpu_test_attention_cuda dhp_attention_bench)
-grep -q "NCCL=ON" "$out/configure.log" && targets+=(runtime_gpu_test_nccl)
+grep -q "NCCL=ON" "$out/configure.log" && targets+=(runtime_gpu_nccl)
 grep -q "NCCL=ON.*LibTorch=ON" "$out/configure.log" && targets+=(runtime_torch_cuda)
 cmake --build "$build" -j "$jobs" --target "${targets[@]}" > "$out/build.log" 2>&1 ||
   { grep -E "error|FAILED" "$out/build.log" | head -40; exit 1; }
 build_s=$(( $(date +%s) - start ))
 echo "build: ${build_s} s (${targets[*]})"
+if [ "$build_only" = 1 ]; then
+  echo "gpu_check.sh: built (--build-only): nothing run"
+  exit 0
+fi
 
 echo "== GPU tests"
 tests_json=$out/tests.jsonl
@@ -108,7 +120,7 @@ run_test() {  # name binary: a test passes with exit 0, no failure and nothing s
     "$name" "$status" "$summary" >> "$tests_json"
 }
 run_test gpu_test_attention_cuda "$build/tests/kernels/gpu/gpu_test_attention_cuda"
-run_test runtime_gpu_test_nccl "$build/tests/runtime/gpu/runtime_gpu_test_nccl"
+run_test runtime_gpu_nccl "$build/tests/runtime/gpu/runtime_gpu_nccl"
 run_test runtime_torch_cuda "$build/tests/runtime/torch/runtime_torch_cuda"
 
 echo "== attention: dhp and PyTorch on the mission workloads ($tokens rows each, median of $runs)"
