@@ -13,8 +13,10 @@ function(_dhp_resolve switch found out)
 endfunction()
 
 macro(dhp_find_optional_dependencies)
-  # CUDA + NCCL
+  # CUDA (the kernels: the toolkit is enough, so that every CUDA source compiles wherever
+  # nvcc is, GPU or not) and NCCL (the runtime's GPU backend, when found as well).
   set(_cuda_found OFF)
+  set(DHP_HAVE_NCCL OFF)
   if(NOT DHP_WITH_CUDA STREQUAL "OFF")
     include(CheckLanguage)
     if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
@@ -24,14 +26,15 @@ macro(dhp_find_optional_dependencies)
     if(CMAKE_CUDA_COMPILER)
       find_package(CUDAToolkit QUIET)
       if(CUDAToolkit_FOUND)
-        find_package(NCCL QUIET)  # cmake/FindNCCL.cmake, installed with the package too
-      endif()
-      if(CUDAToolkit_FOUND AND NCCL_FOUND)
         set(_cuda_found ON)
+        find_package(NCCL QUIET)  # cmake/FindNCCL.cmake, installed with the package too
       endif()
     endif()
   endif()
   _dhp_resolve(DHP_WITH_CUDA _cuda_found DHP_HAVE_CUDA)
+  if(DHP_HAVE_CUDA AND NCCL_FOUND)
+    set(DHP_HAVE_NCCL ON)
+  endif()
   if(DHP_HAVE_CUDA)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
       # Hopper first (sm_90a for wgmma), Ampere as the portable fallback.
@@ -62,7 +65,8 @@ macro(dhp_find_optional_dependencies)
   endif()
   _dhp_resolve(DHP_WITH_TORCH _torch_found DHP_HAVE_TORCH)
 
-  message(STATUS "dhp: CUDA+NCCL=${DHP_HAVE_CUDA} MPI=${DHP_HAVE_MPI} LibTorch=${DHP_HAVE_TORCH}")
+  message(STATUS "dhp: CUDA=${DHP_HAVE_CUDA} NCCL=${DHP_HAVE_NCCL} MPI=${DHP_HAVE_MPI} "
+                 "LibTorch=${DHP_HAVE_TORCH}")
 endmacro()
 
 add_library(dhp_warnings INTERFACE)

@@ -4,6 +4,7 @@
 //
 // DHP_ATTENTION_IMPL is read here with getenv, not through dhp::env: dhp_kernels does not
 // link dhp_core (it stays framework-free). docs/environment.md lists it.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -73,15 +74,6 @@ Status choose_impl(const char* op, Device device, Impl& impl) {
   return Status::Ok;
 }
 
-// The CPU reference computes in the data type; BF16/F16 attention exists only on CUDA.
-Status require_cpu_float(const char* op, DType dtype) {
-  if (dtype == DType::F32 || dtype == DType::F64) return Status::Ok;
-  return fail(Status::Unsupported,
-              concat(op, ": dtype=", to_string(dtype),
-                     " is not supported on the CPU (the CPU reference runs F32 and F64; "
-                     "BF16/F16 run on CUDA)"));
-}
-
 Status require_dtype(const char* op, DType dtype) {
   DHP_KERNEL_REQUIRE(dtype_size(dtype) > 0, op, ": dtype=", static_cast<int>(dtype),
                      " is not a DType");
@@ -103,6 +95,13 @@ Status check_cu_seqlens(const char* op, const char* name, const std::int32_t* cu
   return Status::Ok;
 }
 
+// The longest segment of a host-visible cu_seqlens array.
+int longest_segment(const std::int32_t* cu, int num_seqs) {
+  int longest = 0;
+  for (int b = 0; b < num_seqs; ++b) longest = std::max(longest, cu[b + 1] - cu[b]);
+  return longest;
+}
+
 Status check_seqs(const char* op, const PackedSeqs& seqs, bool host_visible) {
   constexpr std::int64_t kMaxRows = std::numeric_limits<std::int32_t>::max();
   DHP_KERNEL_REQUIRE(seqs.num_seqs >= 0, op, ": num_seqs=", seqs.num_seqs, " < 0");
@@ -110,8 +109,12 @@ Status check_seqs(const char* op, const PackedSeqs& seqs, bool host_visible) {
                      " outside [0, 2^31-1]");
   DHP_KERNEL_REQUIRE(seqs.total_k >= 0 && seqs.total_k <= kMaxRows, op, ": total_k=", seqs.total_k,
                      " outside [0, 2^31-1]");
-  DHP_KERNEL_REQUIRE(seqs.max_seqlen_q >= 0, op, ": max_seqlen_q=", seqs.max_seqlen_q, " < 0");
-  DHP_KERNEL_REQUIRE(seqs.max_seqlen_k >= 0, op, ": max_seqlen_k=", seqs.max_seqlen_k, " < 0");
+  DHP_KERNEL_REQUIRE(seqs.max_seqlen_q >= 0 && seqs.max_seqlen_q <= seqs.total_q, op,
+                     ": max_seqlen_q=", seqs.max_seqlen_q, " outside [0, total_q=", seqs.total_q,
+                     "]");
+  DHP_KERNEL_REQUIRE(seqs.max_seqlen_k >= 0 && seqs.max_seqlen_k <= seqs.total_k, op,
+                     ": max_seqlen_k=", seqs.max_seqlen_k, " outside [0, total_k=", seqs.total_k,
+                     "]");
   if (seqs.num_seqs == 0) {
     DHP_KERNEL_REQUIRE(seqs.total_q == 0 && seqs.total_k == 0, op,
                        ": num_seqs=0 but total_q=", seqs.total_q, ", total_k=", seqs.total_k);
@@ -121,12 +124,31 @@ Status check_seqs(const char* op, const PackedSeqs& seqs, bool host_visible) {
                      ": cu_seqlens_q is null (num_seqs=", seqs.num_seqs, ")");
   DHP_KERNEL_REQUIRE(seqs.cu_seqlens_k != nullptr, op,
                      ": cu_seqlens_k is null (num_seqs=", seqs.num_seqs, ")");
-  if (host_visible) {
-    DHP_KERNEL_TRY(
-        check_cu_seqlens(op, "cu_seqlens_q", seqs.cu_seqlens_q, seqs.num_seqs, seqs.total_q, true));
-    DHP_KERNEL_TRY(
-        check_cu_seqlens(op, "cu_seqlens_k", seqs.cu_seqlens_k, seqs.num_seqs, seqs.total_k, true));
+  if (!host_visible) {
+    // The device grid is sized from the hints: the launchers never read cu_seqlens back.
+    DHP_KERNEL_REQUIRE(seqs.total_q == 0 || seqs.max_seqlen_q > 0, op,
+                       ": max_seqlen_q=0 with total_q=", seqs.total_q,
+                       " on CUDA: pass the longest query segment (known on the host from the "
+                       "plan; the launchers never read cu_seqlens back)");
+    DHP_KERNEL_REQUIRE(seqs.total_k == 0 || seqs.max_seqlen_k > 0, op,
+                       ": max_seqlen_k=0 with total_k=", seqs.total_k,
+                       " on CUDA: pass the longest key segment (known on the host from the "
+                       "plan; the launchers never read cu_seqlens back)");
+    return Status::Ok;
   }
+  DHP_KERNEL_TRY(
+      check_cu_seqlens(op, "cu_seqlens_q", seqs.cu_seqlens_q, seqs.num_seqs, seqs.total_q, true));
+  DHP_KERNEL_TRY(
+      check_cu_seqlens(op, "cu_seqlens_k", seqs.cu_seqlens_k, seqs.num_seqs, seqs.total_k, true));
+  // Hints are optional on the CPU, but a given one must hold (what CUDA would be told).
+  const int longest_q = longest_segment(seqs.cu_seqlens_q, seqs.num_seqs);
+  const int longest_k = longest_segment(seqs.cu_seqlens_k, seqs.num_seqs);
+  DHP_KERNEL_REQUIRE(seqs.max_seqlen_q == 0 || seqs.max_seqlen_q >= longest_q, op,
+                     ": max_seqlen_q=", seqs.max_seqlen_q, " but a query segment has ", longest_q,
+                     " rows");
+  DHP_KERNEL_REQUIRE(seqs.max_seqlen_k == 0 || seqs.max_seqlen_k >= longest_k, op,
+                     ": max_seqlen_k=", seqs.max_seqlen_k, " but a key segment has ", longest_k,
+                     " rows");
   return Status::Ok;
 }
 
@@ -247,12 +269,13 @@ Status attention_forward(const AttentionForwardArgs& args) {
   DHP_KERNEL_TRY(check_pointer(op, "k", args.k, args.seqs.total_k));
   DHP_KERNEL_TRY(check_pointer(op, "v", args.v, args.seqs.total_k));
   if (impl == Impl::Cuda) DHP_KERNEL_RUN_CUDA(op, attention_forward, args);
-  DHP_KERNEL_TRY(require_cpu_float(op, args.dtype));
   return run_cpu(op, [&] {
     if (args.dtype == DType::F64)
       cpu::attention_forward<double>(args);
-    else
+    else if (args.dtype == DType::F32)
       cpu::attention_forward<float>(args);
+    else
+      cpu::attention_forward_16bit(args);
   });
 }
 
@@ -263,7 +286,7 @@ Status check_attention_support(DType dtype, Device device, const AttentionShape&
   DHP_KERNEL_TRY(choose_impl(op, device, impl));
   DHP_KERNEL_TRY(check_shape(op, shape));
   if (impl == Impl::Cuda) DHP_KERNEL_RUN_CUDA(op, attention_support, dtype, shape);
-  return require_cpu_float(op, dtype);
+  return Status::Ok;  // the CPU reference runs every dtype and head_dim
 }
 
 Status attention_backward(const AttentionBackwardArgs& args) {
@@ -284,12 +307,13 @@ Status attention_backward(const AttentionBackwardArgs& args) {
   DHP_KERNEL_TRY(check_pointer(op, "dk", args.dk, total_k));
   DHP_KERNEL_TRY(check_pointer(op, "dv", args.dv, total_k));
   if (impl == Impl::Cuda) DHP_KERNEL_RUN_CUDA(op, attention_backward, args);
-  DHP_KERNEL_TRY(require_cpu_float(op, args.dtype));
   return run_cpu(op, [&] {
     if (args.dtype == DType::F64)
       cpu::attention_backward<double>(args);
-    else
+    else if (args.dtype == DType::F32)
       cpu::attention_backward<float>(args);
+    else
+      cpu::attention_backward_16bit(args);
   });
 }
 
@@ -306,12 +330,13 @@ Status merge_attention_partial(const MergeArgs& args) {
   DHP_KERNEL_TRY(check_pointer(op, "out_part", args.out_part, args.rows));
   DHP_KERNEL_TRY(check_pointer(op, "lse_part", args.lse_part, args.rows));
   if (impl == Impl::Cuda) DHP_KERNEL_RUN_CUDA(op, merge_attention_partial, args);
-  DHP_KERNEL_TRY(require_cpu_float(op, args.dtype));
   return run_cpu(op, [&] {
     if (args.dtype == DType::F64)
       cpu::merge_attention_partial<double>(args);
-    else
+    else if (args.dtype == DType::F32)
       cpu::merge_attention_partial<float>(args);
+    else
+      cpu::merge_attention_partial_16bit(args);
   });
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds everything and runs every test: a quick benchmark smoke run, a short fuzz run,
+# Builds everything (every CUDA source for sm_90 where nvcc is; scripts/check_cuda_build.sh
+# fails the run otherwise) and runs every test: a quick benchmark smoke run, a short fuzz run,
 # then the CTest suite (unit tests, multi-process runtime tests under mpirun, GPU tests
 # that skip, saying so, where there is no GPU). CTest's summary is the last line, unless
 # the fuzz run failed: then its failure is.
@@ -7,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
+# Every CUDA source compiled for sm_90 wherever the toolkit is (no GPU needed for that).
+scripts/check_cuda_build.sh build
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ -x build/benchmarks/planner/dhp_bench ]; then
   ./build/benchmarks/planner/dhp_bench --quick >/dev/null

@@ -91,6 +91,13 @@ class CommRequest {
   virtual void wait(std::chrono::milliseconds timeout) = 0;
   // Same with the timeout of the communicator that issued it.
   virtual void wait() = 0;
+  // Device backends (NCCL): the operation runs in the order of the communicator's stream(),
+  // and the caller orders its own work after it with an event recorded there instead of
+  // waiting on the host (ring attention does). The request may then be destroyed before
+  // the operation completes without that counting as abandoning it; errors surface in the
+  // communicator's next blocking call. Returns false where there is no such stream (host
+  // backends): the request must be waited.
+  virtual bool release_to_stream() noexcept { return false; }
 };
 using CommRequestPtr = std::unique_ptr<CommRequest>;
 

@@ -25,13 +25,25 @@
 // node's rows for heads/u heads; the ring runs across the r nodes between the ranks with
 // the same Ulysses index (P2P on the world), with KV passing and the LSE merge; then the
 // inverse all_to_all_v. Groups whose heads or nodes do not fit, groups without a pool,
-// GPU buffers and bf16/f16 fall back to the ring, with a log line saying why.
+// and GPU buffers fall back to the ring, with a log line saying why.
 //
-// dtypes: F32 and F64; BF16 and F16 on the ring path where the attention kernels support
-// them (CUDA; the CPU kernels return Unsupported): the merge accumulates the output in an
-// fp32 copy (lse is always in the accumulator type) converted to the output dtype at the
-// end; dK/dV accumulate in the buffers' dtype. Buffers on CPU; CUDA buffers need
-// `allocator` for the temporaries.
+// dtypes: F32, F64, BF16 and F16 (16-bit on the CPU too: widened to fp32 by the kernels).
+// 16-bit results accumulate in fp32 across the ring and are rounded once: partial outputs
+// are fp32 and merge into an fp32 output; dQ and the travelling dK/dV accumulators are
+// fp32 (sent as fp32); lse is always in the accumulator type. So the error does not grow
+// with the ring size, forward or backward. Buffers on CPU, or CUDA buffers (NCCL world)
+// with `allocator` for the temporaries.
+//
+// Streams (CUDA buffers; docs/runtime.md, "Streams and synchronisation"): every kernel
+// runs on `stream` (the caller's current stream), the ring's point-to-point transfers on
+// the communicator's own stream, ordered with events, so that the next block's KV transfer
+// runs while the current block's attention does. The calls never wait for the device on
+// the host: lengths, offsets and max_seqlen come from the layout (host memory), index
+// arrays reach the device with one asynchronous copy on `stream`. They return once the
+// work is queued; every result is ready in `stream` order (the caller's next kernels on
+// `stream` see them), and the input buffers may be reused in `stream` order too. A peer
+// that dies mid-ring is reported by the communicator's next blocking call (its timeout),
+// not by the ring itself. CPU buffers: the calls are synchronous.
 #pragma once
 
 #include <cstddef>
@@ -43,6 +55,7 @@
 
 namespace dhp {
 
+class AttentionBackends;
 class GroupPool;
 
 // Temporaries of CP attention (received KV blocks, partial outputs, index arrays) on the
@@ -65,6 +78,14 @@ struct CpAttentionContext {
   // UlyssesRing: world ranks a and b share a node iff a / ranks_per_node == b / ranks_per_node
   // (processes per node, TP included). 0: the whole group is on one node (plain Ulysses).
   int ranks_per_node = 0;
+  // CUDA buffers: the cudaStream_t the caller's work runs on (its current stream); the
+  // kernels run there. nullptr: the legacy default stream. Memory from `allocator` must be
+  // usable in this stream's order (cudaMalloc/cudaFree, or a caching allocator for it).
+  void* stream = nullptr;
+  // Attention backends and their measured table (attention_backend.hpp): each attention
+  // call of the ring runs on the backend measured fastest for its shape that can run it.
+  // nullptr: dhp's kernels for every call.
+  const AttentionBackends* backends = nullptr;
 };
 
 // out [rows, heads_q, head_dim] (dtype), lse [heads_q, rows] (accumulator type).

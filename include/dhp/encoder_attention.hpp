@@ -15,6 +15,11 @@
 // of the wave calls forward (and backward) once per attention layer, in the same order.
 // Arguments are checked before anything is sent (InvalidArgument leaves the communicator
 // usable); a failure once the ring is under way aborts the world communicator.
+//
+// dtypes and streams as for CP attention (cp_attention.hpp): F32, F64, BF16, F16 (16-bit
+// merged and accumulated in fp32, rounded once); with CUDA buffers the kernels run on
+// `stream`, the transfers on the communicator's stream, ordered by events, and nothing
+// waits for the device on the host.
 #pragma once
 
 #include "dhp/communicator.hpp"
@@ -30,6 +35,8 @@ struct EncoderAttentionContext {
   const EncoderWave* wave = nullptr;
   Communicator* world = nullptr;
   BufferAllocator* allocator = nullptr;  // null: host buffers
+  void* stream = nullptr;  // CUDA: the caller's cudaStream_t (CpAttentionContext::stream)
+  const AttentionBackends* backends = nullptr;  // as CpAttentionContext::backends
 };
 
 void encoder_attention_forward(const EncoderAttentionContext& ctx, const void* q, const void* k,

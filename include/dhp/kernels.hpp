@@ -6,8 +6,10 @@
 // implementation from `device` and `dtype`. DHP_ATTENTION_IMPL=auto|cpu|cuda (default
 // auto) forces one; it moves no data, so a forced implementation that cannot read the
 // buffers (cpu with device=CUDA, or the reverse) is refused with Unsupported.
-// CPU: F32 and F64 attention and merge (BF16/F16 -> Unsupported); layout copies and
-// convert_dtype any dtype.
+// CPU: attention and merge in F32, F64, BF16 and F16 (16-bit data widened to float, fp32
+// accumulation, one rounding of each output); layout copies and convert_dtype any dtype.
+// CUDA: attention in BF16/F16 for head_dim a multiple of 8 up to 128 (check with
+// check_attention_support); merge, copies and conversions as kernels_cuda.md lists.
 // A pointer may be null when the number of rows it covers is 0.
 //
 // Packed layout. Sequence b owns query rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) and key
@@ -27,6 +29,16 @@
 //
 // Accumulator type: double for F64, float for F32/BF16/F16. lse, the merge and all
 // softmax statistics use it.
+//
+// Streams (CUDA). A launcher enqueues its work on args.stream (a cudaStream_t; null is
+// the legacy default stream) and returns without waiting for the device: it never
+// synchronises with the host and never reads device memory back. Its inputs must be
+// ready in that stream's order and its outputs are ready in that order (an event recorded
+// on the stream after the call completes once they are written). Temporaries are
+// stream-ordered (cudaMallocAsync/cudaFreeAsync on the same stream). Lengths the grid
+// needs come from the host: PackedSeqs::max_seqlen_q/k are required on CUDA wherever the
+// rows exist (the caller knows them from its plan); like cu_seqlens they are trusted.
+// CPU launchers run synchronously and ignore `stream`.
 #pragma once
 
 #include <cstdint>
@@ -62,7 +74,10 @@ struct PackedSeqs {
   int num_seqs = 0;
   std::int64_t total_q = 0;
   std::int64_t total_k = 0;
-  int max_seqlen_q = 0;  // hints for the CUDA grid; 0 = compute
+  // The longest query / key segment. CUDA: required (> 0) when total_q / total_k > 0; the
+  // grid is sized from them, so a smaller value leaves rows uncomputed. CPU: 0 or at least
+  // the longest segment (checked), so that CPU runs test the values a caller computes.
+  int max_seqlen_q = 0;
   int max_seqlen_k = 0;
 };
 
@@ -84,12 +99,17 @@ struct AttentionForwardArgs {
   const void* v = nullptr;
   void* out = nullptr;
   void* lse = nullptr;
+  // out in the accumulator type (float for BF16/F16) instead of `dtype`: a ring that merges
+  // partial results keeps them in fp32 and rounds the merged output once. No effect for
+  // F32/F64.
+  bool accumulator_out = false;
   void* stream = nullptr;  // cudaStream_t for CUDA
 };
 
 // Gradients of one (q, kv) block given the *final* out and lse of the full attention
 // (after any merge): each ring step's backward is then independent. dq, dk, dv are
-// overwritten (accumulate=false) or added to (accumulate=true).
+// overwritten (accumulate=false) or added to (accumulate=true); they are in `dtype`, or in
+// the accumulator type when accumulator_grads is set.
 struct AttentionBackwardArgs {
   DType dtype = DType::F32;
   Device device = Device::CPU;
@@ -105,6 +125,10 @@ struct AttentionBackwardArgs {
   void* dk = nullptr;
   void* dv = nullptr;
   bool accumulate = false;
+  // dq, dk, dv in the accumulator type (float for BF16/F16) instead of `dtype`: a ring that
+  // adds the gradients of many blocks keeps them in fp32 and rounds once at the end, so
+  // that the error does not grow with the number of blocks. No effect for F32/F64.
+  bool accumulator_grads = false;
   void* stream = nullptr;
 };
 
@@ -113,8 +137,9 @@ Status attention_backward(const AttentionBackwardArgs& args);
 
 // Whether attention with this dtype, device and shape can run: the checks both attention
 // launchers make before reading any buffer (the shape, the dtype, an implementation built
-// for the device that supports this head_dim). Callers that post messages around the
-// kernels (ring attention) call it first, so that a bad shape fails before anything is sent.
+// for the device that supports this head_dim: any on the CPU; on CUDA BF16/F16 with
+// head_dim % 8 == 0 and head_dim <= 128). Callers that post messages around the kernels
+// (ring attention) call it first, so that a bad shape fails before anything is sent.
 Status check_attention_support(DType dtype, Device device, const AttentionShape& shape);
 
 // Merges a partial result (out_b, lse_b) into an accumulator (out_a, lse_a) in place:

@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dhp/attention_backend.hpp"
 #include "dhp/communicator.hpp"
 #include "dhp/cp_attention.hpp"
 #include "dhp/kernels.hpp"
@@ -100,6 +101,12 @@ std::unique_ptr<Communicator> nccl_world(TorchrunBootstrap& bootstrap, int cuda_
 kernels::DType kernel_dtype(const at::Tensor& t, const char* name);
 kernels::Device kernel_device(const at::Tensor& t, const char* name);
 at::ScalarType scalar_type(kernels::DType dtype);
+// Options of an lse tensor for queries `q`: the accumulator type (float64 for float64 q,
+// float32 for float32, bfloat16 and float16), q's device.
+at::TensorOptions lse_options(const at::Tensor& q);
+// The current CUDA stream (cudaStream_t) of a CUDA tensor's device, where dhp's kernels
+// run (the CP context's `stream`); nullptr for CPU tensors or a LibTorch without CUDA.
+void* current_stream(const at::Tensor& t);
 
 // Checks `t` is defined, contiguous, has `dtype`, lives on `device` and has `sizes`
 // (-1: any); the error names the tensor and the wrong value.
@@ -134,11 +141,26 @@ struct CpAttentionOptions {
   // UlyssesRing groups: processes per node, TP included (CpAttentionContext::ranks_per_node).
   // 0: the whole group is on one node (plain Ulysses).
   int ranks_per_node = 0;
+  // Attention backends chosen per call from a measured table (CpAttentionContext::backends;
+  // e.g. dhp's kernels and torch_flash_backend()). nullptr: dhp's kernels.
+  const AttentionBackends* backends = nullptr;
 };
 
-// q [rows, heads_q, head_dim], k/v [rows, heads_kv, head_dim] (rows = layout->rows), F32
-// or F64, contiguous, same device. Returns out [rows, heads_q, head_dim]; backward gives
-// dq, dk, dv. Collective: every rank of the wave calls it (and its backward) together.
+// PyTorch's FlashAttention-2 variable-length kernels (at::_flash_attention_forward and
+// _backward, the packed batch in one call, on the caller's stream) as the attention
+// backend "torch_varlen_flash", the name scripts/attention_vs_sdpa.py measures it under.
+// For LibTorch 2.x built with CUDA; nullptr otherwise. It runs only what it can express
+// (AttentionBackend::cannot_run): CUDA bf16/f16, head_dim a multiple of 8 up to 256, no
+// explicit-position mask, equal query and key lengths under a causal mask, results in the
+// data type, no accumulation. Not yet run on a GPU (runtime_torch_cuda checks it there).
+std::shared_ptr<AttentionBackend> torch_flash_backend();
+
+// q [rows, heads_q, head_dim], k/v [rows, heads_kv, head_dim] (rows = layout->rows),
+// float32, float64, bfloat16 or float16 (16-bit: fp32 accumulation, see cp_attention.hpp),
+// contiguous, same device. Returns out [rows, heads_q, head_dim]; backward gives dq, dk,
+// dv. CUDA tensors: the kernels run on the current CUDA stream, forward and backward,
+// without waiting for the device. Collective: every rank of the wave calls it (and its
+// backward) together.
 at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const CpAttentionOptions& options);
 

@@ -1,7 +1,9 @@
 // CPU reference implementations behind the dispatch (kernels/dispatch.cpp). Not installed.
 // Arguments arrive validated (dispatch.cpp): pointers non-null where data exists,
-// cu_seqlens non-decreasing from 0 to the totals, heads divisible. T is float or double;
-// on the CPU the accumulator type equals the data type.
+// cu_seqlens non-decreasing from 0 to the totals, heads divisible. T is float or double
+// (the accumulator type equals the data type); the *_16bit functions take BF16/F16 data:
+// widened to float (exactly), computed by the float kernels (fp32 accumulation, fp32 lse),
+// the outputs rounded once to nearest even.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +18,9 @@ template <typename T>
 void attention_backward(const AttentionBackwardArgs& args);
 template <typename T>
 void merge_attention_partial(const MergeArgs& args);
+void attention_forward_16bit(const AttentionForwardArgs& args);
+void attention_backward_16bit(const AttentionBackwardArgs& args);
+void merge_attention_partial_16bit(const MergeArgs& args);
 
 void zigzag_layout(const std::int32_t* cu_seqlens, int num_seqs, int degree, int rank,
                    std::int32_t* cu_local, std::int32_t* src_rows, std::int32_t* positions);

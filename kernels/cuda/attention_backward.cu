@@ -7,6 +7,8 @@
 //      P^T and dS^T are already mma A fragments for dV += P^T dO and dK += dS^T Q.
 //   3. dq = scale * dq_accum (+ dq when accumulating)      (attention_dq_convert_kernel)
 // Uses the final out and lse of the whole attention, so every ring step is independent.
+// Tiles are D = 64, 80, 96 or 128 columns wide; a smaller head_dim is zero-padded (see
+// attention_forward.cu). dq, dk, dv are written in T, or in fp32 with accumulator_grads.
 #include "attention_common.cuh"
 
 namespace dhp::kernels::cuda {
@@ -16,9 +18,11 @@ constexpr int kBwdWarps = 4;
 constexpr int kBwdThreads = kBwdWarps * 32;
 constexpr int kBwdBlockK = 64;  // 16 keys per warp
 
+// Query tile: 64 rows up to D = 80, 32 above, which keeps dK+dV (D floats per thread) and
+// S^T, dP^T in registers; it also makes the dQ column split (below) a multiple of 16.
 template <int D>
 constexpr int bwd_block_q() {
-  return D == 64 ? 64 : 32;  // keeps dK+dV (2*D/2 floats per thread) and S^T in registers
+  return D <= 80 ? 64 : 32;
 }
 
 template <int D>
@@ -33,10 +37,11 @@ struct BackwardParams {
   const void* dout;
   const float* lse;
   const float* delta;
-  float* dq_accum;  // [total_q, heads_q, D] fp32
+  float* dq_accum;  // [total_q, heads_q, head_dim] fp32
   void* dk;
   void* dv;
   bool accumulate;
+  bool fp32_grads;  // dk, dv (and dq) are float buffers (accumulator_grads)
 };
 
 // One warp per (row, head): delta = rowsum(dO * O) in fp32.
@@ -59,14 +64,44 @@ __global__ void attention_delta_kernel(const T* out, const T* dout, float* delta
   if (lane == 0) delta[static_cast<std::int64_t>(head) * total_q + row] = sum;
 }
 
+// dq = scale * dq_accum (+ dq), dq in T (16-bit, rounded once) or float (fp32_grads).
 template <typename T>
-__global__ void attention_dq_convert_kernel(const float* dq_accum, T* dq, std::int64_t count,
-                                            float scale, bool accumulate) {
+__global__ void attention_dq_convert_kernel(const float* dq_accum, void* dq, std::int64_t count,
+                                            float scale, bool accumulate, bool fp32_grads) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     float value = dq_accum[i] * scale;
-    if (accumulate) value += Elem<T>::to_float(dq[i]);
-    dq[i] = Elem<T>::from_float(value);
+    if (fp32_grads) {
+      float* out = static_cast<float*>(dq);
+      out[i] = accumulate ? out[i] + value : value;
+    } else {
+      T* out = static_cast<T*>(dq);
+      if (accumulate) value += Elem<T>::to_float(out[i]);
+      out[i] = Elem<T>::from_float(value);
+    }
+  }
+}
+
+// One pair of dK or dV columns (col, col + 1) of a key row: the fp32 sum, plus the old value
+// when accumulating, stored in T (rounded once) or as float.
+template <typename T>
+__device__ __forceinline__ void store_grad_pair(void* base, std::int64_t offset, float a, float b,
+                                                bool accumulate, bool fp32_grads) {
+  if (fp32_grads) {
+    float2* dst = reinterpret_cast<float2*>(static_cast<float*>(base) + offset);
+    if (accumulate) {
+      const float2 old = *dst;
+      a += old.x;
+      b += old.y;
+    }
+    *dst = make_float2(a, b);
+  } else {
+    T* dst = static_cast<T*>(base) + offset;
+    if (accumulate) {
+      a += Elem<T>::to_float(dst[0]);
+      b += Elem<T>::to_float(dst[1]);
+    }
+    *reinterpret_cast<std::uint32_t*>(dst) = Elem<T>::pack(a, b);
   }
 }
 
@@ -81,6 +116,7 @@ __global__ void __launch_bounds__(kBwdThreads)
   constexpr int kDqRowGroups = kBlockQ / 16;
   constexpr int kDqWarpsPerGroup = kBwdWarps / kDqRowGroups;
   constexpr int kDqCols = D / kDqWarpsPerGroup;
+  static_assert(D % 16 == 0 && kDqCols % 16 == 0, "the mma loops step 16 columns");
 
   extern __shared__ __align__(16) unsigned char smem[];
   T* s_k = reinterpret_cast<T*>(smem);
@@ -112,15 +148,16 @@ __global__ void __launch_bounds__(kBwdThreads)
   const int g = lane / 4;
   const int t = lane % 4;
 
-  const std::int64_t q_row_stride = static_cast<std::int64_t>(p.heads_q) * D;
-  const std::int64_t kv_row_stride = static_cast<std::int64_t>(p.heads_kv) * D;
-  const std::int64_t kv_offset = (k_begin + k0) * kv_row_stride + kv_head * D;
+  const int hd = p.head_dim;  // <= D; columns [hd, D) of the tiles are zeros
+  const std::int64_t q_row_stride = static_cast<std::int64_t>(p.heads_q) * hd;
+  const std::int64_t kv_row_stride = static_cast<std::int64_t>(p.heads_kv) * hd;
+  const std::int64_t kv_offset = (k_begin + k0) * kv_row_stride + kv_head * hd;
 
   for (int c = tid; c < kBwdBlockK * kChunksPerRow; c += kBwdThreads) {
     const int r = c / kChunksPerRow;
     const int col = (c % kChunksPerRow) * 8;
-    const bool valid = r < rows_k;
-    const std::int64_t src = kv_offset + (valid ? r * kv_row_stride : 0) + col;
+    const bool valid = r < rows_k && col < hd;
+    const std::int64_t src = kv_offset + (valid ? r * kv_row_stride + col : 0);
     cp_async_16(s_k + r * kStride + col, static_cast<const T*>(p.k) + src, valid);
     cp_async_16(s_v + r * kStride + col, static_cast<const T*>(p.v) + src, valid);
   }
@@ -154,12 +191,12 @@ __global__ void __launch_bounds__(kBwdThreads)
         needs_causal_mask = k_pos_hi > q_pos_lo;
       }
       __syncthreads();  // every warp is done with the previous query tile's shared memory
-      const std::int64_t q_offset = (q_begin + q0) * q_row_stride + head * D;
+      const std::int64_t q_offset = (q_begin + q0) * q_row_stride + head * hd;
       for (int c = tid; c < kBlockQ * kChunksPerRow; c += kBwdThreads) {
         const int r = c / kChunksPerRow;
         const int col = (c % kChunksPerRow) * 8;
-        const bool valid = r < rows_q;
-        const std::int64_t src = q_offset + (valid ? r * q_row_stride : 0) + col;
+        const bool valid = r < rows_q && col < hd;
+        const std::int64_t src = q_offset + (valid ? r * q_row_stride + col : 0);
         cp_async_16(s_q + r * kStride + col, static_cast<const T*>(p.q) + src, valid);
         cp_async_16(s_do + r * kStride + col, static_cast<const T*>(params.dout) + src, valid);
       }
@@ -276,9 +313,10 @@ __global__ void __launch_bounds__(kBwdThreads)
         for (int r = 0; r < 2; ++r) {
           const int query = row_group * 16 + g + r * 8;
           if (query >= rows_q) continue;
-          float* dst = params.dq_accum + (q_begin + q0 + query) * q_row_stride + head * D + col0;
+          float* dst = params.dq_accum + (q_begin + q0 + query) * q_row_stride + head * hd + col0;
 #pragma unroll
           for (int n = 0; n < kDqCols / 8; ++n) {
+            if (col0 + n * 8 >= hd) continue;  // padding columns
             atomicAdd(dst + n * 8 + 2 * t, dq_acc[n][2 * r]);
             atomicAdd(dst + n * 8 + 2 * t + 1, dq_acc[n][2 * r + 1]);
           }
@@ -292,21 +330,15 @@ __global__ void __launch_bounds__(kBwdThreads)
   for (int r = 0; r < 2; ++r) {
     const int key = my_key0 + r * 8;
     if (key >= rows_k) continue;
-    T* dk_row = static_cast<T*>(params.dk) + kv_offset + key * kv_row_stride;
-    T* dv_row = static_cast<T*>(params.dv) + kv_offset + key * kv_row_stride;
+    const std::int64_t row = kv_offset + key * kv_row_stride;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       const int col = n * 8 + 2 * t;
-      float dk0 = dk_acc[n][2 * r] * p.scale, dk1 = dk_acc[n][2 * r + 1] * p.scale;
-      float dv0 = dv_acc[n][2 * r], dv1 = dv_acc[n][2 * r + 1];
-      if (params.accumulate) {
-        dk0 += Elem<T>::to_float(dk_row[col]);
-        dk1 += Elem<T>::to_float(dk_row[col + 1]);
-        dv0 += Elem<T>::to_float(dv_row[col]);
-        dv1 += Elem<T>::to_float(dv_row[col + 1]);
-      }
-      *reinterpret_cast<std::uint32_t*>(dk_row + col) = Elem<T>::pack(dk0, dk1);
-      *reinterpret_cast<std::uint32_t*>(dv_row + col) = Elem<T>::pack(dv0, dv1);
+      if (n * 8 >= hd) continue;  // padding columns
+      store_grad_pair<T>(params.dk, row + col, dk_acc[n][2 * r] * p.scale,
+                         dk_acc[n][2 * r + 1] * p.scale, params.accumulate, params.fp32_grads);
+      store_grad_pair<T>(params.dv, row + col, dv_acc[n][2 * r], dv_acc[n][2 * r + 1],
+                         params.accumulate, params.fp32_grads);
     }
   }
 }
@@ -316,7 +348,7 @@ Status launch_backward(const AttentionBackwardArgs& args, int max_seqlen_k, std:
   const cudaStream_t stream = as_stream(args.stream);
   const std::int64_t total_q = args.seqs.total_q;
   const int heads_q = args.shape.heads_q;
-  const std::int64_t q_elems = total_q * heads_q * D;
+  const std::int64_t q_elems = total_q * heads_q * args.shape.head_dim;
   // Workspace: delta [heads_q, total_q] and the fp32 dQ accumulator, stream-ordered.
   float* workspace = nullptr;
   const std::size_t ws_bytes =
@@ -338,9 +370,9 @@ Status launch_backward(const AttentionBackwardArgs& args, int max_seqlen_k, std:
     const std::int64_t warps = total_q * heads_q;
     const int threads = 256;
     const auto blocks = static_cast<unsigned>((warps * 32 + threads - 1) / threads);
-    attention_delta_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<const T*>(args.out),
-                                                              static_cast<const T*>(args.dout),
-                                                              delta, total_q, heads_q, D);
+    attention_delta_kernel<T><<<blocks, threads, 0, stream>>>(
+        static_cast<const T*>(args.out), static_cast<const T*>(args.dout), delta, total_q, heads_q,
+        args.shape.head_dim);
     s = check_launch("attention_delta_kernel", error);
     if (s != Status::Ok) return release(s);
   }
@@ -352,7 +384,8 @@ Status launch_backward(const AttentionBackwardArgs& args, int max_seqlen_k, std:
                           dq_accum,
                           args.dk,
                           args.dv,
-                          args.accumulate};
+                          args.accumulate,
+                          args.accumulator_grads};
     constexpr int smem = bwd_smem_bytes<D>();
     auto kernel = attention_backward_kernel<T, D>;
     s = check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -369,8 +402,8 @@ Status launch_backward(const AttentionBackwardArgs& args, int max_seqlen_k, std:
     const auto blocks = static_cast<unsigned>(
         std::min<std::int64_t>((q_elems + threads - 1) / threads, 65535LL * 8));
     attention_dq_convert_kernel<T><<<blocks, threads, 0, stream>>>(
-        dq_accum, static_cast<T*>(args.dq), q_elems,
-        static_cast<float>(effective_softmax_scale(args.shape)), args.accumulate);
+        dq_accum, args.dq, q_elems, static_cast<float>(effective_softmax_scale(args.shape)),
+        args.accumulate, args.accumulator_grads);
     s = check_launch("attention_dq_convert_kernel", error);
   }
   return release(s);
@@ -386,26 +419,33 @@ Status attention_backward(const AttentionBackwardArgs& args, std::string& error)
   if (args.seqs.num_seqs == 0 || args.seqs.total_q == 0) {
     // No query rows: dK and dV of the keys are zero (or unchanged when accumulating).
     if (args.accumulate || args.seqs.total_k == 0) return Status::Ok;
-    const std::size_t bytes =
-        static_cast<std::size_t>(args.seqs.total_k) * args.shape.heads_kv * args.shape.head_dim * 2;
+    const std::size_t bytes = static_cast<std::size_t>(args.seqs.total_k) * args.shape.heads_kv *
+                              args.shape.head_dim * (args.accumulator_grads ? sizeof(float) : 2);
     s = check_cuda(cudaMemsetAsync(args.dk, 0, bytes, as_stream(args.stream)), "memset dk", error);
     if (s != Status::Ok) return s;
     return check_cuda(cudaMemsetAsync(args.dv, 0, bytes, as_stream(args.stream)), "memset dv",
                       error);
   }
-  int max_seqlen_k = 0;
-  s = resolve_max_seqlen(args.seqs.cu_seqlens_k, args.seqs.num_seqs, args.seqs.max_seqlen_k,
-                         as_stream(args.stream), max_seqlen_k, error);
-  if (s != Status::Ok) return s;
+  // From the host (dispatch requires it when rows exist): no read-back, no synchronisation.
+  const int max_seqlen_k = args.seqs.total_k > 0 ? args.seqs.max_seqlen_k : 0;
   if ((max_seqlen_k + kBwdBlockK - 1) / kBwdBlockK > 65535)
     return fail(Status::Unsupported, error,
                 "max_seqlen_k=" + std::to_string(max_seqlen_k) + " exceeds the grid limit");
   const bool bf16 = args.dtype == DType::BF16;
-  if (args.shape.head_dim == 64)
-    return bf16 ? launch_backward<__nv_bfloat16, 64>(args, max_seqlen_k, error)
-                : launch_backward<__half, 64>(args, max_seqlen_k, error);
-  return bf16 ? launch_backward<__nv_bfloat16, 128>(args, max_seqlen_k, error)
-              : launch_backward<__half, 128>(args, max_seqlen_k, error);
+  switch (tile_head_dim(args.shape.head_dim)) {
+    case 64:
+      return bf16 ? launch_backward<__nv_bfloat16, 64>(args, max_seqlen_k, error)
+                  : launch_backward<__half, 64>(args, max_seqlen_k, error);
+    case 80:
+      return bf16 ? launch_backward<__nv_bfloat16, 80>(args, max_seqlen_k, error)
+                  : launch_backward<__half, 80>(args, max_seqlen_k, error);
+    case 96:
+      return bf16 ? launch_backward<__nv_bfloat16, 96>(args, max_seqlen_k, error)
+                  : launch_backward<__half, 96>(args, max_seqlen_k, error);
+    default:
+      return bf16 ? launch_backward<__nv_bfloat16, 128>(args, max_seqlen_k, error)
+                  : launch_backward<__half, 128>(args, max_seqlen_k, error);
+  }
 }
 
 }  // namespace dhp::kernels::cuda

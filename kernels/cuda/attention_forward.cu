@@ -2,7 +2,9 @@
 // one CTA of 4 warps per (query tile of 64 rows, query head, sequence); each warp owns 16
 // query rows, streams 64-key tiles of K and V through shared memory (cp.async, K of the
 // next tile loading while P*V runs), and keeps the online-softmax state in registers.
-// Tensor cores via mma.sync m16n8k16 (sm_80+, also what runs on sm_90).
+// Tensor cores via mma.sync m16n8k16 (sm_80+, also what runs on sm_90). Tiles are D = 64,
+// 80, 96 or 128 columns wide; a head_dim below D (72 in the 80 tile) is zero-filled on load
+// (zero columns add nothing to Q K^T, and the P V columns past head_dim are not stored).
 #include "attention_common.cuh"
 
 namespace dhp::kernels::cuda {
@@ -17,6 +19,7 @@ struct ForwardParams {
   AttentionParams a;
   void* out;
   float* lse;
+  bool fp32_out;  // out is a float buffer (accumulator_out)
 };
 
 template <int D>
@@ -30,6 +33,7 @@ __global__ void __launch_bounds__(kFwdThreads)
   // Rows padded by 8 elements (16 bytes) so that ldmatrix's 8 row reads hit 8 bank groups.
   constexpr int kStride = D + 8;
   constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
+  static_assert(D % 16 == 0, "the mma k and n loops step 16 columns");
   extern __shared__ __align__(16) unsigned char smem[];
   T* s_q = reinterpret_cast<T*>(smem);
   T* s_k = s_q + kFwdBlockQ * kStride;
@@ -56,11 +60,12 @@ __global__ void __launch_bounds__(kFwdThreads)
   const int g = lane / 4;  // mma fragment row group
   const int t = lane % 4;  // mma fragment column pair
 
-  const std::int64_t q_row_stride = static_cast<std::int64_t>(p.heads_q) * D;
-  const std::int64_t kv_row_stride = static_cast<std::int64_t>(p.heads_kv) * D;
-  const T* q_tile = static_cast<const T*>(p.q) + (q_begin + q0) * q_row_stride + head * D;
-  const T* k_seq = static_cast<const T*>(p.k) + k_begin * kv_row_stride + kv_head * D;
-  const T* v_seq = static_cast<const T*>(p.v) + k_begin * kv_row_stride + kv_head * D;
+  const int hd = p.head_dim;  // <= D; columns [hd, D) of the tiles are zeros
+  const std::int64_t q_row_stride = static_cast<std::int64_t>(p.heads_q) * hd;
+  const std::int64_t kv_row_stride = static_cast<std::int64_t>(p.heads_kv) * hd;
+  const T* q_tile = static_cast<const T*>(p.q) + (q_begin + q0) * q_row_stride + head * hd;
+  const T* k_seq = static_cast<const T*>(p.k) + k_begin * kv_row_stride + kv_head * hd;
+  const T* v_seq = static_cast<const T*>(p.v) + k_begin * kv_row_stride + kv_head * hd;
 
   // Causal visibility is decided per tile from position ranges: a key tile whose smallest
   // position exceeds the largest query position is skipped; one whose largest position is
@@ -83,8 +88,8 @@ __global__ void __launch_bounds__(kFwdThreads)
     for (int c = tid; c < kFwdBlockK * kChunksPerRow; c += kFwdThreads) {
       const int r = c / kChunksPerRow;
       const int col = (c % kChunksPerRow) * 8;
-      const bool valid = r < rows;
-      const T* src = src_seq + (valid ? (j * kFwdBlockK + r) * kv_row_stride : 0) + col;
+      const bool valid = r < rows && col < hd;
+      const T* src = src_seq + (valid ? (j * kFwdBlockK + r) * kv_row_stride + col : 0);
       cp_async_16(dst + r * kStride + col, src, valid);
     }
   };
@@ -92,8 +97,8 @@ __global__ void __launch_bounds__(kFwdThreads)
   for (int c = tid; c < kFwdBlockQ * kChunksPerRow; c += kFwdThreads) {
     const int r = c / kChunksPerRow;
     const int col = (c % kChunksPerRow) * 8;
-    const bool valid = r < rows_q;
-    cp_async_16(s_q + r * kStride + col, q_tile + (valid ? r * q_row_stride : 0) + col, valid);
+    const bool valid = r < rows_q && col < hd;
+    cp_async_16(s_q + r * kStride + col, q_tile + (valid ? r * q_row_stride + col : 0), valid);
   }
   if (tid < kFwdBlockQ)
     s_qpos[tid] = tid < rows_q ? row_position(p.q_positions, q_begin, q0 + tid) : INT32_MIN;
@@ -242,7 +247,7 @@ __global__ void __launch_bounds__(kFwdThreads)
   }
 
   // Epilogue: normalise, write out and lse. A row that saw no key writes 0 and -inf.
-  T* out_tile = static_cast<T*>(params.out) + (q_begin + q0) * q_row_stride + head * D;
+  const std::int64_t out_tile = (q_begin + q0) * q_row_stride + head * hd;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
@@ -251,11 +256,16 @@ __global__ void __launch_bounds__(kFwdThreads)
     if (row >= rows_q) continue;
     const bool empty = row_sum[r] == 0.f;
     const float inv = empty ? 0.f : 1.f / row_sum[r];
-    T* out_row = out_tile + row * q_row_stride;
+    const std::int64_t out_row = out_tile + row * q_row_stride;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      const std::uint32_t packed = Elem<T>::pack(o_acc[n][2 * r] * inv, o_acc[n][2 * r + 1] * inv);
-      *reinterpret_cast<std::uint32_t*>(out_row + n * 8 + 2 * t) = packed;
+      if (n * 8 >= hd) continue;  // columns past head_dim are padding
+      const std::int64_t at = out_row + n * 8 + 2 * t;
+      const float o0 = o_acc[n][2 * r] * inv, o1 = o_acc[n][2 * r + 1] * inv;
+      if (params.fp32_out)
+        *reinterpret_cast<float2*>(static_cast<float*>(params.out) + at) = make_float2(o0, o1);
+      else
+        *reinterpret_cast<std::uint32_t*>(static_cast<T*>(params.out) + at) = Elem<T>::pack(o0, o1);
     }
     if (t == 0)
       params.lse[static_cast<std::int64_t>(head) * p.total_q + q_begin + q0 + row] =
@@ -266,7 +276,7 @@ __global__ void __launch_bounds__(kFwdThreads)
 template <typename T, int D>
 Status launch_forward(const AttentionForwardArgs& args, int max_seqlen_q, std::string& error) {
   ForwardParams params{make_params(args.shape, args.seqs, args.q, args.k, args.v), args.out,
-                       static_cast<float*>(args.lse)};
+                       static_cast<float*>(args.lse), args.accumulator_out};
   constexpr int smem = fwd_smem_bytes<D>();
   auto kernel = attention_forward_kernel<T, D>;
   Status s =
@@ -290,19 +300,26 @@ Status attention_forward(const AttentionForwardArgs& args, std::string& error) {
                                      {args.q, args.k, args.v, args.out}, error);
   if (s != Status::Ok) return s;
   if (args.seqs.num_seqs == 0 || args.seqs.total_q == 0) return Status::Ok;
-  int max_seqlen_q = 0;
-  s = resolve_max_seqlen(args.seqs.cu_seqlens_q, args.seqs.num_seqs, args.seqs.max_seqlen_q,
-                         as_stream(args.stream), max_seqlen_q, error);
-  if (s != Status::Ok || max_seqlen_q == 0) return s;
+  // From the host (dispatch requires it when rows exist): no read-back, no synchronisation.
+  const int max_seqlen_q = args.seqs.max_seqlen_q;
   if ((max_seqlen_q + kFwdBlockQ - 1) / kFwdBlockQ > 65535)
     return fail(Status::Unsupported, error,
                 "max_seqlen_q=" + std::to_string(max_seqlen_q) + " exceeds the grid limit");
   const bool bf16 = args.dtype == DType::BF16;
-  if (args.shape.head_dim == 64)
-    return bf16 ? launch_forward<__nv_bfloat16, 64>(args, max_seqlen_q, error)
-                : launch_forward<__half, 64>(args, max_seqlen_q, error);
-  return bf16 ? launch_forward<__nv_bfloat16, 128>(args, max_seqlen_q, error)
-              : launch_forward<__half, 128>(args, max_seqlen_q, error);
+  switch (tile_head_dim(args.shape.head_dim)) {
+    case 64:
+      return bf16 ? launch_forward<__nv_bfloat16, 64>(args, max_seqlen_q, error)
+                  : launch_forward<__half, 64>(args, max_seqlen_q, error);
+    case 80:
+      return bf16 ? launch_forward<__nv_bfloat16, 80>(args, max_seqlen_q, error)
+                  : launch_forward<__half, 80>(args, max_seqlen_q, error);
+    case 96:
+      return bf16 ? launch_forward<__nv_bfloat16, 96>(args, max_seqlen_q, error)
+                  : launch_forward<__half, 96>(args, max_seqlen_q, error);
+    default:
+      return bf16 ? launch_forward<__nv_bfloat16, 128>(args, max_seqlen_q, error)
+                  : launch_forward<__half, 128>(args, max_seqlen_q, error);
+  }
 }
 
 }  // namespace dhp::kernels::cuda

@@ -1,16 +1,20 @@
 #include "dhp/cp_attention.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
 
+#include "attention/abort_on_unwind.hpp"
+#include "attention/ring_engine.hpp"
+#include "attention/ring_streams.hpp"
+#include "attention/rings.hpp"
 #include "dhp/error.hpp"
 #include "dhp/group_pool.hpp"
 #include "dhp/log.hpp"
-#include "attention/abort_on_unwind.hpp"
-#include "attention/scratch.hpp"
 
 namespace dhp {
 namespace {
@@ -75,46 +79,6 @@ RingBlock node_block(const WaveLayout& layout, int u, int node) {
   return block;
 }
 
-// What one ring runs, independent of where the rows come from (the Zigzag pieces of a
-// plain ring, or the Ulysses-packed rows of a node in UlyssesRing).
-struct RingSpec {
-  std::vector<int> peers;                // world ranks in ring order
-  int index = 0;                         // this rank's place in `peers`
-  std::vector<std::int32_t> cu_seqlens;  // local sequences (queries and local keys)
-  std::vector<std::int32_t> positions;   // [rows]
-  std::int64_t rows = 0;
-  std::int64_t block_rows = 0;    // local rows [0, block_rows) are the travelling KV block
-  bool travels = false;           // the same on every ring member: whether KV moves at all
-  std::vector<RingBlock> blocks;  // [m]: ring member m's block, against the local sequences
-  kernels::AttentionShape shape;
-  BufferAllocator* allocator = nullptr;
-
-  int degree() const { return static_cast<int>(peers.size()); }
-  const RingBlock& block_of(int m) const { return blocks[static_cast<std::size_t>(m)]; }
-  int num_seqs() const { return static_cast<int>(cu_seqlens.size()) - 1; }
-  std::int64_t max_block_rows() const {
-    std::int64_t most = 0;
-    for (const RingBlock& b : blocks) most = std::max(most, b.rows);
-    return most;
-  }
-};
-
-struct Sizes {
-  std::size_t elem = 0, acc = 0;
-  std::int64_t q_row = 0, kv_row = 0;  // elements per row
-};
-
-Sizes sizes_of(DType dtype, const kernels::AttentionShape& shape) {
-  Sizes s;
-  s.elem = static_cast<std::size_t>(kernels::dtype_size(dtype));
-  s.acc = dtype == DType::F64 ? 8 : 4;
-  s.q_row = static_cast<std::int64_t>(shape.heads_q) * shape.head_dim;
-  s.kv_row = static_cast<std::int64_t>(shape.heads_kv) * shape.head_dim;
-  return s;
-}
-
-bool is_accumulator_type(DType dtype) { return dtype == DType::F32 || dtype == DType::F64; }
-
 // This rank's world rank in the layout's group (-1 when idle in the wave).
 int layout_world_rank(const WaveLayout& L) {
   if (L.group < 0 || L.member < 0 || L.member >= L.degree()) return -1;
@@ -135,6 +99,10 @@ void check_context(const CpAttentionContext& ctx, const char* op) {
             ctx.shape.head_dim, kernels::to_string(ctx.dtype));
   DHP_CHECK(ctx.shape.softmax_scale >= 0, InvalidArgument,
             "{}: softmax_scale={} < 0 (0 means 1/sqrt(head_dim))", op, ctx.shape.softmax_scale);
+  DHP_CHECK(ctx.world->device() == Device::CPU || ctx.allocator != nullptr, InvalidArgument,
+            "{} on {}: device buffers need ctx.allocator for the ring's temporaries (nothing was "
+            "sent)",
+            op, ctx.world->describe());
   const WaveLayout& L = *ctx.layout;
   DHP_CHECK(L.group < 0 || (L.member >= 0 && L.member < L.degree()), InvalidArgument,
             "{}: the layout's member {} is outside its group of {} ranks", op, L.member,
@@ -178,252 +146,78 @@ void check_layout_and_buffers(const CpAttentionContext& ctx, const char* op,
 
 bool runs_ring(const WaveLayout& L) { return L.degree() > 1 && !L.zigzag_lengths.empty(); }
 
-RingSpec plain_ring(const CpAttentionContext& ctx) {
+// This rank's place in the wave, for error messages.
+std::string where(const WaveLayout& L) {
+  return fmt::format(
+      "world rank {} (group {}, member {}/{})",
+      L.group_world_ranks.empty() ? -1 : L.group_world_ranks[static_cast<std::size_t>(L.member)],
+      L.group, L.member, L.degree());
+}
+
+// What one ring runs, independent of where the rows come from (the Zigzag pieces of a
+// plain ring, or the Ulysses-packed rows of a node in UlyssesRing): `peers` in ring order,
+// this rank at `index`, the local rows [0, block_rows) travelling when `blocks` (ring
+// member m's block against the local sequences) is given.
+RingWork ring_work(const CpAttentionContext& ctx, const std::vector<int>& peers, int index,
+                   std::int64_t block_rows, const std::vector<RingBlock>& blocks) {
   const WaveLayout& L = *ctx.layout;
-  RingSpec s;
-  s.peers = L.group_world_ranks;
-  s.index = L.member;
-  s.cu_seqlens = L.cu_seqlens;
-  s.positions = L.positions;
-  s.rows = L.rows;
-  s.block_rows = L.zigzag_rows;
-  s.travels = runs_ring(L);
-  // Blocks are read only when KV travels.
-  if (s.travels)
-    for (int m = 0; m < s.degree(); ++m) s.blocks.push_back(ring_block(L, m));
-  s.shape = ctx.shape;
-  s.allocator = ctx.allocator;
-  return s;
+  RingWork w;
+  w.dtype = ctx.dtype;
+  w.shape = ctx.shape;
+  w.allocator = ctx.allocator;
+  w.backends = ctx.backends;
+  w.where = where(L);
+  if (blocks.empty()) return w;
+  const int d = static_cast<int>(peers.size());
+  RingLink link;
+  link.next = peers[static_cast<std::size_t>((index + 1) % d)];
+  link.prev = peers[static_cast<std::size_t>((index + d - 1) % d)];
+  link.degree = d;
+  link.own_rows = block_rows;
+  link.tag_k = kTagK;
+  link.tag_v = kTagV;
+  link.tag_dk = kTagDK;
+  link.tag_dv = kTagDV;
+  w.links.push_back(link);
+  w.steps.resize(static_cast<std::size_t>(d));
+  for (int step = 1; step < d; ++step) {  // the block of member index - step
+    const RingBlock& b = blocks[static_cast<std::size_t>((index - step + d) % d)];
+    RingStepBlock& sb = w.steps[static_cast<std::size_t>(step)];
+    sb.cu_k = b.cu_seqlens_k;
+    sb.k_positions = b.k_positions;
+    sb.rows = b.rows;
+    sb.offset = {0};
+    sb.link_rows = {b.rows};
+  }
+  return w;
 }
 
-// The exchange of one ring step: `sends` to the next peer, `recvs` from the previous.
-CommRequestPtr ring_exchange(Communicator& world, const RingSpec& s, DType dtype,
-                             std::initializer_list<std::pair<const void*, std::int64_t>> sends,
-                             std::initializer_list<std::pair<void*, std::int64_t>> recvs,
-                             std::initializer_list<int> tags) {
-  const int d = s.degree();
-  const int next = s.peers[static_cast<std::size_t>((s.index + 1) % d)];
-  const int prev = s.peers[static_cast<std::size_t>((s.index + d - 1) % d)];
-  std::vector<P2POp> ops;
-  auto tag = tags.begin();
-  for (const auto& [buffer, count] : sends) {
-    ops.push_back(
-        {P2POp::Kind::Send, next, const_cast<void*>(buffer), count, data_type(dtype), *tag++});
-  }
-  tag = tags.begin();
-  for (const auto& [buffer, count] : recvs) {
-    ops.push_back({P2POp::Kind::Recv, prev, buffer, count, data_type(dtype), *tag++});
-  }
-  return world.exchange(ops);
+RingWork plain_ring(const CpAttentionContext& ctx) {
+  const WaveLayout& L = *ctx.layout;
+  std::vector<RingBlock> blocks;  // read only when KV travels
+  if (runs_ring(L))
+    for (int m = 0; m < L.degree(); ++m) blocks.push_back(ring_block(L, m));
+  RingWork w = ring_work(ctx, L.group_world_ranks, L.member, L.zigzag_rows, blocks);
+  w.cu = L.cu_seqlens;
+  w.positions = L.positions;
+  w.rows = L.rows;
+  return w;
 }
 
-kernels::PackedSeqs packed(const std::int32_t* cu_q, const std::int32_t* cu_k,
-                           const std::int32_t* q_pos, const std::int32_t* k_pos, int num_seqs,
-                           std::int64_t total_q, std::int64_t total_k) {
+kernels::PackedSeqs packed(const std::vector<std::int32_t>& cu,
+                           const std::vector<std::int32_t>& positions, std::int64_t rows) {
   kernels::PackedSeqs seqs;
-  seqs.cu_seqlens_q = cu_q;
-  seqs.cu_seqlens_k = cu_k;
-  seqs.q_positions = q_pos;
-  seqs.k_positions = k_pos;
-  seqs.num_seqs = num_seqs;
-  seqs.total_q = total_q;
-  seqs.total_k = total_k;
+  seqs.cu_seqlens_q = cu.data();
+  seqs.cu_seqlens_k = cu.data();
+  seqs.q_positions = positions.empty() ? nullptr : positions.data();
+  seqs.k_positions = seqs.q_positions;
+  seqs.num_seqs = static_cast<int>(cu.size()) - 1;
+  seqs.total_q = rows;
+  seqs.total_k = rows;
+  for (std::size_t b = 0; b + 1 < cu.size(); ++b)
+    seqs.max_seqlen_q = std::max(seqs.max_seqlen_q, cu[b + 1] - cu[b]);
+  seqs.max_seqlen_k = seqs.max_seqlen_q;
   return seqs;
-}
-
-void convert(DType from, DType to, Device device, std::int64_t count, const void* src, void* dst,
-             void* stream, const WaveLayout& L) {
-  kernels::ConvertArgs args;
-  args.src_dtype = from;
-  args.dst_dtype = to;
-  args.device = device;
-  args.count = count;
-  args.src = src;
-  args.dst = dst;
-  args.stream = stream;
-  check_kernel(kernels::convert_dtype(args), "convert_dtype", L);
-}
-
-// The two KV blocks each ring step alternates between (one in use, one arriving), sized for
-// the largest block of the ring.
-struct KvBlocks {
-  void* k[2] = {nullptr, nullptr};
-  void* v[2] = {nullptr, nullptr};
-  std::size_t bytes = 0;
-};
-
-// Allocates the KV blocks and posts the first exchange (own K/V to the next rank, the
-// previous rank's into block 0), so that it overlaps the local attention.
-CommRequestPtr start_kv_ring(const CpAttentionContext& ctx, const RingSpec& s, const Sizes& sz,
-                             Scratch& scratch, const void* k, const void* v, KvBlocks& blocks) {
-  const int d = s.degree();
-  blocks.bytes = static_cast<std::size_t>(s.max_block_rows() * sz.kv_row) * sz.elem;
-  for (int b = 0; b < 2; ++b) {
-    blocks.k[b] = scratch.bytes(blocks.bytes);
-    blocks.v[b] = scratch.bytes(blocks.bytes);
-  }
-  const std::int64_t own = s.block_rows * sz.kv_row;
-  const std::int64_t incoming = s.block_of((s.index + d - 1) % d).rows * sz.kv_row;
-  return ring_exchange(*ctx.world, s, ctx.dtype, {{k, own}, {v, own}},
-                       {{blocks.k[0], incoming}, {blocks.v[0], incoming}}, {kTagK, kTagV});
-}
-
-// Ring forward over `s`: local attention at step 0, then d-1 steps of KV passing and
-// merging. bf16/f16 outputs are merged in an fp32 accumulator, converted at the end.
-void ring_forward(const CpAttentionContext& ctx, const RingSpec& s, const void* q, const void* k,
-                  const void* v, void* out, void* lse) {
-  const WaveLayout& L = *ctx.layout;
-  const Sizes sz = sizes_of(ctx.dtype, s.shape);
-  const Device device = ctx.world->device();
-  Scratch scratch(s.allocator);
-  const std::int32_t* cu_local = scratch.index(s.cu_seqlens);
-  const std::int32_t* positions = scratch.index(s.positions);
-
-  kernels::AttentionForwardArgs args;
-  args.dtype = ctx.dtype;
-  args.device = device;
-  args.shape = s.shape;
-  args.stream = ctx.world->stream();
-
-  // The first exchange goes out before the local attention so that it overlaps it.
-  const int d = s.degree();
-  KvBlocks blocks;
-  CommRequestPtr pending;
-  if (s.travels) pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
-
-  args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
-  args.q = q;
-  args.k = k;
-  args.v = v;
-  args.out = out;
-  args.lse = lse;
-  check_kernel(kernels::attention_forward(args), "attention_forward (local block)", L);
-  if (!s.travels) return;
-
-  // The merge accumulates in the accumulator type: the output itself for f32/f64, an fp32
-  // copy of it for bf16/f16 (so that d-1 merges do not round d-1 times).
-  const std::int64_t out_elems = s.rows * sz.q_row;
-  void* out_acc = out;
-  if (!is_accumulator_type(ctx.dtype)) {
-    out_acc = scratch.bytes(static_cast<std::size_t>(out_elems) * sizeof(float));
-    convert(ctx.dtype, DType::F32, device, out_elems, out, out_acc, args.stream, L);
-  }
-  void* part_out = scratch.bytes(static_cast<std::size_t>(out_elems) * sz.elem);
-  void* part_lse = scratch.bytes(static_cast<std::size_t>(s.rows * s.shape.heads_q) * sz.acc);
-  for (int step = 1; step < d; ++step) {
-    pending->wait();
-    const int cur = (step - 1) % 2;
-    const int source = (s.index - step + d) % d;
-    const RingBlock& block = s.block_of(source);
-    if (step + 1 < d) {
-      const std::int64_t sending = block.rows * sz.kv_row;
-      const std::int64_t incoming = s.block_of((source + d - 1) % d).rows * sz.kv_row;
-      pending = ring_exchange(
-          *ctx.world, s, ctx.dtype, {{blocks.k[cur], sending}, {blocks.v[cur], sending}},
-          {{blocks.k[1 - cur], incoming}, {blocks.v[1 - cur], incoming}}, {kTagK, kTagV});
-    }
-    args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
-                       scratch.index(block.k_positions), s.num_seqs(), s.rows, block.rows);
-    args.k = blocks.k[cur];
-    args.v = blocks.v[cur];
-    args.out = part_out;
-    args.lse = part_lse;
-    check_kernel(kernels::attention_forward(args), "attention_forward (ring block)", L);
-
-    kernels::MergeArgs merge;
-    merge.dtype = ctx.dtype;
-    merge.device = device;
-    merge.rows = s.rows;
-    merge.heads = s.shape.heads_q;
-    merge.head_dim = s.shape.head_dim;
-    merge.out_acc = out_acc;
-    merge.lse_acc = lse;
-    merge.out_part = part_out;
-    merge.lse_part = part_lse;
-    merge.stream = args.stream;
-    check_kernel(kernels::merge_attention_partial(merge), "merge_attention_partial", L);
-  }
-  if (out_acc != out)
-    convert(DType::F32, ctx.dtype, device, out_elems, out_acc, out, args.stream, L);
-}
-
-// Ring backward over `s`: KV travels ahead (overlapped), the dK/dV accumulators follow
-// their block, one last hop brings them home. dq, dk, dv are overwritten.
-void ring_backward(const CpAttentionContext& ctx, const RingSpec& s, const void* q, const void* k,
-                   const void* v, const void* out, const void* lse, const void* dout, void* dq,
-                   void* dk, void* dv) {
-  const WaveLayout& L = *ctx.layout;
-  const Sizes sz = sizes_of(ctx.dtype, s.shape);
-  const Device device = ctx.world->device();
-  Scratch scratch(s.allocator);
-  const std::int32_t* cu_local = scratch.index(s.cu_seqlens);
-  const std::int32_t* positions = scratch.index(s.positions);
-  const int d = s.degree();
-
-  kernels::AttentionBackwardArgs args;
-  args.dtype = ctx.dtype;
-  args.device = device;
-  args.shape = s.shape;
-  args.stream = ctx.world->stream();
-  args.q = q;
-  args.out = out;
-  args.dout = dout;
-  args.lse = lse;
-  args.dq = dq;
-
-  KvBlocks blocks;
-  CommRequestPtr kv_pending;
-  if (s.travels) kv_pending = start_kv_ring(ctx, s, sz, scratch, k, v, blocks);
-
-  args.seqs = packed(cu_local, cu_local, positions, positions, s.num_seqs(), s.rows, s.rows);
-  args.k = k;
-  args.v = v;
-  args.dk = dk;
-  args.dv = dv;
-  args.accumulate = false;
-  check_kernel(kernels::attention_backward(args), "attention_backward (local block)", L);
-  if (!s.travels) return;
-
-  // dK/dV of the block held at each step; the own block's accumulator is the prefix of dk/dv.
-  void* dkbuf[2] = {scratch.bytes(blocks.bytes), scratch.bytes(blocks.bytes)};
-  void* dvbuf[2] = {scratch.bytes(blocks.bytes), scratch.bytes(blocks.bytes)};
-  const std::int64_t own = s.block_rows * sz.kv_row;
-  std::int64_t incoming = s.block_of((s.index + d - 1) % d).rows * sz.kv_row;
-  CommRequestPtr grad_pending =
-      ring_exchange(*ctx.world, s, ctx.dtype, {{dk, own}, {dv, own}},
-                    {{dkbuf[0], incoming}, {dvbuf[0], incoming}}, {kTagDK, kTagDV});
-  args.accumulate = true;
-  for (int step = 1; step < d; ++step) {
-    kv_pending->wait();
-    const int cur = (step - 1) % 2;
-    const int source = (s.index - step + d) % d;
-    const RingBlock& block = s.block_of(source);
-    const std::int64_t holding = block.rows * sz.kv_row;
-    if (step + 1 < d) {
-      incoming = s.block_of((source + d - 1) % d).rows * sz.kv_row;
-      kv_pending = ring_exchange(
-          *ctx.world, s, ctx.dtype, {{blocks.k[cur], holding}, {blocks.v[cur], holding}},
-          {{blocks.k[1 - cur], incoming}, {blocks.v[1 - cur], incoming}}, {kTagK, kTagV});
-    }
-    grad_pending->wait();
-    args.seqs = packed(cu_local, scratch.index(block.cu_seqlens_k), positions,
-                       scratch.index(block.k_positions), s.num_seqs(), s.rows, block.rows);
-    args.k = blocks.k[cur];
-    args.v = blocks.v[cur];
-    args.dk = dkbuf[cur];
-    args.dv = dvbuf[cur];
-    check_kernel(kernels::attention_backward(args), "attention_backward (ring block)", L);
-    // The accumulators follow their block; after the last step one more hop takes every
-    // block's dK/dV home, straight into the prefix of dk/dv.
-    const bool last = step + 1 == d;
-    void* next_dk = last ? dk : dkbuf[1 - cur];
-    void* next_dv = last ? dv : dvbuf[1 - cur];
-    incoming = last ? own : s.block_of((source + d - 1) % d).rows * sz.kv_row;
-    grad_pending =
-        ring_exchange(*ctx.world, s, ctx.dtype, {{dkbuf[cur], holding}, {dvbuf[cur], holding}},
-                      {{next_dk, incoming}, {next_dv, incoming}}, {kTagDK, kTagDV});
-  }
-  grad_pending->wait();
 }
 
 // Ulysses moves inside one node of a group: the node's members are group members
@@ -607,26 +401,24 @@ class UlyssesLayout {
 // The ring across nodes of UlyssesRing, in the packed space of `u`: ranks with the same
 // Ulysses index in every node, each holding its node's rows for heads/u heads. With one
 // node (plain Ulysses) it is a ring of one: local attention only.
-RingSpec node_ring(const CpAttentionContext& ctx, const UlyssesLayout& packed_layout, int u) {
+RingWork node_ring(const CpAttentionContext& ctx, const UlyssesLayout& packed_layout, int u) {
   const WaveLayout& L = *ctx.layout;
   const int nodes = L.degree() / u;
   const int node = L.member / u, index_in_node = L.member % u;
-  RingSpec s;
+  std::vector<int> peers;
   for (int n = 0; n < nodes; ++n)
-    s.peers.push_back(L.group_world_ranks[static_cast<std::size_t>(n * u + index_in_node)]);
-  s.index = node;
-  s.cu_seqlens = packed_layout.cu_seqlens();
-  s.positions = packed_layout.positions();
-  s.rows = packed_layout.rows();
-  s.block_rows = s.rows;
-  s.travels = nodes > 1;
-  if (s.travels)
-    for (int n = 0; n < nodes; ++n) s.blocks.push_back(node_block(L, u, n));
-  s.shape = ctx.shape;
-  s.shape.heads_q /= u;
-  s.shape.heads_kv /= u;
-  s.allocator = nullptr;  // packed buffers are on the host
-  return s;
+    peers.push_back(L.group_world_ranks[static_cast<std::size_t>(n * u + index_in_node)]);
+  std::vector<RingBlock> blocks;
+  if (nodes > 1)
+    for (int n = 0; n < nodes; ++n) blocks.push_back(node_block(L, u, n));
+  RingWork w = ring_work(ctx, peers, node, packed_layout.rows(), blocks);
+  w.cu = packed_layout.cu_seqlens();
+  w.positions = packed_layout.positions();
+  w.rows = packed_layout.rows();
+  w.shape.heads_q /= u;
+  w.shape.heads_kv /= u;
+  w.allocator = nullptr;  // packed buffers are on the host
+  return w;
 }
 
 // Whole pieces attend locally; the local pass also writes (discarded) values for the
@@ -639,8 +431,7 @@ void ulysses_forward_typed(const CpAttentionContext& ctx, int u, const void* q, 
   args.dtype = ctx.dtype;
   args.device = Device::CPU;
   args.shape = ctx.shape;
-  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(),
-                     L.positions.data(), static_cast<int>(L.pieces.size()), L.rows, L.rows);
+  args.seqs = packed(L.cu_seqlens, L.positions, L.rows);
   args.q = q;
   args.k = k;
   args.v = v;
@@ -654,8 +445,9 @@ void ulysses_forward_typed(const CpAttentionContext& ctx, int u, const void* q, 
   const auto uv = layout.to_packed(v, ctx.shape.heads_kv);
   std::vector<std::byte> uout(uq.size());
   std::vector<Acc> ulse(static_cast<std::size_t>(layout.rows() * (ctx.shape.heads_q / u)));
-  ring_forward(ctx, node_ring(ctx, layout, u), uq.data(), uk.data(), uv.data(), uout.data(),
-               ulse.data());
+  HostRingStreams streams(*ctx.world);
+  ring_attention_forward(node_ring(ctx, layout, u), streams, uq.data(), uk.data(), uv.data(),
+                         uout.data(), ulse.data());
   layout.from_packed(uout, out, ctx.shape.heads_q);
   layout.lse_from_packed(ulse, lse);
 }
@@ -669,8 +461,7 @@ void ulysses_backward_typed(const CpAttentionContext& ctx, int u, const void* q,
   args.dtype = ctx.dtype;
   args.device = Device::CPU;
   args.shape = ctx.shape;
-  args.seqs = packed(L.cu_seqlens.data(), L.cu_seqlens.data(), L.positions.data(),
-                     L.positions.data(), static_cast<int>(L.pieces.size()), L.rows, L.rows);
+  args.seqs = packed(L.cu_seqlens, L.positions, L.rows);
   args.q = q;
   args.k = k;
   args.v = v;
@@ -689,8 +480,10 @@ void ulysses_backward_typed(const CpAttentionContext& ctx, int u, const void* q,
   const auto uout = layout.to_packed(out, hq), udout = layout.to_packed(dout, hq);
   const auto ulse = layout.lse_to_packed(lse);
   std::vector<std::byte> udq(uq.size()), udk(uk.size()), udv(uv.size());
-  ring_backward(ctx, node_ring(ctx, layout, u), uq.data(), uk.data(), uv.data(), uout.data(),
-                ulse.data(), udout.data(), udq.data(), udk.data(), udv.data());
+  HostRingStreams streams(*ctx.world);
+  ring_attention_backward(node_ring(ctx, layout, u), streams, uq.data(), uk.data(), uv.data(),
+                          uout.data(), ulse.data(), udout.data(), udq.data(), udk.data(),
+                          udv.data());
   layout.from_packed(udq, dq, hq);
   layout.from_packed(udk, dk, hkv);
   layout.from_packed(udv, dv, hkv);
@@ -702,16 +495,15 @@ int chosen_ulysses_degree(const CpAttentionContext& ctx, const char* op) {
   const WaveLayout& L = *ctx.layout;
   if (L.attention == CpAttention::Ring || !runs_ring(L)) return 1;
   const int u = ulysses_degree(L, ctx.shape, ctx.ranks_per_node);
-  const bool usable = u > 1 && ctx.pool != nullptr && ctx.world->device() == Device::CPU &&
-                      is_accumulator_type(ctx.dtype);
+  const bool usable = u > 1 && ctx.pool != nullptr && ctx.world->device() == Device::CPU;
   if (!usable) {  // every call, forward and backward: debug level
     DHP_LOG_DEBUG(
         "world rank {}: group {} of degree {} asked for {} (heads_q={}, heads_kv={}, "
-        "Ulysses degree {}, ranks_per_node={}, {}, {} buffers, {}): running the ring",
+        "Ulysses degree {}, ranks_per_node={}, {}, {} buffers): running the ring",
         L.group_world_ranks[static_cast<std::size_t>(L.member)], L.group, L.degree(),
         to_string(L.attention), ctx.shape.heads_q, ctx.shape.heads_kv, u, ctx.ranks_per_node,
         ctx.pool == nullptr ? "no group pool" : "pool given",
-        ctx.world->device() == Device::CPU ? "CPU" : "CUDA", kernels::to_string(ctx.dtype));
+        ctx.world->device() == Device::CPU ? "CPU" : "CUDA");
     return 1;
   }
   DHP_CHECK(ctx.pool->contains(L.group_world_ranks), InvalidArgument,
@@ -752,6 +544,21 @@ bool uses_ulysses(const WaveLayout& layout, const kernels::AttentionShape& shape
 
 void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const void* k,
                           const void* v, void* out, void* lse) {
+  check_context(ctx, "cp_attention_forward");
+  const auto streams = make_ring_streams(*ctx.world, ctx.stream);
+  cp_attention_forward(ctx, *streams, q, k, v, out, lse);
+}
+
+void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const void* k,
+                           const void* v, const void* out, const void* lse, const void* dout,
+                           void* dq, void* dk, void* dv) {
+  check_context(ctx, "cp_attention_backward");
+  const auto streams = make_ring_streams(*ctx.world, ctx.stream);
+  cp_attention_backward(ctx, *streams, q, k, v, out, lse, dout, dq, dk, dv);
+}
+
+void cp_attention_forward(const CpAttentionContext& ctx, RingStreams& streams, const void* q,
+                          const void* k, const void* v, void* out, void* lse) {
   constexpr const char* op = "cp_attention_forward";
   check_context(ctx, op);
   const WaveLayout& L = *ctx.layout;
@@ -760,7 +567,7 @@ void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const vo
   const int u = chosen_ulysses_degree(ctx, op);
   AbortOnUnwind guard(op, {ctx.world, u > 1 ? &ctx.pool->get(L.group_world_ranks) : nullptr});
   if (u == 1) {
-    ring_forward(ctx, plain_ring(ctx), q, k, v, out, lse);
+    ring_attention_forward(plain_ring(ctx), streams, q, k, v, out, lse);
   } else if (ctx.dtype == DType::F64) {
     ulysses_forward_typed(ctx, u, q, k, v, out, static_cast<double*>(lse));
   } else {
@@ -768,9 +575,9 @@ void cp_attention_forward(const CpAttentionContext& ctx, const void* q, const vo
   }
 }
 
-void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const void* k,
-                           const void* v, const void* out, const void* lse, const void* dout,
-                           void* dq, void* dk, void* dv) {
+void cp_attention_backward(const CpAttentionContext& ctx, RingStreams& streams, const void* q,
+                           const void* k, const void* v, const void* out, const void* lse,
+                           const void* dout, void* dq, void* dk, void* dv) {
   constexpr const char* op = "cp_attention_backward";
   check_context(ctx, op);
   const WaveLayout& L = *ctx.layout;
@@ -788,7 +595,7 @@ void cp_attention_backward(const CpAttentionContext& ctx, const void* q, const v
   const int u = chosen_ulysses_degree(ctx, op);
   AbortOnUnwind guard(op, {ctx.world, u > 1 ? &ctx.pool->get(L.group_world_ranks) : nullptr});
   if (u == 1) {
-    ring_backward(ctx, plain_ring(ctx), q, k, v, out, lse, dout, dq, dk, dv);
+    ring_attention_backward(plain_ring(ctx), streams, q, k, v, out, lse, dout, dq, dk, dv);
   } else if (ctx.dtype == DType::F64) {
     ulysses_backward_typed(ctx, u, q, k, v, out, static_cast<const double*>(lse), dout, dq, dk, dv);
   } else {

@@ -3,14 +3,15 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "dhp/cp_attention.hpp"
 
 namespace dhp {
 
-// Scratch buffers on the tensors' device, freed at scope exit.
+// Scratch buffers on the tensors' device, freed at scope exit. Device memory is released
+// while the ring's last kernels may still be queued: the allocator must be stream-ordered
+// for the compute stream (cudaFree, LibTorch's caching allocator on the current stream).
 class Scratch {
  public:
   explicit Scratch(BufferAllocator* allocator) : allocator_(allocator) {}
@@ -30,18 +31,6 @@ class Scratch {
     }
     host_.emplace_back(n);
     return host_.back().data();
-  }
-  // A host index array, copied to the device when there is one.
-  const std::int32_t* index(const std::vector<std::int32_t>& host) {
-    const std::size_t n = host.size() * sizeof(std::int32_t);
-    void* p = bytes(n);
-    if (n == 0) return static_cast<const std::int32_t*>(p);
-    if (allocator_ != nullptr) {
-      allocator_->copy_from_host(p, host.data(), n);
-    } else {
-      std::memcpy(p, host.data(), n);
-    }
-    return static_cast<const std::int32_t*>(p);
   }
 
  private:

@@ -4,9 +4,10 @@
 #include <string>
 #include <vector>
 
-#include "dhp/error.hpp"
 #include "attention/abort_on_unwind.hpp"
-#include "attention/scratch.hpp"
+#include "attention/ring_engine.hpp"
+#include "attention/rings.hpp"
+#include "dhp/error.hpp"
 
 namespace dhp {
 namespace {
@@ -81,31 +82,6 @@ StepBlocks step_blocks(const EncoderWave& wave, const std::vector<RingSequence>&
   return b;
 }
 
-struct Sizes {
-  std::size_t elem = 0, acc = 0;
-  std::int64_t q_row = 0, kv_row = 0;  // elements per row
-};
-
-Sizes sizes_of(DType dtype, const kernels::AttentionShape& shape) {
-  Sizes s;
-  s.elem = static_cast<std::size_t>(kernels::dtype_size(dtype));
-  s.acc = dtype == DType::F64 ? 8 : 4;
-  s.q_row = static_cast<std::int64_t>(shape.heads_q) * shape.head_dim;
-  s.kv_row = static_cast<std::int64_t>(shape.heads_kv) * shape.head_dim;
-  return s;
-}
-
-void* at_row(const void* base, std::int64_t row, std::int64_t row_elems, std::size_t elem) {
-  return static_cast<std::byte*>(const_cast<void*>(base)) +
-         static_cast<std::size_t>(row * row_elems) * elem;
-}
-
-void check_kernel(kernels::Status status, const char* what, const Communicator& world) {
-  if (status == kernels::Status::Ok) return;
-  DHP_THROW(InvalidArgument, "encoder attention: {} failed on {}: {}: {}", what, world.describe(),
-            kernels::status_string(status), kernels::last_error());
-}
-
 struct NamedBuffer {
   const char* name;
   const void* pointer;
@@ -117,6 +93,10 @@ void check_call(const EncoderAttentionContext& ctx, const char* op,
             "{}: the context needs the wave's encoder work and the world communicator", op);
   DHP_CHECK(!ctx.shape.causal, InvalidArgument,
             "{}: the encoder's attention is bidirectional: shape.causal must be false", op);
+  DHP_CHECK(ctx.world->device() == Device::CPU || ctx.allocator != nullptr, InvalidArgument,
+            "{} on {}: device buffers need ctx.allocator for the ring's temporaries (nothing was "
+            "sent)",
+            op, ctx.world->describe());
   const kernels::Status support =
       kernels::check_attention_support(ctx.dtype, ctx.world->device(), ctx.shape);
   DHP_CHECK(support == kernels::Status::Ok, InvalidArgument,
@@ -148,178 +128,81 @@ void check_call(const EncoderAttentionContext& ctx, const char* op,
               ctx.world->describe(), b.name, wave.patch_rows);
 }
 
-kernels::PackedSeqs packed(const std::int32_t* cu_q, const std::int32_t* cu_k, int num_seqs,
-                           std::int64_t total_q, std::int64_t total_k) {
-  kernels::PackedSeqs seqs;
-  seqs.cu_seqlens_q = cu_q;
-  seqs.cu_seqlens_k = cu_k;
-  seqs.num_seqs = num_seqs;
-  seqs.total_q = total_q;
-  seqs.total_k = total_k;
-  return seqs;
-}
-
-// The two KV (or dK/dV) buffers the ring steps alternate between, each sized for the
-// largest step.
-struct PairBuffers {
-  void* k[2] = {nullptr, nullptr};
-  void* v[2] = {nullptr, nullptr};
-};
-
-PairBuffers pair_buffers(Scratch& scratch, const std::vector<StepBlocks>& blocks, const Sizes& sz) {
-  std::int64_t most = 0;
-  for (const StepBlocks& b : blocks) most = std::max(most, b.rows);
-  PairBuffers p;
-  const auto bytes = static_cast<std::size_t>(most * sz.kv_row) * sz.elem;
-  for (int i = 0; i < 2; ++i) {
-    p.k[i] = scratch.bytes(bytes);
-    p.v[i] = scratch.bytes(bytes);
-  }
-  return p;
-}
-
-// The KV exchange of ring step `step`: each active ring sequence sends the block it held at
-// the previous step (its own rows at step 1) to the next member and receives the block of
-// this step from the previous one.
-CommRequestPtr post_kv(Communicator& world, const std::vector<RingSequence>& rings, int step,
-                       const std::vector<StepBlocks>& blocks, const void* k, const void* v,
-                       const PairBuffers& buf, int into, const Sizes& sz, DType dtype) {
-  std::vector<P2POp> ops;
-  const StepBlocks& to = blocks[static_cast<std::size_t>(step)];
-  for (std::size_t i = 0; i < rings.size(); ++i) {
-    const RingSequence& r = rings[i];
-    if (step >= r.degree()) continue;
-    const void* send_k = nullptr;
-    const void* send_v = nullptr;
-    if (step == 1) {
-      send_k = at_row(k, r.begin, sz.kv_row, sz.elem);
-      send_v = at_row(v, r.begin, sz.kv_row, sz.elem);
-    } else {
-      const std::int64_t from = blocks[static_cast<std::size_t>(step - 1)].offset[i];
-      send_k = at_row(buf.k[1 - into], from, sz.kv_row, sz.elem);
-      send_v = at_row(buf.v[1 - into], from, sz.kv_row, sz.elem);
-    }
-    const std::int64_t sending = r.block_rows(step - 1) * sz.kv_row;
-    const std::int64_t receiving = r.block_rows(step) * sz.kv_row;
-    const DataType type = data_type(dtype);
-    ops.push_back({P2POp::Kind::Send, r.next(), const_cast<void*>(send_k), sending, type,
-                   ring_tag(r.item, kTagK)});
-    ops.push_back({P2POp::Kind::Send, r.next(), const_cast<void*>(send_v), sending, type,
-                   ring_tag(r.item, kTagV)});
-    ops.push_back({P2POp::Kind::Recv, r.prev(), at_row(buf.k[into], to.offset[i], sz.kv_row, sz.elem),
-                   receiving, type, ring_tag(r.item, kTagK)});
-    ops.push_back({P2POp::Kind::Recv, r.prev(), at_row(buf.v[into], to.offset[i], sz.kv_row, sz.elem),
-                   receiving, type, ring_tag(r.item, kTagV)});
-  }
-  return world.exchange(ops);
-}
-
-void convert(DType from, DType to, Device device, std::int64_t count, const void* src, void* dst,
-             const Communicator& world) {
-  kernels::ConvertArgs args;
-  args.src_dtype = from;
-  args.dst_dtype = to;
-  args.device = device;
-  args.count = count;
-  args.src = src;
-  args.dst = dst;
-  args.stream = world.stream();
-  check_kernel(kernels::convert_dtype(args), "convert_dtype", world);
-}
-
-bool is_accumulator_type(DType dtype) { return dtype == DType::F32 || dtype == DType::F64; }
-
 int max_degree(const std::vector<RingSequence>& rings) {
   int most = 1;
   for (const RingSequence& r : rings) most = std::max(most, r.degree());
   return most;
 }
 
-std::vector<StepBlocks> all_step_blocks(const EncoderWave& wave,
-                                        const std::vector<RingSequence>& rings, int steps) {
-  std::vector<StepBlocks> blocks(static_cast<std::size_t>(steps));
-  for (int s = 1; s < steps; ++s) blocks[static_cast<std::size_t>(s)] = step_blocks(wave, rings, s);
-  return blocks;
+// The wave as the ring engine runs it: the local spans, one link per ring sequence (its
+// own rows travel), and the blocks held at every step.
+RingWork ring_work(const EncoderAttentionContext& ctx) {
+  const EncoderWave& wave = *ctx.wave;
+  const auto rings = ring_sequences(wave);
+  RingWork w;
+  w.dtype = ctx.dtype;
+  w.shape = ctx.shape;
+  w.cu = wave.cu_seqlens;  // no positions: non-causal
+  w.rows = wave.patch_rows;
+  w.allocator = ctx.allocator;
+  w.backends = ctx.backends;
+  w.where = ctx.world->describe();
+  for (const RingSequence& r : rings) {
+    RingLink link;
+    link.next = r.next();
+    link.prev = r.prev();
+    link.degree = r.degree();
+    link.own_begin = r.begin;
+    link.own_rows = r.rows;
+    link.tag_k = ring_tag(r.item, kTagK);
+    link.tag_v = ring_tag(r.item, kTagV);
+    link.tag_dk = ring_tag(r.item, kTagDK);
+    link.tag_dv = ring_tag(r.item, kTagDV);
+    w.links.push_back(link);
+  }
+  const int steps = max_degree(rings);
+  if (steps > 1) w.steps.resize(static_cast<std::size_t>(steps));
+  for (int s = 1; s < steps; ++s) {
+    const StepBlocks b = step_blocks(wave, rings, s);
+    RingStepBlock& sb = w.steps[static_cast<std::size_t>(s)];
+    sb.cu_k = b.cu_k;
+    sb.rows = b.rows;
+    sb.offset = b.offset;
+    for (const RingSequence& r : rings)
+      sb.link_rows.push_back(s < r.degree() ? r.block_rows(s) : 0);
+  }
+  return w;
 }
 
 }  // namespace
 
 void encoder_attention_forward(const EncoderAttentionContext& ctx, const void* q, const void* k,
                                const void* v, void* out, void* lse) {
-  constexpr const char* op = "encoder_attention_forward";
-  check_call(ctx, op, {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
-  const EncoderWave& wave = *ctx.wave;
-  Communicator& world = *ctx.world;
-  const Sizes sz = sizes_of(ctx.dtype, ctx.shape);
-  const Device device = world.device();
-  const auto rings = ring_sequences(wave);
-  AbortOnUnwind guard(op, {rings.empty() ? nullptr : ctx.world});
-  Scratch scratch(ctx.allocator);
-  const int sequences = static_cast<int>(wave.cu_seqlens.size()) - 1;
-  const std::int32_t* cu_local = scratch.index(wave.cu_seqlens);
-
-  kernels::AttentionForwardArgs args;
-  args.dtype = ctx.dtype;
-  args.device = device;
-  args.shape = ctx.shape;
-  args.stream = world.stream();
-  args.q = q;
-
-  const int steps = max_degree(rings);
-  const std::vector<StepBlocks> blocks = all_step_blocks(wave, rings, steps);
-  PairBuffers buf;
-  CommRequestPtr pending;
-  if (steps > 1) {  // the first exchange overlaps the local attention
-    buf = pair_buffers(scratch, blocks, sz);
-    pending = post_kv(world, rings, 1, blocks, k, v, buf, 0, sz, ctx.dtype);
-  }
-  args.seqs = packed(cu_local, cu_local, sequences, wave.patch_rows, wave.patch_rows);
-  args.k = k;
-  args.v = v;
-  args.out = out;
-  args.lse = lse;
-  check_kernel(kernels::attention_forward(args), "attention_forward (local spans)", world);
-  if (steps == 1) return;
-
-  const std::int64_t out_elems = wave.patch_rows * sz.q_row;
-  void* out_acc = out;
-  if (!is_accumulator_type(ctx.dtype)) {  // merge in fp32, round once at the end
-    out_acc = scratch.bytes(static_cast<std::size_t>(out_elems) * sizeof(float));
-    convert(ctx.dtype, DType::F32, device, out_elems, out, out_acc, world);
-  }
-  void* part_out = scratch.bytes(static_cast<std::size_t>(out_elems) * sz.elem);
-  void* part_lse =
-      scratch.bytes(static_cast<std::size_t>(wave.patch_rows * ctx.shape.heads_q) * sz.acc);
-  for (int s = 1; s < steps; ++s) {
-    const int cur = (s - 1) % 2;
-    pending->wait();
-    if (s + 1 < steps) pending = post_kv(world, rings, s + 1, blocks, k, v, buf, 1 - cur, sz, ctx.dtype);
-    const StepBlocks& b = blocks[static_cast<std::size_t>(s)];
-    args.seqs = packed(cu_local, scratch.index(b.cu_k), sequences, wave.patch_rows, b.rows);
-    args.k = buf.k[cur];
-    args.v = buf.v[cur];
-    args.out = part_out;
-    args.lse = part_lse;
-    check_kernel(kernels::attention_forward(args), "attention_forward (ring block)", world);
-    kernels::MergeArgs merge;
-    merge.dtype = ctx.dtype;
-    merge.device = device;
-    merge.rows = wave.patch_rows;
-    merge.heads = ctx.shape.heads_q;
-    merge.head_dim = ctx.shape.head_dim;
-    merge.out_acc = out_acc;
-    merge.lse_acc = lse;
-    merge.out_part = part_out;
-    merge.lse_part = part_lse;
-    merge.stream = world.stream();
-    check_kernel(kernels::merge_attention_partial(merge), "merge_attention_partial", world);
-  }
-  if (out_acc != out) convert(DType::F32, ctx.dtype, device, out_elems, out_acc, out, world);
+  check_call(ctx, "encoder_attention_forward", {});
+  const auto streams = make_ring_streams(*ctx.world, ctx.stream);
+  encoder_attention_forward(ctx, *streams, q, k, v, out, lse);
 }
 
 void encoder_attention_backward(const EncoderAttentionContext& ctx, const void* q, const void* k,
                                 const void* v, const void* out, const void* lse, const void* dout,
                                 void* dq, void* dk, void* dv) {
+  check_call(ctx, "encoder_attention_backward", {});
+  const auto streams = make_ring_streams(*ctx.world, ctx.stream);
+  encoder_attention_backward(ctx, *streams, q, k, v, out, lse, dout, dq, dk, dv);
+}
+
+void encoder_attention_forward(const EncoderAttentionContext& ctx, RingStreams& streams,
+                               const void* q, const void* k, const void* v, void* out, void* lse) {
+  constexpr const char* op = "encoder_attention_forward";
+  check_call(ctx, op, {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
+  const RingWork work = ring_work(ctx);
+  AbortOnUnwind guard(op, {work.links.empty() ? nullptr : ctx.world});
+  ring_attention_forward(work, streams, q, k, v, out, lse);
+}
+
+void encoder_attention_backward(const EncoderAttentionContext& ctx, RingStreams& streams,
+                                const void* q, const void* k, const void* v, const void* out,
+                                const void* lse, const void* dout, void* dq, void* dk, void* dv) {
   constexpr const char* op = "encoder_attention_backward";
   check_call(ctx, op,
              {{"q", q},
@@ -331,99 +214,9 @@ void encoder_attention_backward(const EncoderAttentionContext& ctx, const void* 
               {"dq", dq},
               {"dk", dk},
               {"dv", dv}});
-  const EncoderWave& wave = *ctx.wave;
-  Communicator& world = *ctx.world;
-  const Sizes sz = sizes_of(ctx.dtype, ctx.shape);
-  const auto rings = ring_sequences(wave);
-  AbortOnUnwind guard(op, {rings.empty() ? nullptr : ctx.world});
-  Scratch scratch(ctx.allocator);
-  const int sequences = static_cast<int>(wave.cu_seqlens.size()) - 1;
-  const std::int32_t* cu_local = scratch.index(wave.cu_seqlens);
-
-  kernels::AttentionBackwardArgs args;
-  args.dtype = ctx.dtype;
-  args.device = world.device();
-  args.shape = ctx.shape;
-  args.stream = world.stream();
-  args.q = q;
-  args.out = out;
-  args.dout = dout;
-  args.lse = lse;
-  args.dq = dq;
-
-  const int steps = max_degree(rings);
-  const std::vector<StepBlocks> blocks = all_step_blocks(wave, rings, steps);
-  PairBuffers kv;
-  CommRequestPtr kv_pending;
-  if (steps > 1) {
-    kv = pair_buffers(scratch, blocks, sz);
-    kv_pending = post_kv(world, rings, 1, blocks, k, v, kv, 0, sz, ctx.dtype);
-  }
-  args.seqs = packed(cu_local, cu_local, sequences, wave.patch_rows, wave.patch_rows);
-  args.k = k;
-  args.v = v;
-  args.dk = dk;
-  args.dv = dv;
-  args.accumulate = false;
-  check_kernel(kernels::attention_backward(args), "attention_backward (local spans)", world);
-  if (steps == 1) return;
-
-  // The dK/dV accumulators follow their block one hop behind it; a block's accumulator
-  // comes home, complete, after its ring's last step (straight into its rows of dk/dv).
-  const PairBuffers grads = pair_buffers(scratch, blocks, sz);
-  const DataType type = data_type(ctx.dtype);
-  std::vector<P2POp> ops;
-  for (std::size_t i = 0; i < rings.size(); ++i) {
-    const RingSequence& r = rings[i];
-    const std::int64_t own = r.rows * sz.kv_row, incoming = r.block_rows(1) * sz.kv_row;
-    const std::int64_t into = blocks[1].offset[i];
-    ops.push_back({P2POp::Kind::Send, r.next(), at_row(dk, r.begin, sz.kv_row, sz.elem), own, type,
-                   ring_tag(r.item, kTagDK)});
-    ops.push_back({P2POp::Kind::Send, r.next(), at_row(dv, r.begin, sz.kv_row, sz.elem), own, type,
-                   ring_tag(r.item, kTagDV)});
-    ops.push_back({P2POp::Kind::Recv, r.prev(), at_row(grads.k[0], into, sz.kv_row, sz.elem),
-                   incoming, type, ring_tag(r.item, kTagDK)});
-    ops.push_back({P2POp::Kind::Recv, r.prev(), at_row(grads.v[0], into, sz.kv_row, sz.elem),
-                   incoming, type, ring_tag(r.item, kTagDV)});
-  }
-  CommRequestPtr grad_pending = world.exchange(ops);
-  args.accumulate = true;
-  for (int s = 1; s < steps; ++s) {
-    const int cur = (s - 1) % 2;
-    kv_pending->wait();
-    if (s + 1 < steps)
-      kv_pending = post_kv(world, rings, s + 1, blocks, k, v, kv, 1 - cur, sz, ctx.dtype);
-    grad_pending->wait();
-    const StepBlocks& b = blocks[static_cast<std::size_t>(s)];
-    args.seqs = packed(cu_local, scratch.index(b.cu_k), sequences, wave.patch_rows, b.rows);
-    args.k = kv.k[cur];
-    args.v = kv.v[cur];
-    args.dk = grads.k[cur];
-    args.dv = grads.v[cur];
-    check_kernel(kernels::attention_backward(args), "attention_backward (ring block)", world);
-    ops.clear();
-    for (std::size_t i = 0; i < rings.size(); ++i) {
-      const RingSequence& r = rings[i];
-      if (s >= r.degree()) continue;
-      const std::int64_t holding = r.block_rows(s) * sz.kv_row;
-      ops.push_back({P2POp::Kind::Send, r.next(), at_row(grads.k[cur], b.offset[i], sz.kv_row, sz.elem),
-                     holding, type, ring_tag(r.item, kTagDK)});
-      ops.push_back({P2POp::Kind::Send, r.next(), at_row(grads.v[cur], b.offset[i], sz.kv_row, sz.elem),
-                     holding, type, ring_tag(r.item, kTagDV)});
-      const bool last = s + 1 == r.degree();
-      void* into_k = last ? at_row(dk, r.begin, sz.kv_row, sz.elem)
-                          : at_row(grads.k[1 - cur], blocks[static_cast<std::size_t>(s + 1)].offset[i],
-                                   sz.kv_row, sz.elem);
-      void* into_v = last ? at_row(dv, r.begin, sz.kv_row, sz.elem)
-                          : at_row(grads.v[1 - cur], blocks[static_cast<std::size_t>(s + 1)].offset[i],
-                                   sz.kv_row, sz.elem);
-      const std::int64_t incoming = (last ? r.rows : r.block_rows(s + 1)) * sz.kv_row;
-      ops.push_back({P2POp::Kind::Recv, r.prev(), into_k, incoming, type, ring_tag(r.item, kTagDK)});
-      ops.push_back({P2POp::Kind::Recv, r.prev(), into_v, incoming, type, ring_tag(r.item, kTagDV)});
-    }
-    grad_pending = world.exchange(ops);
-  }
-  grad_pending->wait();
+  const RingWork work = ring_work(ctx);
+  AbortOnUnwind guard(op, {work.links.empty() ? nullptr : ctx.world});
+  ring_attention_backward(work, streams, q, k, v, out, lse, dout, dq, dk, dv);
 }
 
 }  // namespace dhp

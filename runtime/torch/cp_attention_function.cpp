@@ -1,6 +1,10 @@
 // at::Tensor helpers and the autograd function around CP attention (include/dhp/torch.hpp).
 #include <fmt/format.h>
 
+#ifdef DHP_TORCH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include "dhp/dispatch.hpp"
 #include "dhp/error.hpp"
 #include "dhp/torch.hpp"
@@ -43,6 +47,8 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
     ctx.ranks_per_node = options.ranks_per_node;
     ctx.allocator = options.allocator;
     if (ctx.allocator == nullptr && q.is_cuda()) ctx.allocator = fallback_allocator;
+    ctx.stream = current_stream(q);
+    ctx.backends = options.backends;
     return ctx;
   }
 
@@ -52,8 +58,7 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
     TorchBufferAllocator allocator(q.device());
     const CpAttentionContext ctx = context(q, k, *options, &allocator);
     at::Tensor out = at::empty_like(q);
-    // lse in the accumulator type, which equals the dtype for F32 and F64.
-    at::Tensor lse = at::empty({q.size(1), q.size(0)}, q.options());
+    at::Tensor lse = at::empty({q.size(1), q.size(0)}, lse_options(q));
     {
       at::NoGradGuard no_grad;
       cp_attention_forward(ctx, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
@@ -93,6 +98,18 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
 };
 
 }  // namespace
+
+at::TensorOptions lse_options(const at::Tensor& q) {
+  return q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+}
+
+void* current_stream(const at::Tensor& t) {
+#ifdef DHP_TORCH_CUDA
+  if (t.is_cuda()) return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+#endif
+  (void)t;
+  return nullptr;
+}
 
 kernels::DType kernel_dtype(const at::Tensor& t, const char* name) {
   DHP_CHECK(t.defined(), InvalidArgument, "tensor {} is undefined", name);
@@ -178,9 +195,6 @@ at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tens
   DHP_CHECK(options.layout != nullptr && options.world != nullptr, InvalidArgument,
             "cp_attention: options.layout and options.world must be set");
   const kernels::DType dtype = kernel_dtype(q, "q");
-  DHP_CHECK(dtype == kernels::DType::F32 || dtype == kernels::DType::F64, InvalidArgument,
-            "cp_attention: q has dtype {}; CP attention runs in float32 or float64",
-            kernels::to_string(dtype));
   const kernels::Device device = kernel_device(q, "q");
   const std::int64_t rows = options.layout->rows;
   DHP_CHECK(q.dim() == 3, InvalidArgument,

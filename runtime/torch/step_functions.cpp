@@ -32,15 +32,27 @@ void check_host_float(const at::Tensor& t, const char* name) {
   (void)dtype;
 }
 
+// The caller's context, completed for CUDA tensors: the current stream, and LibTorch's
+// allocator for the temporaries unless the context brings one.
+EncoderAttentionContext with_device(const EncoderAttentionContext& ctx, const at::Tensor& q,
+                                    TorchBufferAllocator* allocator) {
+  EncoderAttentionContext out = ctx;
+  if (!q.is_cuda()) return out;
+  if (out.stream == nullptr) out.stream = current_stream(q);
+  if (out.allocator == nullptr) out.allocator = allocator;
+  return out;
+}
+
 struct EncoderAttentionFunction : public torch::autograd::Function<EncoderAttentionFunction> {
   static at::Tensor forward(AutogradContext* autograd, const at::Tensor& q, const at::Tensor& k,
                             const at::Tensor& v, const EncoderAttentionContext* ctx) {
     at::Tensor out = at::empty_like(q);
-    at::Tensor lse = at::empty({q.size(1), q.size(0)}, q.options());
+    at::Tensor lse = at::empty({q.size(1), q.size(0)}, lse_options(q));
     {
       at::NoGradGuard no_grad;
-      encoder_attention_forward(*ctx, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                                lse.data_ptr());
+      TorchBufferAllocator allocator(q.device());
+      encoder_attention_forward(with_device(*ctx, q, &allocator), q.data_ptr(), k.data_ptr(),
+                                v.data_ptr(), out.data_ptr(), lse.data_ptr());
     }
     autograd->save_for_backward({q, k, v, out, lse});
     save_pointer(autograd, "ctx", ctx);
@@ -53,9 +65,10 @@ struct EncoderAttentionFunction : public torch::autograd::Function<EncoderAttent
     // Every ring member runs the backward, even with no gradient flowing here.
     const at::Tensor dout = contiguous_or_zeros(grads[0], out);
     at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-    encoder_attention_backward(*ctx, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                               lse.data_ptr(), dout.data_ptr(), dq.data_ptr(), dk.data_ptr(),
-                               dv.data_ptr());
+    TorchBufferAllocator allocator(q.device());
+    encoder_attention_backward(with_device(*ctx, q, &allocator), q.data_ptr(), k.data_ptr(),
+                               v.data_ptr(), out.data_ptr(), lse.data_ptr(), dout.data_ptr(),
+                               dq.data_ptr(), dk.data_ptr(), dv.data_ptr());
     return {dq, dk, dv, at::Tensor()};
   }
 };

@@ -10,35 +10,60 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dhp/kernels.hpp"
+#include "sixteen_bit.hpp"
 
 namespace dhp::kernels::testing {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// Per-dtype tolerance: |got - want| <= tol * (1 + |want|). Values are O(1) by construction.
-// About 10x the worst error measured (fp32: forward 2.1e-7, backward 1.3e-6; fp64 stays
-// below 1e-14 / 1e-13), so a real regression fails.
+using dhp::testing::Acc;
+using dhp::testing::BF16;
+using dhp::testing::dtype_of;
+using dhp::testing::F16;
+
+// Per-dtype tolerance (TransformerEngine style: one table, looked up by dtype):
+// |got - want| <= tol * (1 + |want|), against the fp64 reference on the same (rounded)
+// inputs; values are O(1) by construction. F32/F64: about 10x the worst error measured
+// (fp32: forward 2.1e-7, backward 1.3e-6; fp64 below 1e-14 / 1e-13), so a real regression
+// fails. 16-bit: the kernels accumulate in fp32 and round each output once, so an output
+// is off by at most the unit roundoff u (2^-8 bf16, 2^-11 f16) plus the fp32 error; the
+// backward also reads the final out rounded to 16 bits (delta = dO . O), which would add
+// an error growing with the number of queries a key serves unless the reference takes the same
+// rounded out (reference_attention's delta_out; the tests do). Rounding twice (a 16-bit
+// accumulator) or a wrong mask exceeds these.
 template <typename T>
 struct Tolerance;
 template <>
 struct Tolerance<double> {
   static constexpr double forward = 1e-13;
   static constexpr double backward = 1e-12;
+  static constexpr double lse = forward;
 };
 template <>
 struct Tolerance<float> {
   static constexpr double forward = 2e-6;
   static constexpr double backward = 1e-5;
+  static constexpr double lse = forward;
 };
-
-template <typename T>
-constexpr DType dtype_of() {
-  return sizeof(T) == 8 ? DType::F64 : DType::F32;
-}
+template <>
+struct Tolerance<BF16> {
+  static constexpr double forward = dhp::testing::unit_roundoff<BF16>() + Tolerance<float>::forward;
+  static constexpr double backward =
+      dhp::testing::unit_roundoff<BF16>() + Tolerance<float>::backward;
+  static constexpr double lse = Tolerance<float>::forward;  // fp32, from the rounded inputs
+};
+template <>
+struct Tolerance<F16> {
+  static constexpr double forward = dhp::testing::unit_roundoff<F16>() + Tolerance<float>::forward;
+  static constexpr double backward =
+      dhp::testing::unit_roundoff<F16>() + Tolerance<float>::backward;
+  static constexpr double lse = Tolerance<float>::forward;
+};
 
 struct Batch {
   std::vector<std::int32_t> cu_q{0}, cu_k{0};
@@ -63,6 +88,14 @@ struct Batch {
   std::int32_t k_position(std::int64_t row, int b) const {
     return k_pos.empty() ? static_cast<std::int32_t>(row - cu_k[b]) : k_pos[row];
   }
+  // The longest segments: the max_seqlen hints a caller passes (the CPU checks them).
+  int max_len_q() const { return max_len(cu_q); }
+  int max_len_k() const { return max_len(cu_k); }
+  static int max_len(const std::vector<std::int32_t>& cu) {
+    int longest = 0;
+    for (std::size_t b = 0; b + 1 < cu.size(); ++b) longest = std::max(longest, cu[b + 1] - cu[b]);
+    return longest;
+  }
 };
 
 inline Batch make_batch(const std::vector<int>& q_lens, const std::vector<int>& k_lens) {
@@ -83,11 +116,17 @@ inline std::vector<double> random_vector(std::size_t n, std::mt19937_64& rng, do
 
 template <typename T>
 std::vector<T> cast(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
+  std::vector<T> out;
+  out.reserve(v.size());
+  for (double x : v) out.push_back(static_cast<T>(x));
+  return out;
 }
 template <typename T>
 std::vector<double> to_double(const std::vector<T>& v) {
-  return std::vector<double>(v.begin(), v.end());
+  std::vector<double> out;
+  out.reserve(v.size());
+  for (const T& x : v) out.push_back(static_cast<double>(x));
+  return out;
 }
 
 struct Reference {
@@ -97,11 +136,16 @@ struct Reference {
 
 // Naive attention in fp64: for each sequence and query head, the full [Lq, Lk] score
 // matrix, the causal mask from positions, a two-pass softmax, then out = P V.
-// With dout: dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(P dP)), dQ = s dS K, dK = s dS^T Q.
+// With dout: dV = P^T dO, dP = dO V^T, dS = P (dP - delta), dQ = s dS K, dK = s dS^T Q, with
+// delta = rowsum(P dP) = dO . out. `delta_out`: the out the backward under test is given
+// (the final out rounded to 16 bits), used for delta = dO . delta_out the way the kernels
+// use it, so that the comparison measures the backward's own error and not the forward's
+// rounding, which every 16-bit backward inherits.
 inline Reference reference_attention(const Batch& batch, const AttentionShape& shape,
                                      const std::vector<double>& q, const std::vector<double>& k,
                                      const std::vector<double>& v,
-                                     const std::vector<double>* dout = nullptr) {
+                                     const std::vector<double>* dout = nullptr,
+                                     const std::vector<double>* delta_out = nullptr) {
   const int hq = shape.heads_q, hkv = shape.heads_kv, d = shape.head_dim;
   const double scale = shape.softmax_scale != 0 ? shape.softmax_scale : 1.0 / std::sqrt(d);
   const std::int64_t tq = batch.total_q(), tk = batch.total_k();
@@ -156,6 +200,11 @@ inline Reference reference_attention(const Batch& batch, const AttentionShape& s
           for (int c = 0; c < d; ++c) dp[j] += (*dout)[qi(q0 + i, h, c)] * v[ki(k0 + j, g, c)];
           row_dot += p[i * lk + j] * dp[j];
         }
+        if (delta_out != nullptr) {
+          row_dot = 0;
+          for (int c = 0; c < d; ++c)
+            row_dot += (*dout)[qi(q0 + i, h, c)] * (*delta_out)[qi(q0 + i, h, c)];
+        }
         for (std::int64_t j = 0; j < lk; ++j) {
           const double pij = p[i * lk + j];
           const double ds = pij * (dp[j] - row_dot) * scale;
@@ -169,6 +218,19 @@ inline Reference reference_attention(const Batch& batch, const AttentionShape& s
     }
   }
   return ref;
+}
+
+// The worst |got - want| / (1 + |want|) over finite pairs (what all_close bounds), for the
+// figures the tests print.
+template <typename T>
+double worst_scaled_error(const std::vector<T>& got, const std::vector<double>& want) {
+  double worst = 0;
+  for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    const double g = static_cast<double>(got[i]), w = want[i];
+    if (std::isfinite(g) && std::isfinite(w))
+      worst = std::max(worst, std::abs(g - w) / (1 + std::abs(w)));
+  }
+  return worst;
 }
 
 // Element-wise comparison; -inf must match -inf exactly, NaN never matches.
@@ -195,30 +257,36 @@ template <typename T>
   return ::testing::AssertionSuccess() << what << " worst scaled error " << worst;
 }
 
-template <typename T>
+template <typename T, typename O = T>
 struct ForwardResult {
-  std::vector<T> out, lse;
+  std::vector<O> out;
+  std::vector<Acc<T>> lse;
 };
 
 // Runs the public launcher on the CPU with out/lse poisoned (NaN) so that an element the
-// kernel forgets to write fails the comparison.
-template <typename T>
-ForwardResult<T> run_forward(const Batch& batch, const AttentionShape& shape,
-                             const std::vector<T>& q, const std::vector<T>& k,
-                             const std::vector<T>& v) {
-  ForwardResult<T> r;
+// kernel forgets to write fails the comparison. O is T, or Acc<T> (accumulator_out).
+template <typename T, typename O = T>
+ForwardResult<T, O> run_forward(const Batch& batch, const AttentionShape& shape,
+                                const std::vector<T>& q, const std::vector<T>& k,
+                                const std::vector<T>& v) {
+  static_assert(std::is_same_v<O, T> || std::is_same_v<O, Acc<T>>);
+  ForwardResult<T, O> r;
   r.out.assign(static_cast<std::size_t>(batch.total_q() * shape.heads_q * shape.head_dim),
-               static_cast<T>(kNaN));
-  r.lse.assign(static_cast<std::size_t>(batch.total_q() * shape.heads_q), static_cast<T>(kNaN));
+               static_cast<O>(kNaN));
+  r.lse.assign(static_cast<std::size_t>(batch.total_q() * shape.heads_q),
+               static_cast<Acc<T>>(kNaN));
   AttentionForwardArgs args;
   args.dtype = dtype_of<T>();
   args.shape = shape;
   args.seqs = batch.seqs();
+  args.seqs.max_seqlen_q = batch.max_len_q();
+  args.seqs.max_seqlen_k = batch.max_len_k();
   args.q = q.data();
   args.k = k.data();
   args.v = v.data();
   args.out = r.out.data();
   args.lse = r.lse.data();
+  args.accumulator_out = !std::is_same_v<O, T>;
   const Status status = attention_forward(args);
   EXPECT_EQ(status, Status::Ok) << last_error();
   return r;
@@ -231,23 +299,27 @@ struct Gradients {
 
 // Backward from the final out/lse. Without `initial`, gradients are poisoned and
 // overwritten (accumulate=false); with it, they start from `initial` and accumulate.
-template <typename T>
-Gradients<T> run_backward(const Batch& batch, const AttentionShape& shape, const std::vector<T>& q,
+// G is T (gradients in the data type) or Acc<T> (accumulator_grads: fp32 for 16-bit data).
+template <typename T, typename G = T>
+Gradients<G> run_backward(const Batch& batch, const AttentionShape& shape, const std::vector<T>& q,
                           const std::vector<T>& k, const std::vector<T>& v,
                           const std::vector<T>& out, const std::vector<T>& dout,
-                          const std::vector<T>& lse, const Gradients<T>* initial = nullptr) {
-  Gradients<T> g;
+                          const std::vector<Acc<T>>& lse, const Gradients<G>* initial = nullptr) {
+  static_assert(std::is_same_v<G, T> || std::is_same_v<G, Acc<T>>);
+  Gradients<G> g;
   if (initial) {
     g = *initial;
   } else {
-    g.dq.assign(q.size(), static_cast<T>(kNaN));
-    g.dk.assign(k.size(), static_cast<T>(kNaN));
-    g.dv.assign(v.size(), static_cast<T>(kNaN));
+    g.dq.assign(q.size(), static_cast<G>(kNaN));
+    g.dk.assign(k.size(), static_cast<G>(kNaN));
+    g.dv.assign(v.size(), static_cast<G>(kNaN));
   }
   AttentionBackwardArgs args;
   args.dtype = dtype_of<T>();
   args.shape = shape;
   args.seqs = batch.seqs();
+  args.seqs.max_seqlen_q = batch.max_len_q();
+  args.seqs.max_seqlen_k = batch.max_len_k();
   args.q = q.data();
   args.k = k.data();
   args.v = v.data();
@@ -258,6 +330,7 @@ Gradients<T> run_backward(const Batch& batch, const AttentionShape& shape, const
   args.dk = g.dk.data();
   args.dv = g.dv.data();
   args.accumulate = initial != nullptr;
+  args.accumulator_grads = !std::is_same_v<G, T>;
   const Status status = attention_backward(args);
   EXPECT_EQ(status, Status::Ok) << last_error();
   return g;

@@ -9,7 +9,7 @@ namespace {
 
 template <typename T>
 class AttentionBackwardTest : public ::testing::Test {};
-using FloatTypes = ::testing::Types<float, double>;
+using FloatTypes = ::testing::Types<float, double, BF16, F16>;
 TYPED_TEST_SUITE(AttentionBackwardTest, FloatTypes);
 
 struct Inputs {
@@ -30,18 +30,26 @@ Inputs random_inputs(const Batch& batch, const AttentionShape& shape, std::uint6
 
 template <typename T>
 void check_backward(const Batch& batch, const AttentionShape& shape, std::uint64_t seed,
-                    const std::string& label) {
+                    const std::string& label, bool print = false) {
   const Inputs in = random_inputs(batch, shape, seed);
   const auto q = cast<T>(in.q), k = cast<T>(in.k), v = cast<T>(in.v), dout = cast<T>(in.dout);
   const auto dout64 = to_double(dout);
+  const Reference fwd = reference_attention(batch, shape, to_double(q), to_double(k), to_double(v));
+  // The backward takes the final out and lse: feed the reference's (out rounded to T, lse
+  // to the accumulator type), and give the reference's backward the same rounded out.
+  const auto out = cast<T>(fwd.out);
+  const auto out64 = to_double(out);
   const Reference ref =
-      reference_attention(batch, shape, to_double(q), to_double(k), to_double(v), &dout64);
-  // The backward takes the final out and lse: feed the reference's (rounded to T).
-  const auto grads = run_backward(batch, shape, q, k, v, cast<T>(ref.out), dout, cast<T>(ref.lse));
+      reference_attention(batch, shape, to_double(q), to_double(k), to_double(v), &dout64, &out64);
+  const auto grads = run_backward(batch, shape, q, k, v, out, dout, cast<Acc<T>>(fwd.lse));
   const double tol = Tolerance<T>::backward;
   EXPECT_TRUE(all_close(grads.dq, ref.dq, tol, label + " dq"));
   EXPECT_TRUE(all_close(grads.dk, ref.dk, tol, label + " dk"));
   EXPECT_TRUE(all_close(grads.dv, ref.dv, tol, label + " dv"));
+  if (print)
+    std::printf("backward %s %s: worst scaled error dq %.3g dk %.3g dv %.3g (tolerance %.3g)\n",
+                to_string(dtype_of<T>()), label.c_str(), worst_scaled_error(grads.dq, ref.dq),
+                worst_scaled_error(grads.dk, ref.dk), worst_scaled_error(grads.dv, ref.dv), tol);
 }
 
 TYPED_TEST(AttentionBackwardTest, MatchesReferenceAcrossLengthsGqaAndMasks) {
@@ -74,6 +82,17 @@ TYPED_TEST(AttentionBackwardTest, MatchesReferenceAcrossLengthsGqaAndMasks) {
   }
 }
 
+TYPED_TEST(AttentionBackwardTest, ModelHeadDimsCausalAndFull) {
+  const Batch batch = make_batch({17, 37, 127}, {17, 37, 127});
+  for (const int head_dim : {64, 72, 80, 96, 128}) {
+    for (const bool causal : {true, false}) {
+      check_backward<TypeParam>(
+          batch, AttentionShape{4, 2, head_dim, 0, causal}, 4000 + head_dim + causal,
+          "d=" + std::to_string(head_dim) + " causal=" + std::to_string(causal), true);
+    }
+  }
+}
+
 TYPED_TEST(AttentionBackwardTest, RowsWithoutVisibleKeysContributeNothing) {
   Batch batch = make_batch({5}, {4});
   batch.q_pos = {0, 1, 2, 3, 4};
@@ -93,15 +112,44 @@ TYPED_TEST(AttentionBackwardTest, AccumulateAddsToExistingGradients) {
   Gradients<T> initial{cast<T>(random_vector(q.size(), rng)), cast<T>(random_vector(k.size(), rng)),
                        cast<T>(random_vector(v.size(), rng))};
   const auto summed = run_backward(batch, shape, q, k, v, fwd.out, dout, fwd.lse, &initial);
+  // 16-bit: both sides are rounded results of the same fp32 block gradient, so the sum is
+  // within one rounding of the summed output plus the fresh one's.
   auto expect_sum = [](const std::vector<T>& base, const std::vector<T>& add,
                        const std::vector<T>& got, const char* what) {
     std::vector<double> want(base.size());
     for (std::size_t i = 0; i < base.size(); ++i) want[i] = double(base[i]) + double(add[i]);
-    EXPECT_TRUE(all_close(got, want, Tolerance<T>::forward, what));
+    EXPECT_TRUE(all_close(got, want, 2 * Tolerance<T>::forward, what));
   };
   expect_sum(initial.dq, fresh.dq, summed.dq, "dq");
   expect_sum(initial.dk, fresh.dk, summed.dk, "dk");
   expect_sum(initial.dv, fresh.dv, summed.dv, "dv");
+}
+
+// accumulator_grads: the same gradients in the accumulator type, not rounded to T, so
+// adding block after block rounds nothing until the caller converts once.
+TYPED_TEST(AttentionBackwardTest, AccumulatorGradsAreTheUnroundedSum) {
+  using T = TypeParam;
+  const Batch batch = make_batch({9, 40}, {9, 40});
+  const AttentionShape shape{4, 2, 16, 0, true};
+  const Inputs in = random_inputs(batch, shape, 37);
+  const auto q = cast<T>(in.q), k = cast<T>(in.k), v = cast<T>(in.v), dout = cast<T>(in.dout);
+  const auto fwd = run_forward(batch, shape, q, k, v);
+  const auto rounded = run_backward(batch, shape, q, k, v, fwd.out, dout, fwd.lse);
+  const auto wide = run_backward<T, Acc<T>>(batch, shape, q, k, v, fwd.out, dout, fwd.lse);
+  // Rounding the accumulator-type gradients gives exactly the T gradients.
+  for (std::size_t i = 0; i < rounded.dq.size(); ++i)
+    ASSERT_EQ(static_cast<double>(static_cast<T>(wide.dq[i])), static_cast<double>(rounded.dq[i]))
+        << "dq[" << i << "]";
+  for (std::size_t i = 0; i < rounded.dk.size(); ++i) {
+    ASSERT_EQ(static_cast<double>(static_cast<T>(wide.dk[i])), static_cast<double>(rounded.dk[i]))
+        << "dk[" << i << "]";
+    ASSERT_EQ(static_cast<double>(static_cast<T>(wide.dv[i])), static_cast<double>(rounded.dv[i]))
+        << "dv[" << i << "]";
+  }
+  // Accumulating twice into them gives twice the value (no rounding in between).
+  const auto twice = run_backward<T, Acc<T>>(batch, shape, q, k, v, fwd.out, dout, fwd.lse, &wide);
+  for (std::size_t i = 0; i < wide.dq.size(); ++i)
+    ASSERT_EQ(twice.dq[i], 2 * wide.dq[i]) << "dq[" << i << "]";
 }
 
 // d(loss)/d(x) with loss = sum(out * W): W is dout. Central differences in fp64 on a tiny

@@ -24,14 +24,14 @@ const std::vector<LengthCase>& length_cases() {
 
 template <typename T>
 class AttentionForwardTest : public ::testing::Test {};
-using FloatTypes = ::testing::Types<float, double>;
+using FloatTypes = ::testing::Types<float, double, BF16, F16>;
 TYPED_TEST_SUITE(AttentionForwardTest, FloatTypes);
 
 // Compares kernel and reference on identical (dtype-rounded) inputs, so the difference is
 // the kernel's arithmetic error only.
 template <typename T>
 void check_forward(const Batch& batch, const AttentionShape& shape, std::uint64_t seed,
-                   const std::string& label) {
+                   const std::string& label, bool print = false) {
   std::mt19937_64 rng(seed);
   const auto q = cast<T>(random_vector(
       static_cast<std::size_t>(batch.total_q() * shape.heads_q * shape.head_dim), rng));
@@ -41,7 +41,11 @@ void check_forward(const Batch& batch, const AttentionShape& shape, std::uint64_
   const Reference ref = reference_attention(batch, shape, to_double(q), to_double(k), to_double(v));
   const ForwardResult<T> got = run_forward(batch, shape, q, k, v);
   EXPECT_TRUE(all_close(got.out, ref.out, Tolerance<T>::forward, label + " out"));
-  EXPECT_TRUE(all_close(got.lse, ref.lse, Tolerance<T>::forward, label + " lse"));
+  EXPECT_TRUE(all_close(got.lse, ref.lse, Tolerance<T>::lse, label + " lse"));
+  if (print)
+    std::printf("forward %s %s: worst scaled error out %.3g (tolerance %.3g), lse %.3g\n",
+                to_string(dtype_of<T>()), label.c_str(), worst_scaled_error(got.out, ref.out),
+                Tolerance<T>::forward, worst_scaled_error(got.lse, ref.lse));
 }
 
 TYPED_TEST(AttentionForwardTest, MatchesReferenceAcrossLengthsGqaAndMasks) {
@@ -61,6 +65,21 @@ TYPED_TEST(AttentionForwardTest, MatchesReferenceAcrossLengthsGqaAndMasks) {
                                   " d=" + std::to_string(shape.head_dim);
         check_forward<TypeParam>(batch, shape, 1000 + variant, label);
       }
+    }
+  }
+}
+
+// The head sizes of the vision encoders and LLMs the runtime serves (SigLIP-so400m 72,
+// Qwen2-VL's ViT 80, 64/96/128 elsewhere), causal (LLM) and not (encoder), on lengths
+// that are no multiple of any block size.
+TYPED_TEST(AttentionForwardTest, ModelHeadDimsCausalAndFull) {
+  const Batch batch = make_batch({17, 37, 127}, {17, 37, 127});
+  for (const int head_dim : {64, 72, 80, 96, 128}) {
+    for (const bool causal : {true, false}) {
+      const AttentionShape shape{4, 2, head_dim, 0, causal};
+      check_forward<TypeParam>(
+          batch, shape, 3000 + head_dim + causal,
+          "d=" + std::to_string(head_dim) + " causal=" + std::to_string(causal), true);
     }
   }
 }
@@ -85,14 +104,15 @@ TYPED_TEST(AttentionForwardTest, RowsWithoutVisibleKeysGiveZeroAndMinusInfinity)
   const auto got = run_forward(batch, shape, q, k, v);
   for (int h = 0; h < 2; ++h) {
     for (int row : {0, 1, 2, 6, 7, 8, 9}) {
-      EXPECT_EQ(got.lse[h * 10 + row], -std::numeric_limits<TypeParam>::infinity()) << row;
-      for (int c = 0; c < 8; ++c) EXPECT_EQ(got.out[(row * 2 + h) * 8 + c], 0) << row;
+      EXPECT_EQ(got.lse[h * 10 + row], -std::numeric_limits<Acc<TypeParam>>::infinity()) << row;
+      for (int c = 0; c < 8; ++c)
+        EXPECT_EQ(static_cast<double>(got.out[(row * 2 + h) * 8 + c]), 0) << row;
     }
     EXPECT_TRUE(std::isfinite(got.lse[h * 10 + 3]));
   }
   const auto ref = reference_attention(batch, shape, to_double(q), to_double(k), to_double(v));
   EXPECT_TRUE(all_close(got.out, ref.out, Tolerance<TypeParam>::forward, "out"));
-  EXPECT_TRUE(all_close(got.lse, ref.lse, Tolerance<TypeParam>::forward, "lse"));
+  EXPECT_TRUE(all_close(got.lse, ref.lse, Tolerance<TypeParam>::lse, "lse"));
 }
 
 // Long enough for several 64-row blocks in both directions, with positions that are

@@ -84,12 +84,46 @@ TEST(Validation, ForwardArguments) {
       fails_with(attention_forward(f.args()), Status::InvalidArgument, "cu_seqlens_k[0]=1"));
 }
 
-TEST(Validation, CpuRejectsHalfPrecisionAttention) {
+// max_seqlen hints: optional on the CPU, but a given one must cover the longest segment
+// and cannot exceed the total (what the CUDA grid would be sized from).
+TEST(Validation, MaxSeqlenHints) {
+  ForwardFixture f;  // query and key segments of 3 and 2 rows
+  auto a = f.args();
+  a.seqs.max_seqlen_q = 2;
+  EXPECT_TRUE(fails_with(attention_forward(a), Status::InvalidArgument,
+                         "max_seqlen_q=2 but a query segment has 3 rows"));
+  a = f.args();
+  a.seqs.max_seqlen_k = 9;
+  EXPECT_TRUE(fails_with(attention_forward(a), Status::InvalidArgument,
+                         "max_seqlen_k=9 outside [0, total_k=5]"));
+  a = f.args();
+  a.seqs.max_seqlen_q = 3;
+  a.seqs.max_seqlen_k = 4;
+  EXPECT_EQ(attention_forward(a), Status::Ok) << last_error();
+}
+
+// CUDA buffers: the launchers never read cu_seqlens back, so the hints are required, and
+// the head sizes the tiles serve (multiples of 8 up to 128) are known on the host. Checked
+// before any device memory is touched (these pointers are host memory).
+TEST(Validation, CudaNeedsHostHintsAndSupportedHeadDims) {
+  if (!built_with_cuda()) GTEST_SKIP() << "dhp_kernels was built without CUDA";
   ForwardFixture f;
   auto a = f.args();
+  a.device = Device::CUDA;
   a.dtype = DType::BF16;
-  EXPECT_TRUE(fails_with(attention_forward(a), Status::Unsupported,
-                         "dtype=BF16 is not supported on the CPU"));
+  EXPECT_TRUE(fails_with(attention_forward(a), Status::InvalidArgument,
+                         "max_seqlen_q=0 with total_q=5 on CUDA"));
+  for (const int head_dim : {64, 72, 80, 96, 128, 8, 40})
+    EXPECT_EQ(check_attention_support(DType::BF16, Device::CUDA, {2, 1, head_dim, 0, false}),
+              Status::Ok)
+        << head_dim << ": " << last_error();
+  for (const int head_dim : {68, 136, 256})
+    EXPECT_TRUE(
+        fails_with(check_attention_support(DType::F16, Device::CUDA, {2, 1, head_dim, 0, true}),
+                   Status::Unsupported, "head_dim a multiple of 8 up to 128"))
+        << head_dim;
+  EXPECT_TRUE(fails_with(check_attention_support(DType::F32, Device::CUDA, {2, 1, 64, 0, true}),
+                         Status::Unsupported, "bf16 and f16 only"));
 }
 
 TEST(Validation, BackwardArguments) {
@@ -128,8 +162,8 @@ TEST(Validation, MergeArguments) {
   a.rows = -1;
   EXPECT_TRUE(fails_with(merge_attention_partial(a), Status::InvalidArgument, "rows=-1"));
   a.rows = 2;
-  a.dtype = DType::F16;
-  EXPECT_TRUE(fails_with(merge_attention_partial(a), Status::Unsupported, "dtype=F16"));
+  a.dtype = static_cast<DType>(9);
+  EXPECT_TRUE(fails_with(merge_attention_partial(a), Status::InvalidArgument, "is not a DType"));
 }
 
 TEST(Validation, ZigzagArguments) {

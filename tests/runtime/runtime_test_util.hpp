@@ -103,6 +103,9 @@ inline Plan random_plan(int ranks, int tp, int first_device, int num_samples, in
 
 // Naive causal attention of whole packed sequences in double, forward and backward
 // (grouped-query: q head h reads kv head h / (hq / hkv)). Layouts as in kernels.hpp.
+// `round_out`: how the code under test stores out (16-bit rounding); the backward's
+// delta = dO . out then uses the rounded out as that code's backward does, so that the
+// comparison measures the backward's own error, not the forward's rounding.
 struct Reference {
   std::vector<double> out, dq, dk, dv;
 };
@@ -110,7 +113,7 @@ struct Reference {
 inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq, int hkv, int hd,
                                      const std::vector<double>& q, const std::vector<double>& k,
                                      const std::vector<double>& v, const std::vector<double>& dout,
-                                     bool causal = true) {
+                                     bool causal = true, double (*round_out)(double) = nullptr) {
   const std::int64_t total = cu.back();
   Reference r;
   r.out.assign(static_cast<std::size_t>(total * hq * hd), 0.0);
@@ -147,7 +150,10 @@ inline Reference reference_attention(const std::vector<std::int64_t>& cu, int hq
             r.out[qi(b + i, h, c)] += p[static_cast<std::size_t>(j)] * v[ki(b + j, kh, c)];
         // Backward: dP = dO V^T, dS = P (dP - rowsum(dO * O)).
         double delta = 0;
-        for (int c = 0; c < hd; ++c) delta += dout[qi(b + i, h, c)] * r.out[qi(b + i, h, c)];
+        for (int c = 0; c < hd; ++c) {
+          const double o = r.out[qi(b + i, h, c)];
+          delta += dout[qi(b + i, h, c)] * (round_out ? round_out(o) : o);
+        }
         for (std::int64_t j = 0; j < keys; ++j) {
           const double pj = p[static_cast<std::size_t>(j)];
           double dp = 0;

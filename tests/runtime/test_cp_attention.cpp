@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "../kernels/sixteen_bit.hpp"
 #include "dhp/cp_attention.hpp"
 #include "dhp/dispatch.hpp"
 #include "dhp/error.hpp"
@@ -31,23 +32,29 @@ std::vector<int> mixed_partition(int w) {
 template <typename T>
 struct Result {
   double max_err_out = 0, max_err_grad = 0, max_ref = 0;
+  // Worst |got - want| / (1 + |want|) (the kernels' tolerance metric), 16-bit cases.
+  double scaled_err_out = 0, scaled_err_grad = 0;
   std::int64_t rows = 0;  // local rows compared
   bool ulysses = false;
 };
 
-// Beyond the defaults of run_case: a node size for UlyssesRing, fixed lengths, all Zigzag.
+// Beyond the defaults of run_case: a node size for UlyssesRing, fixed lengths, all Zigzag,
+// the head size and the mask.
 struct CaseOptions {
   int ranks_per_node = 0;
   std::vector<std::int64_t> lengths;  // empty: random odd lengths
   bool all_zigzag = false;
   int expected_ulysses_degree = 0;  // > 0: checked against ulysses_degree() of this rank's group
+  int head_dim = 8;
+  bool causal = true;
 };
 
 template <typename T>
 Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_pool,
                    CpAttention attention, int hq, int hkv, const CaseOptions& options = {}) {
   Communicator& comm = world();
-  const int hd = 8;
+  const int hd = options.head_dim;
+  constexpr bool k16 = !std::is_same_v<T, float> && !std::is_same_v<T, double>;
   // Odd lengths, some shorter than 2 x degree (empty chunks), one of length 1.
   std::mt19937_64 gen(seed);
   std::vector<std::int64_t> lengths = options.lengths;
@@ -69,11 +76,32 @@ Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_
   std::vector<std::int64_t> cu{0};
   for (auto l : lengths) cu.push_back(cu.back() + l);
   const auto total = static_cast<std::size_t>(cu.back());
-  const auto q = testing::random_values<double>(total * hq * hd, seed + 1);
-  const auto k = testing::random_values<double>(total * hkv * hd, seed + 2);
-  const auto v = testing::random_values<double>(total * hkv * hd, seed + 3);
-  const auto dout = testing::random_values<double>(total * hq * hd, seed + 4);
-  const auto ref = testing::reference_attention(cu, hq, hkv, hd, q, k, v, dout);
+  // 16-bit: the reference sees the inputs as the ring does (rounded to T), and the rounded
+  // out in the backward's delta.
+  auto values = [&](std::size_t n, std::uint64_t s) {
+    auto x = testing::random_values<double>(n, s);
+    if constexpr (k16)
+      for (double& e : x) e = testing::round_to<T>(e);
+    return x;
+  };
+  const auto q = values(total * hq * hd, seed + 1);
+  const auto k = values(total * hkv * hd, seed + 2);
+  const auto v = values(total * hkv * hd, seed + 3);
+  const auto dout = values(total * hq * hd, seed + 4);
+  // The reference depends on the data, not on the groups: computed once per case.
+  static std::map<std::string, testing::Reference> references;
+  const std::string key = ::testing::PrintToString(lengths) + " " + std::to_string(seed) + " " +
+                          std::to_string(hq) + "/" + std::to_string(hkv) + "/" +
+                          std::to_string(hd) + " " + std::to_string(options.causal) + " " +
+                          kernels::to_string(testing::dtype_of<T>());
+  auto found = references.find(key);
+  if (found == references.end())
+    found = references
+                .emplace(key, testing::reference_attention(cu, hq, hkv, hd, q, k, v, dout,
+                                                           options.causal,
+                                                           k16 ? &testing::round_to<T> : nullptr))
+                .first;
+  const testing::Reference& ref = found->second;
 
   // This rank's rows: global row of every local row.
   std::vector<std::int64_t> global_row(static_cast<std::size_t>(layout.rows));
@@ -92,13 +120,13 @@ Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_
     return out;
   };
   const auto lq = take(q, hq), lk = take(k, hkv), lv = take(v, hkv), ldout = take(dout, hq);
-  std::vector<T> out(lq.size()), lse(static_cast<std::size_t>(layout.rows * hq)), dq(lq.size()),
-      dk(lk.size()), dv(lv.size());
+  std::vector<T> out(lq.size()), dq(lq.size()), dk(lk.size()), dv(lv.size());
+  std::vector<testing::Acc<T>> lse(static_cast<std::size_t>(layout.rows * hq));
 
   GroupPool pool(comm);
   CpAttentionContext ctx;
-  ctx.dtype = std::is_same_v<T, double> ? kernels::DType::F64 : kernels::DType::F32;
-  ctx.shape = {hq, hkv, hd, 0.0, true};
+  ctx.dtype = testing::dtype_of<T>();
+  ctx.shape = {hq, hkv, hd, 0.0, options.causal};
   ctx.layout = &layout;
   ctx.world = &comm;
   ctx.ranks_per_node = options.ranks_per_node;
@@ -118,18 +146,28 @@ Result<T> run_case(const std::vector<int>& groups, std::uint64_t seed, bool use_
   Result<T> res;
   res.rows = layout.rows;
   res.ulysses = use_pool && uses_ulysses(layout, ctx.shape);
-  const auto rout = take(ref.out, hq);
-  const auto rdq = take(ref.dq, hq), rdk = take(ref.dk, hkv), rdv = take(ref.dv, hkv);
-  auto err = [&](const std::vector<T>& a, const std::vector<T>& b, double& worst) {
+  // The reference rows as doubles (take() rounds them to T, which 16-bit cases must not).
+  auto take64 = [&](const std::vector<double>& src, int heads) {
+    std::vector<double> out64;
+    for (std::size_t r = 0; r < global_row.size(); ++r)
+      for (int e = 0; e < heads * hd; ++e)
+        out64.push_back(src[static_cast<std::size_t>(global_row[r] * heads * hd + e)]);
+    return out64;
+  };
+  auto err = [&](const std::vector<T>& a, const std::vector<double>& b, double& worst,
+                 double& scaled) {
     for (std::size_t i = 0; i < a.size(); ++i) {
-      worst = std::max(worst, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
-      res.max_ref = std::max(res.max_ref, std::abs(static_cast<double>(b[i])));
+      const double diff = std::abs(static_cast<double>(a[i]) - b[i]);
+      if (!(diff == diff)) worst = scaled = std::numeric_limits<double>::infinity();  // NaN
+      worst = std::max(worst, diff);
+      scaled = std::max(scaled, diff / (1 + std::abs(b[i])));
+      res.max_ref = std::max(res.max_ref, std::abs(b[i]));
     }
   };
-  err(out, rout, res.max_err_out);
-  err(dq, rdq, res.max_err_grad);
-  err(dk, rdk, res.max_err_grad);
-  err(dv, rdv, res.max_err_grad);
+  err(out, take64(ref.out, hq), res.max_err_out, res.scaled_err_out);
+  err(dq, take64(ref.dq, hq), res.max_err_grad, res.scaled_err_grad);
+  err(dk, take64(ref.dk, hkv), res.max_err_grad, res.scaled_err_grad);
+  err(dv, take64(ref.dv, hkv), res.max_err_grad, res.scaled_err_grad);
   return res;
 }
 
@@ -275,29 +313,55 @@ TEST(CpAttention, TinySequencesAndIdleRanks) {
   }
 }
 
-// bf16/f16 CP attention needs attention kernels in that dtype (CUDA); on CPU buffers it is
-// refused on every rank before any message, naming the dtype.
-TEST(CpAttention, HalfPrecisionOnCpuIsRefusedClearly) {
-  Communicator& comm = world();
-  const std::vector<std::int64_t> lengths{5};
-  const Plan plan = testing::one_wave_plan(comm.size(), {comm.size()}, 1, [](int) { return true; });
-  const std::vector<int> owners{0};
-  const WaveDispatch dispatch(plan, 0, lengths, owners, comm.rank(), comm.size());
-  std::vector<std::uint16_t> buffer(static_cast<std::size_t>(dispatch.layout().rows * 16 + 1));
-  std::vector<float> lse(static_cast<std::size_t>(dispatch.layout().rows * 2 + 1));
-  CpAttentionContext ctx;
-  ctx.dtype = kernels::DType::BF16;
-  ctx.shape = {2, 2, 8, 0.0, true};
-  ctx.layout = &dispatch.layout();
-  ctx.world = &comm;
-  try {
-    cp_attention_forward(ctx, buffer.data(), buffer.data(), buffer.data(), buffer.data(),
-                         lse.data());
-    ADD_FAILURE() << "bf16 on CPU buffers was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("dtype=BF16 is not supported on the CPU"), std::string::npos)
-        << e.what();
+// bf16/f16 through the ring on CPU buffers, against the fp64 reference of the same
+// (rounded) inputs: every ring degree the world allows (7 and 8 at worlds 7 and 8), mixed
+// groups, long and odd lengths, head sizes of LLMs (128, causal) and vision encoders (80,
+// full). The ring merges and accumulates in fp32 and rounds once, so the error stays within
+// one rounding (the unit roundoff u) plus fp32 error at every degree; a 16-bit accumulator
+// would round once per step and grow past it with the ring size.
+template <typename T>
+void check_sixteen_bit(const char* name) {
+  const double bound = testing::unit_roundoff<T>() + 1e-5;
+  const int w = world().size();
+  for (const auto& groups : partitions()) {
+    for (const auto& [hd, causal] : {std::pair{128, true}, std::pair{80, false}}) {
+      CaseOptions options;
+      options.lengths = {1021, 37, 1, 2 * w + 1, 300};
+      options.head_dim = hd;
+      options.causal = causal;
+      const auto r = run_case<T>(groups, 71 + hd, false, CpAttention::Ring, 2, 1, options);
+      double worst[2] = {r.scaled_err_out, r.scaled_err_grad};
+      world().all_reduce(worst, worst, 2, DataType::F64, ReduceOp::Max);
+      if (world().rank() == 0)
+        std::printf(
+            "ring %s world %d groups %s d=%d %s: worst scaled error out %.3g grad %.3g "
+            "(bound %.3g)\n",
+            name, w, ::testing::PrintToString(groups).c_str(), hd, causal ? "causal" : "full",
+            worst[0], worst[1], bound);
+      EXPECT_LE(r.scaled_err_out, bound) << name << " " << ::testing::PrintToString(groups);
+      EXPECT_LE(r.scaled_err_grad, bound) << name << " " << ::testing::PrintToString(groups);
+    }
   }
+}
+
+TEST(CpAttention, Bf16RingMatchesReferenceWithinOneRounding) {
+  check_sixteen_bit<testing::BF16>("bf16");
+}
+
+TEST(CpAttention, F16RingMatchesReferenceWithinOneRounding) {
+  check_sixteen_bit<testing::F16>("f16");
+}
+
+// 16-bit Ulysses (CPU buffers): the all-to-all moves 16-bit rows, the lse stays fp32.
+TEST(CpAttention, Bf16UlyssesMatchesReference) {
+  const int w = world().size();
+  CaseOptions options;
+  options.lengths = {301, 45, 2};
+  const auto r = run_case<testing::BF16>({w}, 81, true, CpAttention::Ulysses, 8, 8, options);
+  const double bound = testing::unit_roundoff<testing::BF16>() + 1e-5;
+  EXPECT_EQ(r.ulysses, w > 1 && 8 % w == 0);
+  EXPECT_LE(r.scaled_err_out, bound);
+  EXPECT_LE(r.scaled_err_grad, bound);
 }
 
 }  // namespace

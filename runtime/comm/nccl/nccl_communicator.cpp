@@ -328,8 +328,11 @@ class NcclCommunicator final : public Communicator {
         : comm_(comm), event_(event), op_(op) {}
     // Abandoned before it completed (an error unwound past it): the kernels still run on
     // the stream against buffers the caller may free, and the peers are mid-operation.
+    // A request released to the stream order is not abandoned: its caller ordered its work
+    // after it on the device.
     ~Request() override {
-      if (!comm_.aborted() && cudaEventQuery(event_) == cudaErrorNotReady) comm_.abort();
+      if (!released_ && !comm_.aborted() && cudaEventQuery(event_) == cudaErrorNotReady)
+        comm_.abort();
       cudaEventDestroy(event_);
     }
     bool test() override { return comm_.poll_event(event_, op_); }
@@ -337,11 +340,16 @@ class NcclCommunicator final : public Communicator {
       comm_.wait_event(event_, op_, timeout);
     }
     void wait() override { wait(comm_.timeout()); }
+    bool release_to_stream() noexcept override {
+      released_ = true;
+      return true;
+    }
 
    private:
     NcclCommunicator& comm_;
     cudaEvent_t event_;
     const char* op_;
+    bool released_ = false;
   };
 
   [[noreturn]] void abort_and_fail(const char* op, const std::string& what) {

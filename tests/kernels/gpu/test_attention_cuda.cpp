@@ -213,11 +213,16 @@ void run_case(const Case& c, std::uint32_t seed) {
   DeviceBuffer<float> d_lse(ref_lse.size());
   d_out.poison();
   d_lse.poison();
-  dk::PackedSeqs gpu_seqs{d_cu_q.ptr, d_cu_k.ptr, q_pos.empty() ? nullptr : d_qpos.ptr,
-                          k_pos.empty() ? nullptr : d_kpos.ptr, num_seqs, total_q, total_k,
-                          // hints on one case in two, the other reads cu_seqlens back
-                          (seed % 2) ? *std::max_element(q_lens.begin(), q_lens.end()) : 0,
-                          (seed % 2) ? *std::max_element(k_lens.begin(), k_lens.end()) : 0};
+  // The hints come from the host (the launchers never read cu_seqlens back).
+  dk::PackedSeqs gpu_seqs{d_cu_q.ptr,
+                          d_cu_k.ptr,
+                          q_pos.empty() ? nullptr : d_qpos.ptr,
+                          k_pos.empty() ? nullptr : d_kpos.ptr,
+                          num_seqs,
+                          total_q,
+                          total_k,
+                          *std::max_element(q_lens.begin(), q_lens.end()),
+                          *std::max_element(k_lens.begin(), k_lens.end())};
   dk::AttentionForwardArgs gf = cf;
   gf.dtype = c.dtype;
   gf.device = dk::Device::CUDA;
@@ -232,6 +237,22 @@ void run_case(const Case& c, std::uint32_t seed) {
   const Tolerance tol = tolerance(c.dtype);
   expect_close(to_float(d_out.download(), c.dtype), ref_out, tol.out, c.name + " out");
   expect_lse_close(d_lse.download(), ref_lse, tol.lse, c.name);
+  {
+    // accumulator_out: the same out, in fp32 (what a ring merges), never rounded to 16 bits.
+    DeviceBuffer<float> d_out32(nq);
+    d_out32.poison();
+    dk::AttentionForwardArgs wide = gf;
+    wide.out = d_out32.ptr;
+    wide.accumulator_out = true;
+    KERNEL_OK(dk::attention_forward(wide));
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> out32 = d_out32.download();
+    expect_close(out32, ref_out, tol.out, c.name + " out (accumulator_out)");
+    const std::vector<float> out16 = to_float(d_out.download(), c.dtype);
+    for (std::size_t i = 0; i < nq; ++i)  // rounding the fp32 out gives the 16-bit out
+      ASSERT_EQ(from_bits(to_bits(out32[i], c.dtype), c.dtype), out16[i])
+          << c.name << " out[" << i << "]";
+  }
 
   // Backward from the same final out (rounded to 16 bits) and lse on both sides.
   std::vector<std::uint16_t> out_bits(nq);
@@ -295,6 +316,28 @@ void run_case(const Case& c, std::uint32_t seed) {
     expect_close(to_float(d_dq.download(), c.dtype), ref_dq, tol.grad, tag + " dq");
     expect_close(to_float(d_dk.download(), c.dtype), ref_dk, tol.grad, tag + " dk");
     expect_close(to_float(d_dv.download(), c.dtype), ref_dv, tol.grad, tag + " dv");
+
+    // accumulator_grads: fp32 gradient buffers (a ring's accumulators), added to in fp32.
+    DeviceBuffer<float> d_dq32(nq), d_dk32(nk), d_dv32(nk);
+    if (accumulate) {
+      d_dq32.upload(dq0.values);
+      d_dk32.upload(dk0.values);
+      d_dv32.upload(dv0.values);
+    } else {
+      d_dq32.poison();
+      d_dk32.poison();
+      d_dv32.poison();
+    }
+    dk::AttentionBackwardArgs wide = gb;
+    wide.dq = d_dq32.ptr;
+    wide.dk = d_dk32.ptr;
+    wide.dv = d_dv32.ptr;
+    wide.accumulator_grads = true;
+    KERNEL_OK(dk::attention_backward(wide));
+    CUDA_OK(cudaDeviceSynchronize());
+    expect_close(d_dq32.download(), ref_dq, tol.grad, tag + " dq (accumulator_grads)");
+    expect_close(d_dk32.download(), ref_dk, tol.grad, tag + " dk (accumulator_grads)");
+    expect_close(d_dv32.download(), ref_dv, tol.grad, tag + " dv (accumulator_grads)");
   }
 }
 
@@ -305,10 +348,12 @@ class CudaAttention : public ::testing::Test {
 
 const std::vector<int> kOddLengths = {17, 37, 0, 1, 127, 64, 130};
 
+// Every head size of the models served (72: SigLIP-so400m, 80: Qwen2-VL's ViT, 64, 96,
+// 128) in every tile (72 runs zero-padded in the 80 tile; 40 in the 64 one).
 TEST_F(CudaAttention, ForwardBackwardMatchCpuAcrossShapes) {
   std::uint32_t seed = 1;
   for (dk::DType dtype : {dk::DType::BF16, dk::DType::F16})
-    for (int hd : {64, 128})
+    for (int hd : {64, 72, 80, 96, 128, 40})
       for (int gqa : {1, 2, 4, 8})
         for (bool causal : {true, false}) {
           Case c{dtype,
@@ -340,7 +385,7 @@ TEST_F(CudaAttention, DifferentQueryAndKeyLengths) {
 
 TEST_F(CudaAttention, ZigzagPositionsAndRowsWithoutKeys) {
   for (dk::DType dtype : {dk::DType::BF16, dk::DType::F16})
-    for (int hd : {64, 128}) {
+    for (int hd : {64, 80, 128}) {
       Case c{dtype, hd, 8, 2, true, {}, {17, 37, 1, 127, 200}, true, "zigzag"};
       c.q_lens = c.k_lens;  // replaced by the zigzag local lengths
       run_case(c, 21 + hd);
@@ -351,7 +396,7 @@ TEST_F(CudaAttention, UnsupportedHeadDimAndDtypeAreRefused) {
   dk::AttentionForwardArgs args;
   args.device = dk::Device::CUDA;
   args.dtype = dk::DType::BF16;
-  args.shape = {4, 4, 96, 0.0, true};
+  args.shape = {4, 4, 100, 0.0, true};
   DeviceBuffer<std::int32_t> cu(std::vector<std::int32_t>{0, 4});
   DeviceBuffer<std::uint16_t> buf(4 * 4 * 128);
   DeviceBuffer<float> lse(16);
@@ -360,10 +405,80 @@ TEST_F(CudaAttention, UnsupportedHeadDimAndDtypeAreRefused) {
   args.out = buf.ptr;
   args.lse = lse.ptr;
   EXPECT_EQ(dk::attention_forward(args), dk::Status::Unsupported);
-  EXPECT_NE(std::string(dk::last_error()).find("96"), std::string::npos) << dk::last_error();
+  EXPECT_NE(std::string(dk::last_error()).find("100"), std::string::npos) << dk::last_error();
   args.shape.head_dim = 64;
   args.dtype = dk::DType::F64;
   EXPECT_NE(dk::attention_forward(args), dk::Status::Ok);
+}
+
+// The launchers never synchronise with the host: captured into a CUDA graph, any
+// synchronising call (cudaStreamSynchronize, a blocking copy, a read-back of cu_seqlens)
+// would invalidate the capture. The replayed graph must then give the eager results.
+TEST_F(CudaAttention, LaunchesAreCapturableSoNeverSynchronise) {
+  std::mt19937 rng(31);
+  const dk::DType dtype = dk::DType::BF16;
+  const std::vector<int> lens = {130, 7, 64};
+  const auto cu = prefix(lens);
+  const int hq = 4, hkv = 2, hd = 80;
+  const std::size_t nq = cu.back() * hq * hd, nk = cu.back() * hkv * hd;
+  auto q = random_tensor(nq, dtype, rng), k = random_tensor(nk, dtype, rng),
+       v = random_tensor(nk, dtype, rng), dout = random_tensor(nq, dtype, rng);
+  DeviceBuffer<std::int32_t> d_cu(cu);
+  DeviceBuffer<std::uint16_t> d_q(q.bits), d_k(k.bits), d_v(v.bits), d_dout(dout.bits), d_out(nq),
+      d_dq(nq), d_dk(nk), d_dv(nk);
+  DeviceBuffer<float> d_lse(static_cast<std::size_t>(hq) * cu.back());
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  dk::AttentionForwardArgs f;
+  f.dtype = dtype;
+  f.device = dk::Device::CUDA;
+  f.shape = {hq, hkv, hd, 0.0, true};
+  f.seqs = {d_cu.ptr, d_cu.ptr, nullptr, nullptr, 3, cu.back(), cu.back(), 130, 130};
+  f.q = d_q.ptr;
+  f.k = d_k.ptr;
+  f.v = d_v.ptr;
+  f.out = d_out.ptr;
+  f.lse = d_lse.ptr;
+  f.stream = stream;
+  dk::AttentionBackwardArgs b;
+  b.dtype = dtype;
+  b.device = dk::Device::CUDA;
+  b.shape = f.shape;
+  b.seqs = f.seqs;
+  b.q = d_q.ptr;
+  b.k = d_k.ptr;
+  b.v = d_v.ptr;
+  b.out = d_out.ptr;
+  b.dout = d_dout.ptr;
+  b.lse = d_lse.ptr;
+  b.dq = d_dq.ptr;
+  b.dk = d_dk.ptr;
+  b.dv = d_dv.ptr;
+  b.stream = stream;
+  KERNEL_OK(dk::attention_forward(f));
+  KERNEL_OK(dk::attention_backward(b));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  const auto eager_out = d_out.download(), eager_dk = d_dk.download();
+
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  const dk::Status fs = dk::attention_forward(f);
+  const dk::Status bs = dk::attention_backward(b);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  KERNEL_OK(fs);
+  KERNEL_OK(bs);
+  cudaGraphExec_t exec = nullptr;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  d_out.poison();
+  d_dk.poison();
+  CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  EXPECT_EQ(d_out.download(), eager_out);
+  // dK is summed by one CTA per key tile in a fixed order: deterministic.
+  EXPECT_EQ(d_dk.download(), eager_dk);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
 }
 
 TEST_F(CudaAttention, MergeMatchesCpuWithEmptyRows) {

@@ -163,7 +163,8 @@ class CudaAllocator final : public BufferAllocator {
   }
 };
 
-// CP attention at degree 1 on CUDA buffers in bf16 (the CUDA kernels' dtypes, head_dim 64)
+// CP attention at degree 1 on CUDA buffers in bf16 (the CUDA kernels' dtypes, head_dim 64
+// and 80), forward and backward, on a stream of the caller's (the context's `stream`),
 // against the CPU kernel in f32 on the same bf16-rounded inputs.
 TEST(NcclBackend, CpAttentionDegreeOneOnCudaMatchesCpu) {
   SKIP_WITHOUT_GPU();
@@ -174,57 +175,104 @@ TEST(NcclBackend, CpAttentionDegreeOneOnCudaMatchesCpu) {
   const Plan plan = testing::one_wave_plan(1, {1}, 3, [](int) { return false; });
   const WaveDispatch dispatch(plan, 0, lengths, owners, 0, 1);
   const WaveLayout& layout = dispatch.layout();
-  const int hq = 4, hkv = 2, hd = 64;
-  const auto rows = static_cast<std::size_t>(layout.rows);
-  auto rounded = [](std::vector<float> values, std::vector<std::uint16_t>& bits) {
-    bits.resize(values.size());
-    for (std::size_t i = 0; i < values.size(); ++i) {
-      bits[i] = float_to_bf16(values[i]);
-      values[i] = bf16_to_float(bits[i]);
+  for (const int hd : {64, 80}) {
+    SCOPED_TRACE("head_dim " + std::to_string(hd));
+    const int hq = 4, hkv = 2;
+    const auto rows = static_cast<std::size_t>(layout.rows);
+    auto rounded = [](std::vector<float> values, std::vector<std::uint16_t>& bits) {
+      bits.resize(values.size());
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        bits[i] = float_to_bf16(values[i]);
+        values[i] = bf16_to_float(bits[i]);
+      }
+      return values;
+    };
+    std::vector<std::uint16_t> qb, kb, vb;
+    const auto q = rounded(testing::random_values<float>(rows * hq * hd, 1), qb);
+    const auto k = rounded(testing::random_values<float>(rows * hkv * hd, 2), kb);
+    const auto v = rounded(testing::random_values<float>(rows * hkv * hd, 3), vb);
+    const kernels::AttentionShape shape{hq, hkv, hd, 0.0, true};
+
+    // Reference: the CPU kernel straight on the layout's local sequences (degree 1).
+    kernels::AttentionForwardArgs ref;
+    ref.dtype = kernels::DType::F32;
+    ref.device = kernels::Device::CPU;
+    ref.shape = shape;
+    ref.seqs = {layout.cu_seqlens.data(),
+                layout.cu_seqlens.data(),
+                layout.positions.data(),
+                layout.positions.data(),
+                static_cast<int>(layout.cu_seqlens.size()) - 1,
+                layout.rows,
+                layout.rows};
+    std::vector<float> out_cpu(q.size()), lse_cpu(rows * hq);
+    ref.q = q.data();
+    ref.k = k.data();
+    ref.v = v.data();
+    ref.out = out_cpu.data();
+    ref.lse = lse_cpu.data();
+    ASSERT_EQ(kernels::attention_forward(ref), kernels::Status::Ok) << kernels::last_error();
+    std::vector<std::uint16_t> dob;
+    const auto dout_host = rounded(testing::random_values<float>(rows * hq * hd, 4), dob);
+    std::vector<std::uint16_t> ob(out_cpu.size());
+    std::vector<float> out_rounded(out_cpu.size());
+    for (std::size_t i = 0; i < out_cpu.size(); ++i) {
+      ob[i] = float_to_bf16(out_cpu[i]);
+      out_rounded[i] = bf16_to_float(ob[i]);
     }
-    return values;
-  };
-  std::vector<std::uint16_t> qb, kb, vb;
-  const auto q = rounded(testing::random_values<float>(rows * hq * hd, 1), qb);
-  const auto k = rounded(testing::random_values<float>(rows * hkv * hd, 2), kb);
-  const auto v = rounded(testing::random_values<float>(rows * hkv * hd, 3), vb);
-  const kernels::AttentionShape shape{hq, hkv, hd, 0.0, true};
+    std::vector<float> dq_cpu(q.size()), dk_cpu(k.size()), dv_cpu(v.size());
+    kernels::AttentionBackwardArgs refb;
+    refb.dtype = kernels::DType::F32;
+    refb.device = kernels::Device::CPU;
+    refb.shape = shape;
+    refb.seqs = ref.seqs;
+    refb.q = q.data();
+    refb.k = k.data();
+    refb.v = v.data();
+    refb.out = out_rounded.data();
+    refb.dout = dout_host.data();
+    refb.lse = lse_cpu.data();
+    refb.dq = dq_cpu.data();
+    refb.dk = dk_cpu.data();
+    refb.dv = dv_cpu.data();
+    ASSERT_EQ(kernels::attention_backward(refb), kernels::Status::Ok) << kernels::last_error();
 
-  // Reference: the CPU kernel straight on the layout's local sequences (degree 1).
-  kernels::AttentionForwardArgs ref;
-  ref.dtype = kernels::DType::F32;
-  ref.device = kernels::Device::CPU;
-  ref.shape = shape;
-  ref.seqs = {layout.cu_seqlens.data(),
-              layout.cu_seqlens.data(),
-              layout.positions.data(),
-              layout.positions.data(),
-              static_cast<int>(layout.cu_seqlens.size()) - 1,
-              layout.rows,
-              layout.rows};
-  std::vector<float> out_cpu(q.size()), lse_cpu(rows * hq);
-  ref.q = q.data();
-  ref.k = k.data();
-  ref.v = v.data();
-  ref.out = out_cpu.data();
-  ref.lse = lse_cpu.data();
-  ASSERT_EQ(kernels::attention_forward(ref), kernels::Status::Ok) << kernels::last_error();
+    CpAttentionContext ctx;
+    ctx.dtype = kernels::DType::BF16;
+    ctx.shape = shape;
+    ctx.layout = &layout;
+    ctx.world = world.get();
+    CudaAllocator allocator;
+    ctx.allocator = &allocator;
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    ctx.stream = stream;
+    DeviceBuffer<std::uint16_t> dq(qb), dk(kb), dv(vb), dout(qb.size());
+    DeviceBuffer<float> dlse(rows * hq);
+    cp_attention_forward(ctx, dq.get(), dk.get(), dv.get(), dout.get(), dlse.get());
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const auto out_gpu = dout.host();
+    for (std::size_t i = 0; i < out_cpu.size(); ++i)
+      ASSERT_NEAR(bf16_to_float(out_gpu[i]), out_cpu[i], 2e-2) << i;
+    const auto lse_gpu = dlse.host();
+    for (std::size_t i = 0; i < lse_cpu.size(); ++i) ASSERT_NEAR(lse_gpu[i], lse_cpu[i], 1e-2) << i;
 
-  CpAttentionContext ctx;
-  ctx.dtype = kernels::DType::BF16;
-  ctx.shape = shape;
-  ctx.layout = &layout;
-  ctx.world = world.get();
-  CudaAllocator allocator;
-  ctx.allocator = &allocator;
-  DeviceBuffer<std::uint16_t> dq(qb), dk(kb), dv(vb), dout(qb.size());
-  DeviceBuffer<float> dlse(rows * hq);
-  cp_attention_forward(ctx, dq.get(), dk.get(), dv.get(), dout.get(), dlse.get());
-  const auto out_gpu = dout.host();
-  for (std::size_t i = 0; i < out_cpu.size(); ++i)
-    ASSERT_NEAR(bf16_to_float(out_gpu[i]), out_cpu[i], 2e-2) << i;
-  const auto lse_gpu = dlse.host();
-  for (std::size_t i = 0; i < lse_cpu.size(); ++i) ASSERT_NEAR(lse_gpu[i], lse_cpu[i], 1e-2) << i;
+    DeviceBuffer<std::uint16_t> o16(ob), g16(dob), gq(qb.size()), gk(kb.size()), gv(vb.size());
+    DeviceBuffer<float> lse_ref(lse_cpu);
+    cp_attention_backward(ctx, dq.get(), dk.get(), dv.get(), o16.get(), lse_ref.get(), g16.get(),
+                          gq.get(), gk.get(), gv.get());
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const auto check = [](const std::vector<std::uint16_t>& got, const std::vector<float>& want,
+                          const char* what) {
+      for (std::size_t i = 0; i < want.size(); ++i)
+        ASSERT_NEAR(bf16_to_float(got[i]), want[i], 4e-2 * std::max(1.0f, std::abs(want[i])))
+            << what << "[" << i << "]";
+    };
+    check(gq.host(), dq_cpu, "dq");
+    check(gk.host(), dk_cpu, "dk");
+    check(gv.host(), dv_cpu, "dv");
+    cudaStreamDestroy(stream);
+  }
 }
 
 }  // namespace
