@@ -78,7 +78,7 @@ void expect_array(const json& value, const std::string& path) {
             value.type_name(), show(value));
 }
 
-std::size_t edit_distance(std::string_view a, std::string_view b) {
+std::size_t key_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
   for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
   for (std::size_t i = 1; i <= a.size(); ++i) {
@@ -104,7 +104,7 @@ void expect_keys(const json& obj, const std::string& path,
     std::size_t best_distance = 0;
     for (std::string_view k : known) {
       found = found || key == k;
-      const std::size_t d = edit_distance(key, k);
+      const std::size_t d = key_distance(key, k);
       if (best.empty() || d < best_distance) {
         best = k;
         best_distance = d;
