@@ -541,14 +541,23 @@ PYBIND11_MODULE(_torch, m) {
 #endif
 
   // --- communicators
-  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
-      .def_property_readonly("rank", &Communicator::rank)
-      .def_property_readonly("size", &Communicator::size)
-      .def_property_readonly("backend", [](const Communicator& c) { return std::string(c.backend()); })
-      .def_property_readonly("world_ranks", &Communicator::world_ranks)
-      .def_property_readonly("name", &Communicator::name)
+  py::class_<Communicator, std::shared_ptr<Communicator>>(
+      m, "Communicator",
+      "A group of processes that run collectives together: the world (dhp.torch.world()) or a "
+      "group of a GroupPool. Tensors are moved in place and must be contiguous, on the CPU for "
+      "'gloo' and on the GPU for 'nccl'. Every call fails with dhp.CommunicationError instead of "
+      "hanging when a peer dies or the timeout passes.")
+      .def_property_readonly("rank", &Communicator::rank, "This process's rank in the group.")
+      .def_property_readonly("size", &Communicator::size, "Processes in the group.")
+      .def_property_readonly(
+          "backend", [](const Communicator& c) { return std::string(c.backend()); },
+          "'gloo' or 'nccl'.")
+      .def_property_readonly("world_ranks", &Communicator::world_ranks,
+                             "The world rank of every member, in this group's rank order.")
+      .def_property_readonly("name", &Communicator::name, "'world' or 'group[0,3,5]'.")
       .def("__repr__", &Communicator::describe)
-      .def("barrier", &Communicator::barrier, py::call_guard<py::gil_scoped_release>())
+      .def("barrier", &Communicator::barrier, py::call_guard<py::gil_scoped_release>(),
+           "Returns once every member has called it.")
       .def(
           "all_reduce",
           [](Communicator& c, at::Tensor& t, const std::string& op) {
@@ -558,7 +567,8 @@ PYBIND11_MODULE(_torch, m) {
             py::gil_scoped_release release;
             c.all_reduce(t.data_ptr(), t.data_ptr(), t.numel(), type, reduce);
           },
-          py::arg("tensor"), py::arg("op") = "sum")
+          py::arg("tensor"), py::arg("op") = "sum",
+          "Reduces `tensor` in place over the group: op 'sum', 'max' or 'min'.")
       .def(
           "broadcast",
           [](Communicator& c, at::Tensor& t, int root) {
@@ -569,7 +579,7 @@ PYBIND11_MODULE(_torch, m) {
             py::gil_scoped_release release;
             c.broadcast(t.data_ptr(), t.numel(), type, root);
           },
-          py::arg("tensor"), py::arg("root"))
+          py::arg("tensor"), py::arg("root"), "Copies root's `tensor` into every member's, in place.")
       .def(
           "all_gather",
           [](Communicator& c, const at::Tensor& t) {
@@ -584,7 +594,8 @@ PYBIND11_MODULE(_torch, m) {
             }
             return out;
           },
-          py::arg("tensor"))
+          py::arg("tensor"),
+          "Every member's `tensor` stacked: a new tensor [size, *tensor.shape].")
       .def(
           "send",
           [](Communicator& c, const at::Tensor& t, int peer, int tag) {
@@ -595,7 +606,9 @@ PYBIND11_MODULE(_torch, m) {
             py::gil_scoped_release release;
             c.send(t.data_ptr(), t.numel(), type, peer, tag);
           },
-          py::arg("tensor"), py::arg("peer"), py::arg("tag") = 0)
+          py::arg("tensor"), py::arg("peer"), py::arg("tag") = 0,
+          "Sends `tensor` to rank `peer` of this group (blocking); the peer receives with the "
+          "same tag.")
       .def(
           "recv",
           [](Communicator& c, at::Tensor& t, int peer, int tag) {
@@ -606,22 +619,33 @@ PYBIND11_MODULE(_torch, m) {
             py::gil_scoped_release release;
             c.recv(t.data_ptr(), t.numel(), type, peer, tag);
           },
-          py::arg("tensor"), py::arg("peer"), py::arg("tag") = 0)
+          py::arg("tensor"), py::arg("peer"), py::arg("tag") = 0,
+          "Receives into `tensor` (its shape and dtype must match the sender's) from `peer`.")
       .def("abort", [](Communicator& c, const std::string& reason) { c.abort_with_reason(reason); },
-           py::arg("reason"));
+           py::arg("reason"),
+           "Tears the communicator down without waiting for peers; later calls raise "
+           "dhp.CommunicationError naming `reason`.");
 
   m.def("world", &make_world, py::arg("backend"), py::arg("timeout_s"), py::arg("rank"),
         py::arg("world_size"), py::arg("local_rank"), py::arg("local_world_size"),
         py::arg("master_addr"), py::arg("master_port"));
 
-  py::class_<dhp::GroupPool>(m, "GroupPool")
+  py::class_<dhp::GroupPool>(
+      m, "GroupPool",
+      "GroupPool(world, capacity=0): a bounded pool of group communicators split from "
+      "`world` and keyed by their world ranks, reused across plans (capacity 0: "
+      "DHP_GROUP_POOL_SIZE, default 64; the least recently used groups go first).")
       .def(py::init<Communicator&, int>(), py::arg("world"), py::arg("capacity") = 0,
            py::keep_alive<1, 2>())
       .def("acquire", &dhp::GroupPool::acquire, py::arg("partition"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<py::gil_scoped_release>(),
+           "Collective over the world: makes every group of `partition` (disjoint lists of "
+           "world ranks, each in ring order) exist, with one split for all that are missing.")
       .def("get", &dhp::GroupPool::get, py::arg("ranks"), py::return_value_policy::reference_internal,
-           py::call_guard<py::gil_scoped_release>())
-      .def("contains", &dhp::GroupPool::contains, py::arg("ranks"))
+           py::call_guard<py::gil_scoped_release>(),
+           "The communicator of `ranks` (acquired before; it must contain this process).")
+      .def("contains", &dhp::GroupPool::contains, py::arg("ranks"),
+           "Whether the pool holds the group of `ranks`.")
       .def(
           "prewarm",
           [](dhp::GroupPool& pool, const std::string& plan_json) {
@@ -629,13 +653,20 @@ PYBIND11_MODULE(_torch, m) {
             py::gil_scoped_release release;
             pool.prewarm(plan);
           },
-          py::arg("plan_json"))
-      .def_property_readonly("stats", &pool_stats)
+          py::arg("plan_json"),
+          "Collective: acquires every group a plan (JSON text) needs.")
+      .def_property_readonly("stats", &pool_stats,
+                             "hits, misses, creations, splits, destroyed and creation_ms (wall "
+                             "milliseconds spent creating groups on this process).")
       .def_property_readonly("size", &dhp::GroupPool::size)
       .def_property_readonly("capacity", &dhp::GroupPool::capacity);
 
   // --- tensor parallelism
-  py::class_<dhp::TensorParallel>(m, "TensorParallel")
+  py::class_<dhp::TensorParallel>(
+      m, "TensorParallel",
+      "TensorParallel(group, size, index): the `size` processes that split a module's linear "
+      "layers Megatron-style (group: their Communicator, None when size is 1), and this "
+      "process's index among them. The executor hands one to the model as ctx.tp.")
       .def(py::init([](Communicator* group, int size, int index) {
              DHP_CHECK(size >= 1 && index >= 0 && index < size, InvalidArgument,
                        "TensorParallel(size={}, index={}): expected size >= 1 and index in "
@@ -911,7 +942,12 @@ PYBIND11_MODULE(_torch, m) {
   // --- the step executor
   py::class_<dhp::TorchStepModel, PyStepModel>(m, "StepModel").def(py::init<>());
 
-  py::class_<dhp::TorchLlmContext>(m, "LlmContext")
+  py::class_<dhp::TorchLlmContext>(
+      m, "LlmContext",
+      "What StepModel.llm_loss gets for one wave: rows (this process's LLM rows), positions "
+      "(int64 [rows], each row's position in its sequence), heads and kv_heads (this "
+      "process's share), tp, group_ranks (the wave's CP group), pieces, and attention(q, k, "
+      "v): causal attention over the wave's CP group. Valid during the call only.")
       .def_readonly("wave", &dhp::TorchLlmContext::wave)
       .def_readonly("positions", &dhp::TorchLlmContext::positions)
       .def_readonly("heads", &dhp::TorchLlmContext::heads)
@@ -927,7 +963,13 @@ PYBIND11_MODULE(_torch, m) {
              const at::Tensor& v) { return c.attention(q, k, v); },
           py::arg("q"), py::arg("k"), py::arg("v"), py::call_guard<py::gil_scoped_release>());
 
-  py::class_<dhp::TorchEncoderContext>(m, "EncoderContext")
+  py::class_<dhp::TorchEncoderContext>(
+      m, "EncoderContext",
+      "What StepModel.encode gets for one wave: patch_rows and token_rows (this process's "
+      "patches in and embeddings out), merge (patches per token), patch_positions (int64, "
+      "each patch's index in its item), heads, tp, and attention(q, k, v): attention within "
+      "each item's spans, in rings over the ranks that share a cut item. Valid during the "
+      "call only.")
       .def_readonly("wave", &dhp::TorchEncoderContext::wave)
       .def_readonly("patch_positions", &dhp::TorchEncoderContext::patch_positions)
       .def_readonly("merge", &dhp::TorchEncoderContext::merge)
@@ -945,7 +987,11 @@ PYBIND11_MODULE(_torch, m) {
              const at::Tensor& v) { return c.attention(q, k, v); },
           py::arg("q"), py::arg("k"), py::arg("v"), py::call_guard<py::gil_scoped_release>());
 
-  py::class_<dhp::StepEvent>(m, "StepEvent")
+  py::class_<dhp::StepEvent>(
+      m, "StepEvent",
+      "One timed piece of this process's step: kind (dispatch, encoder_forward, boundary, "
+      "llm, encoder_backward, grad_sync), wave, start_ms and end_ms (since the step's start), "
+      "tokens (rows or patches it covered).")
       .def_property_readonly("kind", [](const dhp::StepEvent& e) { return std::string(event_kind(e.kind)); })
       .def_readonly("wave", &dhp::StepEvent::wave)
       .def_readonly("start_ms", &dhp::StepEvent::start_ms)
@@ -956,7 +1002,12 @@ PYBIND11_MODULE(_torch, m) {
                            event_kind(e.kind), e.wave, e.start_ms, e.end_ms, e.tokens);
       });
 
-  py::class_<dhp::StepStats>(m, "StepStats")
+  py::class_<dhp::StepStats>(
+      m, "StepStats",
+      "A step's results: loss (the global mean over its loss tokens), loss_tokens, "
+      "comm_created (communicators created during the step), boundary_bytes and "
+      "boundary_min_bytes (world totals, sent and the plan's minimum), this process's "
+      "dispatch_ms, encoder_ms, boundary_ms, llm_ms, grad_sync_ms and step_ms, and events.")
       .def_readonly("loss", &dhp::StepStats::loss)
       .def_readonly("loss_tokens", &dhp::StepStats::loss_tokens)
       .def_readonly("comm_created", &dhp::StepStats::comm_created)

@@ -196,3 +196,33 @@ def test_single_process_world_and_dispatch(setup):
     assert owned.grad is not None and float(owned.grad.sum()) == dispatch.local_rows
     with pytest.raises(setup["dhp"].Error, match="owns"):
         dispatch(owned[:-1].detach())
+
+
+def test_half_precision_on_cpu_runs_or_is_refused_by_name(setup):
+    """bfloat16/float16 CPU tensors run where dhp's CPU kernels take them; otherwise the
+    call says which dtype it refused, and the world stays usable."""
+    dt, torch, dhp = setup["dt"], setup["torch"], setup["dhp"]
+    ring = dt.RingAttention([5, 3], [0], setup["world"])
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(8, 2, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    reference = ring(q, k, v)
+    for dtype in (torch.bfloat16, torch.float16):
+        try:
+            out = ring(q.to(dtype), k.to(dtype), v.to(dtype))
+        except dhp.InvalidArgumentError as e:
+            assert "float32 or float64" in str(e) or "bfloat16" in str(e) or "float16" in str(e)
+        else:
+            assert out.dtype == dtype
+            assert float((out.double() - reference).abs().max()) < 5e-2
+    assert float((ring(q, k, v) - reference).abs().max()) == 0.0
+
+
+def test_tensors_on_another_device_are_refused_by_name(setup):
+    dt, torch, dhp = setup["dt"], setup["torch"], setup["dhp"]
+    world = setup["world"]
+    with pytest.raises(dhp.InvalidArgumentError, match="tensor is on meta"):
+        world.all_reduce(torch.zeros(3, device="meta"))
+    with pytest.raises(dhp.InvalidArgumentError, match="not contiguous"):
+        world.all_reduce(torch.zeros(3, 4).t())
+    with pytest.raises(dhp.InputTypeError, match="q: expected a torch.Tensor"):
+        dt.RingAttention([4], [0], world)([1.0], [1.0], [1.0])  # type: ignore[arg-type]
