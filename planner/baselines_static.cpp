@@ -204,10 +204,12 @@ struct TpSetup {
 };
 
 TpSetup setup_for_tp(const CostModel& cost, const Layout& layout, const PlannerOptions& options,
-                     int tp) {
-  if (tp == layout.llm_tp) return TpSetup{layout, cost};
+                     int tp, int encoder_tp) {
+  if (tp == layout.llm_tp && (encoder_tp <= 0 || encoder_tp == layout.encoder_tp))
+    return TpSetup{layout, cost};
   PlannerOptions with_tp = options;
   with_tp.llm_tp = tp;
+  if (encoder_tp > 0) with_tp.encoder_tp = encoder_tp;
   Layout tp_layout = resolve_layout(cost.cluster(), cost.model(), with_tp);
   CostModel tp_cost = make_cost_model(cost.cluster(), cost.model(), tp_layout, with_tp);
   return TpSetup{std::move(tp_layout), std::move(tp_cost)};
@@ -394,6 +396,95 @@ std::vector<WaveDraft> static_balanced_waves(const Batch& batch, const CostModel
 
 namespace dhp {
 
+namespace {
+
+// TP degrees of one module to try: the explicit one, or every one that divides its heads, kv
+// heads and a node's devices; {0} for a text-only model's encoder.
+std::vector<int> static_tp_candidates(int fixed, const TransformerSpec* arch,
+                                      int devices_per_node) {
+  if (arch == nullptr || fixed > 0) return {fixed};
+  std::vector<int> tps;
+  for (int tp = 1; tp <= devices_per_node; ++tp)
+    if (detail::tp_valid(tp, *arch, devices_per_node)) tps.push_back(tp);
+  return tps;
+}
+
+// The run's batches, sampled: feasibility is judged on every batch (a run-wide layout must hold
+// the longest sequence of the run); the time is summed over at most 16 evenly spaced batches.
+struct StaticRun {
+  std::span<const Batch> batches;
+  std::vector<std::size_t> sample_index;
+  std::int64_t longest = 0;
+  std::int64_t fewest_tokens = std::numeric_limits<std::int64_t>::max();  // over the sample
+  // The run's per-rank token limit (Megatron's max_seqlen_per_dp_cp_rank) binds the static
+  // layouts too, as in Megatron's published comparison.
+  std::int64_t max_tokens = 0;
+};
+
+StaticRun sample_static_run(std::span<const Batch> batches, const PlannerOptions& options) {
+  constexpr std::size_t kSampled = 16;
+  StaticRun run;
+  run.batches = batches;
+  const std::size_t sampled = std::min(kSampled, batches.size());
+  run.sample_index.resize(sampled);
+  for (std::size_t i = 0; i < sampled; ++i) run.sample_index[i] = i * batches.size() / sampled;
+  run.longest = detail::longest_sequence(batches);
+  for (std::size_t i : run.sample_index)
+    run.fewest_tokens = std::min(run.fewest_tokens, batches[i].total_llm_tokens());
+  run.max_tokens = options.max_tokens_per_rank;
+  return run;
+}
+
+// Every CP x DP split (and pack length) of one module layout that holds the run's longest
+// sequence, each scored by its summed estimate over the sample; the best below `best_ms` is
+// kept in `best` (strict: ties keep the earlier, i.e. smaller cp, then the longer pack).
+void score_static_splits(const StaticRun& run, Strategy strategy, const detail::Layout& layout,
+                         const CostModel& cost, std::optional<StaticLayout>& best, double& best_ms,
+                         int& evaluated) {
+  using namespace detail;
+  double budget = std::numeric_limits<double>::infinity();
+  for (const Batch& batch : run.batches)
+    budget = std::min(budget, llm_activation_budget(cost, layout, batch));
+  if (!(budget > 0)) return;
+  const int ranks = layout.llm.ranks;
+  for (int cp = 1; cp <= ranks; ++cp) {
+    if (ranks % cp != 0) continue;
+    // Layouts that cannot hold the longest sequence are out (we never truncate).
+    std::vector<std::int64_t> packs;
+    if (strategy == Strategy::StaticBest) {
+      // Once a pack gives every replica two bins' worth of tokens in every sampled batch,
+      // shorter packs only add micro-batches: stop halving there.
+      packs = static_pack_candidates(cost, cp, budget, run.longest, run.max_tokens,
+                                     run.fewest_tokens / (2 * std::int64_t{ranks / cp}));
+    } else if (rank_activation_bytes(cost, {run.longest}, cp, {}) <= budget &&
+               (run.max_tokens == 0 || local_share(run.longest, cp) <= run.max_tokens)) {
+      packs = {0};  // static_balanced packs by memory and the token limit, not a length
+    }
+    for (std::int64_t pack : packs) {
+      double total_ms = 0;
+      for (std::size_t i : run.sample_index) {
+        const Batch& batch = run.batches[i];
+        const auto waves =
+            strategy == Strategy::StaticBest
+                ? static_best_waves(batch, cost, layout, cp, pack, budget)
+                : static_balanced_waves(batch, cost, layout, cp, budget, run.max_tokens);
+        total_ms += estimate_step_ms(batch, cost, layout, waves);
+      }
+      ++evaluated;
+      DHP_LOG_DEBUG("best_static_layout {}: tp={} etp={} cp={} dp={} pack={} -> {:.3f} ms",
+                    to_string(strategy), layout.llm_tp, layout.encoder_tp, cp, ranks / cp, pack,
+                    total_ms);
+      if (total_ms < best_ms) {
+        best_ms = total_ms;
+        best = StaticLayout{layout.llm_tp, cp, ranks / cp, pack,
+                            cost.model().encoder ? layout.encoder_tp : 0};
+      }
+    }
+  }
+}
+
+}  // namespace
+
 StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& model,
                                 std::span<const Batch> batches, Strategy strategy,
                                 const PlannerOptions& options) {
@@ -403,92 +494,43 @@ StaticLayout best_static_layout(const ClusterSpec& cluster, const ModelSpec& mod
             to_string(strategy));
   DHP_CHECK(!batches.empty(), InvalidArgument, "best_static_layout: no batches given");
   for (const Batch& batch : batches) validate(batch);
-
-  // Feasibility is judged on every batch (a run-wide layout must hold the longest sequence
-  // of the run); the time is summed over at most kSampled evenly spaced batches.
-  constexpr std::size_t kSampled = 16;
-  const std::size_t sampled = std::min(kSampled, batches.size());
-  std::vector<std::size_t> sample_index(sampled);
-  for (std::size_t i = 0; i < sampled; ++i) sample_index[i] = i * batches.size() / sampled;
-  const std::int64_t longest = longest_sequence(batches);
-  // The run's per-rank token limit (Megatron's max_seqlen_per_dp_cp_rank) binds the static
-  // layouts too, as in Megatron's published comparison.
-  const std::int64_t max_tokens = options.max_tokens_per_rank;
-  std::int64_t fewest_tokens = std::numeric_limits<std::int64_t>::max();
-  for (std::size_t i : sample_index) {
-    fewest_tokens = std::min(fewest_tokens, batches[i].total_llm_tokens());
-  }
-
-  std::vector<int> tps;
-  for (int tp = 1; tp <= cluster.devices_per_node; ++tp) {
-    if (options.llm_tp > 0 && tp != options.llm_tp) continue;
-    if (tp_valid(tp, model.llm, cluster.devices_per_node)) tps.push_back(tp);
-  }
+  const StaticRun run = sample_static_run(batches, options);
+  const int dpn = cluster.devices_per_node;
+  const std::vector<int> tps = static_tp_candidates(options.llm_tp, &model.llm, dpn);
+  const std::vector<int> encoder_tps =
+      static_tp_candidates(options.encoder_tp, model.encoder ? &model.encoder->arch : nullptr, dpn);
 
   std::optional<StaticLayout> best;
   double best_ms = std::numeric_limits<double>::infinity();
   int evaluated = 0;
   for (int tp : tps) {
-    PlannerOptions with_tp = options;
-    with_tp.strategy = strategy;  // the layout (and how it encodes) is the static strategy's
-    with_tp.llm_tp = tp;
-    std::optional<Layout> layout;
-    try {
-      layout = resolve_layout(cluster, model, with_tp);
-    } catch (const Error& e) {
-      // A TP degree whose static memory does not fit is simply not a candidate.
-      if (e.kind() != ErrorKind::DoesNotFit && e.kind() != ErrorKind::InvalidArgument) throw;
-      DHP_LOG_DEBUG("best_static_layout: tp={} skipped: {}", tp, e.what());
-      continue;
-    }
-    const CostModel cost = make_cost_model(cluster, model, *layout, with_tp);
-    double budget = std::numeric_limits<double>::infinity();
-    for (const Batch& batch : batches) {
-      budget = std::min(budget, llm_activation_budget(cost, *layout, batch));
-    }
-    if (!(budget > 0)) continue;
-
-    const int ranks = layout->llm.ranks;
-    for (int cp = 1; cp <= ranks; ++cp) {
-      if (ranks % cp != 0) continue;
-      // Layouts that cannot hold the longest sequence are out (we never truncate).
-      std::vector<std::int64_t> packs;
-      if (strategy == Strategy::StaticBest) {
-        // Once a pack gives every replica two bins' worth of tokens in every sampled batch,
-        // shorter packs only add micro-batches: stop halving there.
-        packs = static_pack_candidates(cost, cp, budget, longest, max_tokens,
-                                       fewest_tokens / (2 * std::int64_t{ranks / cp}));
-      } else if (rank_activation_bytes(cost, {longest}, cp, {}) <= budget &&
-                 (max_tokens == 0 || local_share(longest, cp) <= max_tokens)) {
-        packs = {0};  // static_balanced packs by memory and the token limit, not a length
+    for (int encoder_tp : encoder_tps) {
+      PlannerOptions with_tp = options;
+      with_tp.strategy = strategy;  // the layout (and how it encodes) is the static strategy's
+      with_tp.llm_tp = tp;
+      with_tp.encoder_tp = encoder_tp;
+      std::optional<Layout> layout;
+      try {
+        layout = resolve_layout(cluster, model, with_tp);
+      } catch (const Error& e) {
+        // A TP degree whose static memory does not fit is simply not a candidate.
+        if (e.kind() != ErrorKind::DoesNotFit && e.kind() != ErrorKind::InvalidArgument) throw;
+        DHP_LOG_DEBUG("best_static_layout: tp={} etp={} skipped: {}", tp, encoder_tp, e.what());
+        continue;
       }
-      for (std::int64_t pack : packs) {
-        double total_ms = 0;
-        for (std::size_t i : sample_index) {
-          const Batch& batch = batches[i];
-          const auto waves =
-              strategy == Strategy::StaticBest
-                  ? static_best_waves(batch, cost, *layout, cp, pack, budget)
-                  : static_balanced_waves(batch, cost, *layout, cp, budget, max_tokens);
-          total_ms += estimate_step_ms(batch, cost, *layout, waves);
-        }
-        ++evaluated;
-        DHP_LOG_DEBUG("best_static_layout {}: tp={} cp={} dp={} pack={} -> {:.3f} ms",
-                      to_string(strategy), tp, cp, ranks / cp, pack, total_ms);
-        if (total_ms < best_ms) {  // strict: ties keep the smaller tp, cp, then the longer pack
-          best_ms = total_ms;
-          best = StaticLayout{tp, cp, ranks / cp, pack};
-        }
-      }
+      score_static_splits(run, strategy, *layout, make_cost_model(cluster, model, *layout, with_tp),
+                          best, best_ms, evaluated);
     }
   }
   DHP_CHECK(best.has_value(), DoesNotFit,
             "no static TP x CP x DP layout of {} devices holds the longest sequence of the "
             "run ({} tokens); TP degrees tried: {}",
-            cluster.world_size(), longest, fmt::join(tps, ","));
-  DHP_LOG_INFO("best_static_layout {}: tp={} cp={} dp={} pack_tokens={} ({} layouts, {} batches)",
-               to_string(strategy), best->tp, best->cp, best->dp, best->pack_tokens, evaluated,
-               sampled);
+            cluster.world_size(), run.longest, fmt::join(tps, ","));
+  DHP_LOG_INFO(
+      "best_static_layout {}: tp={} etp={} cp={} dp={} pack_tokens={} ({} layouts, {} "
+      "batches)",
+      to_string(strategy), best->tp, best->encoder_tp, best->cp, best->dp, best->pack_tokens,
+      evaluated, run.sample_index.size());
   return *best;
 }
 
@@ -505,7 +547,7 @@ Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& l
           ? *options.static_layout
           : best_static_layout(cost.cluster(), cost.model(), std::span<const Batch>(&batch, 1),
                                Strategy::StaticBest, options);
-  const TpSetup setup = setup_for_tp(cost, layout, options, fixed.tp);
+  const TpSetup setup = setup_for_tp(cost, layout, options, fixed.tp, fixed.encoder_tp);
   check_static_layout(fixed, setup.layout);
   const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
   std::int64_t pack = fixed.pack_tokens;
@@ -526,7 +568,8 @@ Plan plan_static_balanced(const Batch& batch, const CostModel& cost, const Layou
                           const PlannerOptions& options) {
   check_batch_fits(batch, cost, layout);
   const TpSetup setup = options.static_layout
-                            ? setup_for_tp(cost, layout, options, options.static_layout->tp)
+                            ? setup_for_tp(cost, layout, options, options.static_layout->tp,
+                                           options.static_layout->encoder_tp)
                             : TpSetup{layout, cost};
   const double budget = llm_activation_budget(setup.cost, setup.layout, batch);
   const int ranks = setup.layout.llm.ranks;

@@ -34,6 +34,16 @@ detail::CostTerms terms_of(const CostModel& cost, const Measurement& m) {
     return detail::encoder_item_terms(cost, item);
   }
   if (m.kind == "p2p") return detail::p2p_terms(cost, m.bytes, m.crosses_nodes);
+  if (m.kind == "llm_rank")
+    return detail::llm_rank_terms(cost, m.split_tokens, {m.degree, m.crosses_nodes},
+                                  m.whole_tokens);
+  if (m.kind == "encoder_rank") {
+    detail::CostTerms sum;
+    for (const EncoderPartMeasurement& part : m.encoder_parts)
+      sum += part.ring > 1 ? detail::encoder_shard_terms(cost, part.item, {part.ring, false})
+                           : detail::encoder_item_terms(cost, part.item);
+    return sum;
+  }
   DHP_THROW(InvalidInput, "calibration: unknown measurement kind '{}'", m.kind);
 }
 
@@ -177,8 +187,30 @@ std::vector<Measurement> measurements_from_json(const std::string& text) {
         m.bytes = j.at("bytes").get<double>();
         m.crosses_nodes = j.value("crosses_nodes", false);
         DHP_CHECK(m.bytes >= 0, InvalidInput, "bytes={} must be >= 0", m.bytes);
+      } else if (m.kind == "llm_rank") {
+        m.split_tokens = j.value("split_tokens", std::vector<std::int64_t>{});
+        m.whole_tokens = j.value("whole_tokens", std::vector<std::int64_t>{});
+        m.degree = j.value("degree", 1);
+        m.crosses_nodes = j.value("crosses_nodes", false);
+        DHP_CHECK(m.degree >= 1 && !(m.split_tokens.empty() && m.whole_tokens.empty()),
+                  InvalidInput, "an llm_rank needs degree >= 1 (got {}) and some tokens", m.degree);
+      } else if (m.kind == "encoder_rank") {
+        for (const auto& part : j.at("parts")) {
+          EncoderPartMeasurement e;
+          e.item.patches = part.at("patches").get<std::int64_t>();
+          e.item.llm_tokens = part.value("llm_tokens", std::int64_t{0});
+          e.item.frames = part.value("frames", 1);
+          e.ring = part.value("ring", 1);
+          DHP_CHECK(e.item.patches >= 1 && e.item.frames >= 1 && e.ring >= 1, InvalidInput,
+                    "an encoder part needs patches, frames and ring >= 1 (got {}, {}, {})",
+                    e.item.patches, e.item.frames, e.ring);
+          m.encoder_parts.push_back(e);
+        }
+        DHP_CHECK(!m.encoder_parts.empty(), InvalidInput, "an encoder_rank needs parts");
       } else {
-        DHP_THROW(InvalidInput, "kind '{}' is not llm_sequence, encoder_item or p2p", m.kind);
+        DHP_THROW(InvalidInput,
+                  "kind '{}' is not llm_sequence, encoder_item, p2p, llm_rank or encoder_rank",
+                  m.kind);
       }
       DHP_CHECK(m.measured_ms > 0, InvalidInput, "measured_ms={} must be > 0", m.measured_ms);
       out.push_back(m);

@@ -493,8 +493,17 @@ double CostModel::llm_activation_bytes(std::int64_t tokens, int degree) const {
   return bytes;
 }
 
-double CostModel::encoder_activation_bytes(const VisualItem& item) const {
-  if (!model_.encoder) return 0;
+std::int64_t CostModel::encoder_span_group_patches(const VisualItem& item) const {
+  const std::int64_t group = model_.training.encoder_span_group_patches;
+  if (!model_.encoder || group <= 0 || item.patches <= group) return item.patches;
+  const int spans = encoder_spans(*model_.encoder, item);
+  if (spans <= 1) return item.patches;
+  const std::int64_t per_span = (item.patches + spans - 1) / spans;
+  return std::min(item.patches, std::max<std::int64_t>(1, group / per_span) * per_span);
+}
+
+EncoderBytes CostModel::encoder_item_bytes(const VisualItem& item) const {
+  if (!model_.encoder) return {};
   const auto& a = model_.encoder->arch;
   const double patches = static_cast<double>(item.patches);
   // Non-causal flash attention: no s^2 term even without recompute in the ViT.
@@ -503,22 +512,33 @@ double CostModel::encoder_activation_bytes(const VisualItem& item) const {
   double per_token_layer = activation_bytes_per_token_layer(a, training, patches, 0);
   if (training.recompute == Recompute::None)
     per_token_layer -= 5.0 * a.heads * patches * training.bytes_per_activation / 2.0;
-  double layer_bytes = patches * per_token_layer * a.layers;
-  // Full recompute: the layer being recomputed holds its full activations in its backward.
-  if (training.recompute == Recompute::Full)
-    layer_bytes += patches * 34.0 * a.hidden * training.bytes_per_activation / 2.0;
   const double outputs =
       static_cast<double>(item.llm_tokens) * model_.llm.hidden * training.bytes_per_activation;
-  return layer_bytes / encoder_tp_ + outputs;
+  EncoderBytes bytes;
+  bytes.held = patches * per_token_layer * a.layers / encoder_tp_ + outputs;
+  // Full recompute: the layer being (re)computed holds its full activations while it runs.
+  if (training.recompute == Recompute::Full) {
+    const double group = static_cast<double>(encoder_span_group_patches(item));
+    bytes.working = group * 34.0 * a.hidden * training.bytes_per_activation / 2.0 / encoder_tp_;
+  }
+  return bytes;
+}
+
+EncoderBytes CostModel::encoder_shard_bytes(const VisualItem& shard, int degree) const {
+  EncoderBytes bytes = encoder_item_bytes(shard);
+  if (degree > 1 && model_.encoder) {
+    bytes.working += 2.0 * kv_bytes(model_.encoder->arch, static_cast<double>(shard.patches),
+                                    model_.training.bytes_per_activation, encoder_tp_);
+  }
+  return bytes;
+}
+
+double CostModel::encoder_activation_bytes(const VisualItem& item) const {
+  return encoder_item_bytes(item).peak();
 }
 
 double CostModel::encoder_shard_activation_bytes(const VisualItem& shard, int degree) const {
-  double bytes = encoder_activation_bytes(shard);
-  if (degree > 1 && model_.encoder) {
-    bytes += 2.0 * kv_bytes(model_.encoder->arch, static_cast<double>(shard.patches),
-                            model_.training.bytes_per_activation, encoder_tp_);
-  }
-  return bytes;
+  return encoder_shard_bytes(shard, degree).peak();
 }
 
 double CostModel::capacity_bytes() const {

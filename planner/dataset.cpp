@@ -72,15 +72,28 @@ std::int64_t text_tokens(std::string_view text, const DatasetAssumptions& a) {
   return tokens;
 }
 
-// A video becomes clips of at most video_frames_per_item frames: the ViT attends within a
-// clip (Qwen2-VL attends within each temporal patch group), so clips are independent
-// encoder work that can go to different encoder ranks.
+std::int64_t qwen2_vl_image_tokens(double width, double height, const DatasetAssumptions& a);
+
+// A video becomes clips of at most video_frames_per_item frames (or one item): the ViT
+// attends within a clip (Qwen2-VL attends within each temporal patch group), so clips are
+// independent encoder work that can go to different encoder ranks.
 void append_video_items(double seconds, const DatasetAssumptions& a, std::vector<VisualItem>& out) {
   int frames = std::max(1, static_cast<int>(std::llround(seconds * a.video_fps)));
+  if (a.video_max_frames > 0) frames = std::min(frames, a.video_max_frames);
+  const bool native = a.video_frame_width > 0 && a.video_frame_height > 0;
+  const int group = native ? a.video_temporal_patch : 1;
+  frames = (frames + group - 1) / group * group;
+  const std::int64_t tokens_per_group =
+      native ? qwen2_vl_image_tokens(a.video_frame_width, a.video_frame_height, a)
+             : a.video_tokens_per_frame;
+  // Clips hold whole temporal patches.
+  const int per_item = a.video_frames_per_item > 0
+                           ? std::max(group, a.video_frames_per_item / group * group)
+                           : frames;
   while (frames > 0) {
     VisualItem v;
-    v.frames = std::min(frames, a.video_frames_per_item);
-    v.llm_tokens = static_cast<std::int64_t>(v.frames) * a.video_tokens_per_frame;
+    v.frames = std::min(frames, per_item);
+    v.llm_tokens = static_cast<std::int64_t>(v.frames / group) * tokens_per_group;
     v.patches = v.llm_tokens * a.encoder_patches_per_token;
     out.push_back(v);
     frames -= v.frames;
@@ -93,8 +106,14 @@ void check_assumptions(const DatasetAssumptions& a) {
             "dataset assumptions: text_token_scale={}, tokens_per_word={} must be > 0 and "
             "chat_template_tokens={} >= 0",
             a.text_token_scale, a.tokens_per_word, a.chat_template_tokens);
-  DHP_CHECK(a.video_frames_per_item >= 1, InvalidArgument,
-            "dataset assumptions: video_frames_per_item={} must be >= 1", a.video_frames_per_item);
+  DHP_CHECK(a.video_frames_per_item >= 0 && a.video_max_frames >= 0 && a.video_frame_width >= 0 &&
+                a.video_frame_height >= 0 && a.video_temporal_patch >= 1,
+            InvalidArgument,
+            "dataset assumptions: video_frames_per_item={}, video_max_frames={}, "
+            "video_frame_width={} and video_frame_height={} must be >= 0, video_temporal_patch={} "
+            ">= 1",
+            a.video_frames_per_item, a.video_max_frames, a.video_frame_width, a.video_frame_height,
+            a.video_temporal_patch);
   DHP_CHECK(a.video_fps > 0 && a.video_tokens_per_frame >= 1 && a.image_tokens_llava >= 1 &&
                 a.encoder_patches_per_token >= 1 && a.llava_patches_per_token >= 1,
             InvalidArgument,
@@ -163,6 +182,17 @@ bool next_csv_record(std::string_view text, std::size_t& pos, std::vector<std::s
 }
 
 }  // namespace
+
+DatasetAssumptions qwen2_vl_whole_videos(int frame_width, int frame_height) {
+  DatasetAssumptions a;
+  a.video_fps = 2.0;
+  a.video_frame_width = frame_width;
+  a.video_frame_height = frame_height;
+  a.video_temporal_patch = 2;
+  a.video_max_frames = 768;
+  a.video_frames_per_item = 0;
+  return a;
+}
 
 std::vector<Sample> load_activitynet(const std::string& path, const DatasetAssumptions& a) {
   check_assumptions(a);

@@ -169,16 +169,19 @@ ExactResult solve_exact_wave(const Batch& batch, const CostModel& cost, const La
   // whole sequences; for several sequences split over one ring it adds their exposed ring
   // communication per sequence, an upper bound of the packed figure (see docs/algorithm.md).
   const double fixed = cost.llm_rank_fixed_ms();
+  const SampleCosts sc = make_sample_costs(batch, cost, layout);
   std::vector<Piece> pieces;
   pieces.reserve(n);
   for (int i = 0; i < n; ++i) {
-    const std::int64_t tokens = batch.samples[i].llm_tokens();
+    const std::int64_t tokens = sc.tokens[i];
+    // The sample's encoder items are held beside it, as dhp packs them.
+    const double charge = encoder_charge_per_device(cost, layout, sc.encoder_held[i]);
     Piece p{i, cost.llm_sequence_ms(tokens, RingSpan{1, false}) - fixed,
-            cost.llm_activation_bytes(tokens, 1), std::vector<double>(R + 1, kInf),
+            cost.llm_activation_bytes(tokens, 1) + charge, std::vector<double>(R + 1, kInf),
             std::vector<double>(R + 1, kInf)};
     for (int d = 2; d <= R; ++d) {
       p.split_ms[d] = cost.llm_sequence_ms(tokens, expected_ring(d, layout)) - fixed;
-      p.split_bytes[d] = cost.llm_activation_bytes(tokens, d);
+      p.split_bytes[d] = cost.llm_activation_bytes(tokens, d) + charge / d;
     }
     pieces.push_back(std::move(p));
   }

@@ -1,10 +1,14 @@
 // Shared machinery of all planning strategies (not installed; not public API).
 // Strategies decide *what* runs together (waves, group degrees, which sequence where);
 // build_plan() turns that into a concrete Plan: node-aware ranks, encoder work, estimate,
-// and the hard memory check.
+// and the hard memory check. Defined in module_layout.cpp (layouts), group_placement.cpp
+// (ranks of groups and rings), memory_budget.cpp (a rank's pieces, budgets, the fit check),
+// sample_costs.cpp, gradient_sync_timing.cpp, plan_assembly.cpp and encoder_assignment.cpp
+// (drafts -> plans).
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -115,15 +119,32 @@ double rank_activation_bytes(const CostModel& cost, const std::vector<std::int64
 // 0 when none does.
 int smallest_cp_holding(const CostModel& cost, std::int64_t longest, int ranks, double budget,
                         std::int64_t max_tokens);
-// Colocated encoder activations reserved per device for a wave: twice the largest visual
-// item's bytes. build_plan assigns items within it where it can (fewest-bytes rank otherwise);
-// its per-device memory check (LLM + encoder) is the authority.
+// The most parts the planner cuts `item` into (split_visual_items): one per span up to the
+// encoder ranks, or, for an item of a single span, ring shards of at least
+// half_efficiency_tokens patches over at most 4 nodes' worth of encoder ranks.
+int most_encoder_parts(const CostModel& cost, const VisualItem& item, int encoder_ranks);
+
+// Encoder memory, colocated, where the plan follows it (layouts that cut visual items: dhp,
+// exact): a sample's items are held beside its own LLM work, so the held bytes of its items
+// are charged to the LLM ranks that run it, per device (`held`: the sample's items' held
+// bytes on one encoder device; split over a ring of d, each member takes 1/d). The parts go
+// to encoder ranks with room when the wave is assembled, whose device check is the
+// authority. 0 for other layouts.
+double encoder_charge_per_device(const CostModel& cost, const Layout& layout, double held);
+// Encoder activations kept free per device for a wave by layouts that encode every item
+// whole on one rank (the baselines): twice the largest visual item's peak bytes. 0 where the
+// encoder's memory is charged per sample (encoder_charge_per_device).
 double encoder_reserve_bytes(const CostModel& cost, const Layout& layout, const Batch& batch);
-// Device bytes available to LLM activations in a wave (capacity - static - encoder reserve).
+// Device bytes available to LLM activations (and charged encoder bytes) in a wave: capacity
+// - the LLM's and a colocated encoder's parameters, gradients and optimizer state - the
+// encoder reserve.
 double llm_activation_budget(const CostModel& cost, const Layout& layout, const Batch& batch);
 
-// Throws dhp::Error (DoesNotFit) naming the first sample that cannot fit even when split
-// over every LLM rank, with its tokens, the bytes it needs and the bytes available.
+// Throws dhp::Error (DoesNotFit) naming the binding constraint when the batch cannot fit this
+// layout at all: a visual item whose smallest piece does not fit an encoder device (its bytes,
+// its parts, the device's room), or a sample that does not fit even split over every LLM rank
+// (its tokens, the bytes it needs with its encoder share, the bytes available and what they
+// are after).
 void check_batch_fits(const Batch& batch, const CostModel& cost, const Layout& layout);
 
 // When the LLM's gradient sync ends (estimate and simulator alike; 0 when no rank ran): its
@@ -158,13 +179,14 @@ struct SampleCosts {
   std::vector<int> visual_offset;    // [sample] first index of its visuals below; size n + 1
   std::vector<double> encoder_ms;    // [visual] encoder_item_ms
   std::vector<int> encoder_spans;    // [visual] encoder_spans
+  std::vector<double> encoder_held;  // [sample] its visual items' held encoder bytes (whole)
   // Every visual item by encoder_ms, longest first (ties by sample, then visual): what the
   // encoder LPT reads, laid out contiguously because it walks all of them per estimate.
   struct Visual {
     int sample;
     int visual;  // index within its sample
     double ms;
-    double bytes;
+    EncoderBytes bytes;  // whole
     std::int64_t llm_tokens;
   };
   std::vector<Visual> visuals_longest_first;
@@ -203,6 +225,10 @@ ExactResult solve_exact_wave(const Batch& batch, const CostModel& cost, const La
 // Per-strategy entry points (one source file each).
 Plan plan_dhp(const Batch& batch, const CostModel& cost, const Layout& layout,
               const PlannerOptions& options);
+// plan_dhp keeping only plans estimated below `to_beat` (finite): nullopt when none is (a
+// layout search prices a layout against the best of the others).
+std::optional<Plan> plan_dhp_below(const Batch& batch, const CostModel& cost, const Layout& layout,
+                                   const PlannerOptions& options, double to_beat);
 Plan plan_exact(const Batch& batch, const CostModel& cost, const Layout& layout,
                 const PlannerOptions& options);
 Plan plan_static_best(const Batch& batch, const CostModel& cost, const Layout& layout,

@@ -2,12 +2,15 @@
 // chosen strategy.
 #include "dhp/planner.hpp"
 
+#include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
 #include "internal.hpp"
+#include "layout_search.hpp"
 
 namespace dhp {
 
@@ -50,11 +53,29 @@ detail::Layout validated_layout(const ClusterSpec& cluster, const ModelSpec& mod
   validate(cluster);
   validate(model);
   DHP_CHECK(options.max_waves >= 1, InvalidArgument, "max_waves={} < 1", options.max_waves);
-  detail::Layout layout = detail::resolve_layout(cluster, model, options);
+  // A static strategy given its run's layout plans at that layout's TP degrees: batches are
+  // checked against it, not against the default.
+  PlannerOptions at = options;
+  const bool fixed_static = options.static_layout && (options.strategy == Strategy::StaticBest ||
+                                                      options.strategy == Strategy::StaticBalanced);
+  if (fixed_static) {
+    at.llm_tp = options.static_layout->tp;
+    if (options.static_layout->encoder_tp > 0) at.encoder_tp = options.static_layout->encoder_tp;
+  }
+  detail::Layout layout = detail::resolve_layout(cluster, model, at);
   DHP_LOG_DEBUG("planner: {} on {}: llm tp={} ranks={}, encoder tp={} ranks={}, {}", model.name,
                 cluster.name, layout.llm_tp, layout.llm.ranks, layout.encoder_tp,
                 layout.encoder.ranks, to_string(layout.placement));
   return layout;
+}
+
+// Whether dhp searches the module layout per batch: the search is on and the options leave
+// a TP degree or the encoder's placement open.
+bool searches_layout(const ModelSpec& model, const PlannerOptions& options) {
+  if (options.strategy != Strategy::Dhp || options.layout_search == LayoutSearch::Off) return false;
+  const bool encoder = model.encoder.has_value();
+  return options.llm_tp == 0 || (encoder && options.encoder_tp == 0) ||
+         (encoder && options.search_placement && options.placement == EncoderPlacement::Colocated);
 }
 }  // namespace
 
@@ -64,13 +85,22 @@ struct Planner::Impl {
   PlannerOptions options;
   detail::Layout layout;  // after the three above: computed from them
   CostModel cost;
+  // The per-batch layout search and its run's state (searches_layout); plan() is const and
+  // may be called from several threads: the state is guarded.
+  std::unique_ptr<detail::BatchLayoutSearch> search;
+  std::mutex search_mutex;
 
   Impl(ClusterSpec c, ModelSpec m, PlannerOptions o)
       : cluster(std::move(c)),
         model(std::move(m)),
         options(std::move(o)),
         layout(validated_layout(cluster, model, options)),
-        cost(detail::make_cost_model(cluster, model, layout, options)) {}
+        cost(detail::make_cost_model(cluster, model, layout, options)) {
+    DHP_CHECK(options.layout_warmup_batches >= 1, InvalidArgument, "layout_warmup_batches={} < 1",
+              options.layout_warmup_batches);
+    if (searches_layout(model, options))
+      search = std::make_unique<detail::BatchLayoutSearch>(cluster, model, options);
+  }
 };
 
 Planner::Planner(ClusterSpec cluster, ModelSpec model, PlannerOptions options)
@@ -86,6 +116,13 @@ const ModelSpec& Planner::model() const { return impl_->model; }
 
 Plan Planner::plan(const Batch& batch) const {
   validate(batch);
+  if (impl_->search) {
+    const std::lock_guard<std::mutex> lock(impl_->search_mutex);
+    Plan plan = impl_->search->plan(batch);
+    plan.strategy = to_string(impl_->options.strategy);
+    plan.step = batch.step;
+    return plan;
+  }
   const Impl& m = *impl_;
   detail::check_batch_fits(batch, m.cost, m.layout);
   Plan plan;

@@ -1,7 +1,7 @@
-// The encoder ranks of a wave ordered by (key, rank), for the longest-first assignment in
-// assemble: an indexed binary min-heap. Taking the first rank and raising its key is the
-// common step (O(log E) moves in one array, where a balanced tree node had to be unlinked
-// and relinked); walking further in order, for a rank with room or a ring's members, reads
+// The encoder ranks of a wave ordered by (key, rank), for the longest-first assignment of
+// encoder_assignment.cpp: an indexed binary min-heap. Taking the first rank and raising its
+// key is the common step (O(log E) moves in one array, where a balanced tree node had to be
+// unlinked and relinked); walking further in order, for a rank with room or a ring's members, reads
 // the heap through a small frontier without changing it. Ranks that can take nothing more
 // leave it, so such walks do not pass them again and again.
 #pragma once

@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
   libtorch-dev libgloo-dev
+  python3-torch  # Debian's torch for /usr/bin/python3, and its torchrun launcher
   pybind11-dev python3-dev
   python3-torch python3-numpy python3-pytest python3-mypy
   clang libclang-rt-14-dev

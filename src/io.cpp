@@ -379,14 +379,18 @@ ModelSpec model_from(const json& obj, const std::string& path) {
   if (const json* tr = find(obj, "training")) {
     const std::string p = field_path(path, "training");
     expect_object(*tr, p);
-    expect_keys(*tr, p,
-                {"recompute", "encoder_recompute", "zero_stage", "bytes_per_param",
-                 "bytes_per_grad", "bytes_optimizer_state", "bytes_per_activation"});
+    expect_keys(
+        *tr, p,
+        {"recompute", "encoder_recompute", "encoder_span_group_patches", "zero_stage",
+         "bytes_per_param", "bytes_per_grad", "bytes_optimizer_state", "bytes_per_activation"});
     TrainingSetup& t = m.training;
     if (const json* r = find(*tr, "recompute"))
       t.recompute = enum_from(*r, field_path(p, "recompute"), kRecomputes);
     if (const json* r = find(*tr, "encoder_recompute"))
       t.encoder_recompute = enum_from(*r, field_path(p, "encoder_recompute"), kRecomputes);
+    if (const json* g = find(*tr, "encoder_span_group_patches"))
+      t.encoder_span_group_patches =
+          as_int(*g, field_path(p, "encoder_span_group_patches"), 0, kMaxCount);
     if (const json* z = find(*tr, "zero_stage"))
       t.zero_stage = static_cast<int>(as_int(*z, field_path(p, "zero_stage"), 0, 2));
     read_positive(*tr, p, "bytes_per_param", t.bytes_per_param);
@@ -486,6 +490,7 @@ PlanEstimate estimate_from(const json& obj, const std::string& path) {
   if (const json* m = find(obj, "peak_mem_gib"))
     e.peak_mem_gib = doubles_from(*m, field_path(path, "peak_mem_gib"));
   read_non_negative(obj, path, "mem_capacity_gib", e.mem_capacity_gib);
+  read_non_negative(obj, path, "layout_switch_ms", e.layout_switch_ms);
   return e;
 }
 
@@ -687,6 +692,7 @@ std::string to_json(const ModelSpec& m, int indent) {
   const TrainingSetup& t = m.training;
   j["training"] = {{"recompute", to_string(t.recompute)},
                    {"encoder_recompute", to_string(t.encoder_recompute)},
+                   {"encoder_span_group_patches", t.encoder_span_group_patches},
                    {"zero_stage", t.zero_stage},
                    {"bytes_per_param", t.bytes_per_param},
                    {"bytes_per_grad", t.bytes_per_grad},
@@ -744,7 +750,8 @@ std::string to_json(const Plan& plan, int indent) {
                    {"grad_sync_ms", e.grad_sync_ms},
                    {"wave_ms", e.wave_ms},
                    {"peak_mem_gib", e.peak_mem_gib},
-                   {"mem_capacity_gib", e.mem_capacity_gib}};
+                   {"mem_capacity_gib", e.mem_capacity_gib},
+                   {"layout_switch_ms", e.layout_switch_ms}};
   return j.dump(indent);
 }
 

@@ -184,6 +184,9 @@ void validate(const ModelSpec& model) {
               e.projector_parameters);
   }
   const TrainingSetup& t = model.training;
+  DHP_CHECK(t.encoder_span_group_patches >= 0, InvalidInput,
+            "model '{}': training.encoder_span_group_patches={} must be >= 0", model.name,
+            t.encoder_span_group_patches);
   DHP_CHECK(t.zero_stage >= 0 && t.zero_stage <= 2, InvalidInput,
             "model '{}': training.zero_stage={} must be 0, 1 or 2", model.name, t.zero_stage);
   DHP_CHECK(t.bytes_per_param > 0, InvalidInput,

@@ -59,6 +59,18 @@ ScenarioData build_video_longtail(const ScenarioConfig& config, int) {
   return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), std::move(batches));
 }
 
+// Whole ActivityNet videos as a Qwen2-VL user hands them over: one visual item per video,
+// frames sampled at 2 fps (at most Qwen2-VL's 768), resized to 640x360 (the file has no
+// resolution: an assumption) = 23 x 13 = 299 tokens per 2-frame temporal patch, 4 ViT patches
+// per token. The median video is ~34k LLM tokens and ~136k patches; the longest are 115k
+// tokens and 459k patches in one item of 384 independent temporal slices. 64 videos per step
+// is ~2.2M tokens, about video-longtail's step.
+ScenarioData build_video_whole(const ScenarioConfig& config, int) {
+  auto pool = load_activitynet(default_data_path("activitynet"), qwen2_vl_whole_videos(640, 360));
+  auto batches = make_batches(pool, batches_or(config, 12, 3), 64, config.seed);
+  return single_cluster(cluster_preset("h100-64"), model_preset("qwen2-vl-7b"), std::move(batches));
+}
+
 // One sample per caption event (clip of the event's span): ~5k tokens median, much
 // narrower spread. 256 clips per step keeps the step size near the long-tail one.
 ScenarioData build_video_uniform(const ScenarioConfig& config, int) {
@@ -138,8 +150,9 @@ ScenarioData build_scale_4096(const ScenarioConfig& config, int) {
   auto batches = make_batches(pool, batches_or(config, 3, 1), 16384, config.seed);
   ScenarioData data =
       single_cluster(cluster_preset("h100-4096"), model_preset("qwen2-vl-7b"), std::move(batches));
-  // Searching the layout would plan a 16k-sequence batch for each of ~60 layouts.
-  data.search_dhp_layout = false;
+  // A run-level search would plan 16k-sequence batches for each of ~60 layouts with
+  // paper_bfd_dp (1.7 s a plan) and megatron_dcp (0.2 s).
+  data.search_baseline_layouts = false;
   return data;
 }
 
@@ -179,6 +192,11 @@ const std::vector<Scenario>& all_scenarios() {
                  "ActivityNet whole videos, 1 fps x 144 tok/frame (long tail to ~100k), "
                  "qwen2-vl-7b, h100-64, 128 videos/step",
                  build_video_longtail});
+    s.push_back({"video-whole", "video-whole",
+                 "ActivityNet whole videos as single Qwen2-VL items (2 fps, 640x360, up to 768 "
+                 "frames; patches = 4 x tokens, one span per 2 frames), qwen2-vl-7b, h100-64, "
+                 "64 videos/step",
+                 build_video_whole});
     s.push_back({"video-uniform", "video-uniform",
                  "ActivityNet per-event clips (narrower lengths), qwen2-vl-7b, h100-64, "
                  "256 clips/step",

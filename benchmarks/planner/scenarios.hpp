@@ -37,10 +37,11 @@ struct ScenarioData {
   // fixed by a rule (Megatron: CP sized so the longest sequence fits max tokens per rank);
   // otherwise static_balanced takes the CP of the run-wide static_best layout.
   std::optional<StaticLayout> static_balanced_layout;
-  // dhp's module layout chosen once per run by best_dhp_options (it plans a sample of the
-  // batches under every layout). Off where a plan takes seconds and only planner time is
-  // measured: there dhp keeps the planner's default layout.
-  bool search_dhp_layout = true;
+  // megatron_dcp's and paper_bfd_dp's module layouts chosen once per run by best_run_layout
+  // (it plans a sample of the batches under every layout), as static_best's and
+  // static_balanced's are by best_static_layout. Off where a baseline's plan takes seconds
+  // and only planner time is measured: there they keep the planner's default layout.
+  bool search_baseline_layouts = true;
 };
 
 struct Scenario {

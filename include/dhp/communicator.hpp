@@ -224,6 +224,14 @@ class Communicator {
   // with a library-level abort (NCCL) override abort() to call it as well.
   void mark_aborted(const std::string& reason) const noexcept;
 
+ public:
+  // A request of `op` abandoned before it completed (an exception unwound past it): its
+  // peers are mid-operation and a late message would match a later call, so the
+  // communicator is marked aborted. Called by the backends' request objects.
+  void abandon(const char* op) const noexcept;
+
+ protected:
+
   mutable bool aborted_ = false;
 
  private:

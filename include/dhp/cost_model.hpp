@@ -30,6 +30,20 @@ struct CostCoefficients {
 
 CostCoefficients defaults_for(const ClusterSpec& cluster);
 
+// Encoder activations of one visual item (or a part of it, encoder_part) on one device of its
+// encoder rank. `held` lives from the item's forward to its backward: each layer's input
+// under full recompute (every layer's activations without), and the outputs handed to the
+// LLM. `working` is what the layer being computed needs on top while it runs: with full
+// recompute its full activations, one span group at a time where the item's spans are
+// independent (TrainingSetup::encoder_span_group_patches); a ring shard's KV blocks in
+// flight. A rank runs one item at a time: it holds the held bytes of all its items and the
+// working bytes of one.
+struct EncoderBytes {
+  double held = 0;
+  double working = 0;
+  double peak() const { return held + working; }
+};
+
 // How a group's ring is laid out on the cluster.
 struct RingSpan {
   int degree = 1;
@@ -91,10 +105,16 @@ class CostModel {
   // Activations kept for backward of one sequence's share on one device, plus the ring's
   // KV send/receive buffers when degree > 1.
   double llm_activation_bytes(std::int64_t tokens, int degree) const;
-  double encoder_activation_bytes(const VisualItem& item) const;
+  EncoderBytes encoder_item_bytes(const VisualItem& item) const;
   // A ring shard (encoder_part) of an item cut into `degree` shards: its own activations
   // plus the KV blocks in flight (the one in use and the one arriving).
+  EncoderBytes encoder_shard_bytes(const VisualItem& shard, int degree) const;
+  // Their peak while the item (or shard) runs alone: held + working.
+  double encoder_activation_bytes(const VisualItem& item) const;
   double encoder_shard_activation_bytes(const VisualItem& shard, int degree) const;
+  // The patches one encoder layer runs at once for `item`: a span group of whole spans
+  // (TrainingSetup::encoder_span_group_patches), or all of them.
+  std::int64_t encoder_span_group_patches(const VisualItem& item) const;
   double capacity_bytes() const;  // device memory minus the reserve
 
   // Flop counts (forward, whole model) used by compute times and by calibration.
@@ -136,14 +156,27 @@ class CostModel {
 };
 
 // --- calibration: fit coefficients to measured profiles with least squares ---
+// One measured time and what it covered. The kinds a runtime measures for a whole rank:
+// "llm_rank" (one rank's LLM forward and backward in a wave: the shares of the group's
+// zigzag sequences, split_tokens, and its whole ones, whole_tokens, on a ring of `degree`),
+// "encoder_rank" (one encoder rank's forward and backward in a wave: its parts, each whole
+// or one shard of a ring of `ring` parts). Profiles of single pieces: "llm_sequence",
+// "encoder_item", "p2p".
+struct EncoderPartMeasurement {
+  VisualItem item;  // the part encoded (ring == 1), or the whole item a shard belongs to
+  int ring = 1;     // shards of the item's ring (1: encoded on its own)
+};
+
 struct Measurement {
-  std::string kind;  // "llm_sequence" | "encoder_item" | "p2p"
+  std::string kind;  // "llm_sequence" | "encoder_item" | "p2p" | "llm_rank" | "encoder_rank"
   std::int64_t tokens = 0;
   int degree = 1;
   bool crosses_nodes = false;
   std::int64_t patches = 0;  // encoder_item
   int frames = 1;            // encoder_item: video frames of the item (1 for an image)
   double bytes = 0;          // p2p
+  std::vector<std::int64_t> split_tokens, whole_tokens;  // llm_rank
+  std::vector<EncoderPartMeasurement> encoder_parts;     // encoder_rank
   double measured_ms = 0;
 };
 

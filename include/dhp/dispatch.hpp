@@ -88,10 +88,13 @@ class WaveDispatch {
   void forward(Communicator& world, const void* owned, void* local, std::int64_t row_bytes) const;
   // local -> owned: writes this wave's rows of the owned buffer, leaves the others.
   void inverse(Communicator& world, const void* local, void* owned, std::int64_t row_bytes) const;
+  // Rows forward() sends to other processes (rows staying on this one are copied).
+  std::int64_t rows_sent_to_others() const;
 
  private:
   WaveLayout layout_;
   std::int64_t owned_rows_ = 0;
+  int world_rank_ = 0;
   int world_size_ = 0;
   // Forward: rows of the owned buffer sent to each world rank, concatenated in rank order;
   // rows received from each rank (in rank order) and the local row each one lands on.

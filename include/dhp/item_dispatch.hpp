@@ -29,8 +29,11 @@ class ItemDispatch {
 
   // owned -> local, collective over the world. Host buffers.
   void forward(Communicator& world, const void* owned, void* local, std::int64_t row_bytes) const;
+  // Rows forward() sends to other processes.
+  std::int64_t rows_sent_to_others() const;
 
  private:
+  int world_rank_ = 0;
   int world_size_ = 0;
   std::int64_t owned_rows_ = 0;
   std::vector<std::int64_t> wave_offset_;

@@ -43,6 +43,11 @@ struct TrainingSetup {
   // Vision encoder layers: long videos hold hundreds of thousands of patches, so their
   // activations are recomputed in backward (only each layer's input is kept).
   Recompute encoder_recompute = Recompute::Full;
+  // Where a visual item's attention spans are independent (a video's temporal slices, an
+  // image's tiles), each encoder layer runs over groups of whole spans of about this many
+  // patches (at least one span) instead of the whole item at once: the layer's working
+  // activations are one group's. 0: the whole item at once.
+  std::int64_t encoder_span_group_patches = 16384;
   // 0: every rank holds full fp32 optimizer state; 1: optimizer state sharded over the
   // data-parallel (DP x CP) ranks (Megatron's distributed optimizer); 2: grads as well.
   int zero_stage = 1;

@@ -104,6 +104,9 @@ struct PlanEstimate {
   std::vector<double> wave_ms;       // per wave, LLM part
   std::vector<double> peak_mem_gib;  // per LLM rank, highest over the waves
   double mem_capacity_gib = 0;
+  // Moving weights and optimizer state into this plan's layout from the previous batch's,
+  // before the step (LayoutSearch::PerBatch; not part of step_ms); 0 when it is the same.
+  double layout_switch_ms = 0;
 };
 
 struct Plan {

@@ -32,6 +32,7 @@
 #include "dhp/communicator.hpp"
 #include "dhp/cp_attention.hpp"
 #include "dhp/encoder_attention.hpp"
+#include "dhp/error.hpp"
 #include "dhp/grad_sync.hpp"
 #include "dhp/group_pool.hpp"
 #include "dhp/kernels.hpp"
@@ -78,6 +79,9 @@ struct StepStats {
   std::int64_t loss_tokens = 0;  // global
   std::int64_t comm_created = 0;  // group communicators created during run() (pool misses)
   BoundaryBytes boundary;         // world totals: sent, and the plan's minimum
+  // The step's inputs (token ids, labels, patches) sent between processes, world totals,
+  // and the minimum the plan allows (every row to every process that runs it, once).
+  std::int64_t dispatch_bytes = 0, dispatch_min_bytes = 0;
   // This process's time per phase and in all (ms), and its events.
   double dispatch_ms = 0, encoder_ms = 0, boundary_ms = 0, llm_ms = 0, grad_sync_ms = 0;
   double step_ms = 0;
@@ -140,6 +144,19 @@ struct StepGroups {
 // (so no rank is left waiting on another that refused to go on).
 void agree_on_errors(Communicator& world, const std::string& local_error);
 
+// Runs `body`, one action of a step; a dhp::Error leaving it is rethrown (same kind) with
+// the step, the wave and the action in front of its message, so that a timeout in a ring
+// or at the boundary says where the step was.
+template <typename Body>
+void run_action(std::int64_t step, const StepAction& action, Body&& body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    throw Error(e.kind(), fmt::format("step {}, wave {}, {}: {}", step, action.wave,
+                                      to_string(action.kind), e.message()));
+  }
+}
+
 // Every group partition (world ranks) a plan's step acquires: TP groups of both modules,
 // replica groups of both modules, the plan's Ulysses groups. Collective order: as listed.
 std::vector<std::vector<std::vector<int>>> step_partitions(const Plan& plan);
@@ -170,9 +187,10 @@ struct StepRun {
 
   // This process's patches of `wave` (null when it has none).
   const std::byte* wave_patches(int wave) const;
-  // Adds an event [started, now) of this process and its duration to `total`.
+  // Adds an event [started, ended) of this process (ended: now when not given) and its
+  // duration to `total`.
   void record(StepEvent::Kind kind, int wave, Clock::time_point started, std::int64_t tokens,
-              double& total);
+              double& total, Clock::time_point ended = {});
 };
 
 class StepExecutor {
@@ -205,6 +223,8 @@ class StepExecutor {
   StepGroups groups(const Plan& plan);
 
  private:
+  StepStats settle(StepRun& run, double local_loss);
+
   struct Impl;
   Communicator& world_;
   GroupPool& pool_;

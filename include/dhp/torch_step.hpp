@@ -21,6 +21,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -66,6 +67,10 @@ struct BoundaryWave {
   std::int64_t hidden = 0;
   at::TensorOptions options;  // dtype of the embeddings
   CommRequestPtr pending;     // sends still in flight (waited by wait_pending)
+  // When the node's backward began and ended (it separates, inside one backward call, the
+  // LLM's backward from the boundary's and the encoder's, for the step's timeline).
+  std::chrono::steady_clock::time_point backward_begin, backward_end;
+  bool backward_ran = false;
   void wait_pending();
 };
 // Colocated: embeddings [token_rows, hidden] of this process -> visual [visual rows, hidden]

@@ -123,6 +123,16 @@ void Communicator::fail_argument(const char* op, const std::string& what) const 
                           describe(), op, what));
 }
 
+void Communicator::abandon(const char* op) const noexcept {
+  if (aborted_) return;
+  try {
+    DHP_LOG_WARN("{}: {} abandoned before it completed: aborted", describe(), op);
+    mark_aborted(fmt::format("{} was abandoned before it completed (an error unwound past it)", op));
+  } catch (...) {
+    mark_aborted("a request was abandoned before it completed");
+  }
+}
+
 void Communicator::mark_aborted(const std::string& reason) const noexcept {
   if (aborted_) return;
   aborted_ = true;

@@ -162,7 +162,7 @@ WaveLayout wave_layout(const Plan& plan, int wave, std::span<const std::int64_t>
 WaveDispatch::WaveDispatch(const Plan& plan, int wave_index,
                            std::span<const std::int64_t> sample_lengths,
                            std::span<const int> sample_owners, int world_rank, int world_size)
-    : world_size_(world_size) {
+    : world_rank_(world_rank), world_size_(world_size) {
   DHP_CHECK(sample_lengths.size() == sample_owners.size(), InvalidArgument,
             "dispatch: {} sample lengths but {} sample owners", sample_lengths.size(),
             sample_owners.size());
@@ -259,6 +259,13 @@ void WaveDispatch::inverse(Communicator& world, const void* local, void* owned,
             world_size_);
   move_rows(world, "dispatch inverse", local, owned, row_bytes, back_send_counts_, back_send_rows_,
             back_recv_counts_, back_recv_rows_);
+}
+
+std::int64_t WaveDispatch::rows_sent_to_others() const {
+  std::int64_t rows = 0;
+  for (std::size_t r = 0; r < send_counts_.size(); ++r)
+    if (static_cast<int>(r) != world_rank_) rows += send_counts_[r];
+  return rows;
 }
 
 std::int64_t global_count(Communicator& world, std::int64_t local_count) {

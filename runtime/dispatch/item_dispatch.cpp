@@ -6,7 +6,7 @@
 namespace dhp {
 
 ItemDispatch::ItemDispatch(const StepSchedule& schedule, std::span<const int> sample_owners)
-    : world_size_(schedule.world_size()) {
+    : world_rank_(schedule.world_rank()), world_size_(schedule.world_size()) {
   const Batch& batch = schedule.batch();
   const Plan& plan = schedule.plan();
   const int me = schedule.world_rank();
@@ -63,6 +63,13 @@ ItemDispatch::ItemDispatch(const StepSchedule& schedule, std::span<const int> sa
     recv_counts_.push_back(static_cast<std::int64_t>(from[peer].size()));
     recv_rows_.insert(recv_rows_.end(), from[peer].begin(), from[peer].end());
   }
+}
+
+std::int64_t ItemDispatch::rows_sent_to_others() const {
+  std::int64_t rows = 0;
+  for (std::size_t r = 0; r < send_counts_.size(); ++r)
+    if (static_cast<int>(r) != world_rank_) rows += send_counts_[r];
+  return rows;
 }
 
 void ItemDispatch::forward(Communicator& world, const void* owned, void* local,

@@ -135,12 +135,11 @@ struct StepExecutor::Impl {
   GradBuckets* buckets_for(Buckets& b, Communicator* replicas,
                            std::vector<GradBuckets::Gradient> gradients, DataType type) {
     if (replicas == nullptr || replicas->size() == 1) return nullptr;
-    const bool same = b.buckets != nullptr && b.replicas == replicas &&
-                      b.gradients.size() == gradients.size() &&
-                      std::equal(b.gradients.begin(), b.gradients.end(), gradients.begin(),
-                                 [](const auto& x, const auto& y) {
-                                   return x.data == y.data && x.count == y.count;
-                                 });
+    const bool same =
+        b.buckets != nullptr && b.replicas == replicas && b.gradients.size() == gradients.size() &&
+        std::equal(
+            b.gradients.begin(), b.gradients.end(), gradients.begin(),
+            [](const auto& x, const auto& y) { return x.data == y.data && x.count == y.count; });
     if (!same) {
       b.buckets = std::make_unique<GradBuckets>(*replicas, gradients, type);
       b.replicas = replicas;
@@ -238,11 +237,49 @@ std::string check_inputs(const StepSchedule& schedule, const StepInputs& inputs,
   return "";
 }
 
+// The least the inputs can move, from the plan alone: every LLM row to every process of
+// the ranks that run it (token id and label), every part's patches to every process of its
+// encoder rank, except where the owner is that process.
+std::int64_t dispatch_min_bytes(const Plan& plan, const StepSchedule& schedule,
+                                std::span<const int> owners, std::int64_t patch_bytes) {
+  const ModuleLayout& llm = plan.llm;
+  const std::int64_t token_row = 2 * static_cast<std::int64_t>(sizeof(std::int64_t));
+  std::int64_t bytes = 0;
+  const auto elsewhere = [&](const ModuleLayout& layout, int rank, int owner) {
+    std::int64_t n = 0;
+    for (int t = 0; t < layout.tp; ++t) n += layout.device_of(rank, t) != owner;
+    return n;
+  };
+  for (const WavePlan& wave : plan.waves) {
+    for (const SequencePlan& seq : wave.sequences) {
+      const GroupPlan& group = wave.groups[static_cast<std::size_t>(seq.group)];
+      const int owner = owners[static_cast<std::size_t>(seq.sample)];
+      const std::int64_t length = schedule.sample_lengths()[static_cast<std::size_t>(seq.sample)];
+      if (seq.sharding == Sharding::Whole) {
+        bytes += length * elsewhere(llm, group.ranks[static_cast<std::size_t>(seq.member)], owner) *
+                 token_row;
+        continue;
+      }
+      for (int m = 0; m < group.degree(); ++m)
+        bytes += zigzag_chunks(length, group.degree(), m).rows() *
+                 elsewhere(llm, group.ranks[static_cast<std::size_t>(m)], owner) * token_row;
+    }
+  }
+  for (const EncoderTask& task : plan.encoder_tasks) {
+    const int item = schedule.first_visual()[static_cast<std::size_t>(task.sample)] + task.visual;
+    const std::int64_t patches =
+        schedule.item_parts(item)[static_cast<std::size_t>(task.part)].patches();
+    bytes += patches *
+             elsewhere(plan.encoder, task.rank, owners[static_cast<std::size_t>(task.sample)]) *
+             patch_bytes;
+  }
+  return bytes;
+}
+
 std::int64_t count_loss_rows(const StepSchedule& schedule, const StepInputs& inputs) {
   std::int64_t rows = 0;
   for (std::size_t s = 0; s < schedule.batch().samples.size(); ++s)
-    if (inputs.sample_owners[s] == schedule.world_rank())
-      rows += schedule.sample_lengths()[s];
+    if (inputs.sample_owners[s] == schedule.world_rank()) rows += schedule.sample_lengths()[s];
   std::int64_t loss = 0;
   for (std::int64_t i = 0; i < rows; ++i) loss += inputs.labels[i] >= 0;
   return loss;
@@ -255,10 +292,11 @@ const std::byte* StepRun::wave_patches(int wave) const {
   return patches.data() + patch_offset[static_cast<std::size_t>(wave)] * patch_bytes;
 }
 
-void StepRun::record(StepEvent::Kind kind, int wave, Clock::time_point started,
-                     std::int64_t tokens, double& total) {
+void StepRun::record(StepEvent::Kind kind, int wave, Clock::time_point started, std::int64_t tokens,
+                     double& total, Clock::time_point ended) {
+  if (ended == Clock::time_point{}) ended = Clock::now();
   const double begin = std::chrono::duration<double, std::milli>(started - start).count();
-  const double end = ms_since(start);
+  const double end = std::chrono::duration<double, std::milli>(ended - start).count();
   stats.events.push_back({kind, wave, begin, end, tokens});
   total += end - begin;
 }
@@ -272,8 +310,8 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
   check_same_everywhere(world_, plan, inputs.sample_owners);
   std::string local_error;
   try {
-    run.schedule = std::make_unique<StepSchedule>(batch, plan, options_.encoder, world_.rank(),
-                                                  world_.size());
+    run.schedule =
+        std::make_unique<StepSchedule>(batch, plan, options_.encoder, world_.rank(), world_.size());
     local_error = check_inputs(*run.schedule, inputs, options_);
   } catch (const Error& e) {
     local_error = e.message();
@@ -293,9 +331,11 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
   const int waves = schedule.waves();
   run.tokens.resize(static_cast<std::size_t>(waves));
   run.labels.resize(static_cast<std::size_t>(waves));
+  std::int64_t sent_bytes = 0;
   for (int w = 0; w < waves; ++w) {
     const WaveDispatch dispatch(plan, w, schedule.sample_lengths(), inputs.sample_owners,
                                 world_.rank(), world_.size());
+    sent_bytes += dispatch.rows_sent_to_others() * 2 * static_cast<std::int64_t>(sizeof(std::int64_t));
     auto& tokens = run.tokens[static_cast<std::size_t>(w)];
     auto& labels = run.labels[static_cast<std::size_t>(w)];
     tokens.resize(static_cast<std::size_t>(dispatch.local_rows()));
@@ -308,10 +348,15 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
   run.patch_offset.assign(static_cast<std::size_t>(waves) + 1, 0);
   if (!plan.encoder_tasks.empty()) {
     const ItemDispatch items(schedule, inputs.sample_owners);
-    for (int w = 0; w <= waves; ++w) run.patch_offset[static_cast<std::size_t>(w)] = items.wave_offset(w);
+    for (int w = 0; w <= waves; ++w)
+      run.patch_offset[static_cast<std::size_t>(w)] = items.wave_offset(w);
     run.patches.resize(static_cast<std::size_t>(items.local_rows() * run.patch_bytes));
     items.forward(world_, inputs.patches, run.patches.data(), run.patch_bytes);
+    sent_bytes += items.rows_sent_to_others() * run.patch_bytes;
   }
+  run.stats.dispatch_bytes = sent_bytes;
+  run.stats.dispatch_min_bytes = dispatch_min_bytes(plan, schedule, inputs.sample_owners,
+                                                    run.patch_bytes);
   run.record(StepEvent::Kind::Dispatch, -1, dispatch_start, 0, run.stats.dispatch_ms);
 
   // --- gradient buckets of the modules this process holds; the boundary ---
@@ -328,6 +373,15 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
 }
 
 StepStats StepExecutor::end(StepRun& run, double local_loss) {
+  try {
+    return settle(run, local_loss);
+  } catch (const Error& e) {
+    throw Error(e.kind(), fmt::format("step {}, gradient sync and totals: {}",
+                                      run.schedule->plan().step, e.message()));
+  }
+}
+
+StepStats StepExecutor::settle(StepRun& run, double local_loss) {
   const StepSchedule& schedule = *run.schedule;
   StepStats& stats = run.stats;
   const auto sync_start = Clock::now();
@@ -342,11 +396,12 @@ StepStats StepExecutor::end(StepRun& run, double local_loss) {
   world_.all_reduce(&loss, &loss, 1, DataType::F64, ReduceOp::Sum);
   stats.loss = loss;
   const BoundaryBytes& bytes = run.boundary->bytes();
-  std::int64_t sent[2] = {bytes.sent_forward, bytes.sent_backward};
-  world_.all_reduce(sent, sent, 2, DataType::I64, ReduceOp::Sum);
+  std::int64_t sent[3] = {bytes.sent_forward, bytes.sent_backward, stats.dispatch_bytes};
+  world_.all_reduce(sent, sent, 3, DataType::I64, ReduceOp::Sum);
   stats.boundary = bytes;
   stats.boundary.sent_forward = sent[0];
   stats.boundary.sent_backward = sent[1];
+  stats.dispatch_bytes = sent[2];
   stats.comm_created = pool_.stats().creations - run.created_before;
   stats.step_ms = ms_since(run.start);
   DHP_LOG_DEBUG("{}: step {} loss {:.6f} in {:.1f} ms ({} communicators created)",
@@ -383,73 +438,77 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
     WaveBuffers& b = buffers[static_cast<std::size_t>(w)];
     const EncoderWave& enc = schedule.encoder(w);
     const LlmWave& llm = schedule.llm(w);
-    switch (action.kind) {
-      case StepActionKind::EncoderForward: {
-        const auto start = Clock::now();
-        b.embeddings.resize(static_cast<std::size_t>(enc.token_rows * row_bytes));
-        EncoderContext ctx = encoder_context(w);
-        model.encoder_forward(enc, ctx, run.wave_patches(w), b.embeddings.data());
-        run.record(StepEvent::Kind::EncoderForward, w, start, enc.patch_rows, stats.encoder_ms);
-        if (disjoint) {
-          const auto sent = Clock::now();
-          b.embeddings_sent = boundary.send_embeddings(world_, w, b.embeddings.data());
-          run.record(StepEvent::Kind::Boundary, w, sent, enc.token_rows, stats.boundary_ms);
+    run_action(plan.step, action, [&] {
+      switch (action.kind) {
+        case StepActionKind::EncoderForward: {
+          const auto start = Clock::now();
+          b.embeddings.resize(static_cast<std::size_t>(enc.token_rows * row_bytes));
+          EncoderContext ctx = encoder_context(w);
+          model.encoder_forward(enc, ctx, run.wave_patches(w), b.embeddings.data());
+          run.record(StepEvent::Kind::EncoderForward, w, start, enc.patch_rows, stats.encoder_ms);
+          if (disjoint) {
+            const auto sent = Clock::now();
+            b.embeddings_sent = boundary.send_embeddings(world_, w, b.embeddings.data());
+            run.record(StepEvent::Kind::Boundary, w, sent, enc.token_rows, stats.boundary_ms);
+          }
+          break;
         }
-        break;
-      }
-      case StepActionKind::LlmWave: {
-        auto start = Clock::now();
-        const auto visual_rows = static_cast<std::int64_t>(llm.visuals.size());
-        b.visual.resize(static_cast<std::size_t>(visual_rows * row_bytes));
-        b.d_visual.assign(b.visual.size(), std::byte{0});
-        if (!disjoint) b.embeddings_sent = boundary.send_embeddings(world_, w, b.embeddings.data());
-        boundary.receive_embeddings(world_, w, disjoint ? nullptr : b.embeddings.data(),
-                                    b.visual.data());
-        if (!disjoint) b.embeddings_sent->wait();
-        run.record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
-        if (schedule.runs_llm()) {
+        case StepActionKind::LlmWave: {
+          auto start = Clock::now();
+          const auto visual_rows = static_cast<std::int64_t>(llm.visuals.size());
+          b.visual.resize(static_cast<std::size_t>(visual_rows * row_bytes));
+          b.d_visual.assign(b.visual.size(), std::byte{0});
+          if (!disjoint)
+            b.embeddings_sent = boundary.send_embeddings(world_, w, b.embeddings.data());
+          boundary.receive_embeddings(world_, w, disjoint ? nullptr : b.embeddings.data(),
+                                      b.visual.data());
+          if (!disjoint) b.embeddings_sent->wait();
+          run.record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
+          if (schedule.runs_llm()) {
+            start = Clock::now();
+            LlmContext ctx;
+            ctx.wave = w;
+            ctx.last_wave = w + 1 == waves;
+            ctx.attention.dtype = options_.dtype;
+            ctx.attention.shape = options_.llm_attention;
+            ctx.attention.layout = &llm.layout;
+            ctx.attention.world = &world_;
+            ctx.attention.pool = &pool_;
+            ctx.attention.ranks_per_node = options_.ranks_per_node;
+            ctx.tp = {run.groups.llm_tp, plan.llm.tp, schedule.llm_tp_index()};
+            ctx.gradients = ctx.last_wave ? run.llm_buckets : nullptr;
+            loss +=
+                model.llm_forward_backward(llm, ctx, run.tokens[static_cast<std::size_t>(w)].data(),
+                                           run.labels[static_cast<std::size_t>(w)].data(),
+                                           b.visual.data(), run.loss_scale, b.d_visual.data());
+            run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
+          }
           start = Clock::now();
-          LlmContext ctx;
-          ctx.wave = w;
-          ctx.last_wave = w + 1 == waves;
-          ctx.attention.dtype = options_.dtype;
-          ctx.attention.shape = options_.llm_attention;
-          ctx.attention.layout = &llm.layout;
-          ctx.attention.world = &world_;
-          ctx.attention.pool = &pool_;
-          ctx.attention.ranks_per_node = options_.ranks_per_node;
-          ctx.tp = {run.groups.llm_tp, plan.llm.tp, schedule.llm_tp_index()};
-          ctx.gradients = ctx.last_wave ? run.llm_buckets : nullptr;
-          loss += model.llm_forward_backward(llm, ctx, run.tokens[static_cast<std::size_t>(w)].data(),
-                                             run.labels[static_cast<std::size_t>(w)].data(),
-                                             b.visual.data(), run.loss_scale, b.d_visual.data());
-          run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
+          b.gradients_sent = boundary.send_gradients(world_, w, b.d_visual.data());
+          if (!disjoint) {
+            b.d_embeddings.resize(b.embeddings.size());
+            boundary.receive_gradients(world_, w, b.d_visual.data(), b.d_embeddings.data());
+            b.gradients_sent->wait();
+          }
+          run.record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
+          break;
         }
-        start = Clock::now();
-        b.gradients_sent = boundary.send_gradients(world_, w, b.d_visual.data());
-        if (!disjoint) {
-          b.d_embeddings.resize(b.embeddings.size());
-          boundary.receive_gradients(world_, w, b.d_visual.data(), b.d_embeddings.data());
-          b.gradients_sent->wait();
+        case StepActionKind::EncoderBackward: {
+          auto start = Clock::now();
+          if (disjoint) {
+            b.d_embeddings.resize(b.embeddings.size());
+            boundary.receive_gradients(world_, w, nullptr, b.d_embeddings.data());
+            b.embeddings_sent->wait();
+            run.record(StepEvent::Kind::Boundary, w, start, enc.token_rows, stats.boundary_ms);
+            start = Clock::now();
+          }
+          EncoderContext ctx = encoder_context(w);
+          model.encoder_backward(enc, ctx, b.d_embeddings.data());
+          run.record(StepEvent::Kind::EncoderBackward, w, start, enc.patch_rows, stats.encoder_ms);
+          break;
         }
-        run.record(StepEvent::Kind::Boundary, w, start, visual_rows, stats.boundary_ms);
-        break;
       }
-      case StepActionKind::EncoderBackward: {
-        auto start = Clock::now();
-        if (disjoint) {
-          b.d_embeddings.resize(b.embeddings.size());
-          boundary.receive_gradients(world_, w, nullptr, b.d_embeddings.data());
-          b.embeddings_sent->wait();
-          run.record(StepEvent::Kind::Boundary, w, start, enc.token_rows, stats.boundary_ms);
-          start = Clock::now();
-        }
-        EncoderContext ctx = encoder_context(w);
-        model.encoder_backward(enc, ctx, b.d_embeddings.data());
-        run.record(StepEvent::Kind::EncoderBackward, w, start, enc.patch_rows, stats.encoder_ms);
-        break;
-      }
-    }
+    });
   }
   for (WaveBuffers& b : buffers)
     if (b.gradients_sent != nullptr) b.gradients_sent->wait();

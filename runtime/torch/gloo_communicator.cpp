@@ -266,11 +266,6 @@ class GlooCommunicator final : public Communicator {
     mark_aborted("abort() was called");
   }
 
-  void abandon(const char* op) noexcept {
-    if (!aborted_) DHP_LOG_WARN("{}: {} abandoned before it completed: aborted", describe(), op);
-    mark_aborted(fmt::format("{} was abandoned before it completed (an error unwound past it)", op));
-  }
-
   // Waits for `works` against `limit`; a failure or a timeout aborts the communicator.
   // (Gloo's send and receive complete only inside wait(), which takes the timeout.)
   void wait_works(const char* op, std::vector<c10::intrusive_ptr<c10d::Work>>& works,

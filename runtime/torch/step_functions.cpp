@@ -132,6 +132,7 @@ struct BoundaryExchangeFunction : public torch::autograd::Function<BoundaryExcha
   }
   static variable_list backward(AutogradContext* autograd, variable_list grads) {
     auto* wave = saved_pointer<BoundaryWave>(autograd, "wave");
+    wave->backward_begin = std::chrono::steady_clock::now();
     const at::Tensor d_visual =
         grads[0].defined() ? grads[0].contiguous()
                            : at::zeros({wave->consumed_rows, wave->hidden}, wave->options);
@@ -141,6 +142,8 @@ struct BoundaryExchangeFunction : public torch::autograd::Function<BoundaryExcha
     wave->boundary->receive_gradients(*wave->world, wave->wave, d_visual.data_ptr(),
                                       d_embeddings.data_ptr());
     sent->wait();
+    wave->backward_end = std::chrono::steady_clock::now();
+    wave->backward_ran = true;
     return {d_embeddings, at::Tensor(), at::Tensor()};
   }
 };
@@ -156,9 +159,12 @@ struct BoundarySendFunction : public torch::autograd::Function<BoundarySendFunct
   }
   static variable_list backward(AutogradContext* autograd, variable_list) {
     auto* wave = saved_pointer<BoundaryWave>(autograd, "wave");
+    wave->backward_begin = std::chrono::steady_clock::now();
     at::Tensor d_embeddings = at::zeros({wave->produced_rows, wave->hidden}, wave->options);
     wave->boundary->receive_gradients(*wave->world, wave->wave, nullptr, d_embeddings.data_ptr());
     wave->wait_pending();
+    wave->backward_end = std::chrono::steady_clock::now();
+    wave->backward_ran = true;
     return {d_embeddings, at::Tensor()};
   }
 };
@@ -177,7 +183,10 @@ struct BoundaryReceiveFunction : public torch::autograd::Function<BoundaryReceiv
     const at::Tensor d_visual =
         grads[0].defined() ? grads[0].contiguous()
                            : at::zeros({wave->consumed_rows, wave->hidden}, wave->options);
+    wave->backward_begin = std::chrono::steady_clock::now();
     wave->pending = wave->boundary->send_gradients(*wave->world, wave->wave, d_visual.data_ptr());
+    wave->backward_end = std::chrono::steady_clock::now();
+    wave->backward_ran = true;
     return {at::Tensor(), at::Tensor()};
   }
 };

@@ -47,7 +47,8 @@ struct TorchStepExecutor::Hooks {
     accumulators.clear();
     const int n = static_cast<int>(params.size());
     for (int i = 0; i < n; ++i) {
-      auto accumulator = torch::autograd::impl::grad_accumulator(params[static_cast<std::size_t>(i)]);
+      auto accumulator =
+          torch::autograd::impl::grad_accumulator(params[static_cast<std::size_t>(i)]);
       DHP_CHECK(accumulator != nullptr, InvalidArgument,
                 "parameter {} does not require grad: it cannot be trained or synchronised", i);
       accumulator->add_post_hook(std::make_unique<Ready>(this, n - 1 - i));
@@ -64,8 +65,8 @@ using Clock = std::chrono::steady_clock;
 // buckets read and write them.
 void ensure_gradients(const std::vector<at::Tensor>& params) {
   for (const at::Tensor& p : params) {
-    DHP_CHECK(p.requires_grad(), InvalidArgument,
-              "a parameter of shape {} does not require grad", c10::str(p.sizes()));
+    DHP_CHECK(p.requires_grad(), InvalidArgument, "a parameter of shape {} does not require grad",
+              c10::str(p.sizes()));
     if (!p.grad().defined()) const_cast<at::Tensor&>(p).mutable_grad() = at::zeros_like(p);
     DHP_CHECK(p.grad().is_contiguous(), InvalidArgument,
               "the gradient of a parameter of shape {} is not contiguous", c10::str(p.sizes()));
@@ -140,8 +141,13 @@ StepStats TorchStepExecutor::run(const Batch& batch, const Plan& plan, const Ste
     WaveState& s = state[static_cast<std::size_t>(w)];
     const EncoderWave& enc = schedule.encoder(w);
     const LlmWave& llm = schedule.llm(w);
-    s.boundary = {run.boundary.get(), &world, w, enc.token_rows,
-                  static_cast<std::int64_t>(llm.visuals.size()), options.llm_hidden, float_options,
+    s.boundary = {run.boundary.get(),
+                  &world,
+                  w,
+                  enc.token_rows,
+                  static_cast<std::int64_t>(llm.visuals.size()),
+                  options.llm_hidden,
+                  float_options,
                   nullptr};
     s.encoder.wave = w;
     s.encoder.work = &enc;
@@ -183,71 +189,90 @@ StepStats TorchStepExecutor::run(const Batch& batch, const Plan& plan, const Ste
     const EncoderWave& enc = schedule.encoder(w);
     const LlmWave& llm = schedule.llm(w);
     const bool last = w + 1 == waves;
-    switch (action.kind) {
-      case StepActionKind::EncoderForward: {
-        const auto start = Clock::now();
-        const at::Tensor patches =
-            enc.patch_rows > 0
-                ? at::from_blob(const_cast<std::byte*>(run.wave_patches(w)),
-                                {enc.patch_rows, options.patch_dim}, float_options)
-                : at::zeros({0, options.patch_dim}, float_options);
-        s.embeddings = model.encode(patches, s.encoder);
-        run.record(StepEvent::Kind::EncoderForward, w, start, enc.patch_rows, stats.encoder_ms);
-        if (disjoint) {
-          agree_on_errors(world, check_embeddings(s.embeddings, enc, options.llm_hidden, dtype,
-                                                  world.rank(), w));
-          ++agreed;
-          const auto sent = Clock::now();
-          s.handle = boundary_send(s.embeddings, s.boundary);
-          run.record(StepEvent::Kind::Boundary, w, sent, enc.token_rows, stats.boundary_ms);
+    run_action(plan.step, action, [&] {
+      switch (action.kind) {
+        case StepActionKind::EncoderForward: {
+          const auto start = Clock::now();
+          const at::Tensor patches =
+              enc.patch_rows > 0 ? at::from_blob(const_cast<std::byte*>(run.wave_patches(w)),
+                                                 {enc.patch_rows, options.patch_dim}, float_options)
+                                 : at::zeros({0, options.patch_dim}, float_options);
+          s.embeddings = model.encode(patches, s.encoder);
+          run.record(StepEvent::Kind::EncoderForward, w, start, enc.patch_rows, stats.encoder_ms);
+          if (disjoint) {
+            agree_on_errors(world, check_embeddings(s.embeddings, enc, options.llm_hidden, dtype,
+                                                    world.rank(), w));
+            ++agreed;
+            const auto sent = Clock::now();
+            s.handle = boundary_send(s.embeddings, s.boundary);
+            run.record(StepEvent::Kind::Boundary, w, sent, enc.token_rows, stats.boundary_ms);
+          }
+          break;
         }
-        break;
+        case StepActionKind::LlmWave: {
+          auto start = Clock::now();
+          if (!s.embeddings.defined())
+            s.embeddings = at::zeros({0, options.llm_hidden}, float_options);
+          if (!disjoint || schedule.runs_llm()) {
+            agree_on_errors(world, disjoint
+                                       ? std::string()
+                                       : check_embeddings(s.embeddings, enc, options.llm_hidden,
+                                                          dtype, world.rank(), w));
+            ++agreed;
+          }
+          const at::Tensor anchor = at::zeros({}, float_options).requires_grad_(true);
+          const at::Tensor visual = disjoint ? boundary_receive(anchor, s.boundary)
+                                             : boundary_exchange(s.embeddings, anchor, s.boundary);
+          run.record(StepEvent::Kind::Boundary, w, start, s.boundary.consumed_rows,
+                     stats.boundary_ms);
+          start = Clock::now();
+          at::Tensor total = visual.sum() * 0;  // reaches the boundary's node on every process
+          if (schedule.runs_llm()) {
+            std::vector<std::int64_t> rows;
+            for (const VisualRow& v : llm.visuals) rows.push_back(v.local_row);
+            const auto [tokens, labels] = wave_tensors(w);
+            const at::Tensor loss =
+                model.llm_loss(tokens, visual, long_tensor(rows), labels, s.llm);
+            DHP_CHECK(loss.defined() && loss.numel() == 1, InvalidArgument,
+                      "world rank {}: the LLM module returned a loss of shape {} for wave {}; "
+                      "expected a scalar",
+                      world.rank(), loss.defined() ? c10::str(loss.sizes()) : "undefined", w);
+            loss_sum += loss.item<double>() * run.loss_scale;
+            total = total + loss * run.loss_scale;
+          }
+          if (last) {
+            llm_hooks_->armed = true;
+            encoder_hooks_->armed = !disjoint;
+          }
+          total.backward();
+          // One backward call ran the LLM, then the boundary, then (colocated) the encoder.
+          const BoundaryWave& bw = s.boundary;
+          if (!bw.backward_ran) {
+            run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
+            break;
+          }
+          run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms,
+                     bw.backward_begin);
+          run.record(StepEvent::Kind::Boundary, w, bw.backward_begin, bw.consumed_rows,
+                     stats.boundary_ms, bw.backward_end);
+          if (!disjoint && enc.patch_rows > 0)
+            run.record(StepEvent::Kind::EncoderBackward, w, bw.backward_end, enc.patch_rows,
+                       stats.encoder_ms);
+          break;
+        }
+        case StepActionKind::EncoderBackward: {
+          if (!disjoint) break;  // colocated: the wave's backward call ran the encoder's too
+          const auto start = Clock::now();
+          if (last) encoder_hooks_->armed = true;
+          s.handle.backward();
+          run.record(StepEvent::Kind::Boundary, w, start, enc.token_rows, stats.boundary_ms,
+                     s.boundary.backward_end);
+          run.record(StepEvent::Kind::EncoderBackward, w, s.boundary.backward_end, enc.patch_rows,
+                     stats.encoder_ms);
+          break;
+        }
       }
-      case StepActionKind::LlmWave: {
-        auto start = Clock::now();
-        if (!s.embeddings.defined()) s.embeddings = at::zeros({0, options.llm_hidden}, float_options);
-        if (!disjoint || schedule.runs_llm()) {
-          agree_on_errors(world, disjoint ? std::string()
-                                          : check_embeddings(s.embeddings, enc, options.llm_hidden,
-                                                             dtype, world.rank(), w));
-          ++agreed;
-        }
-        const at::Tensor anchor = at::zeros({}, float_options).requires_grad_(true);
-        const at::Tensor visual = disjoint ? boundary_receive(anchor, s.boundary)
-                                           : boundary_exchange(s.embeddings, anchor, s.boundary);
-        run.record(StepEvent::Kind::Boundary, w, start, s.boundary.consumed_rows,
-                   stats.boundary_ms);
-        start = Clock::now();
-        at::Tensor total = visual.sum() * 0;  // reaches the boundary's node on every process
-        if (schedule.runs_llm()) {
-          std::vector<std::int64_t> rows;
-          for (const VisualRow& v : llm.visuals) rows.push_back(v.local_row);
-          const auto [tokens, labels] = wave_tensors(w);
-          const at::Tensor loss = model.llm_loss(tokens, visual, long_tensor(rows), labels, s.llm);
-          DHP_CHECK(loss.defined() && loss.numel() == 1, InvalidArgument,
-                    "world rank {}: the LLM module returned a loss of shape {} for wave {}; "
-                    "expected a scalar",
-                    world.rank(), loss.defined() ? c10::str(loss.sizes()) : "undefined", w);
-          loss_sum += loss.item<double>() * run.loss_scale;
-          total = total + loss * run.loss_scale;
-        }
-        if (last) {
-          llm_hooks_->armed = true;
-          encoder_hooks_->armed = !disjoint;
-        }
-        total.backward();
-        run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
-        break;
-      }
-      case StepActionKind::EncoderBackward: {
-        if (!disjoint) break;  // colocated: the wave's backward call ran the encoder's too
-        const auto start = Clock::now();
-        if (last) encoder_hooks_->armed = true;
-        s.handle.backward();
-        run.record(StepEvent::Kind::EncoderBackward, w, start, enc.patch_rows, stats.encoder_ms);
-        break;
-      }
-    }
+    });
   }
   // Processes with no share of the waves still take part in every agreement.
   for (; agreed < waves; ++agreed) agree_on_errors(world, "");

@@ -77,6 +77,51 @@ TEST(Calibration, RecoversKnownCoefficients) {
   EXPECT_LT(report.max_abs_rel_error_after, 0.03);
 }
 
+// What a runtime measures: whole ranks in a wave (zigzag shares and whole sequences on a
+// ring; encoder parts whole or as ring shards), with the times a model with hidden
+// coefficients gives them. The fit recovers the compute coefficients.
+TEST(Calibration, RecoversCoefficientsFromWholeRanks) {
+  const CostCoefficients truth = hidden_truth();
+  const CostModel cost(h100_cluster(2), qwen2_vl_7b(), 1, 1, truth);
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<std::int64_t> length(64, 20000);
+  std::vector<Measurement> ms;
+  for (int i = 0; i < 40; ++i) {
+    Measurement m{.kind = "llm_rank", .degree = 1 + i % 5};
+    for (int k = 0; k < 1 + i % 3; ++k) m.whole_tokens.push_back(length(rng));
+    if (m.degree > 1) m.split_tokens = {length(rng) * 4, length(rng)};
+    m.measured_ms = cost.llm_rank_ms(m.split_tokens, {m.degree, false}, m.whole_tokens);
+    ms.push_back(m);
+    Measurement e{.kind = "encoder_rank"};
+    const std::int64_t tokens = length(rng) / 4 + 1;
+    e.encoder_parts.push_back({{4 * tokens, tokens, 1}, 1});
+    e.encoder_parts.push_back({{16 * tokens, 4 * tokens, 1}, 1 + i % 4});
+    e.measured_ms = cost.encoder_item_ms(e.encoder_parts[0].item);
+    const double shard = i % 4 == 0 ? cost.encoder_item_ms(e.encoder_parts[1].item)
+                                    : cost.encoder_shard_ms(e.encoder_parts[1].item,
+                                                            {1 + i % 4, false});
+    e.measured_ms += shard;
+    ms.push_back(e);
+  }
+  const CalibrationReport report = calibrate(h100_cluster(2), qwen2_vl_7b(), 1, 1, ms);
+  EXPECT_NEAR(report.coefficients.gemm_efficiency, truth.gemm_efficiency, 0.03 * truth.gemm_efficiency);
+  EXPECT_NEAR(report.coefficients.attention_efficiency, truth.attention_efficiency,
+              0.03 * truth.attention_efficiency);
+  EXPECT_GT(report.mean_abs_rel_error_before, 0.05);
+  EXPECT_LT(report.mean_abs_rel_error_after, 0.01);
+
+  const auto parsed = measurements_from_json(
+      R"({"measurements": [{"kind": "llm_rank", "split_tokens": [4096], "whole_tokens": [17, 300],
+          "degree": 3, "measured_ms": 2.5},
+         {"kind": "encoder_rank", "parts": [{"patches": 64, "llm_tokens": 16, "ring": 2}],
+          "measured_ms": 1.5}]})");
+  ASSERT_EQ(parsed.size(), 2u);
+  EXPECT_EQ(parsed[0].whole_tokens, (std::vector<std::int64_t>{17, 300}));
+  EXPECT_EQ(parsed[1].encoder_parts.front().ring, 2);
+  EXPECT_THROW(measurements_from_json(R"({"measurements": [{"kind": "llm_rank", "measured_ms": 1}]})"),
+               Error);
+}
+
 TEST(Calibration, OnlyP2pMeasurementsLeaveComputeAtDefaults) {
   std::vector<Measurement> ms;
   const CostCoefficients truth = hidden_truth();

@@ -16,7 +16,7 @@ namespace {
 
 TEST(RankHeap, WalksInKeyThenRankOrder) {
   std::mt19937_64 gen(11);
-  RankHeap heap;  // reused, as assemble reuses it per wave
+  RankHeap heap;  // reused, as the plan assembly reuses it per wave
   for (int trial = 0; trial < 500; ++trial) {
     const int ranks = 1 + static_cast<int>(gen() % 41);
     std::vector<double> keys(ranks);

@@ -398,6 +398,8 @@ void expect_step_matches(const Batch& batch, const Plan& plan, double tolerance,
   EXPECT_NEAR(stats.loss, ref.loss, tolerance * std::abs(ref.loss)) << what;
   EXPECT_EQ(stats.boundary.sent_forward, stats.boundary.min_forward) << what;
   EXPECT_EQ(stats.boundary.sent_backward, stats.boundary.min_backward) << what;
+  EXPECT_EQ(stats.dispatch_bytes, stats.dispatch_min_bytes) << what;
+  if (comm.size() > 1) EXPECT_GT(stats.dispatch_bytes, 0) << what;
   const StepSchedule schedule(batch, plan, &enc, comm.rank(), comm.size());
   double worst = 0;
   auto compare = [&](std::vector<Mat<T>*> got, std::vector<const Mat<T>*> want) {
@@ -485,6 +487,54 @@ TEST(StepExecutor, ABadPlanIsRefusedOnEveryRankNamingTheItem) {
   const Batch good = testing::multimodal_batch(6, 12, enc);
   expect_step_matches<double>(good, testing::multimodal_plan(good, enc, n, shape, 3), 1e-9,
                               "after a refused step");
+}
+
+// Runs one step of `plan` and returns its error (InvalidArgument or Communication expected).
+Error step_error(const Batch& batch, const Plan& plan) {
+  try {
+    expect_step_matches<double>(batch, plan, 1e-9, "a bad plan");
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "the bad plan was run";
+  return Error(ErrorKind::Internal, "");
+}
+
+TEST(StepExecutor, PlansThatDoNotFitTheirBatchOrDifferAcrossRanksAreRefusedEverywhere) {
+  const EncoderSpec enc = testing::small_encoder_spec();
+  const int n = world().size();
+  const Batch batch = testing::multimodal_batch(6, 21, enc);
+  testing::PlanShape shape;
+  const Plan good = testing::multimodal_plan(batch, enc, n, shape, 8);
+
+  Plan missing = good;  // a sample in no wave
+  for (auto& wave : missing.waves)
+    std::erase_if(wave.sequences, [](const SequencePlan& s) { return s.sample == 2; });
+  std::erase_if(missing.encoder_tasks, [](const EncoderTask& t) { return t.sample == 2; });
+  Error e = step_error(batch, missing);
+  EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
+  EXPECT_NE(std::string(e.what()).find("sample 2 (id 1002) is in no wave"), std::string::npos)
+      << e.what();
+
+  Plan out_of_range = good;  // an encoder task on a rank the encoder does not have
+  ASSERT_FALSE(out_of_range.encoder_tasks.empty());
+  out_of_range.encoder_tasks.front().rank = out_of_range.encoder.ranks;
+  e = step_error(batch, out_of_range);
+  EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
+  EXPECT_NE(std::string(e.what()).find("encoder task 0 on encoder rank " +
+                                       std::to_string(out_of_range.encoder.ranks)),
+            std::string::npos)
+      << e.what();
+
+  if (n > 1) {  // one rank planned something else
+    Plan differs = good;
+    if (world().rank() == n - 1) differs.waves.push_back(WavePlan{});
+    e = step_error(batch, differs);
+    EXPECT_EQ(e.kind(), ErrorKind::Communication);
+    EXPECT_NE(std::string(e.what()).find("ranks hold different plans"), std::string::npos)
+        << e.what();
+  }
+  expect_step_matches<double>(batch, good, 1e-9, "after refused plans");
 }
 
 }  // namespace

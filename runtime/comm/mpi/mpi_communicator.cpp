@@ -196,23 +196,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_reduce(const void* send, void* recv, std::int64_t count, DataType type,
                   ReduceOp op) override {
-    const char* name = "all_reduce";
-    begin(name);
-    check_reducible(name, type);
-    check_count(name, count);
-    check_buffer(name, "send buffer", send, count);
-    check_buffer(name, "receive buffer", recv, count);
-    // Chunks of at most max_count elements, all posted before waiting (MPI matches
-    // collectives on one communicator in issue order).
-    std::vector<MPI_Request> requests;
-    for (std::int64_t offset = 0; offset < count || requests.empty(); offset += max_count_) {
-      const int n = static_cast<int>(std::min(count - offset, max_count_));
-      requests.emplace_back();
-      check(name, MPI_Iallreduce(send == recv ? MPI_IN_PLACE : at(send, offset, type),
-                                 at(recv, offset, type), n, mpi_type(type), mpi_op(type, op), comm_,
-                                 &requests.back()));
-    }
-    wait_all(name, requests.data(), static_cast<int>(requests.size()), timeout());
+    iall_reduce(send, recv, count, type, op)->wait();
   }
 
   CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count, DataType type,
@@ -223,6 +207,8 @@ class MpiCommunicator final : public Communicator {
     check_count(name, count);
     check_buffer(name, "send buffer", send, count);
     check_buffer(name, "receive buffer", recv, count);
+    // Chunks of at most max_count elements, all posted before waiting (MPI matches
+    // collectives on one communicator in issue order).
     std::vector<MPI_Request> requests;
     for (std::int64_t offset = 0; offset < count || requests.empty(); offset += max_count_) {
       const int n = static_cast<int>(std::min(count - offset, max_count_));
@@ -404,14 +390,6 @@ class MpiCommunicator final : public Communicator {
   void abort() noexcept override {
     if (!aborted_) DHP_LOG_WARN("{}: aborted", describe());
     mark_aborted("abort() was called");
-  }
-
-  // A request abandoned before it completed: its peers are mid-operation and a late
-  // message would match a later call's receive, so the communicator cannot be trusted.
-  void abandon(const char* op) noexcept {
-    if (!aborted_) DHP_LOG_WARN("{}: {} abandoned before it completed: aborted", describe(), op);
-    mark_aborted(fmt::format("{} was abandoned before it completed (an error unwound past it)",
-                             op));
   }
 
   // Polls `requests` until all complete, `limit` passes (Error naming op and elapsed

@@ -84,6 +84,28 @@ TEST(Datasets, ActivityNetVideos) {
   EXPECT_LT(event_tokens.p50, visual.p50);  // an event is a part of its video
 }
 
+TEST(Datasets, ActivityNetWholeVideosAsQwen2VlSeesThem) {
+  // dhp_bench's video-whole: one item per video, 2 fps up to 768 frames, 640x360 frames.
+  const DatasetAssumptions a = qwen2_vl_whole_videos(640, 360);
+  const auto samples = load_activitynet(default_data_path("activitynet"), a);
+  ASSERT_EQ(samples.size(), 10009u);
+  for (const Sample& s : samples) {
+    ASSERT_EQ(s.visuals.size(), 1u);
+    const VisualItem& v = s.visuals[0];
+    EXPECT_EQ(v.frames % 2, 0);
+    EXPECT_LE(v.frames, 768);
+    EXPECT_EQ(v.llm_tokens, v.frames / 2 * 23 * 13);  // 644 x 364 after rounding to 28
+    EXPECT_EQ(v.patches, 4 * v.llm_tokens);
+  }
+  const Percentiles tokens = report("activitynet whole qwen llm", samples, llm_tokens);
+  report("activitynet whole qwen patches", samples,
+         [](const Sample& s) { return s.encoder_patches(); });
+  // README: duration p50 113.9 s -> ~228 frames, 114 slices of 299 tokens; the longest are
+  // cut at 768 frames.
+  EXPECT_NEAR(tokens.p50, 114 * 299, 2 * 299 + 200);
+  EXPECT_LE(tokens.max, 384 * 299 + 1000);
+}
+
 TEST(Datasets, LlavaImages) {
   const auto samples = load_llava_cc3m(default_data_path("llava_cc3m"), DatasetAssumptions{});
   ASSERT_EQ(samples.size(), 2144u);

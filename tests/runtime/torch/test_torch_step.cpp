@@ -94,6 +94,7 @@ TEST(TorchStep, EveryPlanShapeMatchesOneProcess) {
       const vlm::StepReport r = trainer.step(batch, plan);
       EXPECT_EQ(r.stats.boundary.sent_forward, r.stats.boundary.min_forward) << c.name;
       EXPECT_EQ(r.stats.boundary.sent_backward, r.stats.boundary.min_backward) << c.name;
+      EXPECT_EQ(r.stats.dispatch_bytes, r.stats.dispatch_min_bytes) << c.name;
       if (comm.rank() != 0) continue;
       const double tolerance = c.dtype == at::kDouble ? 1e-9 : 1e-4;
       ASSERT_TRUE(r.ref_loss && r.max_grad_rel_err) << c.name;
