@@ -793,6 +793,30 @@ class Trainer:
             self.world.recv(tensor, peer, tag)
 
 
+def step_line(step: int, plan: dhp.Plan, world: int, r: StepReport, times: List[float],
+              plan_ms: float, simulated_ms: float) -> str:
+    """The step's JSON line, as dhp_train_vlm prints it (fields in the same order)."""
+    degrees = sorted({len(g["ranks"]) for w in plan["waves"] for g in w["groups"]})
+    cut = sum(1 for t in plan["encoder_tasks"] if t.get("part", 0) == 0 and t.get("parts", 1) > 1)
+    s = r.stats
+    step_ms, dispatch_ms, encoder_ms, boundary_ms, llm_ms, grad_sync_ms = times
+    line = (f'{{"step": {step}, "loss": {s.loss:.8f}, "plan_hash": "{dhp.plan_hash(plan):016x}", '
+            f'"world": {world}, "cp_degrees": [{",".join(map(str, degrees))}], '
+            f'"waves": {len(plan["waves"])}, "cut_items": {cut}, "placement": '
+            f'"{plan["placement"]}", "encoder_tp": {plan["encoder"]["tp"]}, "llm_tp": '
+            f'{plan["llm"]["tp"]}, "comm_created": {s.comm_created}, "boundary_bytes": '
+            f'{s.boundary_bytes}, "boundary_min_bytes": {s.boundary_min_bytes}, '
+            f'"dispatch_bytes": {s.dispatch_bytes}, "dispatch_min_bytes": '
+            f'{s.dispatch_min_bytes}, "step_ms": {step_ms:.2f}, "plan_ms": {plan_ms:.2f}, '
+            f'"dispatch_ms": {dispatch_ms:.2f}, "encoder_ms": {encoder_ms:.2f}, '
+            f'"boundary_ms": {boundary_ms:.2f}, "llm_ms": {llm_ms:.2f}, '
+            f'"grad_sync_ms": {grad_sync_ms:.2f}, "estimate_ms": '
+            f'{plan["estimate"]["step_ms"]:.2f}, "simulated_ms": {simulated_ms:.2f}')
+    if r.ref_loss is not None and r.max_grad_rel_err is not None:
+        line += f', "ref_loss": {r.ref_loss:.8f}, "max_grad_rel_err": {r.max_grad_rel_err:.3e}'
+    return line + "}"
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="train_vlm.py", allow_abbrev=False,
@@ -898,23 +922,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         next_plan = planner.plan(data[s + 1])
         plan_ms = (time.monotonic() - plan_start) * 1e3
         r = trainer.step(data[s], plan, next_plan)
-        step_ms = torch.tensor([r.stats.step_ms], dtype=torch.float64)
-        world.all_reduce(step_ms, "max")
+        # The slowest process's time of the step and of each phase.
+        t = r.stats
+        times = torch.tensor([t.step_ms, t.dispatch_ms, t.encoder_ms, t.boundary_ms, t.llm_ms,
+                              t.grad_sync_ms], dtype=torch.float64)
+        world.all_reduce(times, "max")
         if me == 0:
-            degrees = sorted({len(g["ranks"]) for w in plan["waves"] for g in w["groups"]})
-            cut = sum(1 for t in plan["encoder_tasks"]
-                      if t.get("part", 0) == 0 and t.get("parts", 1) > 1)
-            line = (f'{{"step": {s}, "loss": {r.stats.loss:.8f}, "plan_hash": '
-                    f'"{dhp.plan_hash(plan):016x}", "world": {n}, "cp_degrees": '
-                    f'{json.dumps(degrees).replace(" ", "")}, "waves": {len(plan["waves"])}, '
-                    f'"cut_items": {cut}, "placement": "{plan["placement"]}", "encoder_tp": '
-                    f'{plan["encoder"]["tp"]}, "llm_tp": {plan["llm"]["tp"]}, "comm_created": '
-                    f'{r.stats.comm_created}, "boundary_bytes": {r.stats.boundary_bytes}, '
-                    f'"boundary_min_bytes": {r.stats.boundary_min_bytes}, "step_ms": '
-                    f'{float(step_ms[0]):.2f}, "plan_ms": {plan_ms:.2f}')
+            simulated_ms = planner.simulate(data[s], plan)["step_ms"]
+            line = step_line(s, plan, n, r, [float(x) for x in times], plan_ms, simulated_ms)
             if r.ref_loss is not None and r.max_grad_rel_err is not None:
-                line += (f', "ref_loss": {r.ref_loss:.8f}, "max_grad_rel_err": '
-                         f'{r.max_grad_rel_err:.3e}')
                 if (r.max_grad_rel_err > tolerance
                         or abs(r.stats.loss - r.ref_loss) > tolerance * abs(r.ref_loss)):
                     mismatches += 1
@@ -922,7 +938,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           f"{r.stats.loss:.10g} vs {r.ref_loss:.10g}, gradient error "
                           f"{r.max_grad_rel_err:.3g}, tolerance {tolerance:.0e})",
                           file=sys.stderr, flush=True)
-            print(line + "}", flush=True)
+            print(line, flush=True)
             error = (f", gradient error {r.max_grad_rel_err:.1e}"
                      if r.max_grad_rel_err is not None else "")
             print(f"step {s + 1}/{args.steps}: loss {r.stats.loss:.4f}{error} "

@@ -1006,7 +1006,8 @@ PYBIND11_MODULE(_torch, m) {
       m, "StepStats",
       "A step's results: loss (the global mean over its loss tokens), loss_tokens, "
       "comm_created (communicators created during the step), boundary_bytes and "
-      "boundary_min_bytes (world totals, sent and the plan's minimum), this process's "
+      "boundary_min_bytes, dispatch_bytes and dispatch_min_bytes (world totals, sent and the "
+      "plan's minimum), this process's "
       "dispatch_ms, encoder_ms, boundary_ms, llm_ms, grad_sync_ms and step_ms, and events.")
       .def_readonly("loss", &dhp::StepStats::loss)
       .def_readonly("loss_tokens", &dhp::StepStats::loss_tokens)
@@ -1017,6 +1018,8 @@ PYBIND11_MODULE(_torch, m) {
       .def_property_readonly("boundary_min_bytes", [](const dhp::StepStats& s) {
         return s.boundary.min_forward + s.boundary.min_backward;
       })
+      .def_readonly("dispatch_bytes", &dhp::StepStats::dispatch_bytes)
+      .def_readonly("dispatch_min_bytes", &dhp::StepStats::dispatch_min_bytes)
       .def_readonly("dispatch_ms", &dhp::StepStats::dispatch_ms)
       .def_readonly("encoder_ms", &dhp::StepStats::encoder_ms)
       .def_readonly("boundary_ms", &dhp::StepStats::boundary_ms)

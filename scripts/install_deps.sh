@@ -13,7 +13,7 @@ packages=(
   libtorch-dev libgloo-dev
   python3-torch  # Debian's torch for /usr/bin/python3, and its torchrun launcher
   pybind11-dev python3-dev
-  python3-torch python3-numpy python3-pytest python3-mypy
+  python3-numpy python3-pytest python3-mypy  # the Python package's tests
   clang libclang-rt-14-dev
 )
 

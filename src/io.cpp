@@ -479,7 +479,7 @@ PlanEstimate estimate_from(const json& obj, const std::string& path) {
   expect_object(obj, path);
   expect_keys(obj, path,
               {"step_ms", "encoder_ms", "llm_ms", "grad_sync_ms", "wave_ms", "peak_mem_gib",
-               "mem_capacity_gib"});
+               "mem_capacity_gib", "layout_switch_ms"});
   PlanEstimate e;
   read_non_negative(obj, path, "step_ms", e.step_ms);
   read_non_negative(obj, path, "encoder_ms", e.encoder_ms);

@@ -82,6 +82,8 @@ class Estimate(TypedDict):
     wave_ms: List[float]
     peak_mem_gib: List[float]
     mem_capacity_gib: float
+    #: moving weights and optimizer state from the previous batch's layout (not in step_ms)
+    layout_switch_ms: float
 
 
 class Plan(TypedDict):

@@ -37,6 +37,7 @@ def check_lines(lines, steps, dtype):
         assert line["max_grad_rel_err"] <= tol, line
         assert abs(line["loss"] - line["ref_loss"]) <= tol * abs(line["ref_loss"]), line
         assert line["boundary_bytes"] == line["boundary_min_bytes"], line
+        assert line["dispatch_bytes"] == line["dispatch_min_bytes"], line
     return lines
 
 
@@ -75,10 +76,13 @@ def test_same_numbers_as_the_cpp_example():
     import json
     ours = py.lines(0)
     theirs = [json.loads(line) for line in cpp.stdout.splitlines() if line.startswith("{")]
-    assert [o["plan_hash"] for o in ours] == [t["plan_hash"] for t in theirs]
+    assert len(ours) == len(theirs) == 2
     for o, t in zip(ours, theirs):
+        assert list(o) == list(t), "the same fields in the same order"
         assert abs(o["loss"] - t["loss"]) <= 1e-9 * abs(t["loss"]), (o, t)
-        assert o["boundary_bytes"] == t["boundary_bytes"] and o["cp_degrees"] == t["cp_degrees"]
+        for field in ("plan_hash", "cp_degrees", "waves", "cut_items", "boundary_bytes",
+                      "dispatch_bytes", "dispatch_min_bytes", "estimate_ms", "simulated_ms"):
+            assert o[field] == t[field], (field, o, t)
 
 
 def test_under_torchrun():
