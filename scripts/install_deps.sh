@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dhp builds against, only those that are missing.
 # Nothing is downloaded from anywhere but the distribution's package archive.
+# python3-torch is PyTorch for /usr/bin/python3 (the same 1.13 as libtorch-dev): the
+# Python package's torch layer and its tests (pytest, mypy) run with that interpreter.
 set -euo pipefail
 
 packages=(
@@ -11,6 +13,7 @@ packages=(
   libtorch-dev libgloo-dev
   python3-torch  # Debian's torch for /usr/bin/python3, and its torchrun launcher
   pybind11-dev python3-dev
+  python3-numpy python3-pytest python3-mypy  # the Python package's tests
   clang libclang-rt-14-dev
 )
 

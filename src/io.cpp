@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -77,14 +78,45 @@ void expect_array(const json& value, const std::string& path) {
             value.type_name(), show(value));
 }
 
+std::size_t key_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
 // Rejects keys the schema does not know: a misspelt field would otherwise be ignored silently.
+// The message names the closest known field (within a third of its length, at least 2
+// edits), or lists the known ones.
 void expect_keys(const json& obj, const std::string& path,
                  std::initializer_list<std::string_view> known) {
   for (const auto& [key, value] : obj.items()) {
     bool found = false;
-    for (std::string_view k : known) found = found || key == k;
-    DHP_CHECK(found, InvalidInput, "{}: unknown field (value {})", field_path(path, key),
-              show(value));
+    std::string_view best;
+    std::size_t best_distance = 0;
+    for (std::string_view k : known) {
+      found = found || key == k;
+      const std::size_t d = key_distance(key, k);
+      if (best.empty() || d < best_distance) {
+        best = k;
+        best_distance = d;
+      }
+    }
+    if (found) continue;
+    const std::size_t limit = std::max<std::size_t>(2, key.size() / 3);
+    if (!best.empty() && best_distance <= limit)
+      DHP_THROW(InvalidInput, "{}: unknown field (value {}); did you mean '{}'?",
+                field_path(path, key), show(value), field_path(path, best));
+    DHP_THROW(InvalidInput, "{}: unknown field (value {}); known fields: {}",
+              field_path(path, key), show(value), fmt::join(known, ", "));
   }
 }
 
@@ -379,6 +411,7 @@ ModelSpec model_from(const json& obj, const std::string& path) {
 
 Sample sample_from(const json& obj, const std::string& path, std::size_t index) {
   expect_object(obj, path);
+  expect_keys(obj, path, {"id", "text", "visuals"});
   Sample s;
   s.id = static_cast<std::int64_t>(index);
   if (const json* id = find(obj, "id"))
@@ -393,6 +426,7 @@ Sample sample_from(const json& obj, const std::string& path, std::size_t index) 
       const json& v = (*visuals)[i];
       const std::string ip = index_path(vp, i);
       expect_object(v, ip);
+      expect_keys(v, ip, {"patches", "tokens", "frames"});
       VisualItem item;
       item.patches = as_int(require(v, ip, "patches"), field_path(ip, "patches"), 1, kMaxCount);
       item.llm_tokens = as_int(require(v, ip, "tokens"), field_path(ip, "tokens"), 1, kMaxCount);
@@ -406,6 +440,7 @@ Sample sample_from(const json& obj, const std::string& path, std::size_t index) 
 
 Batch batch_from(const json& obj, const std::string& path) {
   expect_object(obj, path);
+  expect_keys(obj, path, {"step", "samples"});
   Batch b;
   if (const json* step = find(obj, "step"))
     b.step = as_int(*step, field_path(path, "step"), 0, std::numeric_limits<std::int64_t>::max());
@@ -424,6 +459,7 @@ Batch batch_from(const json& obj, const std::string& path) {
 
 ModuleLayout layout_from(const json& obj, const std::string& path) {
   expect_object(obj, path);
+  expect_keys(obj, path, {"tp", "first_device", "ranks"});
   ModuleLayout l;
   // Bounds far above any cluster, so that device arithmetic stays within int.
   l.tp = static_cast<int>(as_int(require(obj, path, "tp"), field_path(path, "tp"), 1, 1 << 10));
@@ -445,6 +481,9 @@ std::vector<double> doubles_from(const json& value, const std::string& path) {
 
 PlanEstimate estimate_from(const json& obj, const std::string& path) {
   expect_object(obj, path);
+  expect_keys(obj, path,
+              {"step_ms", "encoder_ms", "llm_ms", "grad_sync_ms", "wave_ms", "peak_mem_gib",
+               "mem_capacity_gib", "layout_switch_ms"});
   PlanEstimate e;
   read_non_negative(obj, path, "step_ms", e.step_ms);
   read_non_negative(obj, path, "encoder_ms", e.encoder_ms);
@@ -465,6 +504,9 @@ int small_int(const json& obj, const std::string& path, const char* key, std::in
 
 Plan plan_from(const json& obj, const std::string& path) {
   expect_object(obj, path);
+  expect_keys(obj, path,
+              {"strategy", "step", "placement", "llm", "encoder", "waves", "encoder_tasks",
+               "estimate"});
   Plan plan;
   read_string(obj, path, "strategy", plan.strategy, true);
   plan.step = as_int(require(obj, path, "step"), field_path(path, "step"), 0,
@@ -480,6 +522,7 @@ Plan plan_from(const json& obj, const std::string& path) {
   for (std::size_t w = 0; w < waves.size(); ++w) {
     const std::string p = index_path(wp, w);
     expect_object(waves[w], p);
+    expect_keys(waves[w], p, {"groups", "sequences"});
     WavePlan wave;
     const std::string gp = field_path(p, "groups");
     const json& groups = require(waves[w], p, "groups");
@@ -487,6 +530,7 @@ Plan plan_from(const json& obj, const std::string& path) {
     for (std::size_t g = 0; g < groups.size(); ++g) {
       const std::string q = index_path(gp, g);
       expect_object(groups[g], q);
+      expect_keys(groups[g], q, {"ranks", "attention"});
       GroupPlan group;
       const std::string rp = field_path(q, "ranks");
       const json& ranks = require(groups[g], q, "ranks");
@@ -504,6 +548,7 @@ Plan plan_from(const json& obj, const std::string& path) {
       const std::string q = index_path(sp, s);
       const json& sj = sequences[s];
       expect_object(sj, q);
+      expect_keys(sj, q, {"sample", "group", "sharding", "member"});
       SequencePlan seq;
       seq.sample = small_int(sj, q, "sample", 0);
       seq.group = small_int(sj, q, "group", 0);
@@ -521,6 +566,7 @@ Plan plan_from(const json& obj, const std::string& path) {
       const std::string q = index_path(tp, t);
       const json& tj = (*tasks)[t];
       expect_object(tj, q);
+      expect_keys(tj, q, {"sample", "visual", "wave", "rank", "part", "parts"});
       EncoderTask task{.sample = small_int(tj, q, "sample", 0),
                        .visual = small_int(tj, q, "visual", 0),
                        .wave = small_int(tj, q, "wave", 0),
@@ -582,10 +628,19 @@ ordered_json layout_json(const ModuleLayout& l) {
 ClusterSpec cluster_from_json(std::string_view text) {
   return cluster_from(parse(text, "cluster"), "");
 }
+ClusterSpec cluster_from_json(std::string_view text, const std::string& root) {
+  return cluster_from(parse(text, "cluster"), root);
+}
 
 ModelSpec model_from_json(std::string_view text) { return model_from(parse(text, "model"), ""); }
+ModelSpec model_from_json(std::string_view text, const std::string& root) {
+  return model_from(parse(text, "model"), root);
+}
 
 Batch batch_from_json(std::string_view text) { return batch_from(parse(text, "batch"), ""); }
+Batch batch_from_json(std::string_view text, const std::string& root) {
+  return batch_from(parse(text, "batch"), root);
+}
 
 std::vector<Batch> batches_from_json(std::string_view text) {
   const json root = parse(text, "batch stream");
@@ -604,6 +659,9 @@ std::vector<Batch> batches_from_json(std::string_view text) {
 }
 
 Plan plan_from_json(std::string_view text) { return plan_from(parse(text, "plan"), ""); }
+Plan plan_from_json(std::string_view text, const std::string& root) {
+  return plan_from(parse(text, "plan"), root);
+}
 
 std::string to_json(const ClusterSpec& c, int indent) {
   ordered_json j;

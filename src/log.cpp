@@ -12,7 +12,17 @@ std::shared_ptr<spdlog::logger> logger() {
   static std::once_flag once;
   static std::shared_ptr<spdlog::logger> instance;
   std::call_once(once, [] {
-    instance = spdlog::stderr_color_mt("dhp");
+    // Several modules of one process may each link dhp's static libraries (the Python
+    // package's two extension modules) and share spdlog's registry: the first one
+    // registers the logger, the others use it.
+    instance = spdlog::get("dhp");
+    if (instance != nullptr) return;
+    try {
+      instance = spdlog::stderr_color_mt("dhp");
+    } catch (const spdlog::spdlog_ex&) {
+      instance = spdlog::get("dhp");
+      return;
+    }
     instance->set_pattern("[%H:%M:%S.%e] [dhp] [%^%l%$] %v");
     instance->set_level(spdlog::level::from_str(env::log_level()));
   });

@@ -22,6 +22,12 @@ Batch batch_from_json(std::string_view text);
 // A batch stream: {"batches": [batch, ...]} or a bare array of batches.
 std::vector<Batch> batches_from_json(std::string_view text);
 Plan plan_from_json(std::string_view text);
+// The same readers with `root` naming the document in their messages: root "batch" gives
+// "batch.samples[3].visuals[0].tokens=0 must be in [1, ...]" (the Python bindings use it).
+ClusterSpec cluster_from_json(std::string_view text, const std::string& root);
+ModelSpec model_from_json(std::string_view text, const std::string& root);
+Batch batch_from_json(std::string_view text, const std::string& root);
+Plan plan_from_json(std::string_view text, const std::string& root);
 
 std::string to_json(const ClusterSpec& cluster, int indent = 2);
 std::string to_json(const ModelSpec& model, int indent = 2);

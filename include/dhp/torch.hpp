@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "dhp/attention_backend.hpp"
@@ -163,5 +164,11 @@ std::shared_ptr<AttentionBackend> torch_flash_backend();
 // backward) together.
 at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const CpAttentionOptions& options);
+// The same, also returning the log-sum-exp of every query row and head: lse [heads_q, rows]
+// in q's dtype (the accumulator type of float32 and float64), not differentiable. out's
+// backward is cp_attention's.
+std::pair<at::Tensor, at::Tensor> cp_attention_with_lse(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v,
+                                                        const CpAttentionOptions& options);
 
 }  // namespace dhp

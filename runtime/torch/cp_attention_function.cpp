@@ -52,9 +52,11 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
     return ctx;
   }
 
-  static at::Tensor forward(torch::autograd::AutogradContext* autograd, const at::Tensor& q,
-                            const at::Tensor& k, const at::Tensor& v,
-                            const CpAttentionOptions* options) {
+  // Returns {out, lse}; lse is not differentiable (its gradient is ignored).
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* autograd,
+                                                const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v,
+                                                const CpAttentionOptions* options) {
     TorchBufferAllocator allocator(q.device());
     const CpAttentionContext ctx = context(q, k, *options, &allocator);
     at::Tensor out = at::empty_like(q);
@@ -67,7 +69,8 @@ struct CpAttentionFunction : public torch::autograd::Function<CpAttentionFunctio
     autograd->save_for_backward({q, k, v, out, lse});
     autograd->saved_data["options"] =
         static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(options));
-    return out;
+    autograd->mark_non_differentiable({lse});
+    return {out, lse};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* autograd,
@@ -190,8 +193,11 @@ void TorchBufferAllocator::copy_from_host(void* device_dst, const void* host_src
   device.copy_(host);
 }
 
-at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const CpAttentionOptions& options) {
+namespace {
+
+torch::autograd::variable_list checked_cp_attention(const at::Tensor& q, const at::Tensor& k,
+                                                    const at::Tensor& v,
+                                                    const CpAttentionOptions& options) {
   DHP_CHECK(options.layout != nullptr && options.world != nullptr, InvalidArgument,
             "cp_attention: options.layout and options.world must be set");
   const kernels::DType dtype = kernel_dtype(q, "q");
@@ -208,6 +214,20 @@ at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tens
             "cp_attention: heads_q={} (q) is not a multiple of heads_kv={} (k)", q.size(1),
             k.size(1));
   return CpAttentionFunction::apply(q, k, v, &options);
+}
+
+}  // namespace
+
+at::Tensor cp_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const CpAttentionOptions& options) {
+  return checked_cp_attention(q, k, v, options)[0];
+}
+
+std::pair<at::Tensor, at::Tensor> cp_attention_with_lse(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v,
+                                                        const CpAttentionOptions& options) {
+  const auto outputs = checked_cp_attention(q, k, v, options);
+  return {outputs[0], outputs[1]};
 }
 
 }  // namespace dhp

@@ -141,6 +141,28 @@ TEST(BatchJson, BadInputsNameThePath) {
       ErrorKind::InvalidInput, {"samples[0].visuals[0].tokens", "\"many\""});
 }
 
+TEST(BatchJson, UnknownFieldsAreNamedWithTheClosestOne) {
+  // A misspelt field would otherwise be ignored: the batch would plan without its images.
+  expect_error([] { batch_from_json(R"({"samples": [{"text": 5, "visual": []}]})"); },
+               ErrorKind::InvalidInput,
+               {"samples[0].visual: unknown field", "did you mean 'samples[0].visuals'?"});
+  expect_error(
+      [] {
+        batch_from_json(R"({"samples": [{"text": 5, "visuals": [{"patches": 8, "tokns": 2}]}]})");
+      },
+      ErrorKind::InvalidInput, {"samples[0].visuals[0].tokns", "'samples[0].visuals[0].tokens'"});
+  expect_error([] { batch_from_json(R"({"stpe": 1, "samples": [{"text": 5}]})"); },
+               ErrorKind::InvalidInput, {"stpe", "did you mean 'step'?"});
+  // Nothing close: the known fields are listed.
+  expect_error([] { batch_from_json(R"({"samples": [{"text": 5, "weight": 2}]})"); },
+               ErrorKind::InvalidInput, {"samples[0].weight", "known fields: id, text, visuals"});
+  // A root names the document ("batch.samples[0]...").
+  expect_error([] { batch_from_json(R"({"samples": [{"text": -1}]})", "batch"); },
+               ErrorKind::InvalidInput, {"batch.samples[0].text=-1"});
+  expect_error([&] { plan_from_json(R"({"strategy": "x", "step": 0, "wave": []})", "plan"); },
+               ErrorKind::InvalidInput, {"plan.wave: unknown field", "'plan.waves'"});
+}
+
 TEST(Plan, EnumNames) {
   EXPECT_STREQ(to_string(EncoderPlacement::Disjoint), "disjoint");
   EXPECT_STREQ(to_string(Sharding::Zigzag), "zigzag");
