@@ -234,11 +234,13 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, heads: int, attention: Attention,
                 tp: TP) -> torch.Tensor:
         rows = x.shape[0]
+        # Sizes spelled out: an encoder shard may hold no rows, where -1 is ambiguous.
+        d = self.q.w.shape[0] // heads
         h = copy_to(self.ln1(x), tp)
-        q = F.linear(h, self.q.w, self.q.b).view(rows, heads, -1).contiguous()
-        k = F.linear(h, self.k.w).view(rows, heads, -1).contiguous()
-        v = F.linear(h, self.v.w, self.v.b).view(rows, heads, -1).contiguous()
-        a = attention(q, k, v).reshape(rows, -1)
+        q = F.linear(h, self.q.w, self.q.b).view(rows, heads, d).contiguous()
+        k = F.linear(h, self.k.w).view(rows, heads, d).contiguous()
+        v = F.linear(h, self.v.w, self.v.b).view(rows, heads, d).contiguous()
+        a = attention(q, k, v).reshape(rows, heads * d)
         x = x + row(a, self.o, tp)
         f = F.gelu(column(self.ln2(x), self.fc1, tp))
         return x + row(f, self.fc2, tp)

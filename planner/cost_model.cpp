@@ -7,6 +7,8 @@
 #include <cctype>
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <span>
 #include <string>
 
@@ -344,8 +346,14 @@ CostCoefficients defaults_for(const ClusterSpec& cluster) {
     c.overlap_efficiency = 0.8;
     return c;
   }
-  DHP_LOG_WARN("cost model: no analytic defaults for device '{}', using the H100 ones",
-               cluster.device);
+  // Once per device name and process: a trainer builds a cost model for every batch.
+  static std::mutex warned_mutex;
+  static std::set<std::string> warned;
+  const std::lock_guard<std::mutex> lock(warned_mutex);
+  if (warned.insert(cluster.device).second) {
+    DHP_LOG_WARN("cost model: no analytic defaults for device '{}', using the H100 ones",
+                 cluster.device);
+  }
   return c;
 }
 
