@@ -227,12 +227,23 @@ int train(dhp::CommandLine& cli) {
   dhp::GroupPool pool(world);
   const int steps = static_cast<int>(cli.integer("--steps", 10, 1));
   const bool verify = cli.has("--verify");
-  const std::string dtype_name = cli.choice("--dtype", {"float32", "float64"}, "float32");
+  const std::string dtype_name =
+      cli.choice("--dtype", {"float32", "float64", "bfloat16", "float16"}, "float32");
+  const bool mixed = dtype_name == "bfloat16" || dtype_name == "float16";
+  const double loss_scale = cli.real("--loss-scale", dtype_name == "float16" ? 1024.0 : 1.0);
+  DHP_CHECK(std::isfinite(loss_scale) && loss_scale > 0 && (mixed || loss_scale == 1),
+            InvalidArgument,
+            "--loss-scale {} with --dtype {}: a positive scale, for bfloat16 or float16 only",
+            loss_scale, dtype_name);
   Planning planning(cli, n, steps);
 
   vlm::TrainerOptions trainer_options;
   trainer_options.config = planning.config;
-  trainer_options.dtype = dtype_name == "float64" ? at::kDouble : at::kFloat;
+  trainer_options.dtype = dtype_name == "float64"    ? at::kDouble
+                          : dtype_name == "bfloat16" ? at::kBFloat16
+                          : dtype_name == "float16"  ? at::kHalf
+                                                     : at::kFloat;
+  trainer_options.loss_scale = loss_scale;
   trainer_options.seed = static_cast<std::uint64_t>(cli.integer("--seed", 1));
   trainer_options.learning_rate = cli.real("--lr", 3e-3);
   trainer_options.verify = verify;
@@ -246,14 +257,17 @@ int train(dhp::CommandLine& cli) {
   const std::string timeline = cli.value_or("--timeline", "");
   if (me == 0)
     std::fprintf(stderr,
-                 "dhp_train_vlm: %d processes, %s, %s, LLM %d ranks x tp %d, encoder %d ranks x tp "
-                 "%d, %.4f GiB per process%s\n",
-                 n, dtype_name.c_str(), dhp::to_string(plan.placement), plan.llm.ranks,
+                 "dhp_train_vlm: %d processes, %s%s, %s, LLM %d ranks x tp %d, encoder %d ranks x "
+                 "tp %d, %.4f GiB per process%s\n",
+                 n, dtype_name.c_str(),
+                 mixed ? fmt::format(" (fp32 master weights, loss scale {:g})", loss_scale).c_str()
+                       : "",
+                 dhp::to_string(plan.placement), plan.llm.ranks,
                  plan.llm.tp, plan.encoder.ranks, plan.encoder.tp,
                  planning.cluster.mem_capacity_gib, verify ? ", verifying against one process" : "");
 
   const auto start = Clock::now();
-  const double tolerance = dtype_name == "float64" ? 1e-9 : 1e-4;
+  const double tolerance = vlm::verify_tolerance(trainer_options.dtype);
   int mismatches = 0;
   double error_default = 0, error_calibrated = 0;
   int compared = 0;
@@ -273,6 +287,9 @@ int train(dhp::CommandLine& cli) {
       error_calibrated += std::abs(*simulated.second / times.step - 1);
       ++compared;
     }
+    if (me == 0 && r.skipped)
+      std::fprintf(stderr, "step %d: gradients not finite at loss scale %g: no optimizer step\n", s,
+                   loss_scale);
     if (me == 0) {
       std::printf("%s\n", step_line(s, plan, n, r, times, plan_ms, simulated).c_str());
       std::fflush(stdout);
@@ -321,14 +338,24 @@ int main(int argc, char** argv) {
       "torchrun --redirects 2 --tee 2 --no_python --nproc_per_node N dhp_train_vlm [options]");
   cli.section("Training")
       .option("--steps", "K", "optimizer steps, one batch and one plan each (default 10)")
-      .option("--dtype", "float32|float64", "parameters and activations (default float32)")
+      .option("--dtype", "float32|float64|bfloat16|float16",
+              "parameters and activations (default float32). bfloat16 and float16 are mixed "
+              "precision: 16-bit parameters, activations, attention, boundary and dispatch; fp32 "
+              "master weights in AdamW (copied back rounded once), gradients summed over "
+              "replicas in fp32, attention statistics and ring merge in fp32")
+      .option("--loss-scale", "S",
+              "16-bit only: static loss scale; the backward starts from loss x S and the "
+              "gradients are unscaled in fp32 before the optimizer; a step with non-finite "
+              "gradients is skipped (default 1024 for float16, 1 for bfloat16)")
       .option("--seed", "S", "parameters, data and batches (default 1)")
       .option("--lr", "X", "AdamW learning rate (default 3e-3)")
       .option("--batch-size", "N", "samples per global batch (default 8)")
       .flag("--verify",
             "world rank 0 also trains the same model on one process on the same batches; each "
             "line adds ref_loss and max_grad_rel_err (largest ||g - g_ref|| / ||g_ref||); exits 1 "
-            "past 1e-9 (float64) or 1e-4 (float32)")
+            "past 1e-9 (float64) or 1e-4 (float32); a 16-bit run is compared with the float64 "
+            "reference restarted every step from the run's master weights, bound 1e-1 (bfloat16) or "
+            "1e-2 (float16)")
       .section("Layout")
       .option("--placement", "auto|colocated|disjoint",
               "the encoder on the LLM's processes or on its own, one wave ahead (default auto: "

@@ -7,6 +7,46 @@
 
 namespace vlm {
 namespace F = torch::nn::functional;
+namespace {
+
+// Mixed precision (bf16, f16): parameters, activations and attention are 16-bit; GEMMs,
+// layer norms, GELU, rotary and the loss compute in fp32 from the 16-bit values and round
+// their result once to 16-bit (what tensor cores and TransformerEngine do; LibTorch's CPU
+// kernels have no f16 GEMM). f32 and f64 run the plain LibTorch ops.
+bool is_16bit(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+at::Tensor wide(const at::Tensor& t) {
+  return t.defined() && is_16bit(t) ? t.to(at::kFloat) : t;
+}
+
+// (Not named linear/layer_norm/gelu: argument-dependent lookup would also find at::'s.)
+at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
+  if (!is_16bit(x)) return F::linear(x, w, b);
+  return F::linear(wide(x), wide(w), wide(b)).to(x.scalar_type());
+}
+at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (!is_16bit(x))
+    return F::layer_norm(x, F::LayerNormFuncOptions({x.size(-1)}).weight(w).bias(b));
+  return F::layer_norm(wide(x), F::LayerNormFuncOptions({x.size(-1)}).weight(wide(w)).bias(wide(b)))
+      .to(x.scalar_type());
+}
+at::Tensor gelu_of(const at::Tensor& x) {
+  return is_16bit(x) ? at::gelu(wide(x)).to(x.scalar_type()) : at::gelu(x);
+}
+at::Tensor column_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                         const dhp::TensorParallel& tp) {
+  if (!is_16bit(x)) return dhp::column_parallel_linear(x, w, b, tp);
+  return dense(dhp::copy_to_tensor_parallel(x, tp), w, b);
+}
+at::Tensor row_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                      const dhp::TensorParallel& tp) {
+  if (!is_16bit(x)) return dhp::row_parallel_linear(x, w, b, tp);
+  const at::Tensor y = dhp::reduce_from_tensor_parallel(dense(x, w), tp);
+  return b.defined() ? y + b : y;
+}
+
+}  // namespace
 
 dhp::ModelSpec Config::spec() const {
   dhp::ModelSpec m;
@@ -142,7 +182,10 @@ std::vector<at::Tensor> Model::llm_parameters() const {
   return out;
 }
 
-at::Tensor Model::rotary(const at::Tensor& x, const at::Tensor& positions) const {
+at::Tensor Model::rotary(const at::Tensor& input, const at::Tensor& positions) const {
+  // 16-bit: in fp32 (a position as bf16 would be off by several), rounded once.
+  if (is_16bit(input)) return rotary(wide(input), positions).to(input.scalar_type());
+  const at::Tensor& x = input;
   const std::int64_t d = x.size(2), half = d / 2;
   const auto options = x.options();
   const at::Tensor inv =
@@ -157,29 +200,26 @@ at::Tensor Model::encode(const at::Tensor& patches, const Attention& attention) 
   const Config& c = config_;
   const std::int64_t rows = patches.size(0), E = c.encoder_hidden, d = E / c.encoder_heads;
   const std::int64_t heads = c.encoder_heads / encoder_tp_.size;
-  at::Tensor x = F::linear(patches, p("enc.patch.w"), p("enc.patch.b"));
+  at::Tensor x = dense(patches, p("enc.patch.w"), p("enc.patch.b"));
   for (int l = 0; l < c.encoder_layers; ++l) {
     const std::string b = "enc." + std::to_string(l) + ".";
     const at::Tensor h = dhp::copy_to_tensor_parallel(
-        F::layer_norm(x, F::LayerNormFuncOptions({E}).weight(p(b + "ln1.w")).bias(p(b + "ln1.b"))),
-        encoder_tp_);
+        norm(x, p(b + "ln1.w"), p(b + "ln1.b")), encoder_tp_);
     const auto project = [&](const char* m, bool bias) {
-      return F::linear(h, p(b + m + ".w"), bias ? p(b + m + ".b") : at::Tensor())
+      return dense(h, p(b + m + ".w"), bias ? p(b + m + ".b") : at::Tensor())
           .view({rows, heads, d})
           .contiguous();
     };
     const at::Tensor a =
         attention(project("q", true), project("k", false), project("v", true)).reshape({rows, heads * d});
-    x = x + dhp::row_parallel_linear(a, p(b + "o.w"), p(b + "o.b"), encoder_tp_);
-    const at::Tensor h2 =
-        F::layer_norm(x, F::LayerNormFuncOptions({E}).weight(p(b + "ln2.w")).bias(p(b + "ln2.b")));
-    const at::Tensor f =
-        at::gelu(dhp::column_parallel_linear(h2, p(b + "fc1.w"), p(b + "fc1.b"), encoder_tp_));
-    x = x + dhp::row_parallel_linear(f, p(b + "fc2.w"), p(b + "fc2.b"), encoder_tp_);
+    x = x + row_linear(a, p(b + "o.w"), p(b + "o.b"), encoder_tp_);
+    const at::Tensor h2 = norm(x, p(b + "ln2.w"), p(b + "ln2.b"));
+    const at::Tensor f = gelu_of(column_linear(h2, p(b + "fc1.w"), p(b + "fc1.b"), encoder_tp_));
+    x = x + row_linear(f, p(b + "fc2.w"), p(b + "fc2.b"), encoder_tp_);
   }
-  x = F::layer_norm(x, F::LayerNormFuncOptions({E}).weight(p("enc.ln.w")).bias(p("enc.ln.b")));
+  x = norm(x, p("enc.ln.w"), p("enc.ln.b"));
   const at::Tensor merged = x.reshape({rows / c.merge, c.merge * E});
-  return F::linear(merged, p("enc.proj.w"), p("enc.proj.b"));
+  return dense(merged, p("enc.proj.w"), p("enc.proj.b"));
 }
 
 at::Tensor Model::llm_loss(const at::Tensor& tokens, const at::Tensor& visual,
@@ -188,25 +228,26 @@ at::Tensor Model::llm_loss(const at::Tensor& tokens, const at::Tensor& visual,
   const Config& c = config_;
   const std::int64_t rows = tokens.size(0), H = c.hidden, d = H / c.heads;
   const std::int64_t heads = c.heads / llm_tp_.size, kv_heads = c.kv_heads / llm_tp_.size;
-  at::Tensor x = F::embedding(tokens, p("llm.embed"));
-  if (visual_rows.numel() > 0) x = x.index_put({visual_rows}, visual);
+  const at::Tensor& embed = p("llm.embed");
+  at::Tensor x = F::embedding(tokens, wide(embed));  // 16-bit: gathered, then rounded (exact)
+  if (visual_rows.numel() > 0) x = x.index_put({visual_rows}, wide(visual));
+  if (is_16bit(embed)) x = x.to(embed.scalar_type());
   for (int l = 0; l < c.layers; ++l) {
     const std::string b = "llm." + std::to_string(l) + ".";
-    const at::Tensor h = dhp::copy_to_tensor_parallel(
-        F::layer_norm(x, F::LayerNormFuncOptions({H}).weight(p(b + "ln1.w")).bias(p(b + "ln1.b"))),
-        llm_tp_);
-    const at::Tensor q = rotary(F::linear(h, p(b + "q.w")).view({rows, heads, d}), positions);
-    const at::Tensor k = rotary(F::linear(h, p(b + "k.w")).view({rows, kv_heads, d}), positions);
-    const at::Tensor v = F::linear(h, p(b + "v.w")).view({rows, kv_heads, d}).contiguous();
+    const at::Tensor h =
+        dhp::copy_to_tensor_parallel(norm(x, p(b + "ln1.w"), p(b + "ln1.b")), llm_tp_);
+    const at::Tensor q = rotary(dense(h, p(b + "q.w")).view({rows, heads, d}), positions);
+    const at::Tensor k = rotary(dense(h, p(b + "k.w")).view({rows, kv_heads, d}), positions);
+    const at::Tensor v = dense(h, p(b + "v.w")).view({rows, kv_heads, d}).contiguous();
     const at::Tensor a = attention(q, k, v).reshape({rows, heads * d});
-    x = x + dhp::row_parallel_linear(a, p(b + "o.w"), at::Tensor(), llm_tp_);
-    const at::Tensor h2 =
-        F::layer_norm(x, F::LayerNormFuncOptions({H}).weight(p(b + "ln2.w")).bias(p(b + "ln2.b")));
-    const at::Tensor f = at::gelu(dhp::column_parallel_linear(h2, p(b + "fc1.w"), p(b + "fc1.b"), llm_tp_));
-    x = x + dhp::row_parallel_linear(f, p(b + "fc2.w"), p(b + "fc2.b"), llm_tp_);
+    x = x + row_linear(a, p(b + "o.w"), at::Tensor(), llm_tp_);
+    const at::Tensor h2 = norm(x, p(b + "ln2.w"), p(b + "ln2.b"));
+    const at::Tensor f = gelu_of(column_linear(h2, p(b + "fc1.w"), p(b + "fc1.b"), llm_tp_));
+    x = x + row_linear(f, p(b + "fc2.w"), p(b + "fc2.b"), llm_tp_);
   }
-  x = F::layer_norm(x, F::LayerNormFuncOptions({H}).weight(p("llm.ln.w")).bias(p("llm.ln.b")));
-  const at::Tensor logits = F::linear(x, p("llm.head"));
+  x = norm(x, p("llm.ln.w"), p("llm.ln.b"));
+  // 16-bit logits, the loss over them in fp32 (Megatron's cross entropy on .float()).
+  const at::Tensor logits = wide(dense(x, p("llm.head")));
   const at::Tensor labelled = labels.ge(0).nonzero().squeeze(1);
   return F::cross_entropy(logits.index_select(0, labelled), labels.index_select(0, labelled),
                           F::CrossEntropyFuncOptions().reduction(torch::kSum));

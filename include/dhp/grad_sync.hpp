@@ -16,6 +16,11 @@
 
 namespace dhp {
 
+// 16-bit gradients (bf16, f16) are never summed in 16-bit: like Megatron's fp32 main_grad
+// they are widened to fp32, summed over the replicas in fp32 and rounded once on the way
+// back, so the result does not depend on the number of replicas or on the reduction order
+// beyond fp32 rounding.
+
 // Sums `count` elements of `grads` in place over `replicas` (all members call it).
 void sync_gradients(Communicator& replicas, void* grads, std::int64_t count, DataType type);
 
@@ -31,7 +36,8 @@ void sync_gradient_shards(Communicator& replicas, const void* grads, void* shard
 // ready *and every earlier bucket has been issued*, so every replica issues the same
 // all-reduces in the same order whenever its own gradients become ready (a replica with
 // nothing to compute issues them all at finish()). Gradients are staged in the bucket's
-// flat buffer while it is in flight and copied back by finish().
+// flat buffer while it is in flight and copied back by finish() (16-bit gradients: staged
+// and summed as fp32, rounded once when copied back).
 //
 // A step: start(); ready(i) as gradients become final (the last micro-batch's backward;
 // optional: finish() issues what is left); finish(). Gradient buffers stay at the same
@@ -67,6 +73,7 @@ class GradBuckets {
     CommRequestPtr request;
   };
   void issue_ready_buckets();
+  DataType reduce_type() const;  // the bucket's element type on the wire (fp32 for 16-bit)
 
   Communicator& replicas_;
   std::vector<Gradient> gradients_;

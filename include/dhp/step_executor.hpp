@@ -44,8 +44,18 @@
 namespace dhp {
 
 // What the executor needs to know of the model besides the plan.
+//
+// Mixed precision: with dtype BF16 or F16 the step's activations, patches, embeddings
+// (boundary and dispatch rows) and attention inputs and outputs are 16-bit, and so are the
+// gradients the model accumulates; what stays fp32 is the attention's softmax statistics
+// (lse) and ring merge, and the gradient sync (16-bit gradients are summed over the
+// replicas in fp32 and rounded once, grad_sync.hpp). Master weights are the optimizer's.
 struct StepOptions {
   kernels::DType dtype = kernels::DType::F32;  // activations, embeddings, patches, attention
+  // Static loss scale: the backward starts from the loss times loss_scale, so the gradients
+  // come out scaled by it (the optimizer unscales them, in fp32); StepStats::loss is the
+  // unscaled loss. F16 needs one (e.g. 1024) to keep small gradients from flushing to zero.
+  double loss_scale = 1;
   std::int64_t llm_hidden = 0;                 // features of an LLM token (a boundary row)
   std::int64_t patch_dim = 0;                  // features of an encoder input patch
   // Per process (heads already divided by the module's TP).
@@ -121,7 +131,8 @@ class StepModel {
   // The wave's LLM forward and backward over the local rows (work.layout): token ids, labels
   // and the visual rows' embeddings (work.visuals order) in; returns the sum over its loss
   // rows of loss x loss_scale, accumulates parameter gradients of that scaled loss, and
-  // writes the gradient of the visual rows.
+  // writes the gradient of the visual rows. (loss_scale includes StepOptions::loss_scale;
+  // the executor divides the returned sum by it.)
   virtual double llm_forward_backward(const LlmWave& work, LlmContext& ctx,
                                       const std::int64_t* tokens, const std::int64_t* labels,
                                       const void* visual, double loss_scale, void* d_visual) = 0;
@@ -173,6 +184,7 @@ struct StepRun {
   StepGroups groups;
   std::int64_t loss_tokens = 0;  // global
   double loss_scale = 0;         // 1 / loss_tokens
+  double gradient_scale = 0;     // options.loss_scale / loss_tokens: the backward's seed
   std::vector<std::vector<std::int64_t>> tokens, labels;  // per wave, the local LLM rows
   std::vector<std::byte> patches;                         // every wave's local patches
   std::vector<std::int64_t> patch_offset;                 // [waves + 1] first local patch row

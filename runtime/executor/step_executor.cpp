@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <numeric>
 
@@ -152,6 +153,14 @@ struct StepExecutor::Impl {
 
 StepExecutor::StepExecutor(Communicator& world, GroupPool& pool, StepOptions options)
     : world_(world), pool_(pool), options_(options), impl_(std::make_unique<Impl>()) {
+  using kernels::DType;
+  DHP_CHECK(options_.dtype == DType::F32 || options_.dtype == DType::F64 ||
+                options_.dtype == DType::BF16 || options_.dtype == DType::F16,
+            InvalidArgument,
+            "step executor: dtype {} (value {}) is not a step dtype: F32, F64, BF16 or F16",
+            kernels::to_string(options_.dtype), static_cast<int>(options_.dtype));
+  DHP_CHECK(std::isfinite(options_.loss_scale) && options_.loss_scale > 0, InvalidArgument,
+            "step executor: loss_scale={} must be finite and > 0", options_.loss_scale);
   DHP_CHECK(&pool.parent() == &world, InvalidArgument,
             "step executor: the group pool's parent is {} but the world is {}",
             pool.parent().describe(), world.describe());
@@ -325,6 +334,7 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
   const auto dispatch_start = Clock::now();
   run.loss_tokens = global_count(world_, count_loss_rows(schedule, inputs));
   run.loss_scale = run.loss_tokens > 0 ? 1.0 / static_cast<double>(run.loss_tokens) : 0;
+  run.gradient_scale = run.loss_scale * options_.loss_scale;
   run.stats.loss_tokens = run.loss_tokens;
 
   // --- inputs to the processes that run them ---
@@ -480,7 +490,9 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
             loss +=
                 model.llm_forward_backward(llm, ctx, run.tokens[static_cast<std::size_t>(w)].data(),
                                            run.labels[static_cast<std::size_t>(w)].data(),
-                                           b.visual.data(), run.loss_scale, b.d_visual.data());
+                                           b.visual.data(), run.gradient_scale,
+                                           b.d_visual.data()) /
+                options_.loss_scale;
             run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
           }
           start = Clock::now();

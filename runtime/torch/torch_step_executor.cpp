@@ -238,7 +238,7 @@ StepStats TorchStepExecutor::run(const Batch& batch, const Plan& plan, const Ste
                       "expected a scalar",
                       world.rank(), loss.defined() ? c10::str(loss.sizes()) : "undefined", w);
             loss_sum += loss.item<double>() * run.loss_scale;
-            total = total + loss * run.loss_scale;
+            total = total + loss * run.gradient_scale;
           }
           if (last) {
             llm_hooks_->armed = true;
