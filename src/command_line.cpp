@@ -8,27 +8,13 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "closest_name.hpp"
 #include "dhp/error.hpp"
 
 namespace dhp {
 namespace {
 
 constexpr std::string_view kHelpNames = "-h, --help";
-
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
 
 // `text` as an integer >= min, or a UsageError naming the option.
 std::int64_t parse_integer(std::string_view name, const std::string& text, std::int64_t min) {
@@ -104,8 +90,7 @@ const CommandLine::Spec& CommandLine::declared(std::string_view name) const {
 std::string CommandLine::closest(std::string_view word) const {
   // A prefix of one option names it; otherwise the nearest name within a third of its length
   // (at least 2 edits), so that "--batchs" finds "--batches" and "--foo" finds nothing.
-  std::string best;
-  std::size_t best_distance = 0;
+  detail::ClosestName closest(word);
   int prefixed = 0;
   std::string prefix_match;
   for (const Spec& spec : specs_) {
@@ -113,15 +98,10 @@ std::string CommandLine::closest(std::string_view word) const {
       ++prefixed;
       prefix_match = spec.name;
     }
-    const std::size_t d = edit_distance(word, spec.name);
-    if (best.empty() || d < best_distance) {
-      best = spec.name;
-      best_distance = d;
-    }
+    closest.consider(spec.name);
   }
   if (prefixed == 1) return prefix_match;
-  const std::size_t limit = std::max<std::size_t>(2, word.size() / 3);
-  return !best.empty() && best_distance <= limit ? best : std::string();
+  return std::string(closest.best());
 }
 
 void CommandLine::parse(int argc, const char* const* argv) {

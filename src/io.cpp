@@ -13,6 +13,7 @@
 #include <limits>
 #include <sstream>
 
+#include "closest_name.hpp"
 #include "dhp/error.hpp"
 
 namespace dhp {
@@ -78,21 +79,6 @@ void expect_array(const json& value, const std::string& path) {
             value.type_name(), show(value));
 }
 
-std::size_t key_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = up;
-    }
-  }
-  return row[b.size()];
-}
-
 // Rejects keys the schema does not know: a misspelt field would otherwise be ignored silently.
 // The message names the closest known field (within a third of its length, at least 2
 // edits), or lists the known ones.
@@ -100,21 +86,15 @@ void expect_keys(const json& obj, const std::string& path,
                  std::initializer_list<std::string_view> known) {
   for (const auto& [key, value] : obj.items()) {
     bool found = false;
-    std::string_view best;
-    std::size_t best_distance = 0;
+    detail::ClosestName closest(key);
     for (std::string_view k : known) {
       found = found || key == k;
-      const std::size_t d = key_distance(key, k);
-      if (best.empty() || d < best_distance) {
-        best = k;
-        best_distance = d;
-      }
+      closest.consider(k);
     }
     if (found) continue;
-    const std::size_t limit = std::max<std::size_t>(2, key.size() / 3);
-    if (!best.empty() && best_distance <= limit)
+    if (!closest.best().empty())
       DHP_THROW(InvalidInput, "{}: unknown field (value {}); did you mean '{}'?",
-                field_path(path, key), show(value), field_path(path, best));
+                field_path(path, key), show(value), field_path(path, closest.best()));
     DHP_THROW(InvalidInput, "{}: unknown field (value {}); known fields: {}",
               field_path(path, key), show(value), fmt::join(known, ", "));
   }

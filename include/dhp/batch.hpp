@@ -17,7 +17,7 @@ struct VisualItem {
 struct Sample {
   std::int64_t id = 0;  // stable id from the data source (for error messages and tracing)
   std::int64_t text_tokens = 0;
-  std::vector<VisualItem> visuals;
+  std::vector<VisualItem> visuals{};
 
   std::int64_t llm_tokens() const;       // text + every visual item's LLM tokens
   std::int64_t encoder_patches() const;  // sum of patches

@@ -69,7 +69,7 @@ struct BoundaryWave {
   CommRequestPtr pending;     // sends still in flight (waited by wait_pending)
   // When the node's backward began and ended (it separates, inside one backward call, the
   // LLM's backward from the boundary's and the encoder's, for the step's timeline).
-  std::chrono::steady_clock::time_point backward_begin, backward_end;
+  std::chrono::steady_clock::time_point backward_begin{}, backward_end{};
   bool backward_ran = false;
   void wait_pending();
 };

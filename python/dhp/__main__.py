@@ -153,12 +153,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     best = min((r["step_ms"] for r in done), default=None)
     print(f"{len(batches)} batches of {args.batch} on {args.cluster} with {args.model}: "
           "mean simulated step time")
-    print(f"{'strategy':<18} {'step_ms':>10} {'vs best':>8} {'plan_ms':>9}")
+    width = max([len("strategy")] + [len(r["strategy"]) for r in rows])
+    print(f"{'strategy':<{width}} {'step_ms':>10} {'vs best':>8} {'plan_ms':>9}")
     for r in sorted(rows, key=lambda r: (r["step_ms"] is None, r["step_ms"] or 0)):
         if r["step_ms"] is None:
-            print(f"{r['strategy']:<18} {'-':>10} {'-':>8} {'-':>9}  {r['error']}")
+            print(f"{r['strategy']:<{width}} {'-':>10} {'-':>8} {'-':>9}  {r['error']}")
         else:
-            print(f"{r['strategy']:<18} {r['step_ms']:>10.1f} {r['step_ms'] / best:>7.3f}x "
+            print(f"{r['strategy']:<{width}} {r['step_ms']:>10.1f} {r['step_ms'] / best:>7.3f}x "
                   f"{r['plan_ms']:>9.2f}")
     return 0
 

@@ -399,7 +399,9 @@ void expect_step_matches(const Batch& batch, const Plan& plan, double tolerance,
   EXPECT_EQ(stats.boundary.sent_forward, stats.boundary.min_forward) << what;
   EXPECT_EQ(stats.boundary.sent_backward, stats.boundary.min_backward) << what;
   EXPECT_EQ(stats.dispatch_bytes, stats.dispatch_min_bytes) << what;
-  if (comm.size() > 1) EXPECT_GT(stats.dispatch_bytes, 0) << what;
+  if (comm.size() > 1) {
+    EXPECT_GT(stats.dispatch_bytes, 0) << what;
+  }
   const StepSchedule schedule(batch, plan, &enc, comm.rank(), comm.size());
   double worst = 0;
   auto compare = [&](std::vector<Mat<T>*> got, std::vector<const Mat<T>*> want) {
