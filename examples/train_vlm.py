@@ -24,6 +24,13 @@ summed over the replicas. AdamW steps. With --verify, rank 0 also trains the sam
 whole on one process with plain PyTorch attention and prints ref_loss and
 max_grad_rel_err (the largest ||g - g_ref|| / ||g_ref|| over the parameters) per step;
 the exit status is 1 when a step leaves 1e-9 (float64) or 1e-4 (float32).
+
+--dtype bfloat16|float16 is mixed precision, as in dhp_train_vlm: 16-bit parameters and
+activations, fp32 master weights in AdamW (copied back rounded once), gradients summed over
+the replicas in fp32, a static loss scale (--loss-scale, default 1024 for float16, 1 for
+bfloat16) and a step with a non-finite gradient skipped. --verify compares such a run with
+the float64 reference restarted every step from the run's master weights, within 1e-1
+(bfloat16) or 1e-2 (float16).
 """
 from __future__ import annotations
 
@@ -183,6 +190,32 @@ class Affine(nn.Module):
         self.b = nn.Parameter(b) if b is not None else None
 
 
+# Mixed precision (bfloat16, float16): parameters, activations and attention are 16-bit;
+# GEMMs, layer norms, GELU, rotary positions and the loss compute in fp32 from the 16-bit
+# values and round their result once to 16-bit (what tensor cores and TransformerEngine do;
+# torch's CPU kernels have no float16 GEMM). float32 and float64 run the plain torch ops.
+
+def is_16bit(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.bfloat16, torch.float16)
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """A 16-bit tensor in float32; any other as it is."""
+    return t.float() if is_16bit(t) else t
+
+
+def dense(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear; 16-bit: in fp32, rounded once."""
+    if not is_16bit(x):
+        return F.linear(x, w, b)
+    return F.linear(wide(x), wide(w), None if b is None else wide(b)).to(x.dtype)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = F.gelu(wide(x)).to(x.dtype) if is_16bit(x) else F.gelu(x)
+    return out
+
+
 class Norm(nn.Module):
     def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
         super().__init__()
@@ -190,6 +223,8 @@ class Norm(nn.Module):
         self.b = nn.Parameter(b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_16bit(x):
+            return F.layer_norm(wide(x), (x.shape[-1],), wide(self.w), wide(self.b)).to(x.dtype)
         return F.layer_norm(x, (x.shape[-1],), self.w, self.b)
 
 
@@ -201,14 +236,17 @@ def copy_to(x: torch.Tensor, tp: TP) -> torch.Tensor:
 
 
 def column(x: torch.Tensor, layer: Affine, tp: TP) -> torch.Tensor:
-    if tp is None:
-        return F.linear(x, layer.w, layer.b)
+    if tp is None or is_16bit(x):
+        return dense(copy_to(x, tp), layer.w, layer.b)
     return dt.column_parallel_linear(x, layer.w, layer.b, tp)
 
 
 def row(x: torch.Tensor, layer: Affine, tp: TP) -> torch.Tensor:
     if tp is None:
-        return F.linear(x, layer.w, layer.b)
+        return dense(x, layer.w, layer.b)
+    if is_16bit(x):  # the partial sums reduced in 16-bit, then the bias added once
+        y = dt.reduce_from_tensor_parallel(dense(x, layer.w), tp)
+        return y if layer.b is None else y + layer.b
     return dt.row_parallel_linear(x, layer.w, layer.b, tp)
 
 
@@ -237,12 +275,12 @@ class EncoderBlock(nn.Module):
         # Sizes spelled out: an encoder shard may hold no rows, where -1 is ambiguous.
         d = self.q.w.shape[0] // heads
         h = copy_to(self.ln1(x), tp)
-        q = F.linear(h, self.q.w, self.q.b).view(rows, heads, d).contiguous()
-        k = F.linear(h, self.k.w).view(rows, heads, d).contiguous()
-        v = F.linear(h, self.v.w, self.v.b).view(rows, heads, d).contiguous()
+        q = dense(h, self.q.w, self.q.b).view(rows, heads, d).contiguous()
+        k = dense(h, self.k.w).view(rows, heads, d).contiguous()
+        v = dense(h, self.v.w, self.v.b).view(rows, heads, d).contiguous()
         a = attention(q, k, v).reshape(rows, heads * d)
         x = x + row(a, self.o, tp)
-        f = F.gelu(column(self.ln2(x), self.fc1, tp))
+        f = gelu(column(self.ln2(x), self.fc1, tp))
         return x + row(f, self.fc2, tp)
 
 
@@ -264,12 +302,12 @@ class Encoder(nn.Module):
     def forward(self, patches: torch.Tensor, attention: Attention, tp: TP) -> torch.Tensor:
         c = self.config
         heads = c.encoder_heads // (1 if tp is None else tp.size)
-        x = F.linear(patches, self.patch.w, self.patch.b)
+        x = dense(patches, self.patch.w, self.patch.b)
         for block in self.blocks:
             x = block(x, heads, attention, tp)
         x = self.ln(x)
         merged = x.reshape(x.shape[0] // c.merge, c.merge * c.encoder_hidden)
-        return F.linear(merged, self.proj.w, self.proj.b)
+        return dense(merged, self.proj.w, self.proj.b)
 
 
 class DecoderBlock(nn.Module):
@@ -301,6 +339,8 @@ class Decoder(nn.Module):
         self.head = nn.Parameter(p("llm.head"))
 
     def rotary(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if is_16bit(x):  # in fp32 (a position in bfloat16 would be off by several), rounded once
+            return self.rotary(wide(x), positions).to(x.dtype)
         d = x.shape[2]
         half = d // 2
         inv = torch.exp(torch.arange(0, half, dtype=x.dtype)
@@ -317,19 +357,20 @@ class Decoder(nn.Module):
         rows, d = tokens.shape[0], c.hidden // c.heads
         size = 1 if tp is None else tp.size
         heads, kv_heads = c.heads // size, c.kv_heads // size
-        x = F.embedding(tokens, self.embed)
+        x = F.embedding(tokens, wide(self.embed))  # 16-bit: gathered, then rounded (exact)
         if visual_rows.numel() > 0:
-            x = x.index_put((visual_rows,), visual)
+            x = x.index_put((visual_rows,), wide(visual))
+        x = x.to(self.embed.dtype)
         for b in self.blocks:
             h = copy_to(b.ln1(x), tp)
-            q = self.rotary(F.linear(h, b.q.w).view(rows, heads, d), positions)
-            k = self.rotary(F.linear(h, b.k.w).view(rows, kv_heads, d), positions)
-            v = F.linear(h, b.v.w).view(rows, kv_heads, d).contiguous()
+            q = self.rotary(dense(h, b.q.w).view(rows, heads, d), positions)
+            k = self.rotary(dense(h, b.k.w).view(rows, kv_heads, d), positions)
+            v = dense(h, b.v.w).view(rows, kv_heads, d).contiguous()
             a = attention(q, k, v).reshape(rows, heads * d)
             x = x + row(a, b.o, tp)
-            f = F.gelu(column(b.ln2(x), b.fc1, tp))
+            f = gelu(column(b.ln2(x), b.fc1, tp))
             x = x + row(f, b.fc2, tp)
-        logits = F.linear(self.ln(x), self.head)
+        logits = wide(dense(self.ln(x), self.head))  # 16-bit logits, the loss over them in fp32
         labelled = labels.ge(0).nonzero().squeeze(1)
         return F.cross_entropy(logits.index_select(0, labelled), labels.index_select(0, labelled),
                                reduction="sum")
@@ -621,6 +662,14 @@ class StepReport(NamedTuple):
     stats: dt.StepStats
     ref_loss: Optional[float]
     max_grad_rel_err: Optional[float]
+    skipped: bool  # 16-bit: gradients not finite somewhere, no optimizer step
+
+
+def verify_tolerance(dtype: str) -> float:
+    """--verify's bound on the relative loss error and on every parameter's relative
+    gradient error. bfloat16 and float16 runs are compared with the float64 reference; their
+    bounds sit above the worst errors measured (docs/runtime.md, "Mixed precision")."""
+    return {"float64": 1e-9, "float32": 1e-4, "bfloat16": 1e-1, "float16": 1e-2}[dtype]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -680,12 +729,20 @@ def reference_step(model: VLM, c: Config, batch: dhp.Batch, seed: int) -> Tuple[
 
 class Trainer:
     """One per process: this process's slices of the model, the executor, AdamW; with
-    verify, on world rank 0, the whole model trained on one process beside it."""
+    verify, on world rank 0, the whole model trained on one process beside it.
+
+    Mixed precision (bfloat16, float16), as Megatron's Float16OptimizerWithFloat16Params:
+    the model's parameters are 16-bit for compute; AdamW steps fp32 master weights on the
+    synchronised gradients widened and divided by the loss scale in fp32, then the masters
+    are copied back into the model rounded once. A step whose gradients are not finite on
+    any process is skipped (with a static loss scale, an overflow)."""
 
     def __init__(self, world: dt.Communicator, pool: dt.GroupPool, c: Config, dtype: torch.dtype,
                  seed: int, lr: float, verify: bool, plan: dhp.Plan,
-                 use_torch_distributed: bool) -> None:
+                 use_torch_distributed: bool, loss_scale: float = 1.0) -> None:
         self.world, self.config, self.dtype, self.seed = world, c, dtype, seed
+        self.mixed = dtype in (torch.bfloat16, torch.float16)
+        self.loss_scale = loss_scale
         self.llm, self.encoder, self.placement = plan["llm"], plan["encoder"], plan["placement"]
         self.torch_distributed = use_torch_distributed
         self.verify = verify
@@ -693,19 +750,33 @@ class Trainer:
         enc_rank, enc_index = role_in(self.encoder, world.rank)
         full = full_parameters(c, seed)
         params = []
+        self.master: List[torch.Tensor] = []  # mixed: fp32 copies of every parameter
+        self.held: List[bool] = []  # the parameters this process trains
         for info, tensor in zip(param_infos(c), full):
             layout, index = (self.encoder, enc_index) if info.encoder else (self.llm, llm_index)
-            params.append(slice_parameter(info, tensor, layout["tp"], index).to(dtype).clone())
+            piece = slice_parameter(info, tensor, layout["tp"], index)
+            self.held.append(enc_rank >= 0 if info.encoder else llm_rank >= 0)
+            if self.mixed:  # the model computes with the fp32 master weights rounded to 16-bit
+                self.master.append(piece.to(torch.float32).clone().requires_grad_(True))
+                params.append(self.master[-1].detach().to(dtype))
+            else:
+                params.append(piece.to(dtype).clone())
         self.model = VLM(c, params)
         self.step_model = VLMStep(self.model, llm_rank >= 0, enc_rank >= 0)
-        trained = self.step_model.llm_parameters() + self.step_model.encoder_parameters()
+        if self.mixed:
+            trained = [m for m, held in zip(self.master, self.held) if held]
+        else:
+            trained = self.step_model.llm_parameters() + self.step_model.encoder_parameters()
         self.optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01) if trained else None
         self.executor = dt.StepExecutor(world, pool, c.spec(), dtype=dtype, patch_dim=c.patch_dim,
-                                        llm_tp=self.llm["tp"], encoder_tp=self.encoder["tp"])
+                                        llm_tp=self.llm["tp"], encoder_tp=self.encoder["tp"],
+                                        loss_scale=loss_scale)
         self.reference: Optional[VLM] = None
         self.reference_optimizer: Optional[torch.optim.Optimizer] = None
         if verify and world.rank == 0:
-            self.reference = VLM(c, [t.to(dtype).clone() for t in full])
+            # The reference of a 16-bit run is the same model in float64.
+            ref_dtype = torch.float64 if self.mixed else dtype
+            self.reference = VLM(c, [t.to(ref_dtype).clone() for t in full])
             self.reference_optimizer = torch.optim.AdamW(self.reference.ordered, lr=lr,
                                                          weight_decay=0.01)
 
@@ -730,14 +801,40 @@ class Trainer:
             patches.append(d.patches)
         patch_tensor = torch.from_numpy(np.concatenate(patches) if patches
                                         else np.zeros((0, c.patch_dim))).to(self.dtype)
-        if self.optimizer is not None:
+        if self.mixed:
+            for p in self.model.ordered:
+                if p.grad is not None:
+                    p.grad.zero_()
+        elif self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=False)
         inputs = dt.StepInputs(owners, tokens, labels, patch_tensor)
         stats = self.executor.run(batch, plan, inputs, self.step_model)
+        skipped = False
+        if self.mixed:
+            # The synchronised 16-bit gradients, widened and unscaled in fp32 onto the master
+            # weights; a non-finite one anywhere skips the step on every process.
+            finite = True
+            for p, m, held in zip(self.model.ordered, self.master, self.held):
+                if held:
+                    grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                    m.grad = grad.float() / self.loss_scale
+                    finite = finite and bool(torch.isfinite(m.grad).all())
+            overflow = torch.tensor([0 if finite else 1], dtype=torch.int32)
+            self.world.all_reduce(overflow, "max")
+            skipped = int(overflow[0]) != 0
         ref_loss = err = None
         if self.verify:
+            # Mixed precision: the float64 reference restarts every step from the weights this
+            # step ran with (the fp32 master weights), so each step's error is its own, not the
+            # drift of two trajectories apart.
+            weights = []
+            if self.mixed:
+                weights = self.gather(lambda i: self.master[i].detach(), torch.float32)
             grads = self.gather_gradients()  # collective
             if self.reference is not None and self.reference_optimizer is not None:
+                with torch.no_grad():
+                    for ref, w in zip(self.reference.ordered, weights):
+                        ref.copy_(w)
                 ref_loss, ref_grads = reference_step(self.reference, c, batch, self.seed)
                 err = 0.0
                 for g, r in zip(grads, ref_grads):
@@ -745,37 +842,51 @@ class Trainer:
                     diff = float(torch.linalg.vector_norm(g - r))
                     err = max(err, diff / norm if norm > 0 else diff)
                 self.reference_optimizer.step()
-        if self.optimizer is not None:
+        if self.optimizer is not None and not skipped:
             self.optimizer.step()
+        if self.mixed and not skipped:  # the master weights, rounded once, back into the model
+            with torch.no_grad():
+                for p, m, held in zip(self.model.ordered, self.master, self.held):
+                    if held:
+                        p.copy_(m)
         if next_plan is not None:
             self.executor.prewarm(next_plan)  # the next step's groups, off its path
-        return StepReport(stats, ref_loss, err)
+        return StepReport(stats, ref_loss, err, skipped)
 
     def gather_gradients(self) -> List[torch.Tensor]:
         """Full gradients on world rank 0 (param_infos order): each slice from the processes
-        of module rank 0 (collective); empty elsewhere."""
+        of module rank 0 (collective); empty elsewhere. Mixed precision: the master weights'
+        fp32 gradients (unscaled)."""
+        if self.mixed:
+            return self.gather(lambda i: self.master[i].grad, torch.float32)
+        return self.gather(lambda i: self.model.ordered[i].grad, self.dtype)
+
+    def gather(self, local: Callable[[int], Optional[torch.Tensor]],
+               dtype: torch.dtype) -> List[torch.Tensor]:
+        """Full tensors on world rank 0 of local(i) (this process's slice of parameter i, in
+        `dtype`) from module rank 0's processes (collective); empty elsewhere."""
         out: List[torch.Tensor] = []
         me = self.world.rank
-        params = self.model.ordered
         for i, info in enumerate(param_infos(self.config)):
             layout = self.encoder if info.encoder else self.llm
             slices = layout["tp"] if info.split_dim >= 0 else 1
             parts = []
             for t in range(slices):
                 holder = layout["first_device"] + t
-                grad = params[i].grad
                 if me == holder and me != 0:
-                    assert grad is not None
-                    self._send(grad.contiguous(), 0, 30 + t)
+                    tensor = local(i)
+                    assert tensor is not None
+                    self._send(tensor.contiguous(), 0, 30 + t)
                 elif me == 0:
                     if holder == 0:
-                        assert grad is not None
-                        parts.append(grad.clone())
+                        tensor = local(i)
+                        assert tensor is not None
+                        parts.append(tensor.clone())
                     else:
                         shape = list(info.shape)
                         if info.split_dim >= 0:
                             shape[info.split_dim] //= slices
-                        received = torch.empty(shape, dtype=self.dtype)
+                        received = torch.empty(shape, dtype=dtype)
                         self._recv(received, holder, 30 + t)
                         parts.append(received)
             if me == 0:
@@ -830,8 +941,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=10, metavar="K",
                    help="optimizer steps, one batch and one plan each (default 10)")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="parameters and activations (default float32)")
+    t.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"],
+                   default="float32",
+                   help="parameters and activations (default float32). bfloat16 and float16 are "
+                        "mixed precision: 16-bit parameters, activations, attention, boundary "
+                        "and dispatch; fp32 master weights in AdamW (copied back rounded once), "
+                        "gradients summed over replicas in fp32, attention statistics and ring "
+                        "merge in fp32")
+    t.add_argument("--loss-scale", type=float, default=None, metavar="S",
+                   help="16-bit only: static loss scale; the backward starts from loss x S and "
+                        "the gradients are unscaled in fp32 before the optimizer; a step with "
+                        "non-finite gradients is skipped (default 1024 for float16, 1 for "
+                        "bfloat16)")
     t.add_argument("--seed", type=int, default=1, metavar="S",
                    help="parameters, data and batches (default 1)")
     t.add_argument("--lr", type=float, default=3e-3, metavar="X",
@@ -841,7 +962,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     t.add_argument("--verify", action="store_true",
                    help="world rank 0 also trains the same model on one process on the same "
                         "batches; each line adds ref_loss and max_grad_rel_err; exits 1 past "
-                        "1e-9 (float64) or 1e-4 (float32)")
+                        "1e-9 (float64) or 1e-4 (float32); a 16-bit run is compared with the "
+                        "float64 reference restarted every step from the run's master weights, "
+                        "bound 1e-1 (bfloat16) or 1e-2 (float16)")
     t.add_argument("--torch-distributed", action="store_true",
                    help="also initialise torch.distributed's default process group (gloo) and "
                         "gather the verification gradients with it, beside dhp's communicators")
@@ -869,6 +992,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         ("nodes", 1), ("max_tokens", 16)):
         if getattr(args, name) < least:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= {least}")
+    mixed = args.dtype in ("bfloat16", "float16")
+    if args.loss_scale is None:
+        args.loss_scale = 1024.0 if args.dtype == "float16" else 1.0
+    if not (math.isfinite(args.loss_scale) and args.loss_scale > 0
+            and (mixed or args.loss_scale == 1)):
+        p.error(f"--loss-scale {args.loss_scale:g} with --dtype {args.dtype}: a positive scale, "
+                "for bfloat16 or float16 only")
     if args.encoder_devices is not None and args.encoder_devices < 1:
         p.error(f"--encoder-devices {args.encoder_devices}: must be >= 1")
     for name in ("text_scale", "visual_scale", "lr"):
@@ -889,7 +1019,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if n % args.nodes:
         raise dhp.InvalidArgumentError(f"--nodes {args.nodes} does not divide the world of {n}")
     c = Config()
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    dtype: torch.dtype = getattr(torch, args.dtype)
+    mixed = args.dtype in ("bfloat16", "float16")
     disjoint = args.placement == "disjoint" or (args.placement == "auto" and n >= 4 and n % 2 == 0)
     if disjoint and n < 2:
         raise dhp.InvalidArgumentError("a disjoint encoder needs two processes or more")
@@ -908,16 +1039,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     plan = planner.plan(data[0])
     trainer = Trainer(world, pool, c, dtype, args.seed, args.lr, args.verify, plan,
-                      args.torch_distributed)
+                      args.torch_distributed, args.loss_scale)
     trainer.executor.prewarm(plan)
     if me == 0:
-        print(f"train_vlm.py: {n} processes, {args.dtype}, {plan['placement']}, LLM "
+        precision = (f" (fp32 master weights, loss scale {args.loss_scale:g})" if mixed else "")
+        print(f"train_vlm.py: {n} processes, {args.dtype}{precision}, {plan['placement']}, LLM "
               f"{plan['llm']['ranks']} ranks x tp {plan['llm']['tp']}, encoder "
               f"{plan['encoder']['ranks']} ranks x tp {plan['encoder']['tp']}, {capacity:.4f} GiB "
               f"per process{', verifying against one process' if args.verify else ''}",
               file=sys.stderr, flush=True)
     start = time.monotonic()
-    tolerance = 1e-9 if args.dtype == "float64" else 1e-4
+    tolerance = verify_tolerance(args.dtype)
     mismatches = 0
     for s in range(args.steps):
         plan_start = time.monotonic()
@@ -929,6 +1061,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         times = torch.tensor([t.step_ms, t.dispatch_ms, t.encoder_ms, t.boundary_ms, t.llm_ms,
                               t.grad_sync_ms], dtype=torch.float64)
         world.all_reduce(times, "max")
+        if me == 0 and r.skipped:
+            print(f"step {s}: gradients not finite at loss scale {args.loss_scale:g}: no "
+                  "optimizer step", file=sys.stderr, flush=True)
         if me == 0:
             simulated_ms = planner.simulate(data[s], plan)["step_ms"]
             line = step_line(s, plan, n, r, [float(x) for x in times], plan_ms, simulated_ms)

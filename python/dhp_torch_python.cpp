@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <list>
 #include <map>
@@ -403,7 +404,8 @@ class PyStepModel : public dhp::TorchStepModel {
 struct PyStepExecutor {
   PyStepExecutor(Communicator& world, dhp::GroupPool& pool, const std::string& model_json,
                  const std::string& dtype, std::int64_t patch_dim, int llm_tp, int encoder_tp,
-                 int ranks_per_node, double llm_softmax_scale, double encoder_softmax_scale)
+                 int ranks_per_node, double llm_softmax_scale, double encoder_softmax_scale,
+                 double loss_scale)
       : model(dhp::model_from_json(model_json, "model")), llm_tp(llm_tp), encoder_tp(encoder_tp) {
     const dhp::TransformerSpec& llm = model.llm;
     DHP_CHECK(llm_tp >= 1 && llm.heads % llm_tp == 0 && llm.kv_heads % llm_tp == 0,
@@ -415,6 +417,9 @@ struct PyStepExecutor {
               ranks_per_node);
     dhp::StepOptions o;
     o.dtype = dtype_from(dtype);
+    DHP_CHECK(std::isfinite(loss_scale) && loss_scale > 0, InvalidArgument,
+              "loss_scale={}: expected a finite number > 0", loss_scale);
+    o.loss_scale = loss_scale;
     o.llm_hidden = llm.hidden;
     o.llm_attention = {llm.heads / llm_tp, llm.kv_heads / llm_tp, llm.hidden / llm.heads,
                        llm_softmax_scale, true};
@@ -1035,11 +1040,11 @@ PYBIND11_MODULE(_torch, m) {
 
   py::class_<PyStepExecutor>(m, "StepExecutor")
       .def(py::init<Communicator&, dhp::GroupPool&, const std::string&, const std::string&,
-                    std::int64_t, int, int, int, double, double>(),
+                    std::int64_t, int, int, int, double, double, double>(),
            py::arg("world"), py::arg("pool"), py::arg("model_json"), py::arg("dtype"),
            py::arg("patch_dim"), py::arg("llm_tp"), py::arg("encoder_tp"),
            py::arg("ranks_per_node"), py::arg("llm_softmax_scale"),
-           py::arg("encoder_softmax_scale"), py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
+           py::arg("encoder_softmax_scale"), py::arg("loss_scale") = 1.0, py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
       .def("run", &PyStepExecutor::run, py::arg("batch_json"), py::arg("plan_json"),
            py::arg("sample_owners"), py::arg("tokens"), py::arg("labels"), py::arg("patches"),
            py::arg("model"))

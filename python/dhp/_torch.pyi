@@ -200,7 +200,8 @@ class StepStats:
 class StepExecutor:
     def __init__(self, world: Communicator, pool: GroupPool, model_json: str, dtype: str,
                  patch_dim: int, llm_tp: int, encoder_tp: int, ranks_per_node: int,
-                 llm_softmax_scale: float, encoder_softmax_scale: float) -> None: ...
+                 llm_softmax_scale: float, encoder_softmax_scale: float,
+                 loss_scale: float = ...) -> None: ...
     def run(self, batch_json: str, plan_json: str, sample_owners: List[int],
             tokens: torch.Tensor, labels: torch.Tensor, patches: torch.Tensor,
             model: StepModel) -> StepStats: ...

@@ -590,20 +590,29 @@ class StepExecutor:
         world: dt.world(); pool: dt.GroupPool(world).
         model: the model description the planner plans with (preset, path or dict): the
             executor reads the LLM's hidden size and heads and the encoder's spans from it.
-        dtype: of activations, embeddings, patches and attention (torch.float32 or
-            torch.float64 on CPU).
+        dtype: of parameters, activations, embeddings, patches and attention (torch.float32,
+            float64, bfloat16 or float16 on CPU). bfloat16/float16 is mixed precision: the
+            gradients are summed over the replicas in fp32 and rounded once, the attention's
+            softmax statistics stay fp32; keep fp32 master weights in your optimizer
+            (examples/train_vlm.py).
         patch_dim: features of one encoder input patch.
         llm_tp, encoder_tp: the run's tensor-parallel degrees (every plan must use them;
             plan with ``dhp.Planner(..., llm_tp=..., encoder_tp=...)``).
         ranks_per_node: processes per node, for Ulysses-ring groups (0: one node).
         llm_softmax_scale, encoder_softmax_scale: None for 1/sqrt(head_dim).
+        loss_scale: static loss scale (a positive number, default 1.0): the backward starts
+            from the loss times loss_scale, so the parameters' ``.grad`` come out scaled by
+            it (divide them by it, in fp32, before the optimizer step, and skip a step whose
+            gradients are not finite); ``StepStats.loss`` stays unscaled. float16 needs one
+            (e.g. 1024) to keep small gradients from flushing to zero.
     """
 
     def __init__(self, world: Communicator, pool: GroupPool, model: Any, *,
                  dtype: Union[torch.dtype, str] = torch.float32, patch_dim: int = 0,
                  llm_tp: int = 1, encoder_tp: int = 1, ranks_per_node: int = 0,
                  llm_softmax_scale: Optional[float] = None,
-                 encoder_softmax_scale: Optional[float] = None) -> None:
+                 encoder_softmax_scale: Optional[float] = None,
+                 loss_scale: float = 1.0) -> None:
         from . import model as _model
         if not isinstance(world, Communicator):
             raise InputTypeError(f"world: expected a dhp.torch.Communicator (dt.world()), got "
@@ -616,13 +625,14 @@ class StepExecutor:
         self.model = _model(model)
         self.llm_tp = as_int("llm_tp", llm_tp, 1)
         self.encoder_tp = as_int("encoder_tp", encoder_tp, 1)
+        self.loss_scale = as_float("loss_scale", loss_scale, positive=True)
         scale = [0.0 if s is None else as_float(n, s, positive=True)
                  for n, s in (("llm_softmax_scale", llm_softmax_scale),
                               ("encoder_softmax_scale", encoder_softmax_scale))]
         self._impl = _torch.StepExecutor(
             world, pool, to_json(self.model, "model"), dtype_name(dtype),
             as_int("patch_dim", patch_dim, 0), self.llm_tp, self.encoder_tp,
-            as_int("ranks_per_node", ranks_per_node, 0), scale[0], scale[1])
+            as_int("ranks_per_node", ranks_per_node, 0), scale[0], scale[1], self.loss_scale)
 
     def prewarm(self, plan: Mapping[str, Any]) -> None:
         """Creates the communicator groups `plan` needs (collective). Call it with the next
@@ -633,7 +643,7 @@ class StepExecutor:
             model: StepModel) -> StepStats:
         """Runs one step: forward and backward of every wave; the gradients accumulate into
         the parameters' ``.grad`` (zero them before) and are summed over each module's
-        replicas on return. Returns the step's stats: loss (global mean over the loss
+        replicas on return (scaled by ``loss_scale``). Returns the step's stats: loss (global mean over the loss
         tokens), loss_tokens, step_ms and per-phase ms, boundary bytes, communicators
         created. The plan is checked against the batch (and agreed on) on every rank first.
         """

@@ -159,6 +159,30 @@ def test_model_errors(setup):
     assert setup["executor"].run(setup["batch"], setup["plan"], setup["inputs"], step).loss > 0
 
 
+def test_loss_scale_scales_the_gradients_not_the_loss(setup):
+    dt, torch = setup["dt"], setup["torch"]
+    step = setup["step"]
+    params = step.llm_parameters() + step.encoder_parameters()
+
+    def grads(executor):
+        for p in params:
+            p.grad = None
+        stats = executor.run(setup["batch"], setup["plan"], setup["inputs"], step)
+        return stats.loss, [p.grad.clone() for p in params]
+
+    loss, plain = grads(setup["executor"])
+    scaled_executor = dt.StepExecutor(setup["world"], setup["pool"], setup["c"].spec(),
+                                      dtype=torch.float64, patch_dim=setup["c"].patch_dim,
+                                      loss_scale=8.0)
+    assert scaled_executor.loss_scale == 8.0
+    scaled_loss, scaled = grads(scaled_executor)
+    assert scaled_loss == pytest.approx(loss, rel=1e-12)  # the loss stays unscaled
+    for g, s in zip(plain, scaled):
+        assert torch.allclose(s, 8 * g, rtol=1e-10, atol=1e-14)
+    for p in params:
+        p.grad = None
+
+
 def test_constructor_errors(setup):
     dt, torch, dhp = setup["dt"], setup["torch"], setup["dhp"]
     c = setup["c"]
@@ -166,7 +190,11 @@ def test_constructor_errors(setup):
                              (dict(llm_tp=0), "llm_tp=0"),
                              (dict(dtype=torch.int64), "dtype=torch.int64"),
                              (dict(dtype="float128"), "dtype='float128'"),
-                             (dict(patch_dim=-1), "patch_dim=-1")]:
+                             (dict(patch_dim=-1), "patch_dim=-1"),
+                             (dict(loss_scale=0), "loss_scale=0.0: expected > 0"),
+                             (dict(loss_scale=-2.5), "loss_scale=-2.5: expected > 0"),
+                             (dict(loss_scale=float("inf")), "loss_scale=inf"),
+                             (dict(loss_scale="1024"), "loss_scale='1024'")]:
         with pytest.raises(dhp.Error) as info:
             dt.StepExecutor(setup["world"], setup["pool"], c.spec(), **kwargs)
         assert fragment in str(info.value), str(info.value)

@@ -1,8 +1,9 @@
 """examples/train_vlm.py: loss and gradients equal one process's at 1, 3, 4 and 6 processes
 (float64 within 1e-9, float32 within 1e-4, norm-wise per parameter), colocated and disjoint,
-with cut items, CP degree 3 and LLM tensor parallelism in the plans; the same numbers as
-the C++ dhp_train_vlm; under torchrun; a killed rank fails the others with an error, not a
-hang; bad command lines."""
+with cut items, CP degree 3 and LLM tensor parallelism in the plans; bfloat16 and float16
+(mixed precision) within 1e-1 and 1e-2 of the float64 reference at 1 and 3 processes; the
+same numbers as the C++ dhp_train_vlm; under torchrun; a killed rank fails the others with
+an error, not a hang; bad command lines."""
 import os
 import shutil
 import signal
@@ -16,7 +17,9 @@ from conftest import EXAMPLE, env_for, free_port, launch, needs_torch
 
 pytestmark = needs_torch
 
-TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+# The float64 and float32 runs against a reference in the same dtype; the 16-bit runs against
+# the float64 reference restarted every step from their fp32 master weights.
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 1e-1, "float16": 1e-2}
 
 # (processes, dtype, placement, extra options, what the plans must show)
 CASES = [
@@ -27,6 +30,10 @@ CASES = [
     (4, "float32", "disjoint", ["--max-tokens", "600"], {"degree": 3}),
     (6, "float64", "colocated", ["--max-tokens", "600"], {"degree": 3, "cut": True}),
     (6, "float32", "disjoint", ["--max-tokens", "300", "--torch-distributed"], {"cut": True}),
+    (1, "bfloat16", "colocated", ["--max-tokens", "300"], {}),
+    (1, "float16", "colocated", ["--max-tokens", "300"], {}),
+    (3, "bfloat16", "colocated", ["--max-tokens", "600"], {"degree": 3}),
+    (3, "float16", "disjoint", ["--max-tokens", "300"], {}),
 ]
 
 
@@ -63,11 +70,20 @@ def test_parity_with_one_process(nprocs, dtype, placement, extra, expect):
     assert lines[-1]["comm_created"] == 0  # groups were prewarmed with the previous step
 
 
-def test_same_numbers_as_the_cpp_example():
+# The bound on the loss of the Python example against the C++ one. float64: the same numbers.
+# bfloat16: the forward is the same op for op (step 0's loss agrees to every printed digit),
+# but the two backward passes differ in the last bit of some float32 sums (float32 runs show
+# it too: max_grad_rel_err 7.562e-07 against 7.550e-07), and after one optimizer step a few
+# weights round to a neighbouring bfloat16 value: the later losses differ by about 2e-5.
+SAME_NUMBERS = {"float64": 1e-9, "bfloat16": 1e-4}
+
+
+@pytest.mark.parametrize("dtype", list(SAME_NUMBERS))
+def test_same_numbers_as_the_cpp_example(dtype):
     binary = os.environ.get("DHP_TRAIN_VLM")
     if not binary or not os.path.exists(binary):
         pytest.skip("DHP_TRAIN_VLM (the C++ dhp_train_vlm) is not built")
-    args = ["--steps", "2", "--dtype", "float64", "--batch-size", "5", "--max-tokens", "300"]
+    args = ["--steps", "2", "--dtype", dtype, "--batch-size", "5", "--max-tokens", "300"]
     py = launch([EXAMPLE, *args], 1)
     assert py.returncodes == [0], py.describe()
     cpp = subprocess.run([binary, *args], capture_output=True, text=True, timeout=600,
@@ -79,7 +95,7 @@ def test_same_numbers_as_the_cpp_example():
     assert len(ours) == len(theirs) == 2
     for o, t in zip(ours, theirs):
         assert list(o) == list(t), "the same fields in the same order"
-        assert abs(o["loss"] - t["loss"]) <= 1e-9 * abs(t["loss"]), (o, t)
+        assert abs(o["loss"] - t["loss"]) <= SAME_NUMBERS[dtype] * abs(t["loss"]), (o, t)
         for field in ("plan_hash", "cp_degrees", "waves", "cut_items", "boundary_bytes",
                       "dispatch_bytes", "dispatch_min_bytes", "estimate_ms", "simulated_ms"):
             assert o[field] == t[field], (field, o, t)
@@ -138,7 +154,9 @@ def test_a_killed_rank_fails_the_others_with_an_error(tmp_path):
     (["--steps", "0"], "--steps 0: must be >= 1"),
     (["--llm-tp", "3"], "llm_tp=3 must divide"),
     (["--placement", "sideways"], "invalid choice: 'sideways'"),
-    (["--dtype", "float16"], "invalid choice: 'float16'"),
+    (["--dtype", "float8"], "invalid choice: 'float8'"),
+    (["--loss-scale", "1024"], "--loss-scale 1024 with --dtype float32"),
+    (["--dtype", "float16", "--loss-scale", "0"], "--loss-scale 0 with --dtype float16"),
     (["--text-scale", "nan"], "--text-scale nan: must be a positive number"),
     (["--nodes", "2"], "--nodes 2 does not divide the world of 1"),
     (["--stpes", "3"], "unrecognized arguments: --stpes"),
