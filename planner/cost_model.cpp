@@ -15,11 +15,10 @@
 #include "cost_terms.hpp"
 #include "dhp/error.hpp"
 #include "dhp/log.hpp"
+#include "units.hpp"
 
 namespace dhp {
 namespace {
-
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 bool contains_ignore_case(std::string text, std::string word) {
   auto lower = [](std::string& s) {

@@ -8,11 +8,10 @@
 
 #include "dhp/error.hpp"
 #include "internal.hpp"
+#include "units.hpp"
 
 namespace dhp::detail {
 namespace {
-
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 }  // namespace
 

@@ -7,11 +7,10 @@
 
 #include "dhp/error.hpp"
 #include "internal.hpp"
+#include "units.hpp"
 
 namespace dhp::detail {
 namespace {
-
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 CostCoefficients coefficients_of(const ClusterSpec& cluster, const PlannerOptions& options) {
   return options.coefficients_set ? options.coefficients : defaults_for(cluster);

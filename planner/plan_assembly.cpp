@@ -11,11 +11,10 @@
 #include <utility>
 
 #include "dhp/error.hpp"
+#include "units.hpp"
 
 namespace dhp::detail {
 namespace {
-
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 }  // namespace
 

@@ -19,6 +19,7 @@
 #include "dhp/error.hpp"
 #include "internal.hpp"
 #include "simulation_run.hpp"
+#include "units.hpp"
 
 namespace dhp {
 
@@ -42,8 +43,6 @@ const char* to_string(EventKind k) noexcept {
 
 namespace detail {
 namespace {
-
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // SplitMix64's finaliser: a well-mixed 64-bit hash of one word.
 std::uint64_t mix(std::uint64_t x) {
