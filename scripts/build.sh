@@ -9,5 +9,5 @@ jobs=${DHP_BUILD_JOBS:-$(nproc)}
 python=$(scripts/find_python.sh)
 # -U: FindPython3 keeps what it found for an earlier interpreter (its headers) in the cache.
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDHP_BUILD_PYTHON=ON \
-  -U '_Python3_*' -DPython3_EXECUTABLE="$python" "$@" >/dev/null
+  -U '_Python3_*' -U '_Python_*' -DPython3_EXECUTABLE="$python" "$@" >/dev/null
 cmake --build build -j"$jobs"
