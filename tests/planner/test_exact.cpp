@@ -69,7 +69,8 @@ TEST(Exact, DhpIsWithinAFewPercentOfTheOptimum) {
   const double mean_gap = gap_sum / instances;
   std::printf("dhp vs exact: mean LLM-time gap %.2f%%, max %.2f%% over %d instances\n",
               100 * mean_gap, 100 * gap_max, instances);
-  // The planner's target against the exact solver: 3% on random small instances (dhp_bench's small-exact: 0.35%).
+  // The planner's target against the exact solver: 3% on random small instances
+  // (dhp_bench's small-exact: 0.35%).
   // These longer-tailed ones are harder: 1.67% (printed above; 3.84% before dhp's last
   // pass merged groups, moved sequences and cut rings).
   EXPECT_LT(mean_gap, 0.03);
