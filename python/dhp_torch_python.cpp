@@ -534,18 +534,8 @@ py::dict pool_stats(const dhp::GroupPool& pool) {
   return d;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_torch, m) {
-  m.doc() = "dhp's LibTorch layer for PyTorch (use dhp.torch).";
-  dhp_python::register_error_translator();
-#ifdef DHP_HAVE_NCCL
-  m.attr("has_nccl") = true;
-#else
-  m.attr("has_nccl") = false;
-#endif
-
-  // --- communicators
+// Communicator, world() and the group pool.
+void bind_communicators(py::module_& m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(
       m, "Communicator",
       "A group of processes that run collectives together: the world (dhp.torch.world()) or a "
@@ -665,8 +655,10 @@ PYBIND11_MODULE(_torch, m) {
                              "milliseconds spent creating groups on this process).")
       .def_property_readonly("size", &dhp::GroupPool::size)
       .def_property_readonly("capacity", &dhp::GroupPool::capacity);
+}
 
-  // --- tensor parallelism
+// Tensor-parallel groups and layers.
+void bind_tensor_parallel(py::module_& m) {
   py::class_<dhp::TensorParallel>(
       m, "TensorParallel",
       "TensorParallel(group, size, index): the `size` processes that split a module's linear "
@@ -725,8 +717,10 @@ PYBIND11_MODULE(_torch, m) {
       },
       py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("tp"),
       py::call_guard<py::gil_scoped_release>());
+}
 
-  // --- gradient sync
+// Bucketed gradient sync.
+void bind_gradient_sync(py::module_& m) {
   m.def(
       "sync_gradients",
       [](const std::vector<at::Tensor>& grads, Communicator& group, double bucket_mb) {
@@ -752,8 +746,10 @@ PYBIND11_MODULE(_torch, m) {
         buckets.finish();
       },
       py::arg("gradients"), py::arg("group"), py::arg("bucket_mb") = 0.0);
+}
 
-  // --- context-parallel attention
+// Ring and Ulysses attention.
+void bind_attention(py::module_& m) {
   py::class_<RingAttention>(m, "RingAttention")
       .def(py::init([](std::vector<std::int64_t> lengths, std::vector<int> ring,
                        Communicator& world, const std::vector<std::string>& kinds,
@@ -808,8 +804,10 @@ PYBIND11_MODULE(_torch, m) {
           [](RingAttention& r, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
              bool with_lse) { return attention_result(q, k, v, r.options, with_lse); },
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("with_lse") = false);
+}
 
-  // --- dispatch
+// A wave's dispatch of rows to the plan's ranks.
+void bind_dispatch(py::module_& m) {
   py::class_<Dispatch>(m, "WaveDispatch")
       .def(py::init<const std::string&, const std::string&, int, std::vector<int>,
                     Communicator&>(),
@@ -846,8 +844,10 @@ PYBIND11_MODULE(_torch, m) {
           },
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("softmax_scale"),
           py::arg("pool"), py::arg("ranks_per_node"), py::arg("with_lse"), py::keep_alive<1, 7>());
+}
 
-  // --- schedule and boundary
+// The step's schedule and the encoder-LLM boundary.
+void bind_schedule_and_boundary(py::module_& m) {
   py::class_<Schedule>(m, "StepSchedule")
       .def(py::init<const std::string&, const std::string&, const std::string&, int, int>(),
            py::arg("batch_json"), py::arg("plan_json"), py::arg("model_json"),
@@ -943,8 +943,10 @@ PYBIND11_MODULE(_torch, m) {
         d["min_backward"] = x.min_backward;
         return d;
       });
+}
 
-  // --- the step executor
+// The step executor, its model interface and its results.
+void bind_step_executor(py::module_& m) {
   py::class_<dhp::TorchStepModel, PyStepModel>(m, "StepModel").def(py::init<>());
 
   py::class_<dhp::TorchLlmContext>(
@@ -1056,4 +1058,24 @@ PYBIND11_MODULE(_torch, m) {
             e.executor->prewarm(plan);
           },
           py::arg("plan_json"));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_torch, m) {
+  m.doc() = "dhp's LibTorch layer for PyTorch (use dhp.torch).";
+  dhp_python::register_error_translator();
+#ifdef DHP_HAVE_NCCL
+  m.attr("has_nccl") = true;
+#else
+  m.attr("has_nccl") = false;
+#endif
+
+  bind_communicators(m);
+  bind_tensor_parallel(m);
+  bind_gradient_sync(m);
+  bind_attention(m);
+  bind_dispatch(m);
+  bind_schedule_and_boundary(m);
+  bind_step_executor(m);
 }
