@@ -11,9 +11,7 @@
 #include "units.hpp"
 
 namespace dhp::detail {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 double rank_llm_ms(const CostModel& cost, const std::vector<std::int64_t>& split, RingSpan ring,
                    const std::vector<std::int64_t>& whole) {

@@ -14,9 +14,7 @@
 #include "units.hpp"
 
 namespace dhp::detail {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 PlanAssembler::PlanAssembler(const std::string& strategy, const Batch& batch, const CostModel& cost,
                              const Layout& layout, const std::vector<WaveDraft>& waves,

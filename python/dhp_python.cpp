@@ -29,11 +29,11 @@ dhp::EncoderPlacement placement_from(const std::string& placement) {
 }
 
 dhp::PlannerOptions make_options(const std::string& strategy, int llm_tp, int encoder_tp,
-                                 const std::string& placement, int encoder_devices,
-                                 int max_waves, bool split_visual_items) {
+                                 const std::string& placement, int encoder_devices, int max_waves,
+                                 bool split_visual_items) {
   DHP_CHECK(llm_tp >= 0, InvalidArgument, "llm_tp={}: expected >= 1 (0: chosen per model)", llm_tp);
-  DHP_CHECK(encoder_tp >= 0, InvalidArgument,
-            "encoder_tp={}: expected >= 1 (0: chosen per model)", encoder_tp);
+  DHP_CHECK(encoder_tp >= 0, InvalidArgument, "encoder_tp={}: expected >= 1 (0: chosen per model)",
+            encoder_tp);
   DHP_CHECK(encoder_devices >= 0, InvalidArgument,
             "encoder_devices={}: expected >= 1 (0: chosen by the planner)", encoder_devices);
   DHP_CHECK(max_waves >= 1, InvalidArgument, "max_waves={}: expected >= 1", max_waves);
@@ -167,8 +167,8 @@ PYBIND11_MODULE(_dhp, m) {
       [](const std::string& samples_batch_json, int num_batches, int samples_per_batch,
          std::uint64_t seed) {
         DHP_CHECK(num_batches >= 1, InvalidArgument, "num_batches={}: expected >= 1", num_batches);
-        DHP_CHECK(samples_per_batch >= 1, InvalidArgument,
-                  "samples_per_batch={}: expected >= 1", samples_per_batch);
+        DHP_CHECK(samples_per_batch >= 1, InvalidArgument, "samples_per_batch={}: expected >= 1",
+                  samples_per_batch);
         const dhp::Batch pool = dhp::batch_from_json(samples_batch_json, "samples");
         return dhp::to_json(dhp::make_batches(pool.samples, num_batches, samples_per_batch, seed),
                             -1);
@@ -178,7 +178,9 @@ PYBIND11_MODULE(_dhp, m) {
 
   m.def(
       "plan_hash",
-      [](const std::string& plan_json) { return dhp::plan_hash(dhp::plan_from_json(plan_json, "plan")); },
+      [](const std::string& plan_json) {
+        return dhp::plan_hash(dhp::plan_from_json(plan_json, "plan"));
+      },
       py::arg("plan_json"), "The 64-bit hash of a plan that the runtime agrees on across ranks.");
   m.def(
       "encoder_span_tokens",

@@ -9,7 +9,8 @@
 // Lifetimes: autograd nodes keep raw pointers to their contexts (torch_step.hpp). Objects
 // whose contexts a graph uses (RingAttention, WaveDispatch, Boundary, TensorParallel) are
 // attached to the graph by dhp/torch.py (grad_fn.metadata), so they outlive its backward.
-#include <torch/extension.h>
+#include <torch/extension.h>  // first: Python.h and torch's pybind11 before anything else
+
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <fmt/format.h>
@@ -155,8 +156,8 @@ std::shared_ptr<Communicator> make_world(const std::string& backend, double time
 // ---------------------------------------------------------------- attention
 
 dhp::CpAttentionOptions attention_options(const dhp::WaveLayout* layout, Communicator* world,
-                                          dhp::GroupPool* pool, bool causal,
-                                          double softmax_scale, int ranks_per_node) {
+                                          dhp::GroupPool* pool, bool causal, double softmax_scale,
+                                          int ranks_per_node) {
   DHP_CHECK(softmax_scale >= 0, InvalidArgument,
             "softmax_scale={}: expected > 0 (or 0 for 1/sqrt(head_dim))", softmax_scale);
   DHP_CHECK(ranks_per_node >= 0, InvalidArgument, "ranks_per_node={}: expected >= 0",
@@ -214,8 +215,8 @@ struct RingAttention {
       : cp(std::move(lengths), std::move(ring), world.rank(), world.size(), std::move(sharding),
            attention_kind(attention)),
         world(&world),
-        options(attention_options(&cp.layout(), &world, pool, causal, softmax_scale,
-                                  ranks_per_node)) {
+        options(
+            attention_options(&cp.layout(), &world, pool, causal, softmax_scale, ranks_per_node)) {
     DHP_CHECK(attention == "ring" || pool != nullptr, InvalidArgument,
               "attention='{}' needs a GroupPool holding the ring's group (pool=...)", attention);
   }
@@ -226,8 +227,8 @@ struct RingAttention {
 
 std::vector<dhp::SequenceSharding> shardings_from(const std::vector<std::string>& kinds,
                                                   const std::vector<int>& members) {
-  DHP_CHECK(kinds.size() == members.size(), InvalidArgument,
-            "sharding: {} kinds for {} members", kinds.size(), members.size());
+  DHP_CHECK(kinds.size() == members.size(), InvalidArgument, "sharding: {} kinds for {} members",
+            kinds.size(), members.size());
   std::vector<dhp::SequenceSharding> out;
   for (std::size_t i = 0; i < kinds.size(); ++i) {
     if (kinds[i] == "zigzag") {
@@ -302,8 +303,7 @@ struct Schedule {
 };
 
 struct PyBoundary {
-  PyBoundary(Schedule& schedule, std::int64_t hidden, const std::string& dtype,
-             Communicator& world)
+  PyBoundary(Schedule& schedule, std::int64_t hidden, const std::string& dtype, Communicator& world)
       : schedule(&schedule), world(&world) {
     DHP_CHECK(hidden >= 1, InvalidArgument, "hidden={}: expected >= 1", hidden);
     DHP_CHECK(world.size() == schedule.schedule->world_size() &&
@@ -312,8 +312,8 @@ struct PyBoundary {
               schedule.schedule->world_rank(), schedule.schedule->world_size(), world.describe());
     const dhp::kernels::DType kind = dtype_from(dtype);
     options = at::TensorOptions().dtype(dhp::scalar_type(kind));
-    boundary = std::make_unique<dhp::Boundary>(
-        *schedule.schedule, hidden * dhp::data_type_size(dhp::data_type(kind)));
+    boundary = std::make_unique<dhp::Boundary>(*schedule.schedule,
+                                               hidden * dhp::data_type_size(dhp::data_type(kind)));
     for (int w = 0; w < schedule.schedule->waves(); ++w) {
       dhp::BoundaryWave& bw = waves.emplace_back();
       bw.boundary = boundary.get();
@@ -345,15 +345,18 @@ class PyStepModel : public dhp::TorchStepModel {
  public:
   at::Tensor encode(const at::Tensor& patches, dhp::TorchEncoderContext& ctx) override {
     py::gil_scoped_acquire gil;
-    return tensor_result(override_of("encode")(patches, py::cast(&ctx, py::return_value_policy::reference)), "encode");
+    return tensor_result(
+        override_of("encode")(patches, py::cast(&ctx, py::return_value_policy::reference)),
+        "encode");
   }
   at::Tensor llm_loss(const at::Tensor& tokens, const at::Tensor& visual,
                       const at::Tensor& visual_rows, const at::Tensor& labels,
                       dhp::TorchLlmContext& ctx) override {
     py::gil_scoped_acquire gil;
-    return tensor_result(override_of("llm_loss")(tokens, visual, visual_rows, labels,
-                                                 py::cast(&ctx, py::return_value_policy::reference)),
-                         "llm_loss");
+    return tensor_result(
+        override_of("llm_loss")(tokens, visual, visual_rows, labels,
+                                py::cast(&ctx, py::return_value_policy::reference)),
+        "llm_loss");
   }
   std::vector<at::Tensor> llm_parameters() override {
     py::gil_scoped_acquire gil;
@@ -368,10 +371,10 @@ class PyStepModel : public dhp::TorchStepModel {
   py::function override_of(const char* name) {
     py::function f = py::get_override(static_cast<const dhp::TorchStepModel*>(this), name);
     if (!f) {
-      DHP_THROW(InvalidArgument, "{}.{} is not implemented: a dhp.torch.StepModel subclass "
+      DHP_THROW(InvalidArgument,
+                "{}.{} is not implemented: a dhp.torch.StepModel subclass "
                 "defines encode, llm_loss, llm_parameters and encoder_parameters",
-                py::str(py::type::of(py::cast(this)).attr("__name__")).cast<std::string>(),
-                name);
+                py::str(py::type::of(py::cast(this)).attr("__name__")).cast<std::string>(), name);
     }
     return f;
   }
@@ -391,8 +394,8 @@ class PyStepModel : public dhp::TorchStepModel {
     int i = 0;
     for (const py::handle item : result) {
       if (!THPVariable_Check(item.ptr())) {
-        DHP_THROW(InvalidArgument, "StepModel.{}()[{}] is a {}; expected a torch.Tensor", method,
-                  i, py::str(py::type::of(item).attr("__name__")).cast<std::string>());
+        DHP_THROW(InvalidArgument, "StepModel.{}()[{}] is a {}; expected a torch.Tensor", method, i,
+                  py::str(py::type::of(item).attr("__name__")).cast<std::string>());
       }
       out.push_back(THPVariable_Unpack(item.ptr()));
       ++i;
@@ -408,9 +411,9 @@ struct PyStepExecutor {
                  double loss_scale)
       : model(dhp::model_from_json(model_json, "model")), llm_tp(llm_tp), encoder_tp(encoder_tp) {
     const dhp::TransformerSpec& llm = model.llm;
-    DHP_CHECK(llm_tp >= 1 && llm.heads % llm_tp == 0 && llm.kv_heads % llm_tp == 0,
-              InvalidArgument, "llm_tp={} must divide the LLM's {} query and {} KV heads", llm_tp,
-              llm.heads, llm.kv_heads);
+    DHP_CHECK(llm_tp >= 1 && llm.heads % llm_tp == 0 && llm.kv_heads % llm_tp == 0, InvalidArgument,
+              "llm_tp={} must divide the LLM's {} query and {} KV heads", llm_tp, llm.heads,
+              llm.kv_heads);
     DHP_CHECK(llm.hidden % llm.heads == 0, InvalidArgument,
               "model.llm.hidden={} is not a multiple of its heads={}", llm.hidden, llm.heads);
     DHP_CHECK(ranks_per_node >= 0, InvalidArgument, "ranks_per_node={}: expected >= 0",
@@ -429,8 +432,7 @@ struct PyStepExecutor {
                 InvalidArgument, "encoder_tp={} must divide the encoder's {} query and {} KV heads",
                 encoder_tp, enc.heads, enc.kv_heads);
       DHP_CHECK(enc.hidden % enc.heads == 0, InvalidArgument,
-                "model.encoder.hidden={} is not a multiple of its heads={}", enc.hidden,
-                enc.heads);
+                "model.encoder.hidden={} is not a multiple of its heads={}", enc.hidden, enc.heads);
       DHP_CHECK(patch_dim >= 1, InvalidArgument, "patch_dim={}: expected >= 1", patch_dim);
       o.patch_dim = patch_dim;
       o.encoder_attention = {enc.heads / encoder_tp, enc.kv_heads / encoder_tp,
@@ -471,9 +473,10 @@ struct PyStepExecutor {
                 InvalidArgument,
                 "inputs.{} is a {} {} tensor of shape {}{}; this process (rank {}) loaded samples "
                 "of {} LLM rows: expected a contiguous CPU int64 tensor of shape [{}]",
-                name, t.defined() ? t.device().str() : "", t.defined() ? std::string(c10::toString(t.scalar_type())) : "",
-                shape_of(t), t.defined() && !t.is_contiguous() ? " (not contiguous)" : "",
-                world.rank(), rows, rows);
+                name, t.defined() ? t.device().str() : "",
+                t.defined() ? std::string(c10::toString(t.scalar_type())) : "", shape_of(t),
+                t.defined() && !t.is_contiguous() ? " (not contiguous)" : "", world.rank(), rows,
+                rows);
     };
     check_rows(tokens, "tokens");
     check_rows(labels, "labels");
@@ -574,7 +577,8 @@ void bind_communicators(py::module_& m) {
             py::gil_scoped_release release;
             c.broadcast(t.data_ptr(), t.numel(), type, root);
           },
-          py::arg("tensor"), py::arg("root"), "Copies root's `tensor` into every member's, in place.")
+          py::arg("tensor"), py::arg("root"),
+          "Copies root's `tensor` into every member's, in place.")
       .def(
           "all_gather",
           [](Communicator& c, const at::Tensor& t) {
@@ -589,8 +593,7 @@ void bind_communicators(py::module_& m) {
             }
             return out;
           },
-          py::arg("tensor"),
-          "Every member's `tensor` stacked: a new tensor [size, *tensor.shape].")
+          py::arg("tensor"), "Every member's `tensor` stacked: a new tensor [size, *tensor.shape].")
       .def(
           "send",
           [](Communicator& c, const at::Tensor& t, int peer, int tag) {
@@ -616,10 +619,11 @@ void bind_communicators(py::module_& m) {
           },
           py::arg("tensor"), py::arg("peer"), py::arg("tag") = 0,
           "Receives into `tensor` (its shape and dtype must match the sender's) from `peer`.")
-      .def("abort", [](Communicator& c, const std::string& reason) { c.abort_with_reason(reason); },
-           py::arg("reason"),
-           "Tears the communicator down without waiting for peers; later calls raise "
-           "dhp.CommunicationError naming `reason`.");
+      .def(
+          "abort", [](Communicator& c, const std::string& reason) { c.abort_with_reason(reason); },
+          py::arg("reason"),
+          "Tears the communicator down without waiting for peers; later calls raise "
+          "dhp.CommunicationError naming `reason`.");
 
   m.def("world", &make_world, py::arg("backend"), py::arg("timeout_s"), py::arg("rank"),
         py::arg("world_size"), py::arg("local_rank"), py::arg("local_world_size"),
@@ -636,8 +640,8 @@ void bind_communicators(py::module_& m) {
            py::call_guard<py::gil_scoped_release>(),
            "Collective over the world: makes every group of `partition` (disjoint lists of "
            "world ranks, each in ring order) exist, with one split for all that are missing.")
-      .def("get", &dhp::GroupPool::get, py::arg("ranks"), py::return_value_policy::reference_internal,
-           py::call_guard<py::gil_scoped_release>(),
+      .def("get", &dhp::GroupPool::get, py::arg("ranks"),
+           py::return_value_policy::reference_internal, py::call_guard<py::gil_scoped_release>(),
            "The communicator of `ranks` (acquired before; it must contain this process).")
       .def("contains", &dhp::GroupPool::contains, py::arg("ranks"),
            "Whether the pool holds the group of `ranks`.")
@@ -648,8 +652,7 @@ void bind_communicators(py::module_& m) {
             py::gil_scoped_release release;
             pool.prewarm(plan);
           },
-          py::arg("plan_json"),
-          "Collective: acquires every group a plan (JSON text) needs.")
+          py::arg("plan_json"), "Collective: acquires every group a plan (JSON text) needs.")
       .def_property_readonly("stats", &pool_stats,
                              "hits, misses, creations, splits, destroyed and creation_ms (wall "
                              "milliseconds spent creating groups on this process).")
@@ -670,8 +673,8 @@ void bind_tensor_parallel(py::module_& m) {
                        "[0, size)",
                        size, index);
              DHP_CHECK(size == 1 || (group != nullptr && group->size() == size), InvalidArgument,
-                       "TensorParallel(size={}): needs a group of {} processes, got {}", size,
-                       size, group == nullptr ? std::string("None") : group->describe());
+                       "TensorParallel(size={}): needs a group of {} processes, got {}", size, size,
+                       group == nullptr ? std::string("None") : group->describe());
              DHP_CHECK(group == nullptr || group->rank() == index, InvalidArgument,
                        "TensorParallel(index={}): this process is rank {} of its group", index,
                        group == nullptr ? 0 : group->rank());
@@ -734,8 +737,7 @@ void bind_gradient_sync(py::module_& m) {
           check_comm_tensor(g, name.c_str(), group);
           DHP_CHECK(g.scalar_type() == type, InvalidArgument,
                     "gradients[{}] has dtype {}, gradients[0] has {}: one dtype per call", i,
-                    std::string(c10::toString(g.scalar_type())),
-                    std::string(c10::toString(type)));
+                    std::string(c10::toString(g.scalar_type())), std::string(c10::toString(type)));
           list.push_back({g.data_ptr(), g.numel()});
         }
         const dhp::DataType dtype = comm_type(grads.front(), "gradients[0]");
@@ -753,9 +755,8 @@ void bind_attention(py::module_& m) {
   py::class_<RingAttention>(m, "RingAttention")
       .def(py::init([](std::vector<std::int64_t> lengths, std::vector<int> ring,
                        Communicator& world, const std::vector<std::string>& kinds,
-                       const std::vector<int>& members, const std::string& attention,
-                       bool causal, double softmax_scale, dhp::GroupPool* pool,
-                       int ranks_per_node) {
+                       const std::vector<int>& members, const std::string& attention, bool causal,
+                       double softmax_scale, dhp::GroupPool* pool, int ranks_per_node) {
              return std::make_unique<RingAttention>(std::move(lengths), std::move(ring), world,
                                                     shardings_from(kinds, members), attention,
                                                     causal, softmax_scale, pool, ranks_per_node);
@@ -770,7 +771,8 @@ void bind_attention(py::module_& m) {
       .def_property_readonly("packed_rows",
                              [](const RingAttention& r) { return long_tensor(r.cp.packed_rows()); })
       .def_property_readonly(
-          "positions", [](const RingAttention& r) { return long_tensor_of(r.cp.layout().positions); })
+          "positions",
+          [](const RingAttention& r) { return long_tensor_of(r.cp.layout().positions); })
       .def_property_readonly("sharding",
                              [](const RingAttention& r) {
                                py::list out;
@@ -781,11 +783,11 @@ void bind_attention(py::module_& m) {
       .def(
           "gather",
           [](RingAttention& r, const at::Tensor& local) {
-            DHP_CHECK(local.defined() && local.dim() >= 1 && local.size(0) == r.cp.local_rows() &&
-                          local.is_cpu(),
-                      InvalidArgument,
-                      "gather: local has shape {} on {}; expected {} rows on the CPU",
-                      shape_of(local), local.defined() ? local.device().str() : "", r.cp.local_rows());
+            DHP_CHECK(
+                local.defined() && local.dim() >= 1 && local.size(0) == r.cp.local_rows() &&
+                    local.is_cpu(),
+                InvalidArgument, "gather: local has shape {} on {}; expected {} rows on the CPU",
+                shape_of(local), local.defined() ? local.device().str() : "", r.cp.local_rows());
             const at::Tensor source = local.contiguous();
             std::vector<std::int64_t> sizes = source.sizes().vec();
             sizes[0] = r.cp.total_rows();
@@ -809,23 +811,30 @@ void bind_attention(py::module_& m) {
 // A wave's dispatch of rows to the plan's ranks.
 void bind_dispatch(py::module_& m) {
   py::class_<Dispatch>(m, "WaveDispatch")
-      .def(py::init<const std::string&, const std::string&, int, std::vector<int>,
-                    Communicator&>(),
+      .def(py::init<const std::string&, const std::string&, int, std::vector<int>, Communicator&>(),
            py::arg("batch_json"), py::arg("plan_json"), py::arg("wave"), py::arg("sample_owners"),
            py::arg("world"), py::keep_alive<1, 6>())
-      .def_property_readonly("owned_rows", [](const Dispatch& d) { return d.dispatch->owned_rows(); })
-      .def_property_readonly("local_rows", [](const Dispatch& d) { return d.dispatch->local_rows(); })
-      .def_property_readonly("plan_rank", [](const Dispatch& d) { return d.dispatch->layout().plan_rank; })
-      .def_property_readonly("tp_index", [](const Dispatch& d) { return d.dispatch->layout().tp_index; })
+      .def_property_readonly("owned_rows",
+                             [](const Dispatch& d) { return d.dispatch->owned_rows(); })
+      .def_property_readonly("local_rows",
+                             [](const Dispatch& d) { return d.dispatch->local_rows(); })
+      .def_property_readonly("plan_rank",
+                             [](const Dispatch& d) { return d.dispatch->layout().plan_rank; })
+      .def_property_readonly("tp_index",
+                             [](const Dispatch& d) { return d.dispatch->layout().tp_index; })
       .def_property_readonly("group", [](const Dispatch& d) { return d.dispatch->layout().group; })
-      .def_property_readonly("group_ranks",
-                             [](const Dispatch& d) { return d.dispatch->layout().group_world_ranks; })
-      .def_property_readonly("member", [](const Dispatch& d) { return d.dispatch->layout().member; })
-      .def_property_readonly("positions",
-                             [](const Dispatch& d) { return long_tensor_of(d.dispatch->layout().positions); })
-      .def_property_readonly("cu_seqlens",
-                             [](const Dispatch& d) { return long_tensor_of(d.dispatch->layout().cu_seqlens); })
-      .def_property_readonly("pieces", [](const Dispatch& d) { return pieces_of(d.dispatch->layout()); })
+      .def_property_readonly(
+          "group_ranks", [](const Dispatch& d) { return d.dispatch->layout().group_world_ranks; })
+      .def_property_readonly("member",
+                             [](const Dispatch& d) { return d.dispatch->layout().member; })
+      .def_property_readonly(
+          "positions",
+          [](const Dispatch& d) { return long_tensor_of(d.dispatch->layout().positions); })
+      .def_property_readonly(
+          "cu_seqlens",
+          [](const Dispatch& d) { return long_tensor_of(d.dispatch->layout().cu_seqlens); })
+      .def_property_readonly("pieces",
+                             [](const Dispatch& d) { return pieces_of(d.dispatch->layout()); })
       .def(
           "__call__",
           [](Dispatch& d, const at::Tensor& owned) {
@@ -864,10 +873,11 @@ void bind_schedule_and_boundary(py::module_& m) {
                              [](const Schedule& s) {
                                py::list out;
                                for (const dhp::StepAction& a : s.schedule->program()) {
-                                 const char* kind =
-                                     a.kind == dhp::StepActionKind::EncoderForward ? "encoder_forward"
-                                     : a.kind == dhp::StepActionKind::LlmWave     ? "llm"
-                                                                                  : "encoder_backward";
+                                 const char* kind = a.kind == dhp::StepActionKind::EncoderForward
+                                                        ? "encoder_forward"
+                                                    : a.kind == dhp::StepActionKind::LlmWave
+                                                        ? "llm"
+                                                        : "encoder_backward";
                                  out.append(py::make_tuple(kind, a.wave));
                                }
                                return out;
@@ -928,12 +938,11 @@ void bind_schedule_and_boundary(py::module_& m) {
             return dhp::boundary_receive(anchor, w);
           },
           py::arg("anchor"), py::arg("wave"))
-      .def(
-          "wait",
-          [](PyBoundary& b) {
-            py::gil_scoped_release release;
-            for (dhp::BoundaryWave& w : b.waves) w.wait_pending();
-          })
+      .def("wait",
+           [](PyBoundary& b) {
+             py::gil_scoped_release release;
+             for (dhp::BoundaryWave& w : b.waves) w.wait_pending();
+           })
       .def_property_readonly("bytes", [](const PyBoundary& b) {
         const dhp::BoundaryBytes& x = b.boundary->bytes();
         py::dict d;
@@ -960,10 +969,13 @@ void bind_step_executor(py::module_& m) {
       .def_readonly("heads", &dhp::TorchLlmContext::heads)
       .def_readonly("kv_heads", &dhp::TorchLlmContext::kv_heads)
       .def_readonly("tp", &dhp::TorchLlmContext::tp)
-      .def_property_readonly("rows", [](const dhp::TorchLlmContext& c) { return c.work->layout.rows; })
-      .def_property_readonly("group_ranks",
-                             [](const dhp::TorchLlmContext& c) { return c.work->layout.group_world_ranks; })
-      .def_property_readonly("pieces", [](const dhp::TorchLlmContext& c) { return pieces_of(c.work->layout); })
+      .def_property_readonly("rows",
+                             [](const dhp::TorchLlmContext& c) { return c.work->layout.rows; })
+      .def_property_readonly(
+          "group_ranks",
+          [](const dhp::TorchLlmContext& c) { return c.work->layout.group_world_ranks; })
+      .def_property_readonly(
+          "pieces", [](const dhp::TorchLlmContext& c) { return pieces_of(c.work->layout); })
       .def(
           "attention",
           [](const dhp::TorchLlmContext& c, const at::Tensor& q, const at::Tensor& k,
@@ -985,9 +997,9 @@ void bind_step_executor(py::module_& m) {
                              [](const dhp::TorchEncoderContext& c) { return c.work->patch_rows; })
       .def_property_readonly("token_rows",
                              [](const dhp::TorchEncoderContext& c) { return c.work->token_rows; })
-      .def_property_readonly("heads", [](const dhp::TorchEncoderContext& c) {
-        return c.attention_context.shape.heads_q;
-      })
+      .def_property_readonly(
+          "heads",
+          [](const dhp::TorchEncoderContext& c) { return c.attention_context.shape.heads_q; })
       .def(
           "attention",
           [](const dhp::TorchEncoderContext& c, const at::Tensor& q, const at::Tensor& k,
@@ -999,14 +1011,16 @@ void bind_step_executor(py::module_& m) {
       "One timed piece of this process's step: kind (dispatch, encoder_forward, boundary, "
       "llm, encoder_backward, grad_sync), wave, start_ms and end_ms (since the step's start), "
       "tokens (rows or patches it covered).")
-      .def_property_readonly("kind", [](const dhp::StepEvent& e) { return std::string(event_kind(e.kind)); })
+      .def_property_readonly(
+          "kind", [](const dhp::StepEvent& e) { return std::string(event_kind(e.kind)); })
       .def_readonly("wave", &dhp::StepEvent::wave)
       .def_readonly("start_ms", &dhp::StepEvent::start_ms)
       .def_readonly("end_ms", &dhp::StepEvent::end_ms)
       .def_readonly("tokens", &dhp::StepEvent::tokens)
       .def("__repr__", [](const dhp::StepEvent& e) {
-        return fmt::format("StepEvent(kind='{}', wave={}, start_ms={:.3f}, end_ms={:.3f}, tokens={})",
-                           event_kind(e.kind), e.wave, e.start_ms, e.end_ms, e.tokens);
+        return fmt::format(
+            "StepEvent(kind='{}', wave={}, start_ms={:.3f}, end_ms={:.3f}, tokens={})",
+            event_kind(e.kind), e.wave, e.start_ms, e.end_ms, e.tokens);
       });
 
   py::class_<dhp::StepStats>(
@@ -1019,12 +1033,13 @@ void bind_step_executor(py::module_& m) {
       .def_readonly("loss", &dhp::StepStats::loss)
       .def_readonly("loss_tokens", &dhp::StepStats::loss_tokens)
       .def_readonly("comm_created", &dhp::StepStats::comm_created)
-      .def_property_readonly("boundary_bytes", [](const dhp::StepStats& s) {
-        return s.boundary.sent_forward + s.boundary.sent_backward;
-      })
-      .def_property_readonly("boundary_min_bytes", [](const dhp::StepStats& s) {
-        return s.boundary.min_forward + s.boundary.min_backward;
-      })
+      .def_property_readonly("boundary_bytes",
+                             [](const dhp::StepStats& s) {
+                               return s.boundary.sent_forward + s.boundary.sent_backward;
+                             })
+      .def_property_readonly(
+          "boundary_min_bytes",
+          [](const dhp::StepStats& s) { return s.boundary.min_forward + s.boundary.min_backward; })
       .def_readonly("dispatch_bytes", &dhp::StepStats::dispatch_bytes)
       .def_readonly("dispatch_min_bytes", &dhp::StepStats::dispatch_min_bytes)
       .def_readonly("dispatch_ms", &dhp::StepStats::dispatch_ms)
@@ -1036,8 +1051,9 @@ void bind_step_executor(py::module_& m) {
       .def_readonly("events", &dhp::StepStats::events)
       .def_readonly("grad_buckets_before_finish", &dhp::StepStats::grad_buckets_before_finish)
       .def("__repr__", [](const dhp::StepStats& s) {
-        return fmt::format("StepStats(loss={:.6g}, loss_tokens={}, step_ms={:.2f}, comm_created={})",
-                           s.loss, s.loss_tokens, s.step_ms, s.comm_created);
+        return fmt::format(
+            "StepStats(loss={:.6g}, loss_tokens={}, step_ms={:.2f}, comm_created={})", s.loss,
+            s.loss_tokens, s.step_ms, s.comm_created);
       });
 
   py::class_<PyStepExecutor>(m, "StepExecutor")
@@ -1046,7 +1062,8 @@ void bind_step_executor(py::module_& m) {
            py::arg("world"), py::arg("pool"), py::arg("model_json"), py::arg("dtype"),
            py::arg("patch_dim"), py::arg("llm_tp"), py::arg("encoder_tp"),
            py::arg("ranks_per_node"), py::arg("llm_softmax_scale"),
-           py::arg("encoder_softmax_scale"), py::arg("loss_scale") = 1.0, py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
+           py::arg("encoder_softmax_scale"), py::arg("loss_scale") = 1.0, py::keep_alive<1, 2>(),
+           py::keep_alive<1, 3>())
       .def("run", &PyStepExecutor::run, py::arg("batch_json"), py::arg("plan_json"),
            py::arg("sample_owners"), py::arg("tokens"), py::arg("labels"), py::arg("patches"),
            py::arg("model"))

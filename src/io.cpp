@@ -95,8 +95,8 @@ void expect_keys(const json& obj, const std::string& path,
     if (!closest.best().empty())
       DHP_THROW(InvalidInput, "{}: unknown field (value {}); did you mean '{}'?",
                 field_path(path, key), show(value), field_path(path, closest.best()));
-    DHP_THROW(InvalidInput, "{}: unknown field (value {}); known fields: {}",
-              field_path(path, key), show(value), fmt::join(known, ", "));
+    DHP_THROW(InvalidInput, "{}: unknown field (value {}); known fields: {}", field_path(path, key),
+              show(value), fmt::join(known, ", "));
   }
 }
 
@@ -484,9 +484,9 @@ int small_int(const json& obj, const std::string& path, const char* key, std::in
 
 Plan plan_from(const json& obj, const std::string& path) {
   expect_object(obj, path);
-  expect_keys(obj, path,
-              {"strategy", "step", "placement", "llm", "encoder", "waves", "encoder_tasks",
-               "estimate"});
+  expect_keys(
+      obj, path,
+      {"strategy", "step", "placement", "llm", "encoder", "waves", "encoder_tasks", "estimate"});
   Plan plan;
   read_string(obj, path, "strategy", plan.strategy, true);
   plan.step = as_int(require(obj, path, "step"), field_path(path, "step"), 0,

@@ -1,7 +1,8 @@
 // dhp_train_vlm: trains a small vision-language model with a new dhp plan every batch.
 //
 //   mpirun -np 4 build/examples/dhp_train_vlm --steps 20 --verify
-//   torchrun --redirects 2 --tee 2 --no_python --nproc_per_node 4 build/examples/dhp_train_vlm --steps 20 --verify
+//   torchrun --redirects 2 --tee 2 --no_python --nproc_per_node 4 build/examples/dhp_train_vlm
+//   --steps 20 --verify
 //
 // Every rank plans every batch with dhp::Planner (the plan hash is checked across ranks),
 // the step executor runs the plan (encoder, boundary, LLM with CP groups of any size, tensor
@@ -102,17 +103,16 @@ struct Planning {
 class Calibration {
  public:
   Calibration(const Planning& planning, const dhp::Plan& plan, int steps)
-      : planning_(planning), steps_(steps),
-        defaults_(dhp::defaults_for(planning.cluster)) {
+      : planning_(planning), steps_(steps), defaults_(dhp::defaults_for(planning.cluster)) {
     tp_ = plan.llm.tp;
     encoder_tp_ = plan.encoder.tp;
   }
   bool active() const { return steps_ > 0; }
 
   // Rank 0 collects the first `steps` steps' measurements; then every rank gets the fit.
-  std::optional<dhp::CostCoefficients> after_step(dhp::Communicator& world, int step,
-                                                  const dhp::Batch& batch, const dhp::Plan& plan,
-                                                  const std::vector<std::vector<dhp::StepEvent>>& events) {
+  std::optional<dhp::CostCoefficients> after_step(
+      dhp::Communicator& world, int step, const dhp::Batch& batch, const dhp::Plan& plan,
+      const std::vector<std::vector<dhp::StepEvent>>& events) {
     if (step >= steps_) return std::nullopt;
     const dhp::EncoderSpec encoder = *planning_.config.spec().encoder;
     if (world.rank() == 0) {
@@ -125,9 +125,11 @@ class Calibration {
       report_ = dhp::calibrate(planning_.cluster, planning_.config.spec(), tp_, encoder_tp_,
                                measurements_);
       const dhp::CostCoefficients& f = report_.coefficients;
-      c = {f.gemm_efficiency, f.attention_efficiency, f.half_efficiency_tokens,
-           f.layer_overhead_us, f.ring_step_overhead_us, f.comm_efficiency,
-           f.overlap_efficiency, f.activation_bytes_per_token_layer, f.grad_sync_overlap};
+      c = {f.gemm_efficiency,        f.attention_efficiency,
+           f.half_efficiency_tokens, f.layer_overhead_us,
+           f.ring_step_overhead_us,  f.comm_efficiency,
+           f.overlap_efficiency,     f.activation_bytes_per_token_layer,
+           f.grad_sync_overlap};
     }
     world.broadcast(c.data(), static_cast<std::int64_t>(c.size()), dhp::DataType::F64, 0);
     calibrated_ = dhp::CostCoefficients{c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]};
@@ -142,8 +144,8 @@ class Calibration {
     return {with_defaults, simulator(*calibrated_).run(plan, batch).step_ms};
   }
   dhp::Simulator simulator(const dhp::CostCoefficients& c) const {
-    return dhp::Simulator(dhp::CostModel(planning_.cluster, planning_.config.spec(), tp_,
-                                         encoder_tp_, c));
+    return dhp::Simulator(
+        dhp::CostModel(planning_.cluster, planning_.config.spec(), tp_, encoder_tp_, c));
   }
   const std::optional<dhp::CostCoefficients>& calibrated() const { return calibrated_; }
   const dhp::CalibrationReport& report() const { return report_; }
@@ -193,9 +195,10 @@ std::string step_line(int step, const dhp::Plan& plan, int world, const vlm::Ste
       plan.waves.size(), cut, dhp::to_string(plan.placement), plan.encoder.tp, plan.llm.tp,
       s.comm_created, s.boundary.sent_forward + s.boundary.sent_backward,
       s.boundary.min_forward + s.boundary.min_backward, s.dispatch_bytes, s.dispatch_min_bytes,
-      t.step, plan_ms, t.dispatch, t.encoder, t.boundary, t.llm, t.grad_sync,
-      plan.estimate.step_ms, simulated.first);
-  if (simulated.second) line += fmt::format(", \"simulated_calibrated_ms\": {:.2f}", *simulated.second);
+      t.step, plan_ms, t.dispatch, t.encoder, t.boundary, t.llm, t.grad_sync, plan.estimate.step_ms,
+      simulated.first);
+  if (simulated.second)
+    line += fmt::format(", \"simulated_calibrated_ms\": {:.2f}", *simulated.second);
   if (r.ref_loss)
     line += fmt::format(", \"ref_loss\": {:.8f}, \"max_grad_rel_err\": {:.3e}", *r.ref_loss,
                         *r.max_grad_rel_err);
@@ -210,13 +213,12 @@ void write_timeline(const std::string& path, const dhp::Batch& batch, const dhp:
   dhp::StepTimeline measured = vlm::measured_timeline(batch, plan, encoder, events);
   measured.title = fmt::format("measured on this machine: step {:.1f} ms, {} CPU processes",
                                measured.end_ms, events.size());
-  const dhp::CostCoefficients& c = calibration.calibrated() ? *calibration.calibrated()
-                                                            : calibration.defaults();
+  const dhp::CostCoefficients& c =
+      calibration.calibrated() ? *calibration.calibrated() : calibration.defaults();
   const dhp::SimulationResult sim = calibration.simulator(c).run(plan, batch, true);
   dhp::StepTimeline simulated = dhp::plan_timeline(plan, batch, sim);
   simulated.title = fmt::format("simulated ({} cost model): step {:.1f} ms",
-                                calibration.calibrated() ? "calibrated" : "default",
-                                sim.step_ms);
+                                calibration.calibrated() ? "calibrated" : "default", sim.step_ms);
   std::ofstream(path) << dhp::timelines_to_svg(std::vector<dhp::StepTimeline>{measured, simulated});
 }
 
@@ -256,15 +258,15 @@ int train(dhp::CommandLine& cli) {
   Calibration calibration(planning, plan, static_cast<int>(cli.integer("--calibrate", 0)));
   const std::string timeline = cli.value_or("--timeline", "");
   if (me == 0)
-    std::fprintf(stderr,
-                 "dhp_train_vlm: %d processes, %s%s, %s, LLM %d ranks x tp %d, encoder %d ranks x "
-                 "tp %d, %.4f GiB per process%s\n",
-                 n, dtype_name.c_str(),
-                 mixed ? fmt::format(" (fp32 master weights, loss scale {:g})", loss_scale).c_str()
-                       : "",
-                 dhp::to_string(plan.placement), plan.llm.ranks,
-                 plan.llm.tp, plan.encoder.ranks, plan.encoder.tp,
-                 planning.cluster.mem_capacity_gib, verify ? ", verifying against one process" : "");
+    std::fprintf(
+        stderr,
+        "dhp_train_vlm: %d processes, %s%s, %s, LLM %d ranks x tp %d, encoder %d ranks x "
+        "tp %d, %.4f GiB per process%s\n",
+        n, dtype_name.c_str(),
+        mixed ? fmt::format(" (fp32 master weights, loss scale {:g})", loss_scale).c_str() : "",
+        dhp::to_string(plan.placement), plan.llm.ranks, plan.llm.tp, plan.encoder.ranks,
+        plan.encoder.tp, planning.cluster.mem_capacity_gib,
+        verify ? ", verifying against one process" : "");
 
   const auto start = Clock::now();
   const double tolerance = vlm::verify_tolerance(trainer_options.dtype);
@@ -275,7 +277,8 @@ int train(dhp::CommandLine& cli) {
     const dhp::Batch& batch = planning.batches[static_cast<std::size_t>(s)];
     const auto plan_start = Clock::now();
     dhp::Plan next = planning.planner->plan(planning.batches[static_cast<std::size_t>(s + 1)]);
-    const double plan_ms = std::chrono::duration<double, std::milli>(Clock::now() - plan_start).count();
+    const double plan_ms =
+        std::chrono::duration<double, std::milli>(Clock::now() - plan_start).count();
     const vlm::StepReport r = trainer.step(batch, plan, &next);
     const PhaseTimes times = slowest(world, r.stats);
     std::vector<std::vector<dhp::StepEvent>> events;
@@ -293,8 +296,9 @@ int train(dhp::CommandLine& cli) {
     if (me == 0) {
       std::printf("%s\n", step_line(s, plan, n, r, times, plan_ms, simulated).c_str());
       std::fflush(stdout);
-      if (r.ref_loss && (*r.max_grad_rel_err > tolerance ||
-                         std::abs(r.stats.loss - *r.ref_loss) > tolerance * std::abs(*r.ref_loss))) {
+      if (r.ref_loss &&
+          (*r.max_grad_rel_err > tolerance ||
+           std::abs(r.stats.loss - *r.ref_loss) > tolerance * std::abs(*r.ref_loss))) {
         ++mismatches;
         std::fprintf(stderr,
                      "step %d: the run does not match one process (loss %.10g vs %.10g, gradient "
@@ -302,7 +306,9 @@ int train(dhp::CommandLine& cli) {
                      s, r.stats.loss, *r.ref_loss, *r.max_grad_rel_err, tolerance);
       }
       std::fprintf(stderr, "step %d/%d: loss %.4f%s (%.1f s)\n", s + 1, steps, r.stats.loss,
-                   r.max_grad_rel_err ? fmt::format(", gradient error {:.1e}", *r.max_grad_rel_err).c_str() : "",
+                   r.max_grad_rel_err
+                       ? fmt::format(", gradient error {:.1e}", *r.max_grad_rel_err).c_str()
+                       : "",
                    std::chrono::duration<double>(Clock::now() - start).count());
       if (!timeline.empty() && s + 1 == steps)
         write_timeline(timeline, batch, plan, events, calibration, planning.config);
@@ -350,12 +356,13 @@ int main(int argc, char** argv) {
       .option("--seed", "S", "parameters, data and batches (default 1)")
       .option("--lr", "X", "AdamW learning rate (default 3e-3)")
       .option("--batch-size", "N", "samples per global batch (default 8)")
-      .flag("--verify",
-            "world rank 0 also trains the same model on one process on the same batches; each "
-            "line adds ref_loss and max_grad_rel_err (largest ||g - g_ref|| / ||g_ref||); exits 1 "
-            "past 1e-9 (float64) or 1e-4 (float32); a 16-bit run is compared with the float64 "
-            "reference restarted every step from the run's master weights, bound 1e-1 (bfloat16) or "
-            "1e-2 (float16)")
+      .flag(
+          "--verify",
+          "world rank 0 also trains the same model on one process on the same batches; each "
+          "line adds ref_loss and max_grad_rel_err (largest ||g - g_ref|| / ||g_ref||); exits 1 "
+          "past 1e-9 (float64) or 1e-4 (float32); a 16-bit run is compared with the float64 "
+          "reference restarted every step from the run's master weights, bound 1e-1 (bfloat16) or "
+          "1e-2 (float16)")
       .section("Layout")
       .option("--placement", "auto|colocated|disjoint",
               "the encoder on the LLM's processes or on its own, one wave ahead (default auto: "
@@ -376,10 +383,11 @@ int main(int argc, char** argv) {
       .option("--timeline", "FILE.svg",
               "draw the last step as measured (every process) above the simulator's prediction "
               "of its plan")
-      .note("Batches come from ActivityNet (videos) and MathVista (images) in data/, scaled down "
-            "to CPU size with the long tail kept. Output: one JSON line per step on stdout "
-            "(rank 0): loss, plan hash, CP degrees, layout, communicators created, boundary and "
-            "input bytes against their minimum, the slowest process's time per phase (ms), the "
-            "planner's estimate and the simulated step; progress on stderr.");
+      .note(
+          "Batches come from ActivityNet (videos) and MathVista (images) in data/, scaled down "
+          "to CPU size with the long tail kept. Output: one JSON line per step on stdout "
+          "(rank 0): loss, plan hash, CP degrees, layout, communicators created, boundary and "
+          "input bytes against their minimum, the slowest process's time per phase (ms), the "
+          "planner's estimate and the simulated step; progress on stderr.");
   return dhp::run_tool(cli, argc, argv, [&] { return train(cli); });
 }

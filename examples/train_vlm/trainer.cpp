@@ -51,10 +51,10 @@ double verify_tolerance(at::ScalarType dtype) {
 Trainer::Trainer(dhp::Communicator& world, dhp::GroupPool& pool, TrainerOptions options)
     : world_(world), options_(std::move(options)), encoder_spec_(*options_.config.spec().encoder) {
   const Config& c = options_.config;
-  DHP_CHECK(options_.dtype == at::kFloat || options_.dtype == at::kDouble ||
-                is_16bit(options_.dtype),
-            InvalidArgument, "train_vlm: dtype {} (float32, float64, bfloat16 or float16)",
-            c10::toString(options_.dtype));
+  DHP_CHECK(
+      options_.dtype == at::kFloat || options_.dtype == at::kDouble || is_16bit(options_.dtype),
+      InvalidArgument, "train_vlm: dtype {} (float32, float64, bfloat16 or float16)",
+      c10::toString(options_.dtype));
   mixed_ = is_16bit(options_.dtype);
   DHP_CHECK(std::isfinite(options_.loss_scale) && options_.loss_scale > 0 &&
                 (mixed_ || options_.loss_scale == 1),
@@ -100,7 +100,8 @@ Trainer::Trainer(dhp::Communicator& world, dhp::GroupPool& pool, TrainerOptions 
     trained = step_model_->llm_parameters();
     for (const at::Tensor& p : step_model_->encoder_parameters()) trained.push_back(p);
   }
-  const auto adamw = torch::optim::AdamWOptions(options_.learning_rate).weight_decay(options_.weight_decay);
+  const auto adamw =
+      torch::optim::AdamWOptions(options_.learning_rate).weight_decay(options_.weight_decay);
   if (!trained.empty()) optimizer_ = std::make_unique<torch::optim::AdamW>(trained, adamw);
 
   dhp::StepOptions step;
@@ -120,8 +121,8 @@ Trainer::Trainer(dhp::Communicator& world, dhp::GroupPool& pool, TrainerOptions 
     const at::ScalarType ref_dtype = mixed_ ? at::kDouble : options_.dtype;
     std::vector<at::Tensor> whole;
     for (const at::Tensor& p : full) whole.push_back(p.to(ref_dtype).clone().requires_grad_(true));
-    reference_ = std::make_unique<Model>(c, std::move(whole), dhp::TensorParallel{},
-                                         dhp::TensorParallel{});
+    reference_ =
+        std::make_unique<Model>(c, std::move(whole), dhp::TensorParallel{}, dhp::TensorParallel{});
     reference_optimizer_ = std::make_unique<torch::optim::AdamW>(reference_->parameters(), adamw);
   }
 }
@@ -132,14 +133,15 @@ StepReport Trainer::step(const dhp::Batch& batch, const dhp::Plan& plan, const d
   const auto same = [](const dhp::ModuleLayout& a, const dhp::ModuleLayout& b) {
     return a.tp == b.tp && a.first_device == b.first_device && a.ranks == b.ranks;
   };
-  DHP_CHECK(same(plan.llm, options_.llm) && same(plan.encoder, options_.encoder) &&
-                plan.placement == options_.placement,
-            InvalidArgument,
-            "train_vlm: step {}: the plan's layout (LLM {} ranks x tp {} from device {}, encoder {} "
-            "ranks x tp {} from device {}, {}) is not the run's: the model's slices follow the "
-            "run's layout",
-            plan.step, plan.llm.ranks, plan.llm.tp, plan.llm.first_device, plan.encoder.ranks,
-            plan.encoder.tp, plan.encoder.first_device, dhp::to_string(plan.placement));
+  DHP_CHECK(
+      same(plan.llm, options_.llm) && same(plan.encoder, options_.encoder) &&
+          plan.placement == options_.placement,
+      InvalidArgument,
+      "train_vlm: step {}: the plan's layout (LLM {} ranks x tp {} from device {}, encoder {} "
+      "ranks x tp {} from device {}, {}) is not the run's: the model's slices follow the "
+      "run's layout",
+      plan.step, plan.llm.ranks, plan.llm.tp, plan.llm.first_device, plan.encoder.ranks,
+      plan.encoder.tp, plan.encoder.first_device, dhp::to_string(plan.placement));
   dhp::GroupPool& pool = executor_->core().pool();
   const std::int64_t created_before = pool.stats().creations;
   const dhp::StepGroups groups = executor_->core().groups(plan);
@@ -244,13 +246,15 @@ std::vector<at::Tensor> Trainer::gather(const std::function<at::Tensor(std::size
       if (me == holder && me != 0) {
         const at::Tensor g = local(i);
         const at::Tensor send = g.contiguous();
-        world_.send(send.data_ptr(), send.numel(), dhp::data_type(kernel_dtype(grad_dtype)), 0, 30 + t);
+        world_.send(send.data_ptr(), send.numel(), dhp::data_type(kernel_dtype(grad_dtype)), 0,
+                    30 + t);
       } else if (me == 0) {
         if (holder == 0) {
           parts.push_back(local(i).clone());
         } else {
           std::vector<std::int64_t> shape = infos[i].shape;
-          if (infos[i].split_dim >= 0) shape[static_cast<std::size_t>(infos[i].split_dim)] /= slices;
+          if (infos[i].split_dim >= 0)
+            shape[static_cast<std::size_t>(infos[i].split_dim)] /= slices;
           at::Tensor recv = at::empty(shape, at::TensorOptions().dtype(grad_dtype));
           world_.recv(recv.data_ptr(), recv.numel(), dhp::data_type(kernel_dtype(grad_dtype)),
                       holder, 30 + t);

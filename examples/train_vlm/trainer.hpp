@@ -6,9 +6,9 @@
 
 #include <cstdint>
 #include <functional>
-#include <string>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "dhp/communicator.hpp"
@@ -29,7 +29,7 @@ struct TrainerOptions {
   Config config;
   at::ScalarType dtype = at::kFloat;  // float32, float64, bfloat16 or float16
   double loss_scale = 1;              // static loss scale (16-bit only; 1 for float32/64)
-  std::uint64_t seed = 1;  // parameters and data
+  std::uint64_t seed = 1;             // parameters and data
   double learning_rate = 3e-3;
   double weight_decay = 0.01;
   bool verify = false;
@@ -83,9 +83,9 @@ class Trainer {
   std::unique_ptr<Model> model_;
   std::unique_ptr<StepModel> step_model_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
-  bool mixed_ = false;              // 16-bit parameters with fp32 master weights
-  std::vector<at::Tensor> master_;  // mixed: fp32 copies of every parameter (param_infos order)
-  std::vector<char> held_;          // the parameters this process trains
+  bool mixed_ = false;                // 16-bit parameters with fp32 master weights
+  std::vector<at::Tensor> master_;    // mixed: fp32 copies of every parameter (param_infos order)
+  std::vector<char> held_;            // the parameters this process trains
   std::unique_ptr<Model> reference_;  // world rank 0 with verify
   std::unique_ptr<torch::optim::AdamW> reference_optimizer_;
   dhp::TensorParallel llm_tp_, encoder_tp_;

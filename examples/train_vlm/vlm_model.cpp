@@ -16,9 +16,7 @@ namespace {
 bool is_16bit(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
-at::Tensor wide(const at::Tensor& t) {
-  return t.defined() && is_16bit(t) ? t.to(at::kFloat) : t;
-}
+at::Tensor wide(const at::Tensor& t) { return t.defined() && is_16bit(t) ? t.to(at::kFloat) : t; }
 
 // (Not named linear/layer_norm/gelu: argument-dependent lookup would also find at::'s.)
 at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
@@ -188,8 +186,8 @@ at::Tensor Model::rotary(const at::Tensor& input, const at::Tensor& positions) c
   const at::Tensor& x = input;
   const std::int64_t d = x.size(2), half = d / 2;
   const auto options = x.options();
-  const at::Tensor inv =
-      at::exp(at::arange(0, half, options) * (-2.0 * std::log(config_.rope_base) / static_cast<double>(d)));
+  const at::Tensor inv = at::exp(at::arange(0, half, options) *
+                                 (-2.0 * std::log(config_.rope_base) / static_cast<double>(d)));
   const at::Tensor angles = positions.to(x.scalar_type()).unsqueeze(1) * inv.unsqueeze(0);
   const at::Tensor cos = angles.cos().unsqueeze(1), sin = angles.sin().unsqueeze(1);
   const at::Tensor x1 = x.slice(2, 0, half), x2 = x.slice(2, half, d);
@@ -203,15 +201,15 @@ at::Tensor Model::encode(const at::Tensor& patches, const Attention& attention) 
   at::Tensor x = dense(patches, p("enc.patch.w"), p("enc.patch.b"));
   for (int l = 0; l < c.encoder_layers; ++l) {
     const std::string b = "enc." + std::to_string(l) + ".";
-    const at::Tensor h = dhp::copy_to_tensor_parallel(
-        norm(x, p(b + "ln1.w"), p(b + "ln1.b")), encoder_tp_);
+    const at::Tensor h =
+        dhp::copy_to_tensor_parallel(norm(x, p(b + "ln1.w"), p(b + "ln1.b")), encoder_tp_);
     const auto project = [&](const char* m, bool bias) {
       return dense(h, p(b + m + ".w"), bias ? p(b + m + ".b") : at::Tensor())
           .view({rows, heads, d})
           .contiguous();
     };
-    const at::Tensor a =
-        attention(project("q", true), project("k", false), project("v", true)).reshape({rows, heads * d});
+    const at::Tensor a = attention(project("q", true), project("k", false), project("v", true))
+                             .reshape({rows, heads * d});
     x = x + row_linear(a, p(b + "o.w"), p(b + "o.b"), encoder_tp_);
     const at::Tensor h2 = norm(x, p(b + "ln2.w"), p(b + "ln2.b"));
     const at::Tensor f = gelu_of(column_linear(h2, p(b + "fc1.w"), p(b + "fc1.b"), encoder_tp_));

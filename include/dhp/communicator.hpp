@@ -238,7 +238,6 @@ class Communicator {
   void abandon(const char* op) const noexcept;
 
  protected:
-
   mutable bool aborted_ = false;
 
  private:

@@ -176,7 +176,7 @@ struct Measurement {
   int frames = 1;            // encoder_item: video frames of the item (1 for an image)
   double bytes = 0;          // p2p
   std::vector<std::int64_t> split_tokens{}, whole_tokens{};  // llm_rank
-  std::vector<EncoderPartMeasurement> encoder_parts{};   // encoder_rank
+  std::vector<EncoderPartMeasurement> encoder_parts{};       // encoder_rank
   double measured_ms = 0;
 };
 

@@ -56,9 +56,9 @@ class GradBuckets {
   GradBuckets(const GradBuckets&) = delete;
   GradBuckets& operator=(const GradBuckets&) = delete;
 
-  void start();               // a new step: nothing ready, nothing issued
-  void ready(int gradient);   // gradient `gradient` is final for this step
-  void finish();              // issues the rest in order, waits, copies the sums back
+  void start();              // a new step: nothing ready, nothing issued
+  void ready(int gradient);  // gradient `gradient` is final for this step
+  void finish();             // issues the rest in order, waits, copies the sums back
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   // Buckets issued from ready() during the last step (before finish()).
@@ -69,7 +69,7 @@ class GradBuckets {
   struct Bucket {
     int first = 0, last = 0;  // gradients [first, last)
     std::vector<std::byte> flat;
-    int waiting = 0;          // gradients not ready yet this step
+    int waiting = 0;  // gradients not ready yet this step
     CommRequestPtr request;
   };
   void issue_ready_buckets();

@@ -56,8 +56,8 @@ struct StepOptions {
   // come out scaled by it (the optimizer unscales them, in fp32); StepStats::loss is the
   // unscaled loss. F16 needs one (e.g. 1024) to keep small gradients from flushing to zero.
   double loss_scale = 1;
-  std::int64_t llm_hidden = 0;                 // features of an LLM token (a boundary row)
-  std::int64_t patch_dim = 0;                  // features of an encoder input patch
+  std::int64_t llm_hidden = 0;  // features of an LLM token (a boundary row)
+  std::int64_t patch_dim = 0;   // features of an encoder input patch
   // Per process (heads already divided by the module's TP).
   kernels::AttentionShape llm_attention;      // causal
   kernels::AttentionShape encoder_attention;  // not causal
@@ -85,8 +85,8 @@ struct StepEvent {
 const char* to_string(StepEvent::Kind kind) noexcept;
 
 struct StepStats {
-  double loss = 0;               // global mean over the step's loss tokens
-  std::int64_t loss_tokens = 0;  // global
+  double loss = 0;                // global mean over the step's loss tokens
+  std::int64_t loss_tokens = 0;   // global
   std::int64_t comm_created = 0;  // group communicators created during run() (pool misses)
   BoundaryBytes boundary;         // world totals: sent, and the plan's minimum
   // The step's inputs (token ids, labels, patches) sent between processes, world totals,
@@ -190,7 +190,7 @@ struct StepRun {
   std::vector<std::int64_t> patch_offset;                 // [waves + 1] first local patch row
   std::int64_t patch_bytes = 0;                           // bytes of one patch row
   std::unique_ptr<Boundary> boundary;
-  GradBuckets* llm_buckets = nullptr;      // null: nothing to sync (one replica, or no module)
+  GradBuckets* llm_buckets = nullptr;  // null: nothing to sync (one replica, or no module)
   GradBuckets* encoder_buckets = nullptr;
   bool disjoint = false;
   StepStats stats;

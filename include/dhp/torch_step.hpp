@@ -91,7 +91,7 @@ struct TorchLlmContext {
   const LlmWave* work = nullptr;
   CpAttentionOptions attention_options;  // causal ring / Ulysses over the wave's groups
   TensorParallel tp;
-  at::Tensor positions;  // int64 [rows]: each local row's position in its sequence
+  at::Tensor positions;         // int64 [rows]: each local row's position in its sequence
   int heads = 0, kv_heads = 0;  // this process's share (options.llm_attention)
   // The wave's CP attention: q [rows, heads, dim], k/v [rows, kv_heads, dim] -> out.
   at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;

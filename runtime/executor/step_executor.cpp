@@ -345,7 +345,8 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
   for (int w = 0; w < waves; ++w) {
     const WaveDispatch dispatch(plan, w, schedule.sample_lengths(), inputs.sample_owners,
                                 world_.rank(), world_.size());
-    sent_bytes += dispatch.rows_sent_to_others() * 2 * static_cast<std::int64_t>(sizeof(std::int64_t));
+    sent_bytes +=
+        dispatch.rows_sent_to_others() * 2 * static_cast<std::int64_t>(sizeof(std::int64_t));
     auto& tokens = run.tokens[static_cast<std::size_t>(w)];
     auto& labels = run.labels[static_cast<std::size_t>(w)];
     tokens.resize(static_cast<std::size_t>(dispatch.local_rows()));
@@ -365,8 +366,8 @@ StepRun StepExecutor::begin(const Batch& batch, const Plan& plan, const StepInpu
     sent_bytes += items.rows_sent_to_others() * run.patch_bytes;
   }
   run.stats.dispatch_bytes = sent_bytes;
-  run.stats.dispatch_min_bytes = dispatch_min_bytes(plan, schedule, inputs.sample_owners,
-                                                    run.patch_bytes);
+  run.stats.dispatch_min_bytes =
+      dispatch_min_bytes(plan, schedule, inputs.sample_owners, run.patch_bytes);
   run.record(StepEvent::Kind::Dispatch, -1, dispatch_start, 0, run.stats.dispatch_ms);
 
   // --- gradient buckets of the modules this process holds; the boundary ---
@@ -490,8 +491,7 @@ StepStats StepExecutor::run(const Batch& batch, const Plan& plan, const StepInpu
             loss +=
                 model.llm_forward_backward(llm, ctx, run.tokens[static_cast<std::size_t>(w)].data(),
                                            run.labels[static_cast<std::size_t>(w)].data(),
-                                           b.visual.data(), run.gradient_scale,
-                                           b.d_visual.data()) /
+                                           b.visual.data(), run.gradient_scale, b.d_visual.data()) /
                 options_.loss_scale;
             run.record(StepEvent::Kind::Llm, w, start, llm.layout.rows, stats.llm_ms);
           }

@@ -34,12 +34,12 @@ void narrow(const float* src, void* dst, std::int64_t count, DataType type) {
 void check_reduction(const Communicator& replicas, const char* op, const void* grads,
                      const void* out, std::int64_t count, DataType type) {
   DHP_CHECK(count >= 0, InvalidArgument, "{}: {} count {} < 0", replicas.describe(), op, count);
-  DHP_CHECK(type != DataType::U8 && type != DataType::I32 && type != DataType::I64,
-            InvalidArgument, "{}: {} of {} gradients: gradients are f32, f64, bf16 or f16",
-            replicas.describe(), op, to_string(type));
+  DHP_CHECK(type != DataType::U8 && type != DataType::I32 && type != DataType::I64, InvalidArgument,
+            "{}: {} of {} gradients: gradients are f32, f64, bf16 or f16", replicas.describe(), op,
+            to_string(type));
   DHP_CHECK(count == 0 || (grads != nullptr && out != nullptr), InvalidArgument,
-            "{}: {}: a null gradient buffer for {} elements (nothing was sent)", replicas.describe(),
-            op, count);
+            "{}: {}: a null gradient buffer for {} elements (nothing was sent)",
+            replicas.describe(), op, count);
 }
 
 }  // namespace
@@ -62,7 +62,8 @@ void sync_gradient_shards(Communicator& replicas, const void* grads, void* shard
   check_reduction(replicas, "sync_gradient_shards", grads, shard, shard_count, type);
   if (is_16bit(type) && shard_count > 0) {
     const std::int64_t total = shard_count * replicas.size();
-    std::vector<float> wide(static_cast<std::size_t>(total)), out(static_cast<std::size_t>(shard_count));
+    std::vector<float> wide(static_cast<std::size_t>(total)),
+        out(static_cast<std::size_t>(shard_count));
     widen(grads, wide.data(), total, type);
     replicas.reduce_scatter(wide.data(), out.data(), shard_count, DataType::F32, ReduceOp::Sum);
     narrow(out.data(), shard, shard_count, type);
@@ -158,7 +159,8 @@ void GradBuckets::issue_ready_buckets() {
           std::memcpy(b.flat.data() + offset, grad.data, bytes);
         offset += bytes;
       }
-      b.request = replicas_.iall_reduce(b.flat.data(), b.flat.data(), count, reduced, ReduceOp::Sum);
+      b.request =
+          replicas_.iall_reduce(b.flat.data(), b.flat.data(), count, reduced, ReduceOp::Sum);
     }
     if (!finishing_) ++issued_early_;
     ++next_to_issue_;
@@ -180,7 +182,8 @@ void GradBuckets::finish() {
       const auto bytes = static_cast<std::size_t>(grad.count) * element;
       if (bytes == 0) continue;
       if (reduced != type_)  // the fp32 sum, rounded once
-        narrow(reinterpret_cast<const float*>(b.flat.data() + offset), grad.data, grad.count, type_);
+        narrow(reinterpret_cast<const float*>(b.flat.data() + offset), grad.data, grad.count,
+               type_);
       else
         std::memcpy(grad.data, b.flat.data() + offset, bytes);
       offset += bytes;

@@ -80,8 +80,8 @@ struct DispatchRowsFunction : public torch::autograd::Function<DispatchRowsFunct
     sizes[0] = dispatch->local_rows();
     at::Tensor local = at::empty(sizes, owned.options());
     const at::Tensor source = owned.contiguous();
-    const std::int64_t row_bytes =
-        c10::multiply_integers(owned.sizes().slice(1)) * static_cast<std::int64_t>(owned.element_size());
+    const std::int64_t row_bytes = c10::multiply_integers(owned.sizes().slice(1)) *
+                                   static_cast<std::int64_t>(owned.element_size());
     dispatch->forward(*world, source.data_ptr(), local.data_ptr(), row_bytes);
     autograd->saved_data["owned_rows"] = owned.size(0);
     autograd->saved_data["row_bytes"] = row_bytes;
@@ -146,9 +146,9 @@ struct BoundaryExchangeFunction : public torch::autograd::Function<BoundaryExcha
   static variable_list backward(AutogradContext* autograd, variable_list grads) {
     auto* wave = saved_pointer<BoundaryWave>(autograd, "wave");
     wave->backward_begin = std::chrono::steady_clock::now();
-    const at::Tensor d_visual =
-        grads[0].defined() ? grads[0].contiguous()
-                           : at::zeros({wave->consumed_rows, wave->hidden}, wave->options);
+    const at::Tensor d_visual = grads[0].defined()
+                                    ? grads[0].contiguous()
+                                    : at::zeros({wave->consumed_rows, wave->hidden}, wave->options);
     CommRequestPtr sent =
         wave->boundary->send_gradients(*wave->world, wave->wave, d_visual.data_ptr());
     at::Tensor d_embeddings = at::zeros({wave->produced_rows, wave->hidden}, wave->options);
@@ -193,9 +193,9 @@ struct BoundaryReceiveFunction : public torch::autograd::Function<BoundaryReceiv
   }
   static variable_list backward(AutogradContext* autograd, variable_list grads) {
     auto* wave = saved_pointer<BoundaryWave>(autograd, "wave");
-    const at::Tensor d_visual =
-        grads[0].defined() ? grads[0].contiguous()
-                           : at::zeros({wave->consumed_rows, wave->hidden}, wave->options);
+    const at::Tensor d_visual = grads[0].defined()
+                                    ? grads[0].contiguous()
+                                    : at::zeros({wave->consumed_rows, wave->hidden}, wave->options);
     wave->backward_begin = std::chrono::steady_clock::now();
     wave->pending = wave->boundary->send_gradients(*wave->world, wave->wave, d_visual.data_ptr());
     wave->backward_end = std::chrono::steady_clock::now();

@@ -39,7 +39,7 @@ kernels::DType dtype_of() {
 // The parameters (and, with the same shapes, the gradients).
 template <typename T>
 struct Params {
-  Mat<T> wp, wq, wk, wv, wo, wm;       // encoder: patch embed, attention, projector
+  Mat<T> wp, wq, wk, wv, wo, wm;          // encoder: patch embed, attention, projector
   Mat<T> embed, lq, lk, lv, lo, unembed;  // LLM
   std::vector<Mat<T>*> encoder() { return {&wp, &wq, &wk, &wv, &wo, &wm}; }
   std::vector<Mat<T>*> llm() { return {&embed, &lq, &lk, &lv, &lo, &unembed}; }
@@ -257,7 +257,8 @@ Result<T> reference_step(const Batch& batch, const EncoderSpec& enc, const Param
         attention[v].cu.push_back(static_cast<std::int32_t>(t * kMerge));
       Mat<T> x(item.patches, kPatchDim);
       for (std::int64_t i = 0; i < item.patches * kPatchDim; ++i)
-        x.data()[i] = static_cast<T>(data[s].patches[static_cast<std::size_t>(patch_row * kPatchDim + i)]);
+        x.data()[i] =
+            static_cast<T>(data[s].patches[static_cast<std::size_t>(patch_row * kPatchDim + i)]);
       patch_row += item.patches;
       embeddings.push_back(encoder_forward(p, x, attention[v].fwd(), acts[v]));
     }
@@ -272,10 +273,9 @@ Result<T> reference_step(const Batch& batch, const EncoderSpec& enc, const Param
       }
     LocalAttention<T> llm_attention{{0, static_cast<std::int32_t>(sample.llm_tokens())}, kLlmShape};
     std::vector<T> d_visual(visual.size());
-    res.loss += llm_forward_backward(p, data[s].tokens.data(), data[s].labels.data(),
-                                     sample.llm_tokens(), visual_rows, visual.data(), scale,
-                                     llm_attention.fwd(), llm_attention.bwd(), res.grads,
-                                     d_visual.data());
+    res.loss += llm_forward_backward(
+        p, data[s].tokens.data(), data[s].labels.data(), sample.llm_tokens(), visual_rows,
+        visual.data(), scale, llm_attention.fwd(), llm_attention.bwd(), res.grads, d_visual.data());
     std::size_t at = 0;
     for (std::size_t v = 0; v < sample.visuals.size(); ++v) {
       Mat<T> d_emb(sample.visuals[v].llm_tokens, kHidden);
@@ -308,9 +308,8 @@ class ToyModel final : public StepModel {
     dhp::encoder_backward<T>(
         params_, acts_.at(ctx.wave), d_emb,
         [&](const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq,
-            T* dk, T* dv) {
-          encoder_attention_backward(attention, q, k, v, out, lse, dout, dq, dk, dv);
-        },
+            T* dk,
+            T* dv) { encoder_attention_backward(attention, q, k, v, out, lse, dout, dq, dk, dv); },
         grads_);
     acts_.erase(ctx.wave);
     if (ctx.gradients != nullptr)
@@ -329,16 +328,15 @@ class ToyModel final : public StepModel {
           cp_attention_forward(attention, q, k, v, out, lse);
         },
         [&](const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq,
-            T* dk, T* dv) { cp_attention_backward(attention, q, k, v, out, lse, dout, dq, dk, dv); },
+            T* dk,
+            T* dv) { cp_attention_backward(attention, q, k, v, out, lse, dout, dq, dk, dv); },
         grads_, static_cast<T*>(d_visual));
     if (ctx.gradients != nullptr)
       for (int i = 0; i < 6; ++i) ctx.gradients->ready(i);
     return loss;
   }
   std::vector<GradBuckets::Gradient> llm_gradients() override { return list(grads_.llm()); }
-  std::vector<GradBuckets::Gradient> encoder_gradients() override {
-    return list(grads_.encoder());
-  }
+  std::vector<GradBuckets::Gradient> encoder_gradients() override { return list(grads_.encoder()); }
   Params<T>& grads() { return grads_; }
 
  private:
@@ -421,12 +419,13 @@ void expect_step_matches(const Batch& batch, const Plan& plan, double tolerance,
     compare(model.grads().encoder(), {want.begin(), want.end()});
   }
   if (comm.rank() == 0)
-    std::printf("%s: loss %.12f (reference %.12f), worst gradient error %.3g, boundary %lld/%lld "
-                "bytes forward, %lld communicators created\n",
-                what.c_str(), stats.loss, ref.loss, worst,
-                static_cast<long long>(stats.boundary.sent_forward),
-                static_cast<long long>(stats.boundary.min_forward),
-                static_cast<long long>(stats.comm_created));
+    std::printf(
+        "%s: loss %.12f (reference %.12f), worst gradient error %.3g, boundary %lld/%lld "
+        "bytes forward, %lld communicators created\n",
+        what.c_str(), stats.loss, ref.loss, worst,
+        static_cast<long long>(stats.boundary.sent_forward),
+        static_cast<long long>(stats.boundary.min_forward),
+        static_cast<long long>(stats.comm_created));
 }
 
 TEST(StepExecutor, ColocatedPlansOfEveryShapeMatchOneProcess) {

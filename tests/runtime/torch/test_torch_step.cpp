@@ -100,8 +100,8 @@ TEST(TorchStep, EveryPlanShapeMatchesOneProcess) {
       ASSERT_TRUE(r.ref_loss && r.max_grad_rel_err) << c.name;
       EXPECT_NEAR(r.stats.loss, *r.ref_loss, tolerance * std::abs(*r.ref_loss)) << c.name;
       EXPECT_LT(*r.max_grad_rel_err, tolerance) << c.name << ", step " << step;
-      std::printf("world %d, %s, step %d: loss %.10f (one process %.10f), gradient error %.2e\n",
-                  n, c.name.c_str(), step, r.stats.loss, *r.ref_loss, *r.max_grad_rel_err);
+      std::printf("world %d, %s, step %d: loss %.10f (one process %.10f), gradient error %.2e\n", n,
+                  c.name.c_str(), step, r.stats.loss, *r.ref_loss, *r.max_grad_rel_err);
     }
     ++seed;
   }
@@ -143,7 +143,8 @@ TEST(TorchStep, AModuleOutputTheWrongSizeIsNamedOnEveryRank) {
   };
   const vlm::Config cfg;
   std::vector<at::Tensor> params;
-  for (const at::Tensor& p : vlm::full_parameters(cfg, 1)) params.push_back(p.clone().requires_grad_(true));
+  for (const at::Tensor& p : vlm::full_parameters(cfg, 1))
+    params.push_back(p.clone().requires_grad_(true));
   vlm::Model model(cfg, params, {}, {});
   vlm::StepModel inner(model);
   Broken broken(inner, comm.rank() == n - 1);
@@ -183,7 +184,8 @@ TEST(TorchStep, FiftyStepsOfPlannedBatchesLowerTheLoss) {
   PlannerOptions options;
   options.llm_tp = options.encoder_tp = 1;
   options.layout_search = LayoutSearch::Off;
-  const double capacity = vlm::choose_capacity(config, 3, 1, options, {batches.begin(), batches.begin() + 4});
+  const double capacity =
+      vlm::choose_capacity(config, 3, 1, options, {batches.begin(), batches.begin() + 4});
   const Planner planner(vlm::cpu_cluster(3, 1, capacity), config.spec(), options);
   Plan plan = planner.plan(batches[0]);
   vlm::TrainerOptions o = options_for(plan, at::kFloat);
@@ -201,7 +203,8 @@ TEST(TorchStep, FiftyStepsOfPlannedBatchesLowerTheLoss) {
     if (s + 5 >= batches.size()) last += r.stats.loss / 5;
     plan = next;
   }
-  if (comm.rank() == 0) std::printf("mean loss of the first 5 steps %.3f, of the last 5 %.3f\n", first, last);
+  if (comm.rank() == 0)
+    std::printf("mean loss of the first 5 steps %.3f, of the last 5 %.3f\n", first, last);
   EXPECT_LT(last, 0.6 * first);
 }
 

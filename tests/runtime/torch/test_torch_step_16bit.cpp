@@ -92,10 +92,11 @@ TEST(TorchStep16Bit, LossAndGradientsMatchTheFloat64Reference) {
               << c_str(dtype) << ", " << c.name << ", step " << step;
           worst_loss = std::max(worst_loss, loss_err);
           worst_grad = std::max(worst_grad, *r.max_grad_rel_err);
-          std::printf("world %d, %s, %s, seed %d, step %d: loss %.8f (float64 %.8f, rel. error "
-                      "%.2e), gradient error %.2e (%s)\n",
-                      n, c_str(dtype), c.name.c_str(), k, step, r.stats.loss, *r.ref_loss,
-                      loss_err, *r.max_grad_rel_err, r.worst_parameter.c_str());
+          std::printf(
+              "world %d, %s, %s, seed %d, step %d: loss %.8f (float64 %.8f, rel. error "
+              "%.2e), gradient error %.2e (%s)\n",
+              n, c_str(dtype), c.name.c_str(), k, step, r.stats.loss, *r.ref_loss, loss_err,
+              *r.max_grad_rel_err, r.worst_parameter.c_str());
         }
       }
     }
