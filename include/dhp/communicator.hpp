@@ -133,8 +133,10 @@ class Communicator {
   void set_timeout(std::chrono::milliseconds timeout);
 
   // --- collectives (every member calls them, same order, matching counts) ---
+  // By default the non-blocking all_reduce, waited; a backend overrides it where blocking
+  // has a cheaper path.
   virtual void all_reduce(const void* send, void* recv, std::int64_t count, DataType type,
-                          ReduceOp op) = 0;
+                          ReduceOp op);
   // send holds size() blocks of recv_count elements; rank i receives the reduced block i.
   virtual void reduce_scatter(const void* send, void* recv, std::int64_t recv_count, DataType type,
                               ReduceOp op) = 0;

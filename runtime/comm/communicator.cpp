@@ -99,6 +99,11 @@ Communicator::Communicator(int rank, int size, Device device, std::vector<int> w
             timeout_.count());
 }
 
+void Communicator::all_reduce(const void* send, void* recv, std::int64_t count, DataType type,
+                              ReduceOp op) {
+  iall_reduce(send, recv, count, type, op)->wait();
+}
+
 std::string Communicator::describe() const {
   return fmt::format("{} {} rank {}/{} (world rank {})", backend(), name_, rank_, size_,
                      world_ranks_[static_cast<std::size_t>(rank_)]);

@@ -108,11 +108,6 @@ class GlooCommunicator final : public Communicator {
 
   const char* backend() const noexcept override { return "gloo"; }
 
-  void all_reduce(const void* send, void* recv, std::int64_t count, DataType type,
-                  ReduceOp op) override {
-    iall_reduce(send, recv, count, type, op)->wait();
-  }
-
   CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count, DataType type,
                              ReduceOp op) override {
     const char* name = "iall_reduce";

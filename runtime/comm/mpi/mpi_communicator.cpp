@@ -194,11 +194,6 @@ class MpiCommunicator final : public Communicator {
 
   const char* backend() const noexcept override { return "mpi"; }
 
-  void all_reduce(const void* send, void* recv, std::int64_t count, DataType type,
-                  ReduceOp op) override {
-    iall_reduce(send, recv, count, type, op)->wait();
-  }
-
   CommRequestPtr iall_reduce(const void* send, void* recv, std::int64_t count, DataType type,
                              ReduceOp op) override {
     const char* name = "iall_reduce";
